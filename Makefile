@@ -1,0 +1,47 @@
+# BiasLens: `make run` and `make test` each do all set-up on a fresh machine.
+PY_SYS ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8501
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: run test setup venv demo-data browser lint bench clean
+
+setup: $(STAMP) demo-data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Fashion-MNIST for the planted-bias demo: Debian's package when apt is usable,
+# else whatever core/demo/fashion.py finds (a copy in cache/ or a download).
+demo-data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+# Debian's Chromium for the e2e tests (never `playwright install`).
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+run: setup
+	$(PY) -m streamlit run app.py --server.port=$(PORT)
+
+test: setup browser
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/demo.py
+	$(PY) bench/extract.py
+
+clean:
+	rm -rf cache/stores

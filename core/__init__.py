@@ -1,0 +1,1 @@
+"""BiasLens core: everything except the Streamlit pages (only core/ui imports Streamlit)."""

@@ -1,0 +1,152 @@
+"""BiasLens command line: ``python -m core --help``.
+
+Lists workspaces, shows a workspace's layers, builds activation stores ahead of time
+(e.g. on a GPU machine, so a hosted app only reads) and trains the demo model. User errors
+print a one-line message and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.errors import BiasLensError
+from core.workspace import REPO_ROOT, Workspace, WorkspaceList, load_workspaces
+
+
+def _workspaces(args: argparse.Namespace) -> WorkspaceList:
+    listing = load_workspaces(Path(args.file) if args.file else None)
+    for problem in listing.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return listing
+
+
+def _pick(listing: WorkspaceList, name: str) -> Workspace:
+    if name not in listing.workspaces:
+        raise BiasLensError(f"No workspace '{name}'; known: {', '.join(listing.workspaces)}.")
+    return listing.workspaces[name]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print one line per workspace."""
+    for ws in _workspaces(args).workspaces.values():
+        print(f"{ws.name:20s} {ws.title}  [model: {ws.model.kind}, dataset: {ws.dataset.kind}]")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """Print the layers of a workspace's model a store can hold."""
+    from core.models import load_model
+
+    ws = _pick(_workspaces(args), args.workspace)
+    model = load_model(ws.model, args.device)
+    print(f"model: {model.description} on {model.device}")
+    print(f"embedding: input of '{model.embedding_layer}' ({model.embedding_dim}-d)")
+    for name in model.conv_layers:
+        mark = "*" if name in model.default_layers else " "
+        print(f" {mark} {name}")
+    print("(* = stored by default)")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build (or resume, or extend) a workspace's activation store with a tqdm bar."""
+    from tqdm import tqdm
+
+    from core.models import load_model
+    from core.sources import build_dataset
+    from core.store import build_store
+
+    listing = _workspaces(args)
+    ws = _pick(listing, args.workspace)
+    dataset = build_dataset(ws.dataset)
+    if dataset.skipped:
+        print(f"note: skipped {len(dataset.skipped)} listed file(s), e.g. {dataset.skipped[0][0]}: "
+              f"{dataset.skipped[0][1]}", file=sys.stderr)
+    model = load_model(ws.model, args.device, hosted=listing.hosted)
+    bar = tqdm(total=len(dataset), unit="img", desc=ws.name)
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.set_description(message[:40])
+        bar.n = done
+        bar.refresh()
+
+    try:
+        store = build_store(
+            ws.name,
+            model,
+            dataset,
+            args.layers,
+            batch_size=args.batch_size or ws.batch_size,
+            num_workers=ws.num_workers if args.num_workers is None else args.num_workers,
+            root=Path(args.cache) if args.cache else None,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    print(f"store: {store.path} ({store.n} images, layers: {', '.join(store.layers) or 'none'})")
+    return 0
+
+
+def cmd_demo_train(args: argparse.Namespace) -> int:
+    """Train the demo CNN on a slices file with the fixed-seed recipe."""
+    from core.demo.train import train_demo
+
+    slices = Path(args.slices)
+    out = Path(args.out) if args.out else REPO_ROOT / "cache" / "demo" / f"{slices.stem}.pt"
+    options = {"epochs": args.epochs} if args.epochs is not None else {}
+    figures = train_demo(slices, out, seed=args.seed, limit=args.limit, **options)
+    print(f"weights: {out}")
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    p.add_argument("--file", help="workspace TOML file (default: $BIASLENS_WORKSPACES or ./workspaces.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list workspaces").set_defaults(func=cmd_list)
+
+    layers = sub.add_parser("layers", help="list a workspace's model layers")
+    layers.add_argument("workspace")
+    layers.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    layers.set_defaults(func=cmd_layers)
+
+    build = sub.add_parser("build", help="build a workspace's activation store")
+    build.add_argument("workspace")
+    build.add_argument("--layers", nargs="+", default=None, help="block layers to store (default: the model's default set)")
+    build.add_argument("--batch-size", type=int, default=None)
+    build.add_argument("--num-workers", type=int, default=None)
+    build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    build.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    build.set_defaults(func=cmd_build)
+
+    demo = sub.add_parser("demo", help="the planted-bias demo").add_subparsers(dest="demo_command", required=True)
+    train = demo.add_parser("train", help="train the demo CNN on a slices file")
+    train.add_argument("--slices", default=str(REPO_ROOT / "core" / "demo" / "slices.toml"))
+    train.add_argument("--out", default=None, help="weights file (default: cache/demo/<slices name>.pt)")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    train.set_defaults(func=cmd_demo_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BiasLensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: a store build resumes where it stopped next time", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

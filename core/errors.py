@@ -1,0 +1,25 @@
+"""User-facing errors: a problem the user can fix, with a message that says what to do.
+
+The app shows ``str(error)`` in ``st.error`` and the CLI prints it and exits with status 2;
+neither shows a traceback for these.
+"""
+
+
+class BiasLensError(Exception):
+    """Base class of every error whose message is meant for the user."""
+
+
+class DataError(BiasLensError):
+    """A dataset cannot be read or is unusable (missing files, empty, single class...)."""
+
+
+class ModelError(BiasLensError):
+    """A model cannot be built or loaded (bad weights, corrupt file, unknown architecture...)."""
+
+
+class WorkspaceError(BiasLensError):
+    """The workspace file is invalid or names something that does not exist."""
+
+
+class StoreError(BiasLensError):
+    """The activation store is missing, incomplete, locked or lacks a requested layer."""

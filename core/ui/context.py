@@ -1,0 +1,96 @@
+"""What a page needs to start: the chosen workspace, its model, dataset and store.
+
+Pages call ``page_context()``; on any user-facing problem it shows ``st.error`` with what
+to do and stops the page, so no page renders a traceback for a bad workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from core.datasets import ImageDataset
+from core.errors import BiasLensError
+from core.models import LoadedModel
+from core.store import Store
+from core.subsets import SubsetRegistry
+from core.ui import cache
+from core.workspace import DEMO_NAME, Workspace, WorkspaceList, default_workspaces_file
+
+WORKSPACE_KEY = "biaslens.workspace"
+
+
+def workspace_list() -> WorkspaceList:
+    path = default_workspaces_file()
+    mtime = path.stat().st_mtime_ns if path.exists() else 0
+    return cache.workspace_list(str(path), mtime)
+
+
+def sidebar_picker() -> Workspace:
+    """The sidebar workspace picker; the choice persists across pages in session state."""
+    listing = workspace_list()
+    names = list(listing.workspaces)
+    if st.session_state.get(WORKSPACE_KEY) not in names:
+        st.session_state[WORKSPACE_KEY] = DEMO_NAME
+    st.session_state["biaslens.workspace_widget"] = st.session_state[WORKSPACE_KEY]
+
+    def remember() -> None:
+        st.session_state[WORKSPACE_KEY] = st.session_state["biaslens.workspace_widget"]
+
+    st.sidebar.selectbox(
+        "Workspace",
+        names,
+        key="biaslens.workspace_widget",
+        format_func=lambda n: listing.workspaces[n].title,
+        on_change=remember,
+        help="A workspace is a model + a dataset, listed in workspaces.toml (see the README).",
+    )
+    for problem in listing.problems:
+        st.sidebar.warning(problem)
+    if listing.hosted:
+        st.sidebar.caption("Hosted mode: registered workspaces only.")
+    return listing.workspaces[st.session_state[WORKSPACE_KEY]]
+
+
+@dataclass
+class PageContext:
+    """The chosen workspace and what has been loaded for it."""
+
+    workspace: Workspace
+    hosted: bool
+    model: LoadedModel
+    dataset: ImageDataset
+    store: Store | None
+
+    @property
+    def key(self) -> str:
+        return self.workspace.key()
+
+    def meta(self) -> pd.DataFrame:
+        assert self.store is not None
+        return cache.meta_for(self.store, self.store.fingerprint, tuple(self.store.layers))
+
+    def subsets(self) -> SubsetRegistry:
+        return SubsetRegistry(st.session_state, self.key)
+
+
+def page_context(require_store: bool = True) -> PageContext:
+    """Load the current workspace; on a user error show it and stop the page."""
+    listing = workspace_list()
+    name = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)
+    workspace = listing.workspaces.get(name, listing.workspaces[DEMO_NAME])
+    key = workspace.key()
+    try:
+        dataset = cache.dataset_for(workspace, key)
+        model = cache.model_for(workspace, key, listing.hosted)
+        store = cache.store_for(workspace, key, listing.hosted)
+    except BiasLensError as exc:
+        st.error(f"Workspace '{workspace.title}' cannot be opened: {exc}")
+        st.stop()
+    if require_store and store is None:
+        st.info("This workspace has no activation store yet: build it on the Overview page.")
+        st.page_link("pages/overview.py", label="Go to Overview", icon="🏠")
+        st.stop()
+    return PageContext(workspace, listing.hosted, model, dataset, store)

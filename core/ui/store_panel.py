@@ -1,0 +1,84 @@
+"""The Overview's store section: status, build with progress, adding layers."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.store import Store, build_store
+from core.ui import cache
+from core.ui.context import PageContext
+
+
+def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
+    """Build or extend the store inside st.status with a progress bar; rerun when done."""
+    with st.status(label, expanded=True) as status:
+        bar = st.progress(0.0, text="Starting...")
+        last = {"fraction": -1.0}
+
+        def progress(done: int, total: int, message: str) -> None:
+            fraction = done / total if total else 1.0
+            if fraction - last["fraction"] >= 0.01 or done == total:
+                last["fraction"] = fraction
+                bar.progress(min(fraction, 1.0), text=f"{message}: {done:,} / {total:,} images")
+
+        try:
+            build_store(
+                ctx.workspace.name,
+                ctx.model,
+                ctx.dataset,
+                layers,
+                batch_size=ctx.workspace.batch_size,
+                num_workers=ctx.workspace.num_workers,
+                progress=progress,
+            )
+        except BiasLensError as exc:
+            status.update(label="The store could not be built", state="error")
+            st.error(str(exc))
+            st.stop()
+        status.update(label="Activation store ready", state="complete")
+    cache.clear_store_cache()
+    st.rerun()
+
+
+def store_panel(ctx: PageContext) -> Store | None:
+    """Show the store's status; build it (automatically for the demo) or add layers."""
+    model = ctx.model
+    if ctx.dataset.skipped:
+        with st.expander(f"⚠️ {len(ctx.dataset.skipped):,} listed file(s) were skipped and are not in the store"):
+            st.caption(
+                "Missing files, non-image files and rows without a label are skipped (CSV option "
+                "`missing = \"skip\"`, the default); set `missing = \"error\"` to stop instead."
+            )
+            st.dataframe(
+                [{"file": path, "reason": reason} for path, reason in ctx.dataset.skipped[:500]],
+                hide_index=True,
+            )
+    if ctx.store is None:
+        st.warning("This workspace has no activation store yet: one pass of the model over the dataset.")
+        layers = st.multiselect(
+            "Block layers to store (mean- and max-pooled per channel)",
+            model.conv_layers,
+            default=model.default_layers,
+            key=f"store_layers:{ctx.key}",
+            help="The last hidden layer (embedding), logits and losses are always stored.",
+        )
+        if not model.conv_layers:
+            st.caption("The model has no convolutional blocks: only the embedding and logits are stored.")
+        if ctx.workspace.is_demo or st.button("Build the activation store", type="primary"):
+            _run_build(ctx, layers, f"Building the store of {len(ctx.dataset):,} images...")
+        return None
+    store = ctx.store
+    with st.expander(f"Activation store: {store.n:,} images, {len(store.layers)} block layers"):
+        st.markdown(
+            f"- **Embedding**: input of `{store.embedding_layer}` ({store.manifest['embedding_dim']}-d)\n"
+            f"- **Layers**: {', '.join(f'`{ly}` ({store.manifest['layer_channels'][ly]} ch)' for ly in store.layers) or 'none'}\n"
+            f"- **Built**: {store.manifest['created']} on {store.manifest['device']}\n"
+            f"- **Fingerprint**: `{store.fingerprint[:16]}` · `{store.path}`"
+        )
+        missing = [ly for ly in model.conv_layers if ly not in store.layers]
+        if missing:
+            extra = st.multiselect("Add layers", missing, key=f"add_layers:{ctx.key}")
+            if st.button("Add the selected layers", disabled=not extra):
+                _run_build(ctx, store.layers + extra, f"Adding {len(extra)} layer(s)...")
+    return store

@@ -1,0 +1,82 @@
+"""Cohorts & subsets: filter images with a SQL WHERE expression, save and export subsets."""
+
+import streamlit as st
+
+from core.cohorts import CohortError
+from core.errors import BiasLensError
+from core.stats import bootstrap_ci
+from core.ui import cache
+from core.ui.context import page_context
+from core.ui.widgets import how_to_read, image_grid, percent
+
+ctx = page_context()
+store = ctx.store
+meta = ctx.meta()
+view = cache.cohort_view_for(store, store.fingerprint)
+registry = ctx.subsets()
+
+st.title("Cohorts & subsets")
+st.caption(
+    "A cohort is a SQL `WHERE` expression over the per-image metadata (DuckDB syntax). "
+    "Save it as a subset to compare it on the other pages."
+)
+with st.expander("Columns you can filter on"):
+    st.dataframe(
+        [{"column": c, "type": str(meta[c].dtype), "example": str(meta[c].iloc[0])} for c in view.columns],
+        hide_index=True,
+    )
+example = "correct = false"
+if "label" in meta and store.attribute_columns:
+    first = store.attribute_columns[0]
+    example = f"label = '{meta['label'].iloc[0]}' AND \"{first}\" = '{meta[first].iloc[0]}'"
+where = st.text_input("WHERE", value="", placeholder=example, key=f"cohort_where:{ctx.key}")
+
+if where.strip():
+    try:
+        rows = view.rows(where)
+    except CohortError as exc:
+        st.error(f"DuckDB rejected the filter: {exc}")
+        rows = None
+    if rows is not None and not rows:
+        st.warning("No image matches this filter.")
+    elif rows:
+        cohort = meta.iloc[rows]
+        overall, _, _ = bootstrap_ci(meta["correct"].to_numpy())
+        acc, low, high = bootstrap_ci(cohort["correct"].to_numpy())
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Images", f"{len(cohort):,}", f"{100 * len(cohort) / len(meta):.1f}% of all", delta_color="off")
+        c2.metric("Accuracy", percent(acc), f"{100 * (acc - overall):+.1f} pts vs overall")
+        c3.metric("Mean loss", f"{cohort['loss'].mean():.3f}")
+        st.caption(f"95% bootstrap interval of the cohort's accuracy: {percent(low)} – {percent(high)}")
+        sample = cohort.sort_values("loss", ascending=False).head(16)
+        thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in sample["row"]), 96)
+        image_grid(thumbs, sample, columns=8)
+        how_to_read("the cohort's 16 highest-loss images; red frames are misclassified.")
+        with st.form("save_cohort"):
+            name = st.text_input("Subset name", value=where.strip()[:60])
+            if st.form_submit_button("Save as subset"):
+                try:
+                    registry.add(name, rows, origin="cohort", detail=where.strip())
+                    st.toast(f"Saved subset '{name}' ({len(rows):,} images)")
+                except BiasLensError as exc:
+                    st.error(str(exc))
+
+st.subheader("Subsets")
+if st.button("Add one subset per class"):
+    for label, group in meta.groupby("label"):
+        registry.add(f"class: {label}", group["row"], origin="class", detail=f"label = '{label}'", overwrite=True)
+if len(registry) == 0:
+    st.info("No subsets yet: save a cohort above, or a group found on a method page.")
+else:
+    st.dataframe(registry.summary(), hide_index=True)
+    d1, d2 = st.columns(2)
+    doomed = d1.selectbox("Subset", registry.names(), key="subset_to_delete")
+    if d1.button("Delete subset"):
+        registry.remove(doomed)
+        st.rerun()
+    d2.download_button(
+        "Export all subsets (CSV)",
+        registry.to_csv(meta),
+        file_name=f"{ctx.workspace.name}-subsets.csv",
+        mime="text/csv",
+    )

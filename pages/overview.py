@@ -1,0 +1,99 @@
+"""Overview: the workspace's model and data, its store, and where accuracy drops."""
+
+import streamlit as st
+
+from core.stats import bootstrap_ci, slice_accuracy
+from core.summary import GALLERY_FILTERS, attribute_accuracy, class_accuracy, confusion, gallery_rows
+from core.ui import cache, charts
+from core.ui.context import page_context
+from core.ui.store_panel import store_panel
+from core.ui.widgets import how_to_read, image_grid, percent
+
+ctx = page_context(require_store=False)
+ws, model, dataset = ctx.workspace, ctx.model, ctx.dataset
+
+st.title(ws.title)
+if ws.description:
+    st.caption(ws.description)
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Model")
+    st.markdown(
+        f"- {model.description} on **{model.device}**\n"
+        f"- {model.num_classes} outputs, input {model.input_size}×{model.input_size} px\n"
+        f"- Last hidden layer: input of `{model.embedding_layer}` ({model.embedding_dim}-d)\n"
+        f"- Convolutional blocks: {len(model.conv_layers)}"
+    )
+with right:
+    st.subheader("Dataset")
+    attribute_names = list(dataset.attributes.columns)
+    st.markdown(
+        f"- {dataset.name}: **{len(dataset):,}** images, {len(dataset.classes)} classes\n"
+        f"- Attributes: {', '.join(f'`{a}`' for a in attribute_names) or 'none'}\n"
+        + (f"- Planted slices (ground truth): {len(dataset.ground_truth.columns)}" if len(dataset.ground_truth.columns) else "")
+    )
+
+store = store_panel(ctx)
+if store is None:
+    st.stop()
+meta = ctx.meta()
+
+accuracy, low, high = bootstrap_ci(meta["correct"].to_numpy())
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Accuracy", percent(accuracy), help="Share of images whose top prediction is the label.")
+m1.caption(f"95% interval: {percent(low)} – {percent(high)}")
+m2.metric("Misclassified", f"{int((~meta['correct']).sum()):,}")
+m3.metric("Mean loss", f"{meta['loss'].mean():.3f}", help="Mean per-image cross-entropy.")
+m4.metric("Images", f"{len(meta):,}")
+
+if store.slice_columns:
+    st.subheader("Planted slices")
+    slices = slice_accuracy(meta, store.slice_columns)
+    st.altair_chart(
+        charts.accuracy_intervals(slices.rename(columns={"slice": "planted slice"}), "planted slice", "Planted slice", accuracy),
+        width="stretch",
+    )
+    how_to_read(
+        "each dot is a planted slice's test accuracy with its 95% bootstrap interval; the dashed "
+        "line is overall accuracy. Each slice should sit far left of it: that is the failure to find."
+    )
+    shown = slices.assign(
+        accuracy=slices["accuracy"].map(percent), gap=slices["gap"].map(lambda g: f"{100 * g:.1f} pts")
+    )[["slice", "n", "accuracy", "gap"]]
+    st.dataframe(shown, hide_index=True)
+    st.caption("Scorecards of each method's recovery of these slices appear on the method pages.")
+
+classes_tab, attributes_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Gallery"])
+with classes_tab:
+    per_class = class_accuracy(meta)
+    st.altair_chart(charts.accuracy_intervals(per_class, "class", "True class", accuracy), width="stretch")
+    how_to_read("accuracy of each true class with its 95% bootstrap interval; the dashed line is overall accuracy.")
+    normalise = st.toggle("Confusion matrix as shares of each true class", value=True)
+    st.altair_chart(charts.confusion_matrix(confusion(meta, model.num_classes), store.classes, normalise))
+    how_to_read("row = true class, column = prediction; the diagonal is correct, off-diagonal cells are the confusions.")
+
+with attributes_tab:
+    attributes = store.attribute_columns
+    table = attribute_accuracy(meta, attributes)
+    if table.empty:
+        st.info(
+            "This dataset has no attribute columns with few enough values to break down. "
+            "Add attribute columns to a CSV manifest to see accuracy per attribute value."
+        )
+    else:
+        for attribute in table["attribute"].unique():
+            part = table[table["attribute"] == attribute]
+            st.markdown(f"**{attribute}**")
+            st.altair_chart(charts.accuracy_intervals(part, "value", attribute, accuracy), width="stretch")
+        how_to_read("accuracy per attribute value with 95% bootstrap intervals; the dashed line is overall accuracy.")
+
+with gallery_tab:
+    g1, g2, g3 = st.columns([2, 2, 1])
+    show = g1.segmented_control("Show", GALLERY_FILTERS, default="misclassified", key="gallery_show") or "all"
+    label = g2.selectbox("Class", ["(all classes)", *store.classes], key="gallery_class")
+    seed = int(g3.number_input("Sample seed", 0, 10_000, 0, key="gallery_seed"))
+    rows = gallery_rows(meta, show, None if label == "(all classes)" else label, 24, seed)
+    thumbs = cache.thumbnails(dataset, ctx.key, tuple(int(r) for r in rows["row"]), 96)
+    image_grid(thumbs, rows, columns=8, extra=[f"loss {v:.2f}" for v in rows["loss"]])
+    how_to_read("a random sample; misclassified images have a red frame and cross, captioned with the prediction.")
