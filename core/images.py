@@ -1,0 +1,100 @@
+"""Reading image files as 8-bit RGB, whatever their mode, bit depth or size.
+
+Models and pages expect 8-bit RGB; real datasets hold grayscale, palette, alpha, 16-bit
+and float images. ``load_rgb`` converts them all the same way, and turns every reading
+failure into a ``DataError`` the user can act on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from core.errors import DataError
+
+# Modes whose pixel values are not 8-bit: their value range is stretched to 0..255.
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+# Modes that carry an alpha channel (or can, via a ``transparency`` entry in ``info``).
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a PIL reading failure."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder, not a file"
+    return str(exc) or type(exc).__name__
+
+
+def _stretch_to_rgb(im: Image.Image) -> Image.Image:
+    """Map a 16/32-bit integer or float single-band image onto 0..255 by its min..max.
+
+    Stretching (not clipping) keeps the contrast of e.g. 12-bit scans stored in 16-bit
+    PNGs, which would otherwise look black. A constant image becomes black if its value
+    is <= 0, else white. Non-finite float values count as the minimum.
+    """
+    values = np.asarray(im, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return Image.new("RGB", im.size)
+    lo, hi = values[finite].min(), values[finite].max()
+    values = np.where(finite, values, lo)
+    if hi > lo:
+        scaled = np.rint((values - lo) * (255.0 / (hi - lo)))
+    else:
+        scaled = np.full(values.shape, 0.0 if lo <= 0 else 255.0)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a loaded image of any mode to 8-bit RGB (alpha composited on white)."""
+    if im.mode in _WIDE_MODES:
+        return _stretch_to_rgb(im)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Read an image file fully and return it as an 8-bit RGB PIL image.
+
+    Grayscale, 1-bit, palette and CMYK images are converted; transparency is composited
+    on white; 16-bit, 32-bit integer and float images are stretched to 0..255 (see
+    ``_stretch_to_rgb``); multi-frame files give their first frame. EXIF orientation is
+    not applied, matching torchvision's own loader that most models were trained with.
+
+    Raises DataError for missing, unreadable, truncated or non-image files.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb(im)
+    except _READ_ERRORS as exc:
+        raise DataError(
+            f"Cannot read image '{path}': {_reason(exc)}. Fix or remove the file."
+        ) from exc
+
+
+def is_probably_image(path: str | Path) -> tuple[bool, str]:
+    """Cheaply tell whether ``path`` looks like a readable image, without decoding it.
+
+    Only the header is parsed (``Image.open`` is lazy), so indexing a large folder stays
+    fast; truncated pixel data is only caught later by ``load_rgb``. Returns
+    ``(True, "")`` or ``(False, reason)``.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except _READ_ERRORS as exc:
+        return False, _reason(exc)
+    if width == 0 or height == 0:
+        return False, f"image has zero size ({width}x{height})"
+    return True, ""
