@@ -3,7 +3,14 @@
 import streamlit as st
 
 from core.stats import bootstrap_ci, slice_accuracy
-from core.summary import GALLERY_FILTERS, attribute_accuracy, class_accuracy, confusion, gallery_rows
+from core.summary import (
+    GALLERY_FILTERS,
+    attribute_accuracy,
+    class_accuracy,
+    confusion,
+    gallery_rows,
+    planted_slice_notes,
+)
 from core.ui import cache, charts
 from core.ui.context import page_context
 from core.ui.store_panel import store_panel
@@ -61,7 +68,9 @@ if store.slice_columns:
     shown = slices.assign(
         accuracy=slices["accuracy"].map(percent), gap=slices["gap"].map(lambda g: f"{100 * g:.1f} pts")
     )[["slice", "n", "accuracy", "gap"]]
-    st.dataframe(shown, hide_index=True)
+    if ws.is_demo:
+        shown = shown.merge(planted_slice_notes(ws.dataset.slices), on="slice", how="left")
+    st.dataframe(shown, hide_index=True, column_config={"description": st.column_config.TextColumn(width="large")})
     st.caption("Scorecards of each method's recovery of these slices appear on the method pages.")
 
 classes_tab, attributes_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Gallery"])

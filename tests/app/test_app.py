@@ -1,0 +1,118 @@
+"""AppTest through app.py: Overview on a tiny workspace and the demo, the picker, cohorts."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.conftest import REPO, pick, write_workspaces
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def build_tiny(at: AppTest, name: str = "tiny") -> AppTest:
+    at.run()
+    pick(at, name)
+    no_exception(at)
+    assert any("no activation store" in w.value for w in at.warning)
+    at.button[0].click().run()  # "Build the activation store"
+    no_exception(at)
+    return at
+
+
+def test_overview_on_tiny_workspace(app):
+    at = build_tiny(app)
+    assert at.title[0].value == "Tiny digits"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "200"
+    assert 0 <= float(metrics["Accuracy"].rstrip("%")) <= 100
+    # the CSV's missing file is reported, not fatal
+    assert any("skipped" in e.label for e in at.expander)
+    assert [t.label for t in at.tabs] == ["Classes", "Attributes", "Gallery"]
+    assert any(m.value == "**tint**" for m in at.markdown)  # accuracy per attribute value
+    assert len(at.get("imgs")) > 0  # gallery images
+    assert not any("Planted slices" == s.value for s in at.subheader)
+
+
+def test_picker_persists_across_pages(app):
+    at = build_tiny(app, "folder")
+    at.switch_page("pages/cohorts.py").run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="biaslens.workspace_widget").value == "folder"
+    at.switch_page("pages/overview.py").run()
+    assert at.title[0].value == "Tiny digits folder"
+
+
+def test_cohort_query_subset_and_errors(app):
+    at = build_tiny(app)
+    at.switch_page("pages/cohorts.py").run()
+    no_exception(at)
+    at.text_input[0].input("tint = 'red' AND label = '3'").run()
+    no_exception(at)
+    images = {m.label: m.value for m in at.metric}["Images"]
+    assert int(images) > 0
+    [b for b in at.button if b.label == "Save as subset"][0].click().run()
+    no_exception(at)
+    frames = [d.value for d in at.dataframe]
+    assert any("size" in f.columns and f["size"].iloc[0] == int(images) for f in frames)
+    # a bad column: DuckDB's message on the page
+    at.text_input[0].input("labl = 'x'").run()
+    assert any("DuckDB rejected" in e.value and "labl" in e.value for e in at.error)
+    # a second statement is refused
+    at.text_input[0].input("true) ; DROP TABLE meta; SELECT (1").run()
+    assert at.error
+    no_exception(at)
+    # delete the subset
+    [b for b in at.button if b.label == "Delete subset"][0].click().run()
+    assert any("No subsets yet" in i.value for i in at.info)
+
+
+def test_invalid_workspace_file_keeps_the_demo(tmp_path, monkeypatch):
+    bad = tmp_path / "workspaces.toml"
+    bad.write_text("[workspace.broken\n")
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(bad))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+    at.session_state["biaslens.workspace"] = "nonexistent"
+    at.run()
+    assert any("not valid TOML" in w.value for w in at.sidebar.warning)
+    assert at.sidebar.selectbox(key="biaslens.workspace_widget").options == ["Planted-bias demo (Fashion-MNIST)"]
+
+
+def test_unfit_weights_give_a_clear_error(tmp_path, tiny_files, monkeypatch):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "rn18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    extra = f'''
+[workspace.unfit]
+model = {{ kind = "torchvision", arch = "resnet34", weights = "{weights}" }}
+dataset = {{ kind = "imagefolder", root = "{tiny_files / 'images'}" }}
+'''
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240).run()
+    pick(at, "unfit")
+    no_exception(at)
+    assert at.error and "cannot be opened" in at.error[0].value
+
+
+@pytest.mark.slow
+def test_overview_on_the_demo(app):
+    at = app.run()  # the demo is the default workspace; its store is built on first open
+    no_exception(at)
+    assert "Planted slices" in [s.value for s in at.subheader]
+    slices = at.dataframe[0].value
+    assert len(slices) >= 3
+    overall = float({m.label: m.value for m in at.metric}["Accuracy"].rstrip("%")) / 100
+    assert overall >= 0.85
+    # every planted slice is far below overall accuracy
+    assert all(float(a.rstrip("%")) / 100 <= overall - 0.2 for a in slices["accuracy"])
+    # gallery controls
+    at.selectbox(key="gallery_class").set_value(at.selectbox(key="gallery_class").options[2]).run()
+    no_exception(at)
+    at.toggle[0].set_value(False).run()
+    no_exception(at)

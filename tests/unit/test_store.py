@@ -1,0 +1,196 @@
+"""The activation store: round trip, fingerprints, resume, lock, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from filelock import FileLock
+
+from core.errors import DataError, StoreError
+from core.models import make_transform
+from core.sources import ArrayDataset
+from core.store import build_store, find_store, open_store, store_dir, store_fingerprint
+from tests.support import digits_arrays, digits_dataset, tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return digits_dataset(240)
+
+
+def _reference(model, dataset, rows):
+    """Forward the rows by hand, capturing the head's input and the block outputs."""
+    captured = {}
+    handles = [
+        model.module.head.register_forward_pre_hook(lambda m, a: captured.__setitem__("emb", a[0])),
+        model.module.block1.register_forward_hook(lambda m, a, o: captured.__setitem__("block1", o)),
+    ]
+    transform = make_transform(model.input_size, model.mean, model.std)
+    batch = torch.stack([transform(dataset.load_image(r)) for r in rows])
+    with torch.no_grad():
+        logits = model.module(batch)
+    for h in handles:
+        h.remove()
+    return logits, captured
+
+
+def test_round_trip(tmp_path, model, dataset):
+    store = build_store("t", model, dataset, ["block1", "block2"], batch_size=64, root=tmp_path)
+    assert store.n == 240 and store.layers == ["block1", "block2"]
+    meta = store.meta()
+    assert list(meta["row"]) == list(range(240))
+    assert list(meta["id"]) == dataset.ids
+    assert {"label", "pred", "correct", "loss", "confidence", "tint", "parity"} <= set(meta.columns)
+    rows = [0, 17, 239]
+    logits, captured = _reference(model, dataset, rows)
+    np.testing.assert_allclose(store.logits()[rows], logits.numpy(), rtol=1e-5, atol=1e-5)
+    expected_loss = torch.nn.functional.cross_entropy(logits, torch.tensor(dataset.labels[rows]), reduction="none")
+    np.testing.assert_allclose(meta["loss"].to_numpy()[rows], expected_loss.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(store.embedding()[rows], captured["emb"].numpy(), rtol=1e-5, atol=1e-5)
+    block1 = captured["block1"]
+    np.testing.assert_allclose(store.pooled("block1", "mean")[rows], block1.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store.pooled("block1", "max")[rows], block1.amax((2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+    assert meta["correct"].equals(meta["pred_idx"] == meta["label_idx"])
+    # a second build opens the same store without extracting again
+    calls = []
+    again = build_store("t", model, dataset, ["block1", "block2"], root=tmp_path, progress=lambda *a: calls.append(a))
+    assert again.path == store.path and calls == []
+    assert find_store("t", model, dataset, root=tmp_path).path == store.path
+
+
+def test_missing_layer_is_a_clear_error(tmp_path, model, dataset):
+    store = build_store("t", model, dataset, ["block1"], root=tmp_path)
+    with pytest.raises(StoreError, match="block2.*stored: block1"):
+        store.pooled("block2")
+    with pytest.raises(StoreError, match="pick from"):
+        build_store("t", model, dataset, ["nope"], root=tmp_path)
+
+
+def test_adding_a_layer_extracts_only_that_layer(tmp_path, model, dataset):
+    store = build_store("t", model, dataset, ["block1"], root=tmp_path)
+    embedding_mtime = (store.path / "embedding.npy").stat().st_mtime_ns
+    bigger = build_store("t", model, dataset, ["block1", "block2"], root=tmp_path)
+    assert bigger.layers == ["block1", "block2"]
+    assert (store.path / "embedding.npy").stat().st_mtime_ns == embedding_mtime
+    assert bigger.pooled("block2").shape == (240, 16)
+
+
+def test_fingerprint_follows_weights_and_data(model, dataset):
+    base = store_fingerprint(model, dataset)
+    assert store_fingerprint(model, digits_dataset(240)) == base
+    images, labels, attributes = digits_arrays(240)
+    images[5, 0, 0, 0] ^= 1
+    changed_data = ArrayDataset(images, labels, [str(d) for d in range(10)], attributes=attributes, name="digits")
+    assert store_fingerprint(model, changed_data) != base
+    other = tiny_model()
+    with torch.no_grad():
+        other.module.fc1.weight[0, 0] += 1e-3
+    from core.models import weights_fingerprint
+
+    other.weights_fingerprint = weights_fingerprint(other.module)
+    assert store_fingerprint(other, dataset) != base
+
+
+def test_interrupted_build_resumes(tmp_path, model, dataset):
+    seen = []
+
+    def interrupt(done, total, message):
+        seen.append(done)
+        if done >= 96:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_store("t", model, dataset, ["block1"], batch_size=32, root=tmp_path, progress=interrupt)
+    directory = store_dir("t", store_fingerprint(model, dataset), tmp_path)
+    assert not (directory / "manifest.json").exists()  # never looks complete
+    with pytest.raises(StoreError):
+        open_store(directory)
+    assert json.loads((directory / "progress.json").read_text())["rows_done"] == 96
+    starts = []
+    store = build_store(
+        "t", model, dataset, ["block1"], batch_size=32, root=tmp_path, progress=lambda d, t, m: starts.append(d)
+    )
+    assert starts[0] == 96  # resumed, not restarted
+    fresh = build_store("t", model, dataset, ["block1"], batch_size=32, root=tmp_path / "fresh")
+    np.testing.assert_array_equal(store.embedding(), fresh.embedding())
+    np.testing.assert_array_equal(store.pooled("block1", "max"), fresh.pooled("block1", "max"))
+    assert store.meta().equals(fresh.meta())
+    assert not (directory / "progress.json").exists()
+
+
+class _BrokenAt(ArrayDataset):
+    def load_image(self, index):
+        if index == 150:
+            raise DataError("Cannot read image 'x.png': truncated. Fix or remove the file.")
+        return super().load_image(index)
+
+
+def test_unreadable_image_stops_cleanly_and_resumes(tmp_path, model):
+    images, labels, attributes = digits_arrays(240)
+    broken = _BrokenAt(images, labels, [str(d) for d in range(10)], attributes=attributes, name="digits")
+    with pytest.raises(DataError, match="x.png.*stopped at image 128 of 240"):
+        build_store("t", model, broken, ["block1"], batch_size=32, root=tmp_path)
+    directory = store_dir("t", store_fingerprint(model, broken), tmp_path)
+    assert not (directory / "manifest.json").exists()
+    assert json.loads((directory / "progress.json").read_text())["rows_done"] == 128
+
+
+def test_labels_beyond_model_outputs(tmp_path, model):
+    images, labels, _ = digits_arrays(40)
+    labels = labels.copy()
+    labels[0] = 11
+    data = ArrayDataset(images, labels, [str(d) for d in range(12)], name="twelve")
+    with pytest.raises(StoreError, match="only 10 outputs"):
+        build_store("t", model, data, root=tmp_path)
+
+
+def test_lock_held_elsewhere_times_out_clearly(tmp_path, model, dataset):
+    directory = store_dir("t", store_fingerprint(model, dataset), tmp_path)
+    directory.mkdir(parents=True)
+    messages = []
+    with FileLock(str(directory / ".lock")), pytest.raises(StoreError, match="Another process"):
+        build_store("t", model, dataset, root=tmp_path, lock_timeout=2, progress=lambda d, t, m: messages.append(m))
+    assert any("Waiting" in m for m in messages)
+
+
+BUILD_SCRIPT = """
+import sys
+from pathlib import Path
+from core.store import build_store
+from tests.support import digits_dataset, tiny_model
+store = build_store("t", tiny_model(), digits_dataset(240), ["block1", "block2"], batch_size=16, root=Path(sys.argv[1]))
+print(store.path)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_store(tmp_path, model, dataset):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1
+    store = open_store(Path(paths.pop()))
+    reference = build_store("t", model, dataset, ["block1", "block2"], root=tmp_path / "ref")
+    np.testing.assert_array_equal(store.embedding(), reference.embedding())
+    np.testing.assert_array_equal(store.pooled("block2"), reference.pooled("block2"))
