@@ -32,21 +32,22 @@ def sidebar_picker() -> Workspace:
     """The sidebar workspace picker; the choice persists across pages in session state."""
     listing = workspace_list()
     names = list(listing.workspaces)
-    if st.session_state.get(WORKSPACE_KEY) not in names:
-        st.session_state[WORKSPACE_KEY] = DEMO_NAME
-    st.session_state["biaslens.workspace_widget"] = st.session_state[WORKSPACE_KEY]
-
-    def remember() -> None:
-        st.session_state[WORKSPACE_KEY] = st.session_state["biaslens.workspace_widget"]
-
+    widget = "biaslens.workspace_widget"
+    wanted = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)
+    if st.session_state.get(widget) not in names or (
+        wanted != st.session_state.get(widget) and wanted in names
+    ):
+        # first run, a workspace removed from the file, or a page set WORKSPACE_KEY
+        st.session_state[widget] = wanted if wanted in names else DEMO_NAME
     st.sidebar.selectbox(
         "Workspace",
         names,
-        key="biaslens.workspace_widget",
+        key=widget,
         format_func=lambda n: listing.workspaces[n].title,
-        on_change=remember,
         help="A workspace is a model + a dataset, listed in workspaces.toml (see the README).",
+        on_change=lambda: st.session_state.update({WORKSPACE_KEY: st.session_state[widget]}),
     )
+    st.session_state[WORKSPACE_KEY] = st.session_state[widget]
     for problem in listing.problems:
         st.sidebar.warning(problem)
     if listing.hosted:

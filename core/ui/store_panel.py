@@ -69,10 +69,12 @@ def store_panel(ctx: PageContext) -> Store | None:
             _run_build(ctx, layers, f"Building the store of {len(ctx.dataset):,} images...")
         return None
     store = ctx.store
+    channels = store.manifest["layer_channels"]
+    layer_list = ", ".join(f"`{ly}` ({channels[ly]} ch)" for ly in store.layers) or "none"
     with st.expander(f"Activation store: {store.n:,} images, {len(store.layers)} block layers"):
         st.markdown(
             f"- **Embedding**: input of `{store.embedding_layer}` ({store.manifest['embedding_dim']}-d)\n"
-            f"- **Layers**: {', '.join(f'`{ly}` ({store.manifest['layer_channels'][ly]} ch)' for ly in store.layers) or 'none'}\n"
+            f"- **Layers**: {layer_list}\n"
             f"- **Built**: {store.manifest['created']} on {store.manifest['device']}\n"
             f"- **Fingerprint**: `{store.fingerprint[:16]}` · `{store.path}`"
         )

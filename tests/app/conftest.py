@@ -62,8 +62,9 @@ dataset = {{ kind = "imagefolder", root = "{tiny / 'images'}" }}
 
 @pytest.fixture
 def app(tmp_path, tiny_files, monkeypatch):
-    """An AppTest of app.py with the tiny workspaces registered."""
+    """An AppTest of app.py with the tiny workspaces registered and a cache of its own."""
     monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files)))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(REPO)
     return AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
 
@@ -72,3 +73,11 @@ def pick(at: AppTest, name: str) -> AppTest:
     """Choose a workspace in the sidebar picker."""
     at.sidebar.selectbox(key="biaslens.workspace_widget").set_value(name).run()
     return at
+
+
+@pytest.fixture
+def demo_app(tmp_path, monkeypatch):
+    """An AppTest of app.py on the demo, with the session's shared cache (built once)."""
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(tmp_path / "none.toml"))
+    monkeypatch.chdir(REPO)
+    return AppTest.from_file(str(REPO / "app.py"), default_timeout=300)

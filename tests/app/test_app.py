@@ -13,13 +13,13 @@ def no_exception(at: AppTest) -> None:
 
 
 def build_tiny(at: AppTest, name: str = "tiny") -> AppTest:
+    at.session_state["biaslens.workspace"] = name
     at.run()
-    pick(at, name)
     no_exception(at)
     assert any("no activation store" in w.value for w in at.warning)
     at.button[0].click().run()  # "Build the activation store"
     no_exception(at)
-    return at
+    return at.run()  # a clean tree: AppTest keeps a partial one after st.rerun()
 
 
 def test_overview_on_tiny_workspace(app):
@@ -32,15 +32,23 @@ def test_overview_on_tiny_workspace(app):
     assert any("skipped" in e.label for e in at.expander)
     assert [t.label for t in at.tabs] == ["Classes", "Attributes", "Gallery"]
     assert any(m.value == "**tint**" for m in at.markdown)  # accuracy per attribute value
-    assert len(at.get("imgs")) > 0  # gallery images
+    assert len(at.image) > 0 and any("✗" in c or "✓" in c for im in at.image for c in im.captions)  # gallery
     assert not any("Planted slices" == s.value for s in at.subheader)
 
 
 def test_picker_persists_across_pages(app):
-    at = build_tiny(app, "folder")
+    # AppTest (streamlit 1.67) drops sidebar elements after an app's first run when the app
+    # uses st.navigation (a minimal app shows it), so the picker is driven on the first run
+    # and persistence is checked through the pages; the e2e test uses the real sidebar.
+    app.session_state["biaslens.workspace"] = "tiny"
+    at = app.run()
+    pick(at, "folder")
+    no_exception(at)
+    assert at.title[0].value == "Tiny digits folder"
     at.switch_page("pages/cohorts.py").run()
     no_exception(at)
-    assert at.sidebar.selectbox(key="biaslens.workspace_widget").value == "folder"
+    assert at.session_state["biaslens.workspace"] == "folder"
+    assert any("no activation store" in i.value for i in at.info)
     at.switch_page("pages/overview.py").run()
     assert at.title[0].value == "Tiny digits folder"
 
@@ -94,15 +102,16 @@ dataset = {{ kind = "imagefolder", root = "{tiny_files / 'images'}" }}
 '''
     monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
     monkeypatch.chdir(REPO)
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240).run()
-    pick(at, "unfit")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+    at.session_state["biaslens.workspace"] = "unfit"
+    at.run()
     no_exception(at)
     assert at.error and "cannot be opened" in at.error[0].value
 
 
 @pytest.mark.slow
-def test_overview_on_the_demo(app):
-    at = app.run()  # the demo is the default workspace; its store is built on first open
+def test_overview_on_the_demo(demo_app):
+    at = demo_app.run()  # the demo is the default workspace; its store is built on first open
     no_exception(at)
     assert "Planted slices" in [s.value for s in at.subheader]
     slices = at.dataframe[0].value
