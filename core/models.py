@@ -197,7 +197,7 @@ def _load_torchvision(spec: ModelSpec) -> _Built:
     path = _existing_file(spec.weights, "state_dict file")
     state = _read_state_dict(path)
     num_classes = spec.num_classes if spec.num_classes is not None else _head_size(arch, state)
-    module = _build_torchvision(arch, num_classes)
+    module = _empty_torchvision(arch, num_classes) or _build_torchvision(arch, num_classes)
     _load_state(module, state, path, f"torchvision {arch}", arch)
     return _Built(module, f"torchvision {arch} + {path.name}")
 
@@ -296,6 +296,16 @@ def _meta_model(arch: str, **kwargs: Any) -> nn.Module | None:
             return torchvision.models.get_model(arch, weights=None, **kwargs)
     except Exception:
         return None
+
+
+def _empty_torchvision(arch: str, num_classes: int | None) -> nn.Module | None:
+    """The architecture with uninitialised CPU tensors, skipping the random initialisation
+    (seconds for large models) that a full state_dict overwrites anyway; None when some
+    buffer is not saved in state_dicts (it would stay uninitialised)."""
+    skeleton = _meta_model(arch, **({} if num_classes is None else {"num_classes": num_classes}))
+    if skeleton is None or set(dict(skeleton.named_buffers())) - set(skeleton.state_dict()):
+        return None
+    return skeleton.to_empty(device="cpu")
 
 
 def _head_size(arch: str, state: dict[str, torch.Tensor]) -> int | None:

@@ -17,8 +17,8 @@ from core.cohorts import CohortView
 from core.datasets import ImageDataset
 from core.models import LoadedModel, load_model
 from core.sources import build_dataset
-from core.ui.widgets import thumbnail
 from core.store import Store, find_store
+from core.ui.widgets import thumbnail
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
 

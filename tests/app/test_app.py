@@ -33,7 +33,7 @@ def test_overview_on_tiny_workspace(app):
     assert [t.label for t in at.tabs] == ["Classes", "Attributes", "Gallery"]
     assert any(m.value == "**tint**" for m in at.markdown)  # accuracy per attribute value
     assert len(at.image) > 0 and any("✗" in c or "✓" in c for im in at.image for c in im.captions)  # gallery
-    assert not any("Planted slices" == s.value for s in at.subheader)
+    assert not any(s.value == "Planted slices" for s in at.subheader)
 
 
 def test_picker_persists_across_pages(app):

@@ -186,7 +186,7 @@ def test_two_processes_build_the_same_store(tmp_path, model, dataset):
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
     paths = {out.strip() for out, _ in outputs}
     assert len(paths) == 1
