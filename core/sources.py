@@ -56,6 +56,8 @@ class DatasetSpec:
     target: celeba attribute used as the binary label.
     slices: demo slices TOML file; empty = the built-in one.
     limit: keep at most this many images (a deterministic, class-mixed subset).
+    classes: the class order of the model's outputs (class k = output k); None = the
+      source's own order (sorted folder names / label values).
     """
 
     kind: str
@@ -69,6 +71,7 @@ class DatasetSpec:
     target: str = "Smiling"
     slices: str = ""
     limit: int | None = None
+    classes: list[str] | None = None
 
 
 def _empty_frame(n: int) -> pd.DataFrame:
@@ -495,6 +498,29 @@ def limit_dataset(ds: ImageDataset, limit: int) -> ImageDataset:
     return _LimitedDataset(ds, np.sort(np.asarray(order[:limit], dtype=np.int64)))
 
 
+def order_classes(ds: ImageDataset, classes: Sequence[str]) -> ImageDataset:
+    """Re-index ``ds``'s labels so class k is ``classes[k]`` (the model's output order).
+
+    Every class present in the data must be listed; listed classes without images are
+    fine (a model may have more outputs than the data has classes).
+    """
+    classes = [str(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise DataError("The dataset's `classes` list has duplicates: list each class once.")
+    present = {ds.classes[k] for k in np.unique(ds.labels)}
+    unknown = sorted(present - set(classes))
+    if unknown:
+        raise DataError(
+            f"Dataset '{ds.name}' has classes {', '.join(unknown)} that are not in its `classes` "
+            "list: add them in the model's output order."
+        )
+    position = {name: k for k, name in enumerate(classes)}
+    mapping = np.array([position.get(name, -1) for name in ds.classes], dtype=np.int64)
+    ds.labels = mapping[ds.labels]
+    ds.classes = classes
+    return ds
+
+
 def build_dataset(spec: DatasetSpec) -> ImageDataset:
     """Build, validate and (optionally) limit the dataset ``spec`` describes.
 
@@ -532,6 +558,8 @@ def build_dataset(spec: DatasetSpec) -> ImageDataset:
         ds = CelebADataset(spec.root, split=spec.split, target=spec.target, missing=spec.missing)
     else:
         raise DataError(f"Unknown dataset kind '{spec.kind}'. Use one of: {', '.join(KINDS)}.")
+    if spec.classes is not None:
+        ds = order_classes(ds, spec.classes)
     ds.validate()
     if limit is not None:
         ds = limit_dataset(ds, limit)

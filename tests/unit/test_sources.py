@@ -524,3 +524,17 @@ def test_demo_kind_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     build_dataset(DatasetSpec("demo", split="train", slices="my.toml"))
     build_dataset(DatasetSpec("demo"))
     assert calls == [("train", Path("my.toml")), ("test", None)]
+
+
+def test_classes_option_sets_the_model_output_order(tmp_path):
+    from core.sources import DatasetSpec, build_dataset
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
+    ds = build_dataset(DatasetSpec(kind="imagefolder", root=str(tmp_path), classes=["dog", "bird", "cat"]))
+    assert ds.classes == ["dog", "bird", "cat"]
+    assert [ds.classes[k] for k in ds.labels] == [i.split("/")[0] for i in ds.ids]
+    with pytest.raises(DataError, match="cat.*not in its `classes`"):
+        build_dataset(DatasetSpec(kind="imagefolder", root=str(tmp_path), classes=["dog"]))
