@@ -136,7 +136,9 @@ def load_model(
     if isinstance(module, torch.jit.ScriptModule):  # e.g. returned by an entry point
         module = ScriptedModel(module)
     module = module.to(dev).eval()
-    input_size = spec.input_size or built.input_size
+    input_size = built.input_size if spec.input_size is None else spec.input_size
+    if not isinstance(input_size, int) or input_size < 1:
+        raise ModelError(f"input_size must be a positive number of pixels, got {input_size!r}.")
     mean = _triple(spec.mean, "mean") if spec.mean is not None else tuple(built.mean)
     std = _triple(spec.std, "std") if spec.std is not None else tuple(built.std)
     if any(s <= 0 for s in std):
@@ -197,7 +199,7 @@ def _load_torchvision(spec: ModelSpec) -> _Built:
     path = _existing_file(spec.weights, "state_dict file")
     state = _read_state_dict(path)
     num_classes = spec.num_classes if spec.num_classes is not None else _head_size(arch, state)
-    module = _empty_torchvision(arch, num_classes) or _build_torchvision(arch, num_classes)
+    module = _skeleton(arch, num_classes) or _build_torchvision(arch, num_classes)
     _load_state(module, state, path, f"torchvision {arch}", arch)
     return _Built(module, f"torchvision {arch} + {path.name}")
 
@@ -228,9 +230,8 @@ def _load_torchscript(spec: ModelSpec) -> _Built:
     path = _existing_file(spec.weights, "TorchScript file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", FutureWarning
-            )  # torch.jit is deprecated, still supported
+            # torch.jit is deprecated in favour of torch.export, but still loads these files
+            warnings.simplefilter("ignore", FutureWarning)
             script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelError(
@@ -298,14 +299,14 @@ def _meta_model(arch: str, **kwargs: Any) -> nn.Module | None:
         return None
 
 
-def _empty_torchvision(arch: str, num_classes: int | None) -> nn.Module | None:
-    """The architecture with uninitialised CPU tensors, skipping the random initialisation
-    (seconds for large models) that a full state_dict overwrites anyway; None when some
-    buffer is not saved in state_dicts (it would stay uninitialised)."""
+def _skeleton(arch: str, num_classes: int | None) -> nn.Module | None:
+    """The architecture on the meta device, to receive a full state_dict with ``assign``:
+    this skips the random initialisation and the copy (seconds for large models). None
+    when some buffer is not saved in state_dicts (it would stay on the meta device)."""
     skeleton = _meta_model(arch, **({} if num_classes is None else {"num_classes": num_classes}))
     if skeleton is None or set(dict(skeleton.named_buffers())) - set(skeleton.state_dict()):
         return None
-    return skeleton.to_empty(device="cpu")
+    return skeleton
 
 
 def _head_size(arch: str, state: dict[str, torch.Tensor]) -> int | None:
@@ -386,16 +387,19 @@ def _load_state(
             f"The weights in {path.name} do not fit {what} ({len(wrong)} shape mismatches, "
             f"{len(missing)} missing and {len(unexpected)} unexpected keys): {shown}.{hint}"
         )
-    module.load_state_dict(state)
+    if any(t.is_meta for t in expected.values()):  # a skeleton: adopt the file's tensors
+        module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, assign=True)
+    else:
+        module.load_state_dict(state)
 
 
 def _suggest_arch(arch: str, state: dict[str, torch.Tensor]) -> str | None:
     """Another architecture of the same family (resnet18 -> resnet34...) the file fits exactly."""
-    family = re.match(r"[a-z]+", arch)
+    family = re.split(r"[^a-z]", arch)[0]
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     head = _head_size(arch, state)
     for name in torchvision.models.list_models(module=torchvision.models):
-        if name == arch or not family or not name.startswith(family.group()):
+        if name == arch or not name.startswith(family):
             continue
         candidate = _meta_model(name, **({} if head is None else {"num_classes": head}))
         if (
@@ -505,7 +509,8 @@ def _conv_blocks(model: nn.Module, probe: _Probe) -> list[str]:
     head = _head_conv(model, probe)
 
     def contains(name: str, inner: str) -> bool:
-        return inner == name or inner.startswith(name + ".") or not name
+        """Whether module ``inner`` is ``name`` or nested in it (the root '' holds all)."""
+        return not name or inner == name or inner.startswith(name + ".")
 
     def blocks_of(parent: str) -> list[tuple[str, str]]:
         """(first child, block output) of each block among the executed children of parent."""
@@ -614,9 +619,10 @@ def _require_module(
 
 def _num_classes(result: Any, expected: int | None) -> int:
     if not isinstance(result, torch.Tensor) or result.dim() != 2:
+        got = _shape(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
         raise ModelError(
-            f"The model returns {_shape(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__} "
-            "for a batch of one image: BiasLens needs logits of shape (batch, num_classes)."
+            f"The model returns {got} for a batch of one image: BiasLens needs logits of shape "
+            "(batch, num_classes)."
         )
     found = int(result.shape[1])
     if expected is not None and expected != found:
@@ -681,8 +687,10 @@ class ScriptedModel(nn.Module):
 
     Limits: a submodule can be observed only if it ran once, outside an if/loop of the
     graph, with one tensor in and one tensor out; hooks on other modules do not fire, as
-    for modules that never run. Values returned by hooks are ignored. Frozen files
-    (``torch.jit.freeze``) have no submodules left, so only the final output is visible.
+    for modules that never run (nothing fires if the JIT refuses the rewritten graph).
+    Values returned by hooks are ignored. Frozen files (``torch.jit.freeze``) have no
+    submodules left, so only the final output is visible; ``load_model`` then raises a
+    ModelError saying so.
     """
 
     def __init__(self, script: torch.jit.ScriptModule) -> None:
@@ -702,7 +710,10 @@ class ScriptedModel(nn.Module):
             n for n, m in self.named_modules() if n and (m._forward_hooks or m._forward_pre_hooks)
         )
         if hooked not in self._taps:
-            self._taps[hooked] = _tap_function(self._script, hooked) if hooked else (None, [])
+            try:
+                self._taps[hooked] = _tap_function(self._script, hooked) if hooked else (None, [])
+            except RuntimeError:  # a graph the JIT cannot rewrite: nothing is observable
+                self._taps[hooked] = (None, [])
         function, observed = self._taps[hooked]
         if function is None:
             return self._script(x)
@@ -746,6 +757,7 @@ def _tap_function(script: torch.jit.ScriptModule, names: Sequence[str]) -> tuple
     """A graph function returning (output, input_1, output_1, ...) for the observable
     modules among ``names``, and those names in the order their outputs are computed."""
     graph = script.inlined_graph
+    torch._C._jit_pass_remove_mutation(graph)  # relu_(x) -> relu(x) where aliasing allows
     nodes = list(graph.nodes())
     scopes = _node_scopes(nodes)
     inputs, outputs = _boundary_values(nodes, scopes)
@@ -832,8 +844,9 @@ def _mark(
 
 
 def _unmutated(graph: Any, value: Any, position: dict[Any, int], copies: dict[int, Any]) -> Any:
-    """``value``, or a clone taken before its first use when an in-place op changes it later
-    (e.g. a conv output fed to ReLU(inplace=True)), so taps see the value as produced."""
+    """``value``, or a clone taken before its first use when an in-place op the JIT could not
+    remove changes it later, so taps see the value as produced (gradients do not flow
+    back through such a clone)."""
     if value.unique() in copies:
         return copies[value.unique()]
     uses = list(value.uses())
@@ -948,5 +961,6 @@ def _listing(names: Sequence[str]) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first sentence of an exception's message (torch's can run for a paragraph)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).split(". ")[0][:200]

@@ -16,7 +16,7 @@ def accuracy_intervals(frame: pd.DataFrame, category: str, title: str, overall: 
     data["low"] = data["low"].fillna(data["accuracy"])
     data["high"] = data["high"].fillna(data["accuracy"])
     order = list(data.sort_values("accuracy")[category])
-    y = alt.Y(f"{category}:N", sort=order, title=title)
+    y = alt.Y(f"{category}:N", sort=order, title=title, axis=alt.Axis(labelOverlap=False, labelLimit=220))
     base = alt.Chart(data)
     bars = base.mark_rule(strokeWidth=2, color="#888").encode(
         y=y,
@@ -38,7 +38,7 @@ def accuracy_intervals(frame: pd.DataFrame, category: str, title: str, overall: 
     rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(strokeDash=[4, 4], color="#1f77b4").encode(
         x="overall:Q"
     )
-    return (bars + points + rule).properties(height=max(80, 22 * len(data)))
+    return (bars + points + rule).properties(height=max(80, 24 * len(data)))
 
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = True) -> alt.Chart:

@@ -92,6 +92,6 @@ def page_context(require_store: bool = True) -> PageContext:
         st.stop()
     if require_store and store is None:
         st.info("This workspace has no activation store yet: build it on the Overview page.")
-        st.page_link("pages/overview.py", label="Go to Overview", icon="🏠")
+        st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
         st.stop()
     return PageContext(workspace, listing.hosted, model, dataset, store)

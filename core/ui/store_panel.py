@@ -45,7 +45,7 @@ def store_panel(ctx: PageContext) -> Store | None:
     """Show the store's status; build it (automatically for the demo) or add layers."""
     model = ctx.model
     if ctx.dataset.skipped:
-        with st.expander(f"⚠️ {len(ctx.dataset.skipped):,} listed file(s) were skipped and are not in the store"):
+        with st.expander(f":material/warning: {len(ctx.dataset.skipped):,} listed file(s) were skipped and are not in the store"):
             st.caption(
                 "Missing files, non-image files and rows without a label are skipped (CSV option "
                 "`missing = \"skip\"`, the default); set `missing = \"error\"` to stop instead."
