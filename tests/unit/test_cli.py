@@ -1,0 +1,66 @@
+"""The CLI: list, layers, build (with progress), and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from core.__main__ import main
+from tests.support import digits_arrays
+
+MODEL = (
+    '{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", input_size = 16, '
+    "mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }"
+)
+
+
+def _workspace_file(tmp_path: Path) -> Path:
+    images, labels, _ = digits_arrays(60)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = tmp_path / "images" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (tmp_path / "images" / "4" / "readme.txt").write_text("not an image")
+    path = tmp_path / "ws.toml"
+    path.write_text(f'[workspace.tiny]\nmodel = {MODEL}\ndataset = {{ kind = "imagefolder", root = "images" }}\n')
+    return path
+
+
+def test_list_and_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[workspace.x\n")
+    assert main(["--file", str(bad), "list"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("demo") and "not valid TOML" in err
+
+
+def test_unknown_workspace_is_one_line(capsys):
+    assert main(["build", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No workspace 'nope'") and "Traceback" not in err
+
+
+def test_layers_and_build(tmp_path, capsys, monkeypatch):
+    path = _workspace_file(tmp_path)
+    assert main(["--file", str(path), "layers", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "input of 'head' (12-d)" in out and "block3" in out
+    cache = tmp_path / "cache"
+    assert main(["--file", str(path), "build", "tiny", "--layers", "block1", "--cache", str(cache)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 listed file" in captured.err and "readme.txt" in captured.err
+    store_dirs = list((cache / "stores").iterdir())
+    assert len(store_dirs) == 1 and (store_dirs[0] / "manifest.json").exists()
+    assert np.load(store_dirs[0] / "layers" / "block1.max.npy").shape[0] == 60
+
+
+def test_corrupt_torchscript_is_one_line(tmp_path, capsys):
+    (tmp_path / "m.pt").write_bytes(b"garbage")
+    path = _workspace_file(tmp_path)
+    path.write_text('[workspace.ts]\nmodel = { kind = "torchscript", weights = "m.pt" }\n'
+                    'dataset = { kind = "imagefolder", root = "images" }\n')
+    assert main(["--file", str(path), "build", "ts"]) == 2
+    err = capsys.readouterr().err
+    assert "TorchScript" in err and "Traceback" not in err
