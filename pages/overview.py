@@ -58,7 +58,7 @@ if store.slice_columns:
     st.subheader("Planted slices")
     slices = slice_accuracy(meta, store.slice_columns)
     st.altair_chart(
-        charts.accuracy_intervals(slices.rename(columns={"slice": "planted slice"}), "planted slice", "Planted slice", accuracy),
+        charts.accuracy_intervals(slices, "slice", "Planted slice", accuracy),
         width="stretch",
     )
     how_to_read(

@@ -38,7 +38,7 @@ def accuracy_intervals(frame: pd.DataFrame, category: str, title: str, overall: 
     rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(strokeDash=[4, 4], color="#1f77b4").encode(
         x="overall:Q"
     )
-    return (bars + points + rule).properties(height=max(80, 24 * len(data)))
+    return (bars + points + rule).properties(height=max(140, 26 * len(data)))
 
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = True) -> alt.Chart:

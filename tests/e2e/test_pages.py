@@ -19,9 +19,10 @@ def test_overview_renders_the_demo(app_url, page):
     screenshot(page, "overview")
     # click flow: open the gallery tab and show correctly classified images of one class
     page.get_by_role("tab", name="Gallery").click()
-    page.get_by_role("button", name="correct", exact=True).click()
+    page.locator("[data-testid='stButtonGroup']").get_by_text("correct", exact=True).click()
     wait_idle(page)
     page.locator("[data-testid='stImage']").first.wait_for()
+    assert page.get_by_text("✓", exact=False).count() > 0  # correct images are captioned with a tick
     assert page.locator("[data-testid='stException']").count() == 0
     screenshot(page, "overview-gallery")
 
