@@ -125,3 +125,30 @@ def test_overview_on_the_demo(demo_app):
     no_exception(at)
     at.toggle[0].set_value(False).run()
     no_exception(at)
+
+
+def test_store_layers_can_be_chosen_and_added(app):
+    app.session_state["biaslens.workspace"] = "tiny"
+    at = app.run()
+    at.multiselect[0].set_value(["block1"]).run()
+    [b for b in at.button if b.label == "Build the activation store"][0].click().run()
+    at.run()
+    no_exception(at)
+    assert any("1 block layers" in e.label for e in at.expander)
+    adder = [m for m in at.multiselect if m.label == "Add layers"][0]
+    assert adder.options == ["block2", "block3"]
+    adder.set_value(["block3"]).run()
+    [b for b in at.button if b.label == "Add the selected layers"][0].click().run()
+    at.run()
+    no_exception(at)
+    assert any("2 block layers" in e.label for e in at.expander)
+
+
+def test_one_subset_per_class(app):
+    at = build_tiny(app)
+    at.switch_page("pages/cohorts.py").run()
+    [b for b in at.button if b.label == "Add one subset per class"][0].click().run()
+    no_exception(at)
+    summary = at.dataframe[-1].value
+    assert len(summary) == 10 and summary["size"].sum() == 200
+    assert set(summary["origin"]) == {"class"}
