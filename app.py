@@ -9,6 +9,7 @@ st.set_page_config(page_title="BiasLens", page_icon=":material/center_focus_stro
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/cohorts.py", title="Cohorts & subsets", icon=":material/filter_alt:"),
+    st.Page("pages/spotlight.py", title="Spotlight", icon=":material/highlight:"),
 ]
 
 navigation = st.navigation(PAGES)

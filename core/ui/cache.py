@@ -7,7 +7,10 @@ fingerprint. ``clear_store_cache`` is called after a store is built or extended.
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,7 @@ from core.cohorts import CohortView
 from core.datasets import ImageDataset
 from core.models import LoadedModel, load_model
 from core.sources import build_dataset
+from core.spotlight import Progress, Spotlight, SpotlightResult, project_2d
 from core.store import Store, find_store
 from core.ui.widgets import thumbnail
 from core.workspace import Workspace, WorkspaceList, load_workspaces
@@ -67,3 +71,49 @@ def cohort_view_for(_store: Store, fingerprint: str) -> CohortView:
 def thumbnails(_dataset: ImageDataset, workspace_key: str, rows: tuple[int, ...], size: int) -> list[np.ndarray]:
     """RGB thumbnails (size x size, nearest-neighbour for small images) of dataset rows."""
     return [thumbnail(_dataset.load_image(r), size) for r in rows]
+
+
+# --------------------------------------------------------------------------- spotlight
+# Spotlight runs report progress to the page, and st.cache_data would replay those calls on
+# a hit; so each input set gets a holder (cache_resource) that the first run fills.
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _spotlight_slot(fingerprint: str, layer: str | None, pool: str, params: str) -> dict[str, Any]:
+    """An empty holder per (store, representation, parameters), shared by sessions."""
+    return {"lock": threading.Lock()}
+
+
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def spotlight_cached(store: Store, layer: str | None, pool: str, params: dict[str, Any]) -> SpotlightResult | None:
+    """The cached spotlights for these inputs, or None if they have not been computed."""
+    return _spotlight_slot(store.fingerprint, layer, pool, _params_key(params)).get("result")
+
+
+def spotlight_result(
+    store: Store, layer: str | None, pool: str, params: dict[str, Any], progress: Progress | None = None
+) -> SpotlightResult:
+    """Spotlights of the store's embedding (layer None) or a pooled layer, computed once per inputs.
+
+    ``params`` are ``Spotlight``'s constructor arguments; the losses are the store's
+    per-image cross-entropy. Raises the BiasLensError of a bad input (nothing is cached then).
+    """
+    slot = _spotlight_slot(store.fingerprint, layer, pool, _params_key(params))
+    with slot["lock"]:
+        if "result" not in slot:
+            x = store.embedding() if layer is None else store.pooled(layer, pool)
+            losses = meta_for(store, store.fingerprint, tuple(store.layers))["loss"].to_numpy()
+            slot["result"] = Spotlight(**params).fit(x, losses, progress=progress)
+    return slot["result"]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def representation_map(
+    _store: Store, fingerprint: str, layer: str | None, pool: str, method: str, rows: tuple[int, ...]
+) -> np.ndarray:
+    """(len(rows), 2) PCA or UMAP map of the representation of these rows."""
+    x = _store.embedding() if layer is None else _store.pooled(layer, pool)
+    return project_2d(np.asarray(x[np.asarray(rows, dtype=np.int64)]), method)

@@ -1,0 +1,179 @@
+"""Spotlight: contiguous high-loss regions of the representation space (d'Eon et al.)."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.scorecard import scorecard
+from core.spotlight import KERNELS, PRECISIONS, NothingToFind, summary, weights_table
+from core.store import POOLS
+from core.ui import cache
+from core.ui import spotlight_view as view
+from core.ui.context import page_context
+from core.ui.widgets import how_to_read, percent
+
+MAP_POINTS = 4000
+
+ctx = page_context()
+store, meta = ctx.store, ctx.meta()
+n = len(meta)
+RUN_KEY = f"spotlight.run:{ctx.key}"
+
+st.title("Spotlight")
+st.caption(
+    "A spotlight is a Gaussian-weighted region of the model's representation space, placed "
+    "where the mean loss is highest and kept at least S images wide (d'Eon et al., *The "
+    "Spotlight*). Images that embed together tend to share a cause of failure, so a spotlight "
+    "surfaces a coherent problem area without any attribute labels."
+)
+
+EMBEDDING = f"Last hidden layer (input of {store.embedding_layer}, {store.manifest['embedding_dim']}-d)"
+representations = {EMBEDDING: (None, "mean")}
+representations |= {f"{layer} · {pool}-pooled": (layer, pool) for layer in store.layers for pool in POOLS}
+rep_names = list(representations)
+# The form's widgets keep their values in session state; seeded from the last run, so that
+# coming back to the page shows the settings of the results below.
+last = st.session_state.get(RUN_KEY)
+seed = {"rep": rep_names[0], "size": 2.0, "count": 5, "steps": 1000, "kernel": KERNELS[0], "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2}
+if last:
+    p = last["params"]
+    seed |= {"rep": last["representation"], "size": round(100 * p["size"] / n, 2), "count": p["n_spotlights"], "steps": p["steps"],
+             "kernel": p["kernel"], "precision": p["precision"], "pca": p["pca"] or 0, "lr": p["lr"]}
+for name, value in seed.items():
+    st.session_state.setdefault(f"spot_{name}", value)
+if st.session_state["spot_rep"] not in rep_names:  # another workspace, or a rebuilt store
+    st.session_state["spot_rep"] = rep_names[0]
+with st.form("spotlight_controls"):
+    c1, c2, c3, c4 = st.columns(4)
+    rep = c1.selectbox("Representation", rep_names, key="spot_rep", help="The paper uses the last hidden layer.")
+    size_pct = c2.number_input(
+        "Size S (% of images)", 0.0, 100.0, step=0.5, format="%.2f", key="spot_size",
+        help="The minimum total weight, as a share of the images: 2% for images in the paper.",
+    )
+    count = int(c3.number_input("Spotlights", 1, 10, key="spot_count", help="Found in sequence; each next one ignores losses already covered."))
+    steps = int(c4.number_input("Steps", 50, 5000, step=50, key="spot_steps", help="Adam steps per spotlight (the paper: 1000-5000)."))
+    c5, c6, c7, c8 = st.columns(4)
+    kernel = c5.selectbox("Kernel", KERNELS, key="spot_kernel", help="Gaussian exp(-d²/2) as in the paper, or compact max(1 - d², 0).")
+    precision = c6.selectbox("Precision", PRECISIONS, key="spot_precision", help="Spherical c·I as in the paper, or one precision per dimension (slow on wide layers: add PCA).")
+    pca = int(c7.number_input("PCA components (0 = off)", 0, 4096, key="spot_pca", help="Project the representation on its top components first."))
+    lr = float(c8.number_input("Learning rate", 1e-4, 1.0, format="%.4f", key="spot_lr", help="Adam; halved each time the objective plateaus."))
+    submitted = st.form_submit_button("Run", type="primary")
+if submitted:
+    st.session_state[RUN_KEY] = {
+        "representation": rep,
+        "layer": representations[rep][0],
+        "pool": representations[rep][1],
+        "params": {
+            "size": int(round(size_pct / 100 * n)), "n_spotlights": count, "kernel": kernel, "precision": precision,
+            "steps": steps, "lr": lr, "pca": pca or None,
+        },
+    }
+run = st.session_state.get(RUN_KEY)
+if run is None:
+    st.info(f"Choose the settings and press **Run** to find spotlights among the {n:,} images.")
+    st.stop()
+
+layer, pool, params = run["layer"], run["pool"], run["params"]
+try:
+    result = view.run_spotlights(store, layer, pool, params)
+except NothingToFind as exc:
+    st.success(f"Nothing to find: {exc}")
+    st.stop()
+except BiasLensError as exc:
+    st.error(f"The spotlight cannot run: {exc}")
+    st.stop()
+if not result.spotlights:
+    st.success("Nothing to find: " + " ".join(result.notes))
+    st.stop()
+detail = f"{run['representation']}, S = {result.size:,}, {params['kernel']} kernel, {params['precision']} precision"
+
+# --------------------------------------------------------------------------- all spotlights
+st.subheader("Spotlights found")
+st.caption(
+    f"{detail}; {len(result.spotlights)} spotlight(s) in {result.seconds:.1f} s on {result.device}"
+    + (f"; centre searched in the top {result.search_dims} principal directions and the starts (distances use the full vectors)" if result.search_dims else "")
+    + (f"; PCA keeps {percent(result.explained_variance)} of the variance" if result.explained_variance is not None else "")
+    + ". " + " ".join(result.notes)
+)
+table = summary(result, meta["correct"].to_numpy())
+st.dataframe(
+    table, hide_index=True,
+    column_config={
+        "mean loss": st.column_config.NumberColumn("weighted mean loss", format="%.3f"),
+        "loss ratio": st.column_config.NumberColumn("× dataset mean loss", format="%.2f"),
+        "effective size": st.column_config.NumberColumn("effective size", format="%.0f"),
+        "top-S accuracy": st.column_config.NumberColumn(f"accuracy of top {result.size:,}", format="percent"),
+        "low": st.column_config.NumberColumn("95% low", format="percent"),
+        "high": st.column_config.NumberColumn("95% high", format="percent"),
+    },
+)
+how_to_read(
+    f"each row is a spotlight in the order found. The dataset's mean loss is {result.mean_loss:.3f} and its "
+    f"accuracy {percent(meta['correct'].mean())}: a good spotlight has a loss ratio well above 1 and a low top-S accuracy."
+)
+c1, c2 = st.columns([3, 1])
+with c1:
+    st.altair_chart(view.trace_chart(result), width="stretch")
+    how_to_read("the objective while optimising; it rises as the barrier lets each spotlight narrow onto its high-loss region.")
+with c2:
+    st.download_button(
+        "Download weights (CSV)", weights_table(result, meta).to_csv(index=False).encode(),
+        file_name=f"{ctx.workspace.name}-spotlights.csv", mime="text/csv",
+        help="One row per image: id, label, prediction, loss and each spotlight's weight.",
+    )
+
+# --------------------------------------------------------------------------- planted slices
+if store.slice_columns:
+    st.subheader("Scorecard: planted slices")
+    card = scorecard(
+        meta[store.slice_columns].to_numpy(), [fit.weights for fit in result.spotlights],
+        slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
+        group_names=[f"Spotlight {fit.index + 1}" for fit in result.spotlights],
+    )
+    st.dataframe(card, hide_index=True, column_config={"P@10": st.column_config.ProgressColumn("P@10", min_value=0, max_value=1, format="%.1f")})
+    how_to_read(
+        "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "
+        "members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8."
+    )
+
+# --------------------------------------------------------------------------- each spotlight, and the paper's baselines
+names = [f"Spotlight {fit.index + 1}" for fit in result.spotlights]
+tabs = st.tabs([*names, "Highest loss", "Random sample"])
+for tab, fit in zip(tabs, result.spotlights, strict=False):
+    with tab:
+        view.spotlight_panel(ctx, meta, result, fit, store.attribute_columns, detail)
+with tabs[-2]:
+    by_loss = np.argsort(-meta["loss"].to_numpy(), kind="stable")[: view.GALLERY]
+    view.gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]])
+    how_to_read("the images with the highest loss, for comparison: usually a diffuse mix of causes, unlike a spotlight.")
+with tabs[-1]:
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(view.GALLERY, n), replace=False))
+    view.gallery(ctx, meta, sample)
+    how_to_read("a random sample of the dataset (fixed seed), for comparison with the spotlights.")
+
+# --------------------------------------------------------------------------- map
+st.subheader("Map of the representation")
+m1, m2 = st.columns([1, 2])
+method = m1.segmented_control("Projection", ["PCA", "UMAP"], default="PCA", key="spot_map_method") or "PCA"
+if st.session_state.get("spot_map_which") not in names:  # a run with fewer spotlights
+    st.session_state.pop("spot_map_which", None)
+shown = m2.selectbox("Colour by the weights of", names, key="spot_map_which")
+rows = np.arange(n) if n <= MAP_POINTS else np.sort(np.random.default_rng(0).choice(n, MAP_POINTS, replace=False))
+with st.spinner(f"Computing the {method} map of {len(rows):,} images..."):
+    coords = cache.representation_map(store, store.fingerprint, layer, pool, method.lower(), tuple(int(r) for r in rows))
+fit = result.spotlights[names.index(shown)]
+part = meta.iloc[rows]
+frame = pd.DataFrame(
+    {
+        "x": coords[:, 0], "y": coords[:, 1], "weight": fit.weights[rows], "row": part["row"].to_numpy(),
+        "label": part["label"].to_numpy(), "pred": part["pred"].to_numpy(), "loss": part["loss"].to_numpy(),
+        "outcome": np.where(part["correct"].to_numpy(), "correct", "error"),
+    }
+)
+first, second = ("PC 1", "PC 2") if method == "PCA" else ("UMAP 1", "UMAP 2")
+st.altair_chart(view.map_chart(frame, first, second), width="stretch")
+how_to_read(
+    f"each point is an image ({len(rows):,} shown) placed by a 2-D {method} of the representation; darker = "
+    "higher weight in the chosen spotlight, crosses are misclassified. A spotlight is one region of the full space, so it may look spread out in 2-D."
+)

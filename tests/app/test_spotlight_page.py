@@ -1,0 +1,112 @@
+"""AppTest of the Spotlight page: a run on a tiny workspace, saving a subset, bad input, the demo."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.ui import cache
+from core.workspace import load_workspaces
+from tests.app.test_app import build_tiny, no_exception
+
+
+def open_spotlight(at: AppTest) -> AppTest:
+    at.switch_page("pages/spotlight.py").run()
+    no_exception(at)
+    return at
+
+
+def run_spotlights(at: AppTest, count: int, steps: int = 100, size: float | None = None) -> AppTest:
+    at.number_input[1].set_value(count)  # Spotlights
+    at.number_input[2].set_value(steps)  # Steps
+    if size is not None:
+        at.number_input[0].set_value(size)  # Size S (% of images)
+    [b for b in at.button if b.label == "Run"][0].click().run()
+    no_exception(at)
+    return at
+
+
+def test_run_two_spotlights_and_save_a_subset(app):
+    at = open_spotlight(build_tiny(app))
+    assert at.title[0].value == "Spotlight"
+    assert any("press **Run**" in i.value for i in at.info)
+    run_spotlights(at, 2, size=10.0)
+    assert not at.error
+    assert [t.label for t in at.tabs] == ["Spotlight 1", "Spotlight 2", "Highest loss", "Random sample"]
+    summary = at.dataframe[0].value
+    assert list(summary["spotlight"]) == [1, 2]
+    assert (summary["effective size"] >= 20 - 1e-3).all()  # S = 10% of 200 images
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Weighted mean loss" in metrics and "Effective size (sum of weights)" in metrics
+    assert any("✗" in c or "✓" in c for im in at.image for c in im.captions)  # galleries
+    assert any("How to read this" in c.value for c in at.caption)
+    # no planted slices on this workspace: no scorecard
+    assert "Scorecard: planted slices" not in [s.value for s in at.subheader]
+    # a rerun (another widget) reuses the cached result: no new status box
+    at.selectbox(key="spot_map_which").set_value("Spotlight 2").run()
+    no_exception(at)
+    assert not at.status
+    # save the first spotlight's top 20 as a subset; the Cohorts page lists it
+    [b for b in at.button if b.label == "Save as subset"][0].click().run()
+    no_exception(at)
+    at.switch_page("pages/cohorts.py").run()
+    subsets = at.dataframe[-1].value
+    assert list(subsets["origin"]) == ["spotlight"] and list(subsets["size"]) == [20]
+    # back on the page: the results (cached) and the settings they were found with
+    open_spotlight(at)
+    assert "Spotlights found" in [s.value for s in at.subheader] and not at.status
+    assert at.number_input(key="spot_size").value == 10.0 and at.number_input(key="spot_count").value == 2
+
+
+def test_bad_sizes_give_clear_errors(app):
+    at = open_spotlight(build_tiny(app))
+    run_spotlights(at, 1, size=0.1)  # 0.2 of an image
+    assert at.error and "at least one image" in at.error[0].value
+    run_spotlights(at, 1, size=100.0)
+    assert at.error and "must be below N" in at.error[0].value
+
+
+def test_a_layer_missing_from_the_store_shows_the_store_message(app):
+    at = open_spotlight(build_tiny(app))
+    key = f"spotlight.run:{load_workspaces().workspaces['tiny'].key()}"
+    assert key not in at.session_state  # nothing run yet
+    run_spotlights(at, 1)
+    run = at.session_state[key]
+    # a run of a layer the store does not have (e.g. kept from before the store was rebuilt)
+    at.session_state[key] = {**run, "representation": "block9 · mean-pooled", "layer": "block9"}
+    at.run()
+    no_exception(at)
+    assert at.error and "Layer 'block9' is not in the store" in at.error[0].value
+
+
+@pytest.mark.parametrize(
+    ("loss", "element", "message"),
+    [(0.0, "success", "Nothing to find"), (float("nan"), "error", "NaN or infinite")],
+)
+def test_zero_or_nan_losses_are_explained_on_the_page(app, monkeypatch, loss, element, message):
+    at = open_spotlight(build_tiny(app))
+    real = cache.meta_for
+
+    def meta_with(store, fingerprint, layers):
+        meta = real(store, fingerprint, layers).copy()
+        meta["loss"] = loss
+        return meta
+
+    monkeypatch.setattr(cache, "meta_for", meta_with)
+    run_spotlights(at, 1)
+    shown = getattr(at, element)
+    assert shown and message in shown[0].value
+
+
+@pytest.mark.slow
+def test_spotlight_page_on_the_demo(demo_app):
+    at = demo_app.run()  # Overview builds the demo store on first open
+    no_exception(at)
+    at = open_spotlight(at)
+    run_spotlights(at, 2, steps=300)
+    assert not at.error
+    assert "Scorecard: planted slices" in [s.value for s in at.subheader]
+    card = next(d.value for d in at.dataframe if "P@10" in d.value.columns)
+    assert len(card) >= 3 and card["P@10"].between(0, 1).all()
+    [b for b in at.button if b.label == "Save as subset"][0].click().run()
+    no_exception(at)

@@ -1,0 +1,35 @@
+"""The Spotlight page in a real Chromium on the demo: it loads, one run, no exception box."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import screenshot, wait_idle
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_spotlight_page_runs_on_the_demo(app_url, page):
+    page.goto(app_url)  # Overview builds the demo store on first open; metrics show once it exists
+    page.locator("[data-testid='stMetric']").first.wait_for(timeout=240_000)
+    page.goto(f"{app_url}/spotlight")
+    wait_idle(page)
+    page.get_by_text("to find spotlights among").first.wait_for()
+    assert page.locator("[data-testid='stException']").count() == 0
+    set_number(page, "Spotlights", 2)
+    set_number(page, "Steps", 300)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Spotlights found").first.wait_for(timeout=240_000)
+    wait_idle(page)
+    page.get_by_text("Scorecard: planted slices").first.wait_for()
+    page.locator("[data-testid='stImage']").first.wait_for()
+    page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.get_by_role("tab", name="Spotlight 2").count() == 1
+    screenshot(page, "spotlight")
