@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -330,7 +329,7 @@ def build_store(
     directory.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
     with _locked(directory, n, progress, lock_timeout):
-        existing = _read_manifest(directory)
+        existing = _read_json(directory / "manifest.json")
         if existing is not None and existing.get("fingerprint") != fingerprint:
             existing = None
         stored_layers = existing["layers"] if existing else []
@@ -370,9 +369,10 @@ def build_store(
     return open_store(directory)
 
 
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or half-written."""
     try:
-        return json.loads((directory / "manifest.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -412,7 +412,7 @@ def _extract(
     files = _targets(layers, want_core)
     (directory / "layers").mkdir(exist_ok=True)
     progress_path = directory / "progress.json"
-    state = _read_progress(progress_path)
+    state = _read_json(progress_path)
     resume = (
         state is not None
         and state.get("fingerprint") == fingerprint
@@ -473,13 +473,6 @@ def _extract(
         arr.flush()
 
 
-def _read_progress(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _checkpoint(arrays: dict[str, np.ndarray], path: Path, fingerprint: str, files: dict[str, str], rows: int) -> None:
     """Flush the arrays, then record how many rows are safely on disk."""
     for arr in arrays.values():
@@ -518,8 +511,3 @@ def _write_meta(directory: Path, model: LoadedModel, dataset: ImageDataset) -> N
     tmp = directory / "meta.parquet.tmp"
     pq.write_table(pa.Table.from_pandas(meta, preserve_index=False), tmp)
     os.replace(tmp, directory / "meta.parquet")
-
-
-def delete_store(path: Path) -> None:
-    """Remove a store directory (used by 'rebuild')."""
-    shutil.rmtree(path, ignore_errors=True)

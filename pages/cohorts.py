@@ -12,7 +12,7 @@ from core.ui.widgets import how_to_read, image_grid, percent
 ctx = page_context()
 store = ctx.store
 meta = ctx.meta()
-view = cache.cohort_view_for(store, store.fingerprint)
+view = cache.cohort_view_for(meta, store.fingerprint)
 registry = ctx.subsets()
 
 st.title("Cohorts & subsets")

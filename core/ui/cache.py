@@ -63,8 +63,9 @@ def meta_for(_store: Store, fingerprint: str, layers: tuple[str, ...]) -> pd.Dat
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def cohort_view_for(_store: Store, fingerprint: str) -> CohortView:
-    return CohortView(_store.meta())
+def cohort_view_for(_meta: pd.DataFrame, fingerprint: str) -> CohortView:
+    """The DuckDB view over a store's (already cached) metadata, one per store."""
+    return CohortView(_meta)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
