@@ -10,6 +10,7 @@ PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/cohorts.py", title="Cohorts & subsets", icon=":material/filter_alt:"),
     st.Page("pages/spotlight.py", title="Spotlight", icon=":material/highlight:"),
+    st.Page("pages/subgroups.py", title="Subgroups", icon=":material/groups:"),
 ]
 
 navigation = st.navigation(PAGES)

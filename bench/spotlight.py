@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import demo_parts, machine_figures
 
 from core.errors import BiasLensError  # noqa: E402
 from core.scorecard import precision_at_k, precision_matrix  # noqa: E402
@@ -79,23 +73,6 @@ def bench_synthetic() -> dict:
     }
 
 
-def demo_store():
-    """The demo workspace's store, built (with tqdm-free progress lines) if missing."""
-    from core.models import load_model
-    from core.sources import build_dataset
-    from core.store import build_store, find_store
-    from core.workspace import demo_workspace
-
-    workspace = demo_workspace()
-    model = load_model(workspace.model, None)
-    dataset = build_dataset(workspace.dataset)
-    store = find_store(workspace.name, model, dataset)
-    if store is None:
-        print("Building the demo store...")
-        store = build_store(workspace.name, model, dataset, batch_size=workspace.batch_size)
-    return store
-
-
 def slice_evidence(x: np.ndarray, truth: np.ndarray) -> dict:
     """10-NN purity of each slice and the P@10 of a spotlight centred on its centroid."""
     from sklearn.neighbors import NearestNeighbors
@@ -111,7 +88,7 @@ def slice_evidence(x: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def bench_demo() -> dict:
-    store = demo_store()
+    _, _, store = demo_parts()
     meta = store.meta()
     x = np.asarray(store.embedding(), dtype=np.float32)
     losses = meta["loss"].to_numpy()
@@ -151,12 +128,9 @@ def main() -> None:
     except BiasLensError as exc:
         print(f"Demo skipped: {exc}")
         figures |= {"demo_p10": None, "demo_s_total": None, "demo_error": str(exc)}
-    figures |= {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {os.cpu_count()} cores, fits on 1 thread",
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "machine": platform.node(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    figures |= machine_figures(
+        torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {os.cpu_count()} cores, fits on 1 thread"
+    )
     print(json.dumps(figures))
 
 

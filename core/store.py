@@ -190,7 +190,7 @@ def find_store(workspace: str, model: LoadedModel, dataset: ImageDataset, root: 
 # --------------------------------------------------------------------------- extraction
 
 
-class _Recorder:
+class ActivationRecorder:
     """Forward hooks that capture the embedding and pooled block outputs of one batch."""
 
     def __init__(self, model: LoadedModel, layers: list[str], want_embedding: bool) -> None:
@@ -425,7 +425,7 @@ def _extract(
     )
     if not resume:
         progress_path.unlink(missing_ok=True)
-    recorder = _Recorder(model, layers, want_embedding=want_core)
+    recorder = ActivationRecorder(model, layers, want_embedding=want_core)
     last_checkpoint = time.monotonic()
     row = start
     if progress:

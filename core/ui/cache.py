@@ -18,10 +18,13 @@ import streamlit as st
 
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
+from core.gradcam import GradCamResult, grad_cam
 from core.models import LoadedModel, load_model
+from core.neurons import ConceptPatches, Neuron, concept_patches, select_neurons
 from core.sources import build_dataset
 from core.spotlight import Progress, Spotlight, SpotlightResult, project_2d
 from core.store import Store, find_store
+from core.udis import Subgroups, UdisParams, find_subgroups
 from core.ui.widgets import thumbnail
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
@@ -55,6 +58,8 @@ def clear_store_cache() -> None:
     store_for.clear()
     meta_for.clear()
     cohort_view_for.clear()
+    subgroups_for.clear()
+    neuron_selection.clear()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -118,3 +123,45 @@ def representation_map(
     """(len(rows), 2) PCA or UMAP map of the representation of these rows."""
     x = _store.embedding() if layer is None else _store.pooled(layer, pool)
     return project_2d(np.asarray(x[np.asarray(rows, dtype=np.int64)]), method)
+
+
+# --------------------------------------------------------------------------- subgroups
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def subgroups_for(_store: Store, fingerprint: str, params: UdisParams) -> Subgroups:
+    """UDIS subgroups of the store's embedding (the threshold is applied by the page)."""
+    correct = meta_for(_store, fingerprint, tuple(_store.layers))["correct"].to_numpy()
+    return find_subgroups(_store.embedding(), correct, params)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def neuron_selection(_store: Store, fingerprint: str, layer: str, mass: float) -> np.ndarray:
+    """(N, C) highly-activated neurons of each image at a stored layer (Summit's rule)."""
+    return select_neurons(_store.pooled(layer, "max"), mass)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _concept_slot(fingerprint: str) -> dict[str, Any]:
+    """Concept patches already computed for a store, per neuron, shared by sessions."""
+    return {"lock": threading.Lock(), "patches": {}}
+
+
+def concept_patches_for(
+    model: LoadedModel, dataset: ImageDataset, store: Store, neurons: tuple[Neuron, ...]
+) -> dict[Neuron, ConceptPatches]:
+    """Concept patches of these neurons; the missing ones are computed in one batched pass."""
+    slot = _concept_slot(store.fingerprint)
+    with slot["lock"]:
+        missing = [n for n in neurons if n not in slot["patches"]]
+        if missing:
+            slot["patches"].update(concept_patches(model, dataset, missing, lambda layer: store.pooled(layer, "max")))
+        return {n: slot["patches"][n] for n in neurons}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def grad_cam_for(
+    _model: LoadedModel, _dataset: ImageDataset, workspace_key: str, row: int, layer: str, targets: tuple[int, ...]
+) -> GradCamResult:
+    """Grad-CAM of one image for these classes at a conv layer."""
+    return grad_cam(_model, _dataset.load_image(row), layer, targets)

@@ -1,0 +1,135 @@
+"""Rendering for the Subgroups page: subgroup rows, the Grad-CAM and neuron concept windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.gradcam import overlay
+from core.neurons import Neuron, cluster_neurons
+from core.udis import Subgroups, subgroup_confusion
+from core.ui import cache
+from core.ui.charts import confusion_matrix
+from core.ui.context import PageContext
+from core.ui.widgets import how_to_read, mark_error, percent
+
+THUMB = 96
+PATCH_VIEW = 96
+
+
+def subgroup_label(table: pd.DataFrame, subgroup: int) -> str:
+    """'#12 · accuracy 23.5% (95% 12.0-35.0%) · 34 images'."""
+    row = table.loc[subgroup]
+    interval = f" (95% {percent(row['low'])}–{percent(row['high'])})" if row["low"] == row["low"] else ""
+    return f"#{subgroup} · accuracy {percent(row['accuracy'])}{interval} · {int(row['size'])} images"
+
+
+def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key: str, columns: int = 6) -> None:
+    """Thumbnails (errors framed and crossed in red), each with a button that opens its Grad-CAM window."""
+    part = meta.iloc[np.asarray(rows, dtype=np.int64)]
+    thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), THUMB)
+    records = part.to_dict("records")
+    for start in range(0, len(records), columns):
+        cols = st.columns(columns)
+        for offset, col in enumerate(cols):
+            i = start + offset
+            if i >= len(records):
+                break
+            rec = records[i]
+            ok = bool(rec["correct"])
+            caption = f"✓ {rec['label']}" if ok else f"✗ {rec['pred']} (true: {rec['label']})"
+            col.image(thumbs[i] if ok else mark_error(thumbs[i]), caption=caption, width="stretch")
+            if col.button("Grad-CAM", key=f"{key}:{rec['row']}", icon=":material/center_focus_strong:", width="stretch"):
+                gradcam_window(ctx, meta, int(rec["row"]))
+
+
+@st.dialog("Grad-CAM window", width="large")
+def gradcam_window(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
+    """VisCUIT's Grad-CAM window: the image, its label and prediction, Grad-CAM for both classes."""
+    rec = meta.iloc[row]
+    layers = ctx.model.conv_layers
+    st.markdown(
+        f"**{rec['id']}** · label **{rec['label']}** · predicted **{rec['pred']}** "
+        f"with confidence {percent(rec['confidence'])}" + (" ✓" if rec["correct"] else " ✗ misclassified")
+    )
+    if not layers:
+        st.info("Grad-CAM does not apply: the model has no convolutional layers.")
+        return
+    layer = st.selectbox("Layer", layers, index=len(layers) - 1, key=f"gradcam_layer:{row}", help="Grad-CAM is usually taken at the last conv block.")
+    targets = (int(rec["pred_idx"]), int(rec["label_idx"]))
+    try:
+        result = cache.grad_cam_for(ctx.model, ctx.dataset, ctx.key, row, layer, targets)
+    except BiasLensError as exc:
+        st.error(f"Grad-CAM failed: {exc}")
+        return
+    side = result.maps.shape[-1]
+    image = np.asarray(ctx.dataset.load_image(row).convert("RGB").resize((side, side)))
+    big = 4 if side < 96 else 1
+
+    def enlarge(picture: np.ndarray) -> np.ndarray:
+        return np.kron(picture, np.ones((big, big, 1), dtype=np.uint8)) if big > 1 else picture
+
+    c1, c2, c3 = st.columns(3)
+    c1.image(enlarge(image), caption="Image (as the model sees it)", width="stretch")
+    c2.image(enlarge(overlay(image, result.maps[0])), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities[targets[0]])})", width="stretch")
+    c3.image(enlarge(overlay(image, result.maps[1])), caption=f"True: {rec['label']} ({percent(result.probabilities[targets[1]])})", width="stretch")
+    how_to_read("red = regions that raise that class's score most at this layer (Grad-CAM), blue = little or none; each map is scaled to its own maximum.")
+
+
+def confusion_panel(subgroups: Subgroups, meta: pd.DataFrame, classes: list[str], subgroup: int, title: str) -> None:
+    """The subgroup's confusion matrix over the classes present in it (labels or predictions)."""
+    rows = subgroups.rows(subgroup)
+    labels, preds = meta["label_idx"].to_numpy()[rows], meta["pred_idx"].to_numpy()[rows]
+    present = np.union1d(labels, preds)
+    matrix = subgroup_confusion(labels, preds, len(classes))[np.ix_(present, present)]
+    st.markdown(f"**{title}**")
+    st.altair_chart(confusion_matrix(matrix, [classes[i] for i in present], normalise=False), width="content")
+
+
+def neuron_button_label(neuron: Neuron, under: float, well: float) -> str:
+    return f"{neuron[1]} · {under:.2f} / {well:.2f}"
+
+
+@st.dialog("Neuron concept window", width="large")
+def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float], shown: list[Neuron], pair: tuple[int, int]) -> None:
+    """A neuron's activation scores for both subgroups, its concept patches and its cluster."""
+    layer, channel = neuron
+    st.markdown(
+        f"**{layer} · neuron {channel}** — activation score **{scores[0]:.2f}** in under-performing #{pair[0]}, "
+        f"**{scores[1]:.2f}** in well-performing #{pair[1]}"
+    )
+    with st.spinner(f"Concept patches of the {len(shown)} neurons in the panel..."):
+        try:
+            patches = cache.concept_patches_for(ctx.model, ctx.dataset, ctx.store, tuple(shown))
+        except BiasLensError as exc:
+            st.error(f"Concept patches failed: {exc}")
+            return
+    clusters = cluster_neurons(patches, st.session_state.get("subgroups.cluster_threshold", 0.9))
+    mates = [n for n in shown if clusters[n] == clusters[neuron] and n != neuron]
+    st.session_state["subgroups.highlight"] = [neuron, *mates]
+    mine = patches[neuron]
+    st.markdown("**Concept patches** — the 10 patches of its top images that activate it most")
+    cols = st.columns(10)
+    for col, picture, value in zip(cols, mine.patch_images, mine.patch_activations, strict=False):
+        col.image(_enlarge_to(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
+    st.markdown("**Top images** — the dataset images that activate it most")
+    thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in mine.image_rows), THUMB)
+    cols = st.columns(10)
+    for col, picture in zip(cols, thumbs, strict=False):
+        col.image(picture, width="stretch")
+    if mates:
+        st.markdown(
+            "**Same concept cluster** (patch-embedding cosine > threshold): "
+            + ", ".join(f"{n[0]} · {n[1]}" for n in mates)
+            + ". They are highlighted in the panel."
+        )
+    else:
+        st.caption("No other neuron in the panel responds to the same concept (its cluster has one neuron).")
+    how_to_read("the numbers under the patches are the neuron's activation (max over space) on the image masked to that square.")
+
+
+def _enlarge_to(picture: np.ndarray, side: int) -> np.ndarray:
+    factor = max(1, side // max(picture.shape[:2]))
+    return np.kron(picture, np.ones((factor, factor, 1), dtype=np.uint8)) if factor > 1 else picture

@@ -1,0 +1,193 @@
+"""Subgroups: where the model fails (UDIS) and why (VisCUIT's Grad-CAM, neurons and concepts)."""
+
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.neurons import activation_scores, neuron_columns
+from core.scorecard import scorecard
+from core.udis import UDIS_THRESHOLD, VISCUIT_THRESHOLD, UdisParams, subgroups_csv, top_loss_rows
+from core.ui import cache
+from core.ui import subgroups_view as view
+from core.ui.context import page_context
+from core.ui.widgets import how_to_read, mark_error, percent
+
+SHOWN_IMAGES = 12
+MAX_NEURONS_PER_CELL = 24
+
+ctx = page_context()
+store, meta = ctx.store, ctx.meta()
+classes = store.classes
+SELECTED = f"subgroups.selected:{ctx.key}"
+
+st.title("Subgroups")
+st.caption(
+    "UDIS clusters the images by the model's last hidden layer (Ward, cut by silhouette score) and "
+    "lists the clusters whose accuracy is far below the overall accuracy; VisCUIT then shows, for "
+    "one of them and its most similar well-performing cluster, where the model looks (Grad-CAM) and "
+    "which neurons and image concepts drive it (Park et al., *VisCUIT*; Krishnakumar et al., *UDIS*)."
+)
+
+with st.expander("Clustering settings (UDIS)"), st.form("udis_settings"):
+    c1, c2, c3, c4 = st.columns(4)
+    min_size = int(c1.number_input("Min subgroup size", 2, 1000, 5, help="No split leaves a subgroup with fewer images."))
+    max_size = int(c2.number_input("Max subgroup size", 3, 100_000, 100, help="Cuts are scored only once no splittable subgroup is bigger."))
+    sample = int(c3.number_input("Silhouette sample", 100, 20_000, 4000, step=500, help="Images on which each cut's silhouette score is measured."))
+    max_cuts = int(c4.number_input("Cuts scored", 1, 200, 40, help="At most this many cuts, geometrically spaced, compete."))
+    c5, c6, c7, c8 = st.columns(4)
+    exact_limit = int(c5.number_input("Exact Ward up to N images", 100, 50_000, 5000, step=500, help="Above it: k-means micro-clusters, then Ward on them (memory O(N))."))
+    micro = int(c6.number_input("Micro-clusters", 100, 20_000, 4096, step=256, help="Number of k-means micro-clusters in the two-stage tree."))
+    perfect = c7.checkbox("Keep perfect regions whole", True, help="UDIS's code stops splitting at clusters with 100% accuracy.")
+    seed = int(c8.number_input("Seed", 0, 10_000, 0))
+    st.form_submit_button("Re-cluster")
+params = UdisParams(min_size=min_size, max_size=max(max_size, min_size + 1), silhouette_sample=sample, max_cuts=max_cuts,
+                    exact_limit=exact_limit, micro_clusters=micro, stop_at_perfect=perfect, seed=seed)
+
+choice = st.segmented_control(
+    "Under-performing when accuracy < threshold × overall accuracy",
+    [f"{VISCUIT_THRESHOLD} (VisCUIT paper)", f"{UDIS_THRESHOLD} (UDIS code)", "Custom"],
+    default=f"{VISCUIT_THRESHOLD} (VisCUIT paper)", key="subgroups.threshold_choice",
+)
+if choice == "Custom":
+    threshold = st.slider("Threshold", 0.05, 1.0, 0.8, 0.01, key="subgroups.threshold_custom")
+else:
+    threshold = UDIS_THRESHOLD if choice and choice.startswith(str(UDIS_THRESHOLD)) else VISCUIT_THRESHOLD
+
+try:
+    with st.spinner(f"Clustering {len(meta):,} images (cached afterwards)..."):
+        result = cache.subgroups_for(store, store.fingerprint, params)
+except BiasLensError as exc:
+    st.error(f"The subgroups cannot be computed: {exc}")
+    st.stop()
+table = result.table.set_index("subgroup", drop=False)
+under = result.under_performing(threshold)
+st.caption(
+    f"{len(table):,} subgroups ({result.method}, cut with the best silhouette among {len(result.cuts)} cuts, "
+    f"{result.seconds:.1f} s); overall accuracy {percent(result.overall_accuracy)}; "
+    f"{len(under)} under-performing at accuracy < {threshold:g} × {percent(result.overall_accuracy)} = "
+    f"{percent(threshold * result.overall_accuracy)}. " + " ".join(result.notes)
+)
+c1, c2 = st.columns(2)
+c1.download_button("Export subgroups (CSV)", subgroups_csv(result, meta["id"].to_numpy(), threshold),
+                   file_name=f"{ctx.workspace.name}-subgroups.csv", mime="text/csv", icon=":material/download:")
+
+if under.empty:
+    hint = result.suggest_threshold()
+    st.info(
+        f"No subgroup of more than 5 images has accuracy below {threshold:g} × the overall accuracy."
+        + (f" A threshold of {hint:g} (Custom) would list the worst one." if hint else " Every subgroup is as accurate as the model overall.")
+    )
+    st.stop()
+
+# --------------------------------------------------------------------------- subgroup panel
+st.subheader("Under-performing subgroups")
+ids = [int(g) for g in under["subgroup"]]
+if st.session_state.get(SELECTED) not in ids:
+    st.session_state[SELECTED] = ids[0]
+with st.container(height=420):
+    for g in ids:
+        head, button = st.columns([5, 1])
+        head.markdown(("**▶ " if g == st.session_state[SELECTED] else "**") + view.subgroup_label(table, g) + "**")
+        if button.button("Select", key=f"select:{g}", width="stretch", type="primary" if g == st.session_state[SELECTED] else "secondary"):
+            st.session_state[SELECTED] = g
+            st.rerun()
+        rows = result.rows(g)
+        thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in rows[:SHOWN_IMAGES]), 64)
+        strip = st.columns(SHOWN_IMAGES)
+        for col, r, picture in zip(strip, rows[:SHOWN_IMAGES], thumbs, strict=False):
+            col.image(picture if meta["correct"].iat[r] else mark_error(picture), width="stretch")
+how_to_read("subgroups sorted by accuracy, worst first; images framed and crossed in red are misclassified.")
+
+selected = st.session_state[SELECTED]
+similar = int(table.loc[selected, "similar"])
+left, right = st.columns(2)
+with left:
+    st.markdown(f"**Under-performing {view.subgroup_label(table, selected)}**")
+    view.clickable_images(ctx, meta, result.rows(selected)[:24], key=f"under:{selected}", columns=4)
+with right:
+    if similar < 0:
+        st.info("No well-performing subgroup (accuracy ≥ overall, more than 5 images) exists to compare with.")
+    else:
+        st.markdown(f"**Similar well-performing {view.subgroup_label(table, similar)}**")
+        view.clickable_images(ctx, meta, result.rows(similar)[:24], key=f"well:{selected}:{similar}", columns=4)
+how_to_read("the well-performing subgroup is the nearest one (Euclidean distance between mean embeddings) with accuracy ≥ overall; press Grad-CAM under an image to see where the model looks.")
+left, right = st.columns(2)
+with left:
+    view.confusion_panel(result, meta, classes, selected, f"Confusion matrix of #{selected}")
+if similar >= 0:
+    with right:
+        view.confusion_panel(result, meta, classes, similar, f"Confusion matrix of #{similar}")
+how_to_read("rows are true classes, columns predictions, cells count images (classes absent from the subgroup are left out).")
+
+c1, c2, c3 = st.columns([2, 1, 1])
+name = c1.text_input("Subset name", f"subgroup {selected}", key=f"subgroups.name:{selected}")
+which = c2.radio("Save", ["under-performing", "well-performing"], horizontal=True, disabled=similar < 0, key="subgroups.which")
+if c3.button("Save as subset", icon=":material/bookmark_add:"):
+    target = selected if which == "under-performing" or similar < 0 else similar
+    try:
+        ctx.subsets().add(name, result.rows(target), "subgroup", view.subgroup_label(table, target), overwrite=True)
+        st.success(f"Saved '{name}' ({int(table.loc[target, 'size'])} images) for the other pages.")
+    except BiasLensError as exc:
+        st.error(str(exc))
+
+# --------------------------------------------------------------------------- neuron panel
+st.subheader("Neuron activation panel")
+conv_layers = [layer for layer in ctx.model.conv_layers if layer in store.layers]
+if not ctx.model.conv_layers:
+    st.info("The neuron panel does not apply: the model has no convolutional layers.")
+elif similar < 0:
+    st.info("The neuron panel compares two subgroups; this one has no well-performing neighbour.")
+elif not conv_layers:
+    st.warning("None of the model's conv blocks is in the activation store: add layers on the Overview page (store panel).")
+else:
+    c1, c2, c3 = st.columns(3)
+    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, 0.5, 0.05, key="subgroups.neuron_threshold",
+                                 help="A neuron shows when its activation score reaches this in either subgroup.")
+    mass = c2.slider("Mass rule (%)", 0.5, 20.0, 3.0, 0.5, key="subgroups.mass",
+                     help="Per image and layer, the top neurons whose activations sum past this share of the layer's total are 'highly activated' (VisCUIT: 3%).")
+    c3.slider("Concept cluster threshold", 0.5, 1.0, 0.9, 0.01, key="subgroups.cluster_threshold",
+              help="Neurons join one concept cluster when their concept patches' embeddings have cosine similarity above this.")
+    rows_under, rows_well = result.rows(selected), result.rows(similar)
+    scores_under, scores_well = {}, {}
+    for layer in conv_layers:
+        chosen = cache.neuron_selection(store, store.fingerprint, layer, mass / 100)
+        scores_under[layer] = activation_scores(chosen, rows_under)
+        scores_well[layer] = activation_scores(chosen, rows_well)
+    frame = neuron_columns(scores_under, scores_well, neuron_threshold, conv_layers)
+    highlight = set(map(tuple, st.session_state.get("subgroups.highlight", [])))
+    shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]
+    heads = st.columns([1, 3, 3, 3])
+    for col, text in zip(heads, ["Layer", f"Under-performing #{selected} only", "Both", f"Well-performing #{similar} only"], strict=True):
+        col.markdown(f"**{text}**")
+    for layer in conv_layers:
+        cells = st.columns([1, 3, 3, 3])
+        cells[0].markdown(f"`{layer}`")
+        part = frame[frame["layer"] == layer]
+        for col, column in zip(cells[1:], ["under only", "both", "well only"], strict=True):
+            here = part[part["column"] == column].head(MAX_NEURONS_PER_CELL)
+            if here.empty:
+                col.caption("—")
+            inner = col.columns(3)
+            for i, r in enumerate(here.itertuples()):
+                neuron = (layer, int(r.neuron))
+                if inner[i % 3].button(view.neuron_button_label(neuron, r.under, r.well), key=f"neuron:{layer}:{r.neuron}",
+                                       type="primary" if neuron in highlight else "secondary", width="stretch"):
+                    view.concept_window(ctx, neuron, (float(r.under), float(r.well)), shown, (selected, similar))
+    how_to_read(
+        "each button is a neuron (channel) with its activation scores under / well: the share of each subgroup's images "
+        "for which it is highly activated. Rows follow the network; press a neuron for its concepts (its cluster turns blue)."
+    )
+
+# --------------------------------------------------------------------------- scorecard
+if store.slice_columns:
+    st.subheader("Scorecard: planted slices")
+    losses = meta["loss"].to_numpy()
+    truth = meta[store.slice_columns].to_numpy(dtype=bool)
+    rankings = [top_loss_rows(result.rows(g), losses) for g in ids]
+    card = scorecard(truth, rankings, [c.removeprefix("slice_") for c in store.slice_columns], [f"#{g}" for g in ids])
+    card["recall"] = [
+        float(truth[result.rows(int(best[1:])), i].sum() / max(1, truth[:, i].sum())) if best else 0.0
+        for i, best in enumerate(card["best group"])
+    ]
+    st.dataframe(card, hide_index=True, column_config={"P@10": st.column_config.NumberColumn(format="%.1f"),
+                                                       "recall": st.column_config.NumberColumn(format="percent")})
+    how_to_read("for each planted slice, the under-performing subgroup whose 10 highest-loss images hold most slice images (P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall).")
