@@ -248,6 +248,7 @@ def concept_patches(
     patch_size: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    embedding_centre: np.ndarray | None = None,
 ) -> dict[Neuron, ConceptPatches]:
     """VisCUIT's concept patches of each neuron, from one batched pass over masked images.
 
@@ -257,7 +258,10 @@ def concept_patches(
     every neuron; a masked input keeps the square and sets everything else to 0 (the
     normalised mean colour). All masked inputs run through the model once, with hooks on
     the requested layers and on the embedding; each neuron keeps its ``n_patches`` patches
-    of highest activation.
+    of highest activation. ``embedding_centre`` (e.g. the dataset's mean embedding) is
+    subtracted from the patch embeddings before they are normalised: last-hidden-layer
+    vectors are non-negative after a ReLU, so uncentred they all have high cosine
+    similarity and every neuron would fall into one cluster.
     """
     wanted = list(dict.fromkeys((str(layer), int(channel)) for layer, channel in neurons))
     if not wanted:
@@ -281,6 +285,7 @@ def concept_patches(
     best = _masked_pass(
         model, dataset, wanted, image_rows, pair_rows, pair_corners, size, n_patches, batch_size
     )
+    centre = 0.0 if embedding_centre is None else np.asarray(embedding_centre, dtype=np.float64)
     winners = np.concatenate([top.pairs for top in best.values()])
     crops = _input_images(model, dataset, np.unique(pair_rows[winners]))
     result = {}
@@ -298,7 +303,7 @@ def concept_patches(
                 crops[int(r)][y : y + size, x : x + size].copy()
                 for r, (y, x) in zip(patch_rows, corners, strict=True)
             ],
-            embedding=_unit(_unit(top.embeddings).mean(axis=0)),
+            embedding=_unit(_unit(top.embeddings - centre).mean(axis=0)),
         )
     return result
 

@@ -123,7 +123,7 @@ class Subgroups:
             return None
         needed = float(t["accuracy"].min()) / self.overall_accuracy
         step = np.floor(needed * 100 + 1e-9) / 100 + 0.01
-        return float(step) if step <= 1 else None
+        return round(float(step), 2) if step <= 1 else None
 
 
 # --------------------------------------------------------------------------- Ward trees

@@ -109,7 +109,7 @@ with right:
     else:
         st.markdown(f"**Similar well-performing {view.subgroup_label(table, similar)}**")
         view.clickable_images(ctx, meta, result.rows(similar)[:24], key=f"well:{selected}:{similar}", columns=4)
-how_to_read("the well-performing subgroup is the nearest one (Euclidean distance between mean embeddings) with accuracy ≥ overall; press Grad-CAM under an image to see where the model looks.")
+how_to_read("the well-performing subgroup is the nearest one (Euclidean distance between mean embeddings) with accuracy ≥ overall; press CAM under an image to see where the model looks.")
 left, right = st.columns(2)
 with left:
     view.confusion_panel(result, meta, classes, selected, f"Confusion matrix of #{selected}")
@@ -166,10 +166,10 @@ else:
             here = part[part["column"] == column].head(MAX_NEURONS_PER_CELL)
             if here.empty:
                 col.caption("—")
-            inner = col.columns(3)
+            inner = col.columns(2)
             for i, r in enumerate(here.itertuples()):
                 neuron = (layer, int(r.neuron))
-                if inner[i % 3].button(view.neuron_button_label(neuron, r.under, r.well), key=f"neuron:{layer}:{r.neuron}",
+                if inner[i % 2].button(view.neuron_button_label(neuron, r.under, r.well), key=f"neuron:{layer}:{r.neuron}",
                                        type="primary" if neuron in highlight else "secondary", width="stretch"):
                     view.concept_window(ctx, neuron, (float(r.under), float(r.well)), shown, (selected, similar))
     how_to_read(

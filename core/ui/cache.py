@@ -155,7 +155,10 @@ def concept_patches_for(
     with slot["lock"]:
         missing = [n for n in neurons if n not in slot["patches"]]
         if missing:
-            slot["patches"].update(concept_patches(model, dataset, missing, lambda layer: store.pooled(layer, "max")))
+            centre = np.asarray(store.embedding()).mean(axis=0)
+            slot["patches"].update(
+                concept_patches(model, dataset, missing, lambda layer: store.pooled(layer, "max"), embedding_centre=centre)
+            )
         return {n: slot["patches"][n] for n in neurons}
 
 

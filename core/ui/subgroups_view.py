@@ -41,7 +41,7 @@ def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key
             ok = bool(rec["correct"])
             caption = f"✓ {rec['label']}" if ok else f"✗ {rec['pred']} (true: {rec['label']})"
             col.image(thumbs[i] if ok else mark_error(thumbs[i]), caption=caption, width="stretch")
-            if col.button("Grad-CAM", key=f"{key}:{rec['row']}", icon=":material/center_focus_strong:", width="stretch"):
+            if col.button("CAM", key=f"{key}:{rec['row']}", help="Open the Grad-CAM window of this image", width="stretch"):
                 gradcam_window(ctx, meta, int(rec["row"]))
 
 
@@ -89,7 +89,7 @@ def confusion_panel(subgroups: Subgroups, meta: pd.DataFrame, classes: list[str]
 
 
 def neuron_button_label(neuron: Neuron, under: float, well: float) -> str:
-    return f"{neuron[1]} · {under:.2f} / {well:.2f}"
+    return f"{neuron[1]}: {under:.2f}/{well:.2f}"
 
 
 @st.dialog("Neuron concept window", width="large")
