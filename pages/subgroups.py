@@ -174,7 +174,7 @@ else:
                     view.concept_window(ctx, neuron, (float(r.under), float(r.well)), shown, (selected, similar))
     how_to_read(
         "each button is a neuron (channel) with its activation scores under / well: the share of each subgroup's images "
-        "for which it is highly activated. Rows follow the network; press a neuron for its concepts (its cluster turns blue)."
+        "for which it is highly activated. Rows follow the network; press a neuron for its concepts (afterwards its concept cluster shows as filled buttons)."
     )
 
 # --------------------------------------------------------------------------- scorecard

@@ -92,7 +92,7 @@ def neuron_button_label(neuron: Neuron, under: float, well: float) -> str:
     return f"{neuron[1]}: {under:.2f}/{well:.2f}"
 
 
-@st.dialog("Neuron concept window", width="large")
+@st.dialog("Neuron concept window", width="large", on_dismiss="rerun")
 def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float], shown: list[Neuron], pair: tuple[int, int]) -> None:
     """A neuron's activation scores for both subgroups, its concept patches and its cluster."""
     layer, channel = neuron
@@ -123,7 +123,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
         st.markdown(
             "**Same concept cluster** (patch-embedding cosine > threshold): "
             + ", ".join(f"{n[0]} · {n[1]}" for n in mates)
-            + ". They are highlighted in the panel."
+            + ". They are highlighted (filled buttons) in the panel once this window is closed."
         )
     else:
         st.caption("No other neuron in the panel responds to the same concept (its cluster has one neuron).")
