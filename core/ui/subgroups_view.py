@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -13,7 +15,7 @@ from core.udis import Subgroups, subgroup_confusion
 from core.ui import cache
 from core.ui.charts import confusion_matrix
 from core.ui.context import PageContext
-from core.ui.widgets import how_to_read, mark_error, percent
+from core.ui.widgets import how_to_read, image_grid, percent
 
 THUMB = 96
 PATCH_VIEW = 96
@@ -30,19 +32,12 @@ def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key
     """Thumbnails (errors framed and crossed in red), each with a button that opens its Grad-CAM window."""
     part = meta.iloc[np.asarray(rows, dtype=np.int64)]
     thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), THUMB)
-    records = part.to_dict("records")
-    for start in range(0, len(records), columns):
-        cols = st.columns(columns)
-        for offset, col in enumerate(cols):
-            i = start + offset
-            if i >= len(records):
-                break
-            rec = records[i]
-            ok = bool(rec["correct"])
-            caption = f"✓ {rec['label']}" if ok else f"✗ {rec['pred']} (true: {rec['label']})"
-            col.image(thumbs[i] if ok else mark_error(thumbs[i]), caption=caption, width="stretch")
-            if col.button("CAM", key=f"{key}:{rec['row']}", help="Open the Grad-CAM window of this image", width="stretch"):
-                gradcam_window(ctx, meta, int(rec["row"]))
+
+    def cam_button(col: Any, rec: dict[str, Any]) -> None:
+        if col.button("CAM", key=f"{key}:{rec['row']}", help="Open the Grad-CAM window of this image", width="stretch"):
+            gradcam_window(ctx, meta, int(rec["row"]))
+
+    image_grid(thumbs, part, columns=columns, below=cam_button)
 
 
 @st.dialog("Grad-CAM window", width="large")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,9 +38,16 @@ def mark_error(thumb: np.ndarray) -> np.ndarray:
 
 
 def image_grid(
-    thumbs: Sequence[np.ndarray], meta_rows: pd.DataFrame, columns: int = 8, extra: Sequence[str] | None = None
+    thumbs: Sequence[np.ndarray],
+    meta_rows: pd.DataFrame,
+    columns: int = 8,
+    extra: Sequence[str] | None = None,
+    below: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> None:
-    """Thumbnails in a grid, captioned 'label' or '✗ pred (label)', errors framed in red."""
+    """Thumbnails in a grid, captioned 'label' or '✗ pred (label)', errors framed in red.
+
+    ``below(column, record)`` may add a widget under each image (e.g. a button).
+    """
     if len(thumbs) == 0:
         st.caption("No images to show.")
         return
@@ -58,6 +66,8 @@ def image_grid(
             if extra is not None:
                 caption += f" · {extra[i]}"
             col.image(picture, caption=caption, width="stretch")
+            if below is not None:
+                below(col, rec)
 
 
 def how_to_read(text: str) -> None:
