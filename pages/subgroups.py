@@ -153,7 +153,7 @@ else:
         scores_under[layer] = activation_scores(chosen, rows_under)
         scores_well[layer] = activation_scores(chosen, rows_well)
     frame = neuron_columns(scores_under, scores_well, neuron_threshold, conv_layers)
-    highlight = set(map(tuple, st.session_state.get("subgroups.highlight", [])))
+    highlight = set(map(tuple, st.session_state.get(view.highlight_key(ctx, (selected, similar)), [])))
     shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]
     heads = st.columns([1, 3, 3, 3])
     for col, text in zip(heads, ["Layer", f"Under-performing #{selected} only", "Both", f"Well-performing #{similar} only"], strict=True):

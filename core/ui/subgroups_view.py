@@ -83,6 +83,11 @@ def confusion_panel(subgroups: Subgroups, meta: pd.DataFrame, classes: list[str]
     st.altair_chart(confusion_matrix(matrix, [classes[i] for i in present], normalise=False), width="content")
 
 
+def highlight_key(ctx: PageContext, pair: tuple[int, int]) -> str:
+    """Session key of the highlighted concept cluster, per workspace and subgroup pair."""
+    return f"subgroups.highlight:{ctx.key}:{pair[0]}:{pair[1]}"
+
+
 def neuron_button_label(neuron: Neuron, under: float, well: float) -> str:
     return f"{neuron[1]}: {under:.2f}/{well:.2f}"
 
@@ -103,7 +108,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
             return
     clusters = cluster_neurons(patches, st.session_state.get("subgroups.cluster_threshold", 0.9))
     mates = [n for n in shown if clusters[n] == clusters[neuron] and n != neuron]
-    st.session_state["subgroups.highlight"] = [neuron, *mates]
+    st.session_state[highlight_key(ctx, pair)] = [neuron, *mates]
     mine = patches[neuron]
     st.markdown("**Concept patches** — the 10 patches of its top images that activate it most")
     cols = st.columns(10)
