@@ -426,9 +426,7 @@ def test_subgroups_page_on_the_demo(demo_app):
     card = next(d.value for d in at.dataframe if "P@10" in d.value.columns)
     assert "recall" in card.columns
     slices = card.set_index("slice")
-    assert {"marked_sandals", "red_pullovers", "striped_trousers"} <= set(slices.index)
-    assert len(card) == 3
-    assert slices.loc["marked_sandals", "P@10"] >= 0.8
-    assert slices.loc["striped_trousers", "P@10"] >= 0.8
+    assert set(slices.index) == {"marked_sandals", "dark_pullovers", "striped_trousers"}
+    assert (card["P@10"] >= 0.8).all() and card["identified"].all()  # every planted slice found
     assert card["recall"].between(0, 1).all()
     assert neuron_buttons(at)
