@@ -96,7 +96,7 @@ def cmd_demo_train(args: argparse.Namespace) -> int:
     slices = Path(args.slices)
     out = Path(args.out) if args.out else REPO_ROOT / "cache" / "demo" / f"{slices.stem}.pt"
     options = {"epochs": args.epochs} if args.epochs is not None else {}
-    figures = train_demo(slices, out, seed=args.seed, limit=args.limit, **options)
+    figures = train_demo(slices, out, seed=args.seed, limit=args.limit, control=args.control, **options)
     print(f"weights: {out}")
     for key, value in figures.items():
         print(f"{key}: {value}")
@@ -132,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    train.add_argument("--control", action="store_true", help="train without the plants (the control model)")
     train.set_defaults(func=cmd_demo_train)
     return p
 

@@ -64,3 +64,13 @@ def test_corrupt_torchscript_is_one_line(tmp_path, capsys):
     assert main(["--file", str(path), "build", "ts"]) == 2
     err = capsys.readouterr().err
     assert "TorchScript" in err and "Traceback" not in err
+
+
+def test_demo_train_control_flag_trains_without_the_plants(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "control.pt"
+    code = main(["demo", "train", "--control", "--limit", "256", "--epochs", "1", "--out", str(out)])
+    assert code == 0 and out.is_file()
+    assert json.loads(out.with_suffix(".json").read_text())["control"] is True
+    assert f"weights: {out}" in capsys.readouterr().out
