@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
@@ -651,6 +652,15 @@ def make_transform(
             transforms.Normalize(list(mean), list(std)),
         ]
     )
+
+
+def model_view(model: LoadedModel, image: Image.Image) -> np.ndarray:
+    """uint8 RGB (S, S, 3): the image exactly as the model sees it (resized, centre-cropped),
+    so that maps at the input resolution (Grad-CAM, patch boxes) line up with it."""
+    pixels = make_transform(model.input_size, model.mean, model.std)(image)
+    mean = torch.tensor(model.mean).view(3, 1, 1)
+    std = torch.tensor(model.std).view(3, 1, 1)
+    return ((pixels * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -29,7 +29,7 @@ import torch
 
 from core.datasets import ImageDataset
 from core.errors import ModelError, StoreError
-from core.models import LoadedModel, make_transform
+from core.models import LoadedModel, make_transform, model_view
 from core.store import ActivationRecorder
 
 Neuron = tuple[str, int]
@@ -287,7 +287,7 @@ def concept_patches(
     )
     centre = 0.0 if embedding_centre is None else np.asarray(embedding_centre, dtype=np.float64)
     winners = np.concatenate([top.pairs for top in best.values()])
-    crops = _input_images(model, dataset, np.unique(pair_rows[winners]))
+    crops = {int(r): model_view(model, dataset.load_image(int(r))) for r in np.unique(pair_rows[winners])}
     result = {}
     for neuron in wanted:
         top = best[neuron]
@@ -409,20 +409,6 @@ def _merge(
     previous = best.embeddings.reshape(len(best.pairs), embeddings.shape[1])
     all_embeddings = np.concatenate([previous, embeddings])
     return _Best(all_pairs[kept], all_activations[kept], all_embeddings[kept])
-
-
-def _input_images(
-    model: LoadedModel, dataset: ImageDataset, rows: np.ndarray
-) -> dict[int, np.ndarray]:
-    """Rows as uint8 RGB (S, S, 3) arrays exactly as the model sees them (resized, cropped)."""
-    transform = make_transform(model.input_size, model.mean, model.std)
-    mean = torch.tensor(model.mean).view(3, 1, 1)
-    std = torch.tensor(model.std).view(3, 1, 1)
-    images = {}
-    for row in rows:
-        pixels = (transform(dataset.load_image(int(row))) * std + mean).clamp(0, 1)
-        images[int(row)] = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return images
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -89,6 +90,15 @@ class WardTree:
     @property
     def n_leaves(self) -> int:
         return len(self.merges) + 1
+
+    @cached_property
+    def parent(self) -> np.ndarray:
+        """(2m-1,) parent node of every node; -1 for the root."""
+        m = self.n_leaves
+        parent = np.full(2 * m - 1, -1, dtype=np.int64)
+        parent[self.merges[:, 0]] = np.arange(m, 2 * m - 1)
+        parent[self.merges[:, 1]] = np.arange(m, 2 * m - 1)
+        return parent
 
 
 @dataclass
@@ -280,18 +290,13 @@ def descend(tree: WardTree, params: UdisParams) -> tuple[np.ndarray, int]:
 
 def cut_labels(tree: WardTree, splits: np.ndarray, j: int) -> np.ndarray:
     """(N,) subgroup node id of each image after the first ``j`` splits of the descent."""
-    m = tree.n_leaves
-    total = 2 * m - 1
-    parent = np.full(total, -1, dtype=np.int64)
-    parent[tree.merges[:, 0]] = np.arange(m, total)
-    parent[tree.merges[:, 1]] = np.arange(m, total)
+    parent = tree.parent
+    total = len(parent)
     is_split = np.zeros(total, dtype=bool)
     is_split[splits[:j]] = True
     root = total - 1
     # a node is a subgroup when it is not split and its parent is (or it is the root)
     is_group = ~is_split & np.where(parent >= 0, is_split[np.maximum(parent, 0)], True)
-    if total == 1:
-        is_group[:] = True
     up = np.where(is_group | (np.arange(total) == root), np.arange(total), parent)
     while True:  # pointer jumping: every node ends on its subgroup (or the root, if above)
         nxt = up[up]

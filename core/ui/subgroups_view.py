@@ -7,18 +7,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from core.errors import BiasLensError
 from core.gradcam import overlay
+from core.models import model_view
 from core.neurons import Neuron, cluster_neurons
 from core.udis import Subgroups, subgroup_confusion
 from core.ui import cache
 from core.ui.charts import confusion_matrix
 from core.ui.context import PageContext
-from core.ui.widgets import how_to_read, image_grid, percent
+from core.ui.widgets import how_to_read, image_grid, percent, thumbnail
 
 THUMB = 96
 PATCH_VIEW = 96
+CAM_VIEW = 192
 
 
 def subgroup_label(table: pd.DataFrame, subgroup: int) -> str:
@@ -59,17 +62,11 @@ def gradcam_window(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
     except BiasLensError as exc:
         st.error(f"Grad-CAM failed: {exc}")
         return
-    side = result.maps.shape[-1]
-    image = np.asarray(ctx.dataset.load_image(row).convert("RGB").resize((side, side)))
-    big = 4 if side < 96 else 1
-
-    def enlarge(picture: np.ndarray) -> np.ndarray:
-        return np.kron(picture, np.ones((big, big, 1), dtype=np.uint8)) if big > 1 else picture
-
+    image = model_view(ctx.model, ctx.dataset.load_image(row))
     c1, c2, c3 = st.columns(3)
-    c1.image(enlarge(image), caption="Image (as the model sees it)", width="stretch")
-    c2.image(enlarge(overlay(image, result.maps[0])), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities[targets[0]])})", width="stretch")
-    c3.image(enlarge(overlay(image, result.maps[1])), caption=f"True: {rec['label']} ({percent(result.probabilities[targets[1]])})", width="stretch")
+    c1.image(_enlarged(image, CAM_VIEW), caption="Image (as the model sees it)", width="stretch")
+    c2.image(_enlarged(overlay(image, result.maps[0]), CAM_VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities[targets[0]])})", width="stretch")
+    c3.image(_enlarged(overlay(image, result.maps[1]), CAM_VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities[targets[1]])})", width="stretch")
     how_to_read("red = regions that raise that class's score most at this layer (Grad-CAM), blue = little or none; each map is scaled to its own maximum.")
 
 
@@ -113,7 +110,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     st.markdown("**Concept patches** — the 10 patches of its top images that activate it most")
     cols = st.columns(10)
     for col, picture, value in zip(cols, mine.patch_images, mine.patch_activations, strict=False):
-        col.image(_enlarge_to(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
+        col.image(_enlarged(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
     st.markdown("**Top images** — the dataset images that activate it most")
     thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in mine.image_rows), THUMB)
     cols = st.columns(10)
@@ -130,6 +127,6 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     how_to_read("the numbers under the patches are the neuron's activation (max over space) on the image masked to that square.")
 
 
-def _enlarge_to(picture: np.ndarray, side: int) -> np.ndarray:
-    factor = max(1, side // max(picture.shape[:2]))
-    return np.kron(picture, np.ones((factor, factor, 1), dtype=np.uint8)) if factor > 1 else picture
+def _enlarged(picture: np.ndarray, side: int) -> np.ndarray:
+    """Small pictures blown up with sharp pixels (the shared thumbnail rule)."""
+    return thumbnail(Image.fromarray(picture), max(side, *picture.shape[:2]))

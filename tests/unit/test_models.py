@@ -21,6 +21,7 @@ from core.models import (
     list_conv_blocks,
     load_model,
     make_transform,
+    model_view,
     weights_fingerprint,
 )
 
@@ -442,3 +443,15 @@ def test_make_transform_gives_square_normalised_tensors(mode, size):
     tensor = transform(Image.new(mode, size, color=128 if mode == "L" else (128,) * len(mode)))
     assert tensor.shape == (3, 29, 29) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, torch.full_like(tensor, (128 / 255 - 0.5) / 0.25))
+
+
+def test_model_view_is_the_centre_crop_the_model_sees():
+    """A wide image loses its sides to the centre crop, so maps at input size line up with the view."""
+    from tests.support import tiny_model
+
+    model = tiny_model()
+    wide = Image.new("RGB", (40, 20), (0, 0, 255))
+    wide.paste((255, 0, 0), (0, 0, 6, 20))  # a red band on the left edge: cropped away
+    view = model_view(model, wide)
+    assert view.shape == (model.input_size, model.input_size, 3) and view.dtype.name == "uint8"
+    assert (view[..., 0] < 20).all() and (view[..., 2] > 235).all()
