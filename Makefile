@@ -3,9 +3,16 @@ PY_SYS ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+ADDRESS ?= 127.0.0.1
+# Streamlit's settings for a public server: no file watcher, no usage stats, no uploads,
+# XSRF protection on, no tracebacks shown to visitors.
+SERVE_FLAGS := --server.headless=true --server.address=$(ADDRESS) --server.port=$(PORT) \
+	--server.fileWatcherType=none --server.runOnSave=false --browser.gatherUsageStats=false \
+	--server.maxUploadSize=0 --server.enableXsrfProtection=true --server.enableCORS=true \
+	--client.showErrorDetails=none --client.toolbarMode=viewer
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test setup venv demo-data browser lint bench clean
+.PHONY: run serve test setup venv demo-data browser lint bench clean
 
 setup: $(STAMP) demo-data
 
@@ -31,6 +38,12 @@ browser:
 
 run: setup
 	$(PY) -m streamlit run app.py --server.port=$(PORT)
+
+# The hosted demo: the CLI builds the demo's store first, then the app runs in hosted mode
+# (visitors only read). `make serve ADDRESS=0.0.0.0 PORT=80` to listen publicly.
+serve: setup
+	BIASLENS_HOSTED=1 $(PY) -m core build demo
+	BIASLENS_HOSTED=1 $(PY) -m streamlit run app.py $(SERVE_FLAGS)
 
 test: setup browser
 	$(PY) -m ruff check .

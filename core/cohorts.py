@@ -1,24 +1,60 @@
 """Cohorts: SQL ``WHERE`` expressions over a read-only DuckDB copy of the store's metadata.
 
-The expression is wrapped as ``SELECT ... FROM meta WHERE (<expression>)`` and must parse
-as exactly one SELECT statement; the connection has file access disabled and its
-configuration locked, so a cohort can only filter the metadata, never read or write files.
+A cohort filter is **parsed, not wrapped**. The text goes into
+``SELECT * FROM meta WHERE (<text>)`` and DuckDB's own parser (``json_serialize_sql``)
+returns the tree, which must be exactly that query: one SELECT over the table ``meta``
+with no ORDER BY, LIMIT, GROUP BY, set operation (UNION ...), common table expression or
+sample, and a ``WHERE`` clause made only of column references, constants, operators,
+casts, CASE and lambdas, and calls to DuckDB's scalar functions. Subqueries, table
+functions, aggregates, window functions and parameters are refused before anything runs.
+
+The connection has file access disabled, Python replacement scans off (so no query can
+read a pandas frame by its variable name) and its configuration locked. Every query runs
+on a cursor of its own, so concurrent sessions never share connection state.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
 
 import duckdb
 import pandas as pd
 
 from core.errors import BiasLensError
 
+MAX_FILTER_CHARS = 4_000
+# Expression node classes a filter may contain (DuckDB's parse-tree names).
+_ALLOWED_CLASSES = frozenset(
+    {"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR", "FUNCTION", "CAST",
+     "CASE", "BETWEEN", "COLLATE", "LAMBDA", "TYPE"}
+)
+# Scalar functions that reveal the server's settings or environment.
+_DENIED_FUNCTIONS = frozenset({"current_setting", "getenv", "current_database", "current_schema"})
+# The only shape of query the wrapper may parse to (every key but the WHERE clause).
+_SELECT_SHAPE = {
+    "type": "SELECT_NODE",
+    "modifiers": [],
+    "cte_map": {"map": []},
+    "group_expressions": [],
+    "group_sets": [],
+    "aggregate_handling": "STANDARD_HANDLING",
+    "having": None,
+    "sample": None,
+    "qualify": None,
+}
+
 
 class CohortError(BiasLensError):
-    """A cohort expression that DuckDB rejects (the message is DuckDB's own) or that is not a filter."""
+    """A cohort expression that is not a single filter, or that DuckDB rejects (its own message)."""
 
 
 class CohortView:
-    """A read-only, in-memory DuckDB table ``meta`` holding one store's metadata."""
+    """A read-only, in-memory DuckDB table ``meta`` holding one store's metadata.
+
+    Thread-safe: every query opens its own cursor on the shared in-memory database.
+    """
 
     def __init__(self, meta: pd.DataFrame) -> None:
         self.columns = list(meta.columns)
@@ -26,38 +62,168 @@ class CohortView:
         self._con.register("meta_source", meta)
         self._con.execute("CREATE TABLE meta AS SELECT * FROM meta_source")
         self._con.unregister("meta_source")
-        self._con.execute("SET enable_external_access = false")
-        self._con.execute("SET lock_configuration = true")
+        self._scalar_functions = frozenset(
+            name
+            for (name,) in self._con.execute(
+                "SELECT DISTINCT function_name FROM duckdb_functions() "
+                "WHERE function_type IN ('scalar', 'macro')"
+            ).fetchall()
+        ) - _DENIED_FUNCTIONS
+        self._con.execute("SET GLOBAL python_enable_replacements = false")
+        self._con.execute("SET GLOBAL enable_external_access = false")
+        self._con.execute("SET GLOBAL lock_configuration = true")
 
-    def _checked_sql(self, where: str, select: str) -> str:
-        expression = where.strip()
+    def check(self, where: str) -> str:
+        """The filter text, stripped, if it is a single boolean filter; else CohortError."""
+        expression = where.strip().rstrip(";").strip()
         if not expression:
             raise CohortError("Type a filter, e.g. label = 'Sneaker' AND tint = 'red'.")
-        sql = f"SELECT {select} FROM meta WHERE ({expression})"
-        try:
-            statements = self._con.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise CohortError(str(exc)) from None
-        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        if len(expression) > MAX_FILTER_CHARS:
+            raise CohortError(f"The filter is longer than {MAX_FILTER_CHARS:,} characters.")
+        if "\x00" in expression:
+            raise CohortError("The filter contains a NUL character.")
+        tree = self._parse(_wrap(expression, "*"))
+        statements = tree.get("statements") or []
+        if len(statements) != 1:
+            raise CohortError("Only one filter expression is allowed, not several statements.")
+        node = statements[0].get("node", {})
+        if node.get("type") == "SET_OPERATION_NODE":
+            raise CohortError("UNION, EXCEPT and INTERSECT are not allowed: type only a filter.")
+        shape = {key: node.get(key) for key in _SELECT_SHAPE}
+        if shape != _SELECT_SHAPE or not _is_plain_star(node.get("select_list")) or not _is_meta(
+            node.get("from_table")
+        ):
             raise CohortError(
-                "Only a filter expression is allowed (what follows WHERE), not other statements."
+                "Only a filter expression is allowed (what follows WHERE): no ORDER BY, LIMIT, "
+                "GROUP BY, WITH or closing parenthesis that ends the filter early."
             )
-        return sql
+        if node.get("where_clause") is None:
+            raise CohortError("Type a filter expression, e.g. correct = false.")
+        self._check_expression(node["where_clause"])
+        return expression
+
+    def _parse(self, sql: str) -> dict[str, Any]:
+        with self._cursor() as cur:
+            try:
+                (text,) = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+            except duckdb.Error as exc:
+                raise CohortError(str(exc)) from None
+        try:
+            tree = json.loads(text)
+        except RecursionError:
+            raise CohortError("The filter is nested too deeply: simplify it.") from None
+        except (TypeError, ValueError):
+            raise CohortError("DuckDB could not parse the filter.") from None
+        if tree.get("error"):
+            message = tree.get("error_message", "syntax error")
+            raise CohortError(f"Parser error: {message}. Check quotes and parentheses.")
+        return tree
+
+    def _check_expression(self, root: dict[str, Any]) -> None:
+        """Walk the WHERE tree (iteratively: filters can nest deeply) and refuse what is not a filter."""
+        for node in _expression_nodes(root):
+            kind = node.get("class")
+            if kind == "SUBQUERY":
+                raise CohortError("Subqueries (SELECT inside the filter, EXISTS, IN (SELECT ...)) are not allowed.")
+            if kind == "WINDOW":
+                raise CohortError("Window functions (OVER ...) are not allowed in a filter.")
+            if kind == "PARAMETER":
+                raise CohortError("Parameters (?, $1) are not allowed: write the values in the filter.")
+            if kind not in _ALLOWED_CLASSES:
+                raise CohortError(f"'{node.get('type', kind)}' is not allowed in a filter.")
+            if kind == "FUNCTION":
+                name = str(node.get("function_name", ""))
+                if node.get("schema") or node.get("catalog"):
+                    raise CohortError(f"Qualified function names ('{name}') are not allowed.")
+                if name.lower() not in self._scalar_functions:
+                    raise CohortError(
+                        f"'{name}' is not a scalar function a filter may call (table functions, "
+                        "aggregates such as sum() and setting readers are refused)."
+                    )
+                order = node.get("order_bys") or {}
+                if node.get("distinct") or node.get("filter") is not None or order.get("orders"):
+                    raise CohortError(f"'{name}' uses aggregate options (DISTINCT, FILTER, ORDER BY).")
+
+    def _cursor(self) -> _Cursor:
+        return _Cursor(self._con)
 
     def rows(self, where: str) -> list[int]:
         """Store row numbers of the images matching ``where``, ascending."""
-        sql = self._checked_sql(where, "row") + " ORDER BY row"
-        try:
-            return [int(r[0]) for r in self._con.execute(sql).fetchall()]
-        except duckdb.Error as exc:
-            raise CohortError(str(exc)) from None
+        sql = _wrap(self.check(where), "row") + " ORDER BY row"
+        with self._cursor() as cur:
+            try:
+                return [int(r[0]) for r in cur.execute(sql).fetchall()]
+            except duckdb.Error as exc:
+                raise CohortError(str(exc)) from None
 
     def frame(self, where: str, limit: int | None = None) -> pd.DataFrame:
         """The matching metadata rows as a DataFrame."""
-        sql = self._checked_sql(where, "*") + " ORDER BY row"
+        sql = _wrap(self.check(where), "*") + " ORDER BY row"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        try:
-            return self._con.execute(sql).df()
-        except duckdb.Error as exc:
-            raise CohortError(str(exc)) from None
+        with self._cursor() as cur:
+            try:
+                return cur.execute(sql).df()
+            except duckdb.Error as exc:
+                raise CohortError(str(exc)) from None
+
+
+class _Cursor:
+    """A cursor of its own for one query, closed afterwards."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._cur = con.cursor()
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        return self._cur
+
+    def __exit__(self, *exc: object) -> None:
+        self._cur.close()
+
+
+def _wrap(expression: str, select: str) -> str:
+    # The newlines keep a trailing `--` comment from swallowing the closing parenthesis.
+    return f"SELECT {select} FROM meta WHERE (\n{expression}\n)"
+
+
+def _is_plain_star(select_list: Any) -> bool:
+    if not isinstance(select_list, list) or len(select_list) != 1:
+        return False
+    star = select_list[0]
+    return (
+        star.get("class") == "STAR"
+        and not star.get("columns")
+        and not star.get("relation_name")
+        and not star.get("exclude_list")
+        and not star.get("replace_list")
+        and not star.get("rename_list")
+        and not star.get("qualified_exclude_list")
+        and star.get("expr") is None
+    )
+
+
+def _is_meta(table: Any) -> bool:
+    return (
+        isinstance(table, dict)
+        and table.get("type") == "BASE_TABLE"
+        and table.get("table_name") == "meta"
+        and not table.get("schema_name")
+        and not table.get("catalog_name")
+        and not table.get("alias")
+        and table.get("sample") is None
+        and table.get("at_clause") is None
+        and not table.get("column_name_alias")
+    )
+
+
+def _expression_nodes(root: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every expression node below ``root`` (a node is a dict with a 'class' key)."""
+    stack: list[Any] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "class" in item:
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

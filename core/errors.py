@@ -4,6 +4,8 @@ The app shows ``str(error)`` in ``st.error`` and the CLI prints it and exits wit
 neither shows a traceback for these.
 """
 
+import re
+
 
 class BiasLensError(Exception):
     """Base class of every error whose message is meant for the user."""
@@ -23,3 +25,15 @@ class WorkspaceError(BiasLensError):
 
 class StoreError(BiasLensError):
     """The activation store is missing, incomplete, locked or lacks a requested layer."""
+
+
+# An absolute POSIX path of two or more parts, not part of a URL, fraction or word.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"`,;:()\[\]{}<>/]+/)+([^\s'\"`,;:()\[\]{}<>/]*)")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute server path cut to its last part (``…/name``).
+
+    Hosted mode shows messages through this, so visitors never learn the server's layout.
+    """
+    return _ABSOLUTE_PATH.sub(lambda m: f"…/{m.group(1)}", text)

@@ -8,7 +8,7 @@ shown next to the workspace picker and in the CLI.
 Example::
 
     [settings]
-    hosted = false            # or BIASLENS_HOSTED=1: no server paths, no entry points
+    hosted = false            # or BIASLENS_HOSTED=1: no builds, no server paths, no entry points
 
     [workspace.fairface]
     title = "ResNet-18 on FairFace (race)"
@@ -16,7 +16,8 @@ Example::
     model = { kind = "torchvision", arch = "resnet18", weights = "models/rn18.pt" }
     dataset = { kind = "csv", csv = "fairface/fairface_label_val.csv", label_column = "race" }
 
-Relative paths are resolved against the folder holding the TOML file.
+Relative paths are resolved against the folder holding the TOML file. The schema of
+every key is in core/config.py.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
+from core.config import TOP_LEVEL_KEYS, WorkspaceTable, check_settings, check_workspace
 from core.errors import WorkspaceError
 from core.models import ModelSpec
 from core.sources import DatasetSpec
@@ -39,7 +41,6 @@ DEMO_NAME = "demo"
 # Spec fields that hold file system paths, resolved against the TOML file's folder.
 _MODEL_PATH_FIELDS = ("weights",)
 _DATASET_PATH_FIELDS = ("root", "csv", "slices")
-_WORKSPACE_KEYS = {"title", "description", "batch_size", "num_workers", "model", "dataset"}
 
 
 @dataclass(frozen=True)
@@ -98,101 +99,121 @@ def default_workspaces_file() -> Path:
     return Path(os.environ.get("BIASLENS_WORKSPACES", "workspaces.toml"))
 
 
-def hosted_from_env() -> bool:
-    """Hosted mode from the environment (``BIASLENS_HOSTED=1``)."""
-    return os.environ.get("BIASLENS_HOSTED", "").strip().lower() in {"1", "true", "yes", "on"}
+class HostedSetting(NamedTuple):
+    """Whether hosted mode is on, and the problem that forced it on (fail closed), if any."""
+
+    on: bool
+    problem: str = ""
 
 
-def _build_spec(cls: type, table: Any, where: str, path_fields: tuple[str, ...], base: Path) -> Any:
-    """Turn a TOML table into ``cls`` (a dataclass), naming unknown keys and bad types."""
-    if not isinstance(table, dict):
-        raise WorkspaceError(f"{where} must be a table, e.g. {where} = {{ kind = \"...\" }}.")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise WorkspaceError(
-            f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}."
-        )
-    if "kind" not in table:
-        raise WorkspaceError(f"{where} needs a 'kind'.")
-    values = dict(table)
-    for name in path_fields:
-        if name in values and isinstance(values[name], str) and values[name]:
-            p = Path(values[name]).expanduser()
-            values[name] = str(p if p.is_absolute() else (base / p))
-    for name in ("mean", "std"):
-        if isinstance(values.get(name), list):
-            values[name] = tuple(values[name])
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise WorkspaceError(f"{where}: {exc}") from None
+def hosted_from_env() -> HostedSetting:
+    """Hosted mode from ``BIASLENS_HOSTED``: ``1``/``true`` on; unset, empty, ``0``/``false`` off.
 
-
-def parse_workspace(name: str, table: Any, base: Path, hosted: bool) -> Workspace:
-    """Validate one ``[workspace.NAME]`` table."""
-    where = f"[workspace.{name}]"
-    if not isinstance(table, dict):
-        raise WorkspaceError(f"{where} must be a table.")
-    unknown = sorted(set(table) - _WORKSPACE_KEYS)
-    if unknown:
-        raise WorkspaceError(
-            f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_WORKSPACE_KEYS))}."
-        )
-    for part in ("model", "dataset"):
-        if part not in table:
-            raise WorkspaceError(f"{where} needs a '{part}' table.")
-    model = _build_spec(ModelSpec, table["model"], f"{where}.model", _MODEL_PATH_FIELDS, base)
-    dataset = _build_spec(
-        DatasetSpec, table["dataset"], f"{where}.dataset", _DATASET_PATH_FIELDS, base
+    Any other value is an error, and an error means ON: a typo never leaves a public server
+    in trusted mode.
+    """
+    raw = os.environ.get("BIASLENS_HOSTED")
+    value = (raw or "").strip().lower()
+    if value in {"1", "true"}:
+        return HostedSetting(True)
+    if value in {"", "0", "false"}:
+        return HostedSetting(False)
+    return HostedSetting(
+        True,
+        f"BIASLENS_HOSTED={raw!r} is not 1, true, 0 or false: hosted mode is on until it is fixed.",
     )
-    if hosted and model.kind == "entrypoint":
-        raise WorkspaceError(f"{where}: Python entry-point models are disabled in hosted mode.")
-    batch_size = table.get("batch_size", 64)
-    num_workers = table.get("num_workers", 0)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise WorkspaceError(f"{where}: batch_size must be a positive integer, got {batch_size!r}.")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise WorkspaceError(f"{where}: num_workers must be an integer >= 0, got {num_workers!r}.")
+
+
+def _resolved(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def build_workspace(name: str, table: WorkspaceTable, base: Path, hosted: bool) -> Workspace:
+    """A Workspace from a validated table; paths are resolved against ``base``.
+
+    Raises WorkspaceError for what is valid but not allowed here (entry points when hosted).
+    """
+    model = table.model.model_dump(exclude_unset=True)
+    dataset = table.dataset.model_dump(exclude_unset=True)
+    if hosted and table.model.kind == "entrypoint":
+        raise WorkspaceError(
+            f"[workspace.{name}]: Python entry-point models are disabled in hosted mode."
+        )
+    for key in _MODEL_PATH_FIELDS:
+        if key in model:
+            model[key] = _resolved(model[key], base)
+    for key in _DATASET_PATH_FIELDS:
+        if key in dataset:
+            dataset[key] = _resolved(dataset[key], base)
+    for key in ("mean", "std"):
+        if key in model:
+            model[key] = tuple(model[key])
     return Workspace(
         name=name,
-        title=str(table.get("title", name)),
-        description=str(table.get("description", "")),
-        model=model,
-        dataset=dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
+        title=table.title or name,
+        description=table.description,
+        model=ModelSpec(**model),
+        dataset=DatasetSpec(**dataset),
+        batch_size=table.batch_size,
+        num_workers=table.num_workers,
     )
 
 
 def load_workspaces(path: Path | None = None) -> WorkspaceList:
-    """Read the workspace file; the demo is always first. Never raises for a bad file."""
+    """Read and validate the workspace file; the demo is always first. Never raises.
+
+    Hosted mode fails closed: a bad ``BIASLENS_HOSTED``, a bad ``[settings]`` table or a
+    file that cannot be read turns it on, with the problem reported.
+    """
     path = default_workspaces_file() if path is None else Path(path)
-    result = WorkspaceList(workspaces={DEMO_NAME: demo_workspace()}, hosted=hosted_from_env())
+    env = hosted_from_env()
+    result = WorkspaceList(workspaces={DEMO_NAME: demo_workspace()}, hosted=env.on)
+    if env.problem:
+        result.problems.append(env.problem)
     if not path.exists():
         return result
     result.source = path
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        result.problems.append(f"{path} is not valid TOML ({exc}); only the demo is available.")
+        result.hosted = True
+        result.problems.append(
+            f"{path} is not valid TOML ({exc}); only the demo is available, and hosted mode is on "
+            "until the file is fixed."
+        )
         return result
     except OSError as exc:
-        result.problems.append(f"Cannot read {path}: {exc}.")
+        result.hosted = True
+        result.problems.append(f"Cannot read {path}: {exc}. Hosted mode is on until it is fixed.")
         return result
-    settings = doc.get("settings", {})
-    if isinstance(settings, dict) and settings.get("hosted") is True:
+    for key in sorted(set(doc) - set(TOP_LEVEL_KEYS)):
+        result.problems.append(
+            f"{path}: unknown top-level key '{key}' (known: [settings], [workspace.NAME])."
+        )
+    settings, problems = check_settings(doc.get("settings", {}))
+    if problems:
+        result.hosted = True
+        result.problems.extend(
+            f"{path}: [settings] {p}. Hosted mode is on until it is fixed." for p in problems
+        )
+    elif settings is not None and settings.hosted:
         result.hosted = True
     entries = doc.get("workspace", {})
     if not isinstance(entries, dict):
         result.problems.append(f"{path}: 'workspace' must be a table of [workspace.NAME] tables.")
         return result
     for name, table in entries.items():
+        where = f"{path}: [workspace.{name}]"
         if name == DEMO_NAME:
-            result.problems.append(f"{path}: the name 'demo' is reserved for the built-in demo.")
+            result.problems.append(f"{where}: the name 'demo' is reserved for the built-in demo.")
+            continue
+        checked, problems = check_workspace(table)
+        if checked is None:
+            result.problems.extend(f"{where} {p}." for p in problems)
             continue
         try:
-            result.workspaces[name] = parse_workspace(name, table, path.parent, result.hosted)
+            result.workspaces[name] = build_workspace(name, checked, path.parent, result.hosted)
         except WorkspaceError as exc:
             result.problems.append(f"{path}: {exc}")
     return result

@@ -35,7 +35,7 @@ if where.strip():
     try:
         rows = view.rows(where)
     except CohortError as exc:
-        st.error(f"DuckDB rejected the filter; fix the expression and press Enter.\n\n```\n{exc}\n```")
+        st.error(f"The filter was refused; fix the expression and press Enter.\n\n```\n{exc}\n```")
         rows = None
     if rows is not None and not rows:
         st.warning("No image matches this filter.")

@@ -160,8 +160,12 @@ if st.session_state.get("spot_map_which") not in names:  # a run with fewer spot
     st.session_state.pop("spot_map_which", None)
 shown = m2.selectbox("Colour by the weights of", names, key="spot_map_which")
 rows = np.arange(n) if n <= MAP_POINTS else np.sort(np.random.default_rng(0).choice(n, MAP_POINTS, replace=False))
-with st.spinner(f"Computing the {method} map of {len(rows):,} images..."):
-    coords = cache.representation_map(store, store.fingerprint, layer, pool, method.lower(), tuple(int(r) for r in rows))
+try:
+    with st.spinner(f"Computing the {method} map of {len(rows):,} images..."):
+        coords = cache.representation_map(store, layer, pool, method.lower(), tuple(int(r) for r in rows))
+except BiasLensError as exc:
+    st.warning(f"The map cannot be drawn now: {exc}")
+    st.stop()
 fit = result.spotlights[names.index(shown)]
 part = meta.iloc[rows]
 frame = pd.DataFrame(

@@ -54,7 +54,7 @@ else:
 
 try:
     with st.spinner(f"Clustering {len(meta):,} images (cached afterwards)..."):
-        result = cache.subgroups_for(store, store.fingerprint, params)
+        result = cache.subgroups_for(store, params)
 except BiasLensError as exc:
     st.error(f"The subgroups cannot be computed: {exc}")
     st.stop()

@@ -3,14 +3,20 @@
 Resources (model, dataset, store, DuckDB view) are shared across sessions and keyed by the
 workspace's key (a hash of its spec); data (metadata frames, thumbnails) by the store's
 fingerprint. ``clear_store_cache`` is called after a store is built or extended.
+
+Heavy runs (spotlights, clustering, concept patches, Grad-CAM, maps) are computed once per
+inputs into a shared slot, and only inside a place of the server's run queue
+(core/runqueue.py): visitors are served in turn, one run at a time each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -21,12 +27,15 @@ from core.datasets import ImageDataset
 from core.gradcam import GradCamResult, grad_cam
 from core.models import LoadedModel, load_model
 from core.neurons import ConceptPatches, Neuron, concept_patches, select_neurons
+from core.runqueue import RunQueue, default_slots
 from core.sources import build_dataset
 from core.spotlight import Progress, Spotlight, SpotlightResult, project_2d
 from core.store import Store, find_store
 from core.udis import Subgroups, UdisParams, find_subgroups
 from core.ui.widgets import thumbnail
 from core.workspace import Workspace, WorkspaceList, load_workspaces
+
+T = TypeVar("T")
 
 
 @st.cache_data(show_spinner=False, ttl=10)
@@ -58,8 +67,66 @@ def clear_store_cache() -> None:
     store_for.clear()
     meta_for.clear()
     cohort_view_for.clear()
-    subgroups_for.clear()
+    _result_slot.clear()
+    _concept_slot.clear()
     neuron_selection.clear()
+
+
+# --------------------------------------------------------------------------- heavy runs
+
+
+@st.cache_resource(show_spinner=False)
+def run_queue() -> RunQueue:
+    """The server's one queue of heavy runs, shared by every session."""
+    return RunQueue(default_slots())
+
+
+def session_id() -> str:
+    """This browser session's id (one per tab), or 'local' outside a Streamlit run."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "local"
+
+
+@contextlib.contextmanager
+def queued(label: str) -> Iterator[None]:
+    """Hold a place in the run queue; while waiting, say how many runs are ahead."""
+    notice = st.empty()
+    queue = run_queue()
+
+    def waiting(ahead: int) -> None:
+        notice.info(
+            f":material/hourglass_top: {label} is queued: {ahead} run(s) ahead of yours "
+            f"(this server runs {queue.slots} at a time)."
+        )
+
+    try:
+        with queue.run(session_id(), waiting):
+            notice.empty()
+            yield
+    finally:
+        notice.empty()
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _result_slot(kind: str, fingerprint: str, key: str) -> dict[str, Any]:
+    """An empty holder per (kind of run, store, inputs), shared by sessions."""
+    return {"lock": threading.Lock()}
+
+
+def computed_once(kind: str, fingerprint: str, key: str, label: str, compute: Callable[[], T]) -> T:
+    """The result of ``compute()`` for these inputs: cached, else run once in the run queue.
+
+    Nothing is cached when ``compute`` raises, so a fixed input can be retried.
+    """
+    slot = _result_slot(kind, fingerprint, key)
+    if "result" not in slot:
+        with slot["lock"]:
+            if "result" not in slot:
+                with queued(label):
+                    slot["result"] = compute()
+    return slot["result"]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -81,22 +148,16 @@ def thumbnails(_dataset: ImageDataset, workspace_key: str, rows: tuple[int, ...]
 
 # --------------------------------------------------------------------------- spotlight
 # Spotlight runs report progress to the page, and st.cache_data would replay those calls on
-# a hit; so each input set gets a holder (cache_resource) that the first run fills.
+# a hit; so results live in shared slots (computed_once) that the first run fills.
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _spotlight_slot(fingerprint: str, layer: str | None, pool: str, params: str) -> dict[str, Any]:
-    """An empty holder per (store, representation, parameters), shared by sessions."""
-    return {"lock": threading.Lock()}
-
-
-def _params_key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
+def _key(*parts: Any) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def spotlight_cached(store: Store, layer: str | None, pool: str, params: dict[str, Any]) -> SpotlightResult | None:
     """The cached spotlights for these inputs, or None if they have not been computed."""
-    return _spotlight_slot(store.fingerprint, layer, pool, _params_key(params)).get("result")
+    return _result_slot("spotlight", store.fingerprint, _key(layer, pool, params)).get("result")
 
 
 def spotlight_result(
@@ -107,32 +168,38 @@ def spotlight_result(
     ``params`` are ``Spotlight``'s constructor arguments; the losses are the store's
     per-image cross-entropy. Raises the BiasLensError of a bad input (nothing is cached then).
     """
-    slot = _spotlight_slot(store.fingerprint, layer, pool, _params_key(params))
-    with slot["lock"]:
-        if "result" not in slot:
-            x = store.embedding() if layer is None else store.pooled(layer, pool)
-            losses = meta_for(store, store.fingerprint, tuple(store.layers))["loss"].to_numpy()
-            slot["result"] = Spotlight(**params).fit(x, losses, progress=progress)
-    return slot["result"]
+
+    def compute() -> SpotlightResult:
+        x = store.embedding() if layer is None else store.pooled(layer, pool)
+        losses = meta_for(store, store.fingerprint, tuple(store.layers))["loss"].to_numpy()
+        return Spotlight(**params).fit(x, losses, progress=progress)
+
+    return computed_once("spotlight", store.fingerprint, _key(layer, pool, params), "The spotlight search", compute)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
 def representation_map(
-    _store: Store, fingerprint: str, layer: str | None, pool: str, method: str, rows: tuple[int, ...]
+    store: Store, layer: str | None, pool: str, method: str, rows: tuple[int, ...]
 ) -> np.ndarray:
     """(len(rows), 2) PCA or UMAP map of the representation of these rows."""
-    x = _store.embedding() if layer is None else _store.pooled(layer, pool)
-    return project_2d(np.asarray(x[np.asarray(rows, dtype=np.int64)]), method)
+
+    def compute() -> np.ndarray:
+        x = store.embedding() if layer is None else store.pooled(layer, pool)
+        return project_2d(np.asarray(x[np.asarray(rows, dtype=np.int64)]), method)
+
+    return computed_once("map", store.fingerprint, _key(layer, pool, method, rows), f"The {method.upper()} map", compute)
 
 
 # --------------------------------------------------------------------------- subgroups
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def subgroups_for(_store: Store, fingerprint: str, params: UdisParams) -> Subgroups:
+def subgroups_for(store: Store, params: UdisParams) -> Subgroups:
     """UDIS subgroups of the store's embedding (the threshold is applied by the page)."""
-    correct = meta_for(_store, fingerprint, tuple(_store.layers))["correct"].to_numpy()
-    return find_subgroups(_store.embedding(), correct, params)
+
+    def compute() -> Subgroups:
+        correct = meta_for(store, store.fingerprint, tuple(store.layers))["correct"].to_numpy()
+        return find_subgroups(store.embedding(), correct, params)
+
+    return computed_once("subgroups", store.fingerprint, _key(params), "The clustering", compute)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -156,15 +223,18 @@ def concept_patches_for(
         missing = [n for n in neurons if n not in slot["patches"]]
         if missing:
             centre = np.asarray(store.embedding()).mean(axis=0)
-            slot["patches"].update(
-                concept_patches(model, dataset, missing, lambda layer: store.pooled(layer, "max"), embedding_centre=centre)
-            )
+            with queued("The concept patches"):
+                slot["patches"].update(
+                    concept_patches(model, dataset, missing, lambda layer: store.pooled(layer, "max"), embedding_centre=centre)
+                )
         return {n: slot["patches"][n] for n in neurons}
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def grad_cam_for(
-    _model: LoadedModel, _dataset: ImageDataset, workspace_key: str, row: int, layer: str, targets: tuple[int, ...]
+    model: LoadedModel, dataset: ImageDataset, workspace_key: str, row: int, layer: str, targets: tuple[int, ...]
 ) -> GradCamResult:
     """Grad-CAM of one image for these classes at a conv layer."""
-    return grad_cam(_model, _dataset.load_image(row), layer, targets)
+    return computed_once(
+        "gradcam", workspace_key, _key(row, layer, targets), "Grad-CAM",
+        lambda: grad_cam(model, dataset.load_image(row), layer, targets),
+    )

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.datasets import ImageDataset
-from core.errors import BiasLensError
+from core.errors import BiasLensError, redact_paths
 from core.models import LoadedModel
 from core.store import Store
 from core.subsets import SubsetRegistry
@@ -49,9 +49,9 @@ def sidebar_picker() -> Workspace:
     )
     st.session_state[WORKSPACE_KEY] = st.session_state[widget]
     for problem in listing.problems:
-        st.sidebar.warning(problem)
+        st.sidebar.warning(redact_paths(problem) if listing.hosted else problem)
     if listing.hosted:
-        st.sidebar.caption("Hosted mode: registered workspaces only.")
+        st.sidebar.caption("Hosted mode: registered workspaces only; stores are built ahead of time.")
     return listing.workspaces[st.session_state[WORKSPACE_KEY]]
 
 
@@ -88,10 +88,14 @@ def page_context(require_store: bool = True) -> PageContext:
         model = cache.model_for(workspace, key, listing.hosted)
         store = cache.store_for(workspace, key, listing.hosted)
     except BiasLensError as exc:
-        st.error(f"Workspace '{workspace.title}' cannot be opened: {exc}")
+        message = redact_paths(str(exc)) if listing.hosted else str(exc)
+        st.error(f"Workspace '{workspace.title}' cannot be opened: {message}")
         st.stop()
     if require_store and store is None:
-        st.info("This workspace has no activation store yet: build it on the Overview page.")
+        if listing.hosted:
+            st.info("This workspace has no activation store on this server yet: see the Overview.")
+        else:
+            st.info("This workspace has no activation store yet: build it on the Overview page.")
         st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
         st.stop()
     return PageContext(workspace, listing.hosted, model, dataset, store)

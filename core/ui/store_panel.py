@@ -1,17 +1,32 @@
-"""The Overview's store section: status, build with progress, adding layers."""
+"""The Overview's store section: status, build with progress, adding layers.
+
+In hosted mode visitors cannot build or extend stores (only the CLI can, ahead of time),
+and no server path is shown.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import BiasLensError
+from core.errors import BiasLensError, redact_paths
 from core.store import Store, build_store
 from core.ui import cache
 from core.ui.context import PageContext
 
 
+def _cli_hint(ctx: PageContext, layers: list[str] | None = None) -> str:
+    command = f"python -m core build {ctx.workspace.name}"
+    if layers:
+        command += " --layers " + " ".join(layers)
+    return command
+
+
 def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
-    """Build or extend the store inside st.status with a progress bar; rerun when done."""
+    """Build or extend the store inside st.status with a progress bar; rerun when done.
+
+    A failure is shown open, below the status box, with what to do.
+    """
+    failure = None
     with st.status(label, expanded=True) as status:
         bar = st.progress(0.0, text="Starting...")
         last = {"fraction": -1.0}
@@ -33,10 +48,19 @@ def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
                 progress=progress,
             )
         except BiasLensError as exc:
-            status.update(label="The store could not be built", state="error")
-            st.error(str(exc))
-            st.stop()
-        status.update(label="Activation store ready", state="complete")
+            status.update(label="The store could not be built", state="error", expanded=True)
+            failure = exc
+        else:
+            status.update(label="Activation store ready", state="complete")
+    if failure is not None:
+        st.error(
+            f"**The activation store could not be built.** {failure}\n\n"
+            "Fix the problem named above (the work already done is kept and the next build "
+            "resumes from it), then build again here or with "
+            f"`{_cli_hint(ctx, layers)}`.",
+            icon=":material/error:",
+        )
+        st.stop()
     cache.clear_store_cache()
     st.rerun()
 
@@ -44,6 +68,7 @@ def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
 def store_panel(ctx: PageContext) -> Store | None:
     """Show the store's status; build it (automatically for the demo) or add layers."""
     model = ctx.model
+    shown = redact_paths if ctx.hosted else str
     if ctx.dataset.skipped:
         with st.expander(f":material/warning: {len(ctx.dataset.skipped):,} listed file(s) were skipped and are not in the store"):
             st.caption(
@@ -51,9 +76,16 @@ def store_panel(ctx: PageContext) -> Store | None:
                 "`missing = \"skip\"`, the default); set `missing = \"error\"` to stop instead."
             )
             st.dataframe(
-                [{"file": path, "reason": reason} for path, reason in ctx.dataset.skipped[:500]],
+                [{"file": shown(path), "reason": shown(reason)} for path, reason in ctx.dataset.skipped[:500]],
                 hide_index=True,
             )
+    if ctx.store is None and ctx.hosted:
+        st.warning(
+            "This workspace has no activation store on this server yet. This is a hosted server: "
+            "visitors cannot build stores. Whoever runs it builds the store ahead of time with "
+            f"`{_cli_hint(ctx)}` (see \"Host the demo\" in the README)."
+        )
+        return None
     if ctx.store is None:
         st.warning("This workspace has no activation store yet: one pass of the model over the dataset.")
         layers = st.multiselect(
@@ -76,10 +108,15 @@ def store_panel(ctx: PageContext) -> Store | None:
             f"- **Embedding**: input of `{store.embedding_layer}` ({store.manifest['embedding_dim']}-d)\n"
             f"- **Layers**: {layer_list}\n"
             f"- **Built**: {store.manifest['created']} on {store.manifest['device']}\n"
-            f"- **Fingerprint**: `{store.fingerprint[:16]}` · `{store.path}`"
+            f"- **Fingerprint**: `{store.fingerprint[:16]}`" + ("" if ctx.hosted else f" · `{store.path}`")
         )
         missing = [ly for ly in model.conv_layers if ly not in store.layers]
-        if missing:
+        if missing and ctx.hosted:
+            st.caption(
+                f"Layers not stored: {', '.join(f'`{ly}`' for ly in missing)}. On a hosted server only "
+                f"whoever runs it can add them: `{_cli_hint(ctx, store.layers + missing)}`."
+            )
+        elif missing:
             extra = st.multiselect("Add layers", missing, key=f"add_layers:{ctx.key}")
             if st.button("Add the selected layers", disabled=not extra):
                 _run_build(ctx, store.layers + extra, f"Adding {len(extra)} layer(s)...")

@@ -44,6 +44,6 @@ def test_cohort_query_and_subset(app_url, page):
     box.fill("labl = 'x'")
     box.press("Enter")
     wait_idle(page)
-    page.get_by_text("DuckDB rejected the filter").wait_for()
+    page.get_by_text("The filter was refused").wait_for()
     assert page.locator("[data-testid='stException']").count() == 0
     screenshot(page, "cohorts")

@@ -71,7 +71,7 @@ dataset = { kind = "demo", split = "train" }
     listing = load_workspaces(path)
     text = "\n".join(listing.problems)
     assert "arh" in text and "[workspace.typo]" in text
-    assert "[workspace.nodata] needs a 'dataset'" in text
+    assert "[workspace.nodata] dataset: this key is required" in text
     assert "batch_size" in text
     assert "reserved" in text
     assert set(listing.workspaces) == {DEMO_NAME, "ok"}
