@@ -24,6 +24,8 @@ def _workspaces(args: argparse.Namespace) -> WorkspaceList:
 
 def _pick(listing: WorkspaceList, name: str) -> Workspace:
     if name not in listing.workspaces:
+        if any(f"[workspace.{name}]" in problem for problem in listing.problems):
+            raise BiasLensError(f"Workspace '{name}' is invalid: fix the problems listed above.")
         raise BiasLensError(f"No workspace '{name}'; known: {', '.join(listing.workspaces)}.")
     return listing.workspaces[name]
 

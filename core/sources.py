@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import stat
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,10 @@ class DatasetSpec:
     limit: keep at most this many images (a deterministic, class-mixed subset).
     classes: the class order of the model's outputs (class k = output k); None = the
       source's own order (sorted folder names / label values).
+    na_values: csv only: strings that mean "missing" in the path, label and attribute
+      columns (compared after trimming spaces), e.g. ['NA', 'n/a']. None = only empty or
+      whitespace-only cells are missing; pandas' own list ('NA', 'None', 'null', 'NaN',
+      ...) is never used, so a label 'None' is a class and an attribute 'NA' is text.
     """
 
     kind: str
@@ -72,6 +78,7 @@ class DatasetSpec:
     slices: str = ""
     limit: int | None = None
     classes: list[str] | None = None
+    na_values: list[str] | None = None
 
 
 def _empty_frame(n: int) -> pd.DataFrame:
@@ -119,6 +126,13 @@ class ImageFolderDataset(ImageDataset):
     Classes are the sorted sub-folder names (empty ones included, so class indices match
     a model trained on the same layout); images are found recursively. Hidden files and
     folders are ignored; other non-image files are skipped and listed in ``skipped``.
+
+    Symbolic links (to files or folders, class folders included, inside the root or
+    outside it) are followed once: every folder and file is identified by its device and
+    inode, so a link that loops back, a second link to an indexed folder and a link (or
+    hard link) to an indexed file add nothing and are listed in ``skipped`` with the path
+    they duplicate. Real files and folders are indexed before links, so an image is
+    listed under its own path rather than a link's. Broken links are skipped too.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -131,10 +145,21 @@ class ImageFolderDataset(ImageDataset):
             )
         self.name = self.root.resolve().name or str(self.root)
         self.skipped = []
-        entries = sorted(os.scandir(self.root), key=lambda e: e.name)
-        class_dirs = [e for e in entries if self._visible(e.name) and e.is_dir()]
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(
+                f"Cannot list image folder '{self.root}' ({exc.strerror}). Check its permissions."
+            ) from exc
+        class_dirs = []
         for e in entries:
-            if self._visible(e.name) and not e.is_dir():
+            if not self._visible(e.name):
+                continue
+            if e.is_dir():  # follows links: a linked class folder is a class
+                class_dirs.append(e)
+            elif e.is_symlink() and not os.path.exists(e.path):
+                self.skipped.append((e.name, _broken_link_reason(e.path)))
+            else:
                 self.skipped.append((e.name, "not inside a class sub-folder"))
         if not class_dirs:
             raise DataError(
@@ -142,16 +167,24 @@ class ImageFolderDataset(ImageDataset):
                 "each class in their own sub-folder, e.g. cat/001.jpg, dog/002.jpg."
             )
         self.classes = [e.name for e in class_dirs]
+        walk = _FolderWalk(self.root, len(class_dirs), self._visible)
+        for k, class_dir in enumerate(class_dirs):
+            if class_dir.is_symlink():
+                walk.pending.append((class_dir.name, class_dir.path, k))
+            else:
+                walk.walk_tree(class_dir.name, class_dir.path, k)
+        walk.follow_links()
         self.ids = []
         labels = []
-        for k, class_dir in enumerate(class_dirs):
-            for rel in self._files_under(Path(class_dir.path)):
+        for k, files in enumerate(walk.found):
+            for rel in sorted(files):
                 ok, reason = is_probably_image(self.root / rel)
                 if ok:
                     self.ids.append(rel)
                     labels.append(k)
                 else:
-                    self.skipped.append((rel, reason))
+                    walk.skipped.append((rel, reason))
+        self.skipped += sorted(walk.skipped)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.attributes = _empty_frame(len(self.ids))
         self.ground_truth = _empty_frame(len(self.ids))
@@ -160,20 +193,130 @@ class ImageFolderDataset(ImageDataset):
     def _visible(name: str) -> bool:
         return not name.startswith(".") and name not in _IGNORED_DIRS
 
-    def _files_under(self, folder: Path) -> list[str]:
-        """Visible files below ``folder``, as sorted posix paths relative to the root."""
-        found = []
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if self._visible(d))
-            base = Path(dirpath).relative_to(self.root)
-            found.extend((base / f).as_posix() for f in filenames if self._visible(f))
-        return sorted(found)
-
     def load_image(self, index: int) -> Image.Image:
         return load_rgb(self.root / self.ids[index])
 
     def content_key(self) -> str:
         return _stat_key([(i, self.root / i) for i in self.ids])
+
+
+def _identity(path: str) -> tuple[int, int] | str:
+    """What a path really is, links followed: (device, inode), or the real path where the
+    file system has no inode numbers. Raises OSError for a broken link."""
+    st = os.stat(path)
+    if st.st_ino:
+        return (st.st_dev, st.st_ino)
+    return os.path.realpath(path)
+
+
+def _broken_link_reason(path: str) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return "broken link"
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"broken link: its target '{target}' does not exist"
+    except OSError as exc:
+        return f"broken link to '{target}' ({exc.strerror})"
+    return f"link to '{target}'"
+
+
+class _FolderWalk:
+    """Finds the files of an ImageFolder, following each link once.
+
+    ``walk_tree`` indexes a folder's real sub-folders and files depth-first in name order
+    and queues the links it meets in ``pending``; ``follow_links`` then follows them in
+    that order (queuing the links found behind them), so real paths win over links. A
+    folder or file already seen (same device and inode) is skipped with the path it was
+    first indexed under.
+    """
+
+    def __init__(self, root: Path, n_classes: int, visible: Callable[[str], bool]) -> None:
+        self.root = str(root)
+        self.visible = visible
+        self.found: list[list[str]] = [[] for _ in range(n_classes)]
+        self.skipped: list[tuple[str, str]] = []
+        self.pending: deque[tuple[str, str, int]] = deque()
+        self.dirs: dict[tuple[int, int] | str, str] = {_identity(self.root): "."}
+        self.files: dict[tuple[int, int] | str, str] = {}
+
+    def _enter(self, rel: str, path: str) -> bool:
+        """Record folder ``path`` as visited; False (with a skip) if it already was."""
+        try:
+            key = _identity(path)
+        except OSError as exc:
+            self.skipped.append((rel, f"cannot open this folder ({exc.strerror})"))
+            return False
+        first = self.dirs.get(key)
+        if first is None:
+            self.dirs[key] = rel
+            return True
+        shown = "the dataset root" if first == "." else f"'{first}'"
+        here = os.path.realpath(os.path.dirname(path))
+        target = os.path.realpath(path)
+        if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+            self.skipped.append((rel, f"link loops back to {shown} (already indexed)"))
+        else:
+            self.skipped.append((rel, f"same folder as {shown} (already indexed)"))
+        return False
+
+    def _add_file(self, rel: str, path: str, k: int) -> None:
+        try:
+            key = _identity(path)
+        except OSError:
+            self.skipped.append((rel, _broken_link_reason(path)))
+            return
+        first = self.files.get(key)
+        if first is not None:
+            self.skipped.append((rel, f"same file as '{first}'"))
+            return
+        self.files[key] = rel
+        self.found[k].append(rel)
+
+    def walk_tree(self, rel: str, path: str, k: int) -> None:
+        """Index folder ``path`` (shown as ``rel``) and its real sub-folders for class k."""
+        stack = [(rel, path)]
+        while stack:
+            rel, path = stack.pop()
+            if not self._enter(rel, path):
+                continue
+            try:
+                entries = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError as exc:
+                self.skipped.append((rel, f"cannot list this folder ({exc.strerror})"))
+                continue
+            subdirs = []
+            for e in entries:
+                if not self.visible(e.name):
+                    continue
+                sub = f"{rel}/{e.name}"
+                if e.is_symlink():
+                    self.pending.append((sub, e.path, k))
+                elif e.is_dir(follow_symlinks=False):
+                    subdirs.append((sub, e.path))
+                elif e.is_file(follow_symlinks=False):
+                    self._add_file(sub, e.path, k)
+                else:
+                    self.skipped.append((sub, "not a regular file (a pipe, socket or device)"))
+            stack.extend(reversed(subdirs))
+
+    def follow_links(self) -> None:
+        """Follow the queued links once each, in the order they were found."""
+        while self.pending:
+            rel, path, k = self.pending.popleft()
+            try:
+                st = os.stat(path)
+            except OSError:
+                self.skipped.append((rel, _broken_link_reason(path)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self.walk_tree(rel, path, k)
+            elif stat.S_ISREG(st.st_mode):
+                self._add_file(rel, path, k)
+            else:
+                self.skipped.append((rel, "link to something that is not a regular file"))
 
 
 class CsvManifestDataset(ImageDataset):
@@ -183,6 +326,12 @@ class CsvManifestDataset(ImageDataset):
     label CSVs (``file,age,gender,race,service_test``) work as they are, with e.g.
     ``label_column='race'``. Rows with a missing file (policy ``missing``), an empty path
     or label, or a duplicate path are left out and listed in ``skipped``.
+
+    Missing values: only empty (or whitespace-only) cells are missing, plus the strings
+    listed in ``na_values`` (compared after trimming spaces). pandas' own list ('NA',
+    'None', 'null', 'NaN', 'n/a', ...) is not used, so a label 'None' is a class and an
+    attribute value 'NA' is text. A text column whose values are all numbers once its
+    missing cells are set aside is read as numbers.
     """
 
     def __init__(
@@ -193,8 +342,10 @@ class CsvManifestDataset(ImageDataset):
         label_column: str = "label",
         attribute_columns: list[str] | None = None,
         missing: str = "skip",
+        na_values: Sequence[str] | None = None,
     ) -> None:
         _check_missing_policy(missing)
+        self.na_values = _check_na_values(na_values)
         self.csv_path = Path(csv_path).expanduser()
         self.root = Path(root).expanduser() if root else self.csv_path.parent
         self.name = self.csv_path.stem
@@ -214,18 +365,22 @@ class CsvManifestDataset(ImageDataset):
 
         paths = df[path_column].fillna("").astype(str).str.strip()
         labels = df[label_column].fillna("").astype(str).str.strip()
+        # Missing cells are empty ones and, with na_values, the listed strings.
+        listed = " (empty or one of na_values)" if self.na_values else ""
         keep = []
         seen: dict[str, int] = {}
         missing_ids = []
         for row, (p, lab) in enumerate(zip(paths, labels, strict=True)):
             line = row + 2  # 1-based, after the header line
             if not p:
-                self.skipped.append((f"{self.csv_path.name} line {line}", f"empty '{path_column}'"))
+                self.skipped.append(
+                    (f"{self.csv_path.name} line {line}", f"empty '{path_column}'{listed}")
+                )
             elif p in seen:
                 self.skipped.append((p, f"duplicate of line {seen[p]}"))
             elif not lab:
                 seen[p] = line
-                self.skipped.append((p, f"empty label in column '{label_column}'"))
+                self.skipped.append((p, f"empty label in column '{label_column}'{listed}"))
             else:
                 seen[p] = line
                 if (self.root / p).is_file():
@@ -247,7 +402,10 @@ class CsvManifestDataset(ImageDataset):
         """Parse the CSV, turning every parsing failure into a DataError.
 
         ``str_columns`` (label and path columns, where present) are read as text, so
-        labels like 3 never become '3.0' when some rows are empty.
+        labels like 3 never become '3.0' when some rows are empty. Missing cells are
+        empty or whitespace-only ones and those listed in ``self.na_values`` (see the
+        class docstring); blank header cells are named ``attr_column_<n>`` (n = the
+        column's position in the file, from 1).
         """
         if not self.csv_path.is_file():
             raise DataError(
@@ -260,6 +418,9 @@ class CsvManifestDataset(ImageDataset):
                 encoding="utf-8-sig",
                 skipinitialspace=True,
                 dtype={c: str for c in str_columns if c},
+                keep_default_na=False,
+                na_values=["", *self.na_values],
+                low_memory=False,  # one type per column, not one per chunk
             )
         except pd.errors.EmptyDataError as exc:
             raise DataError(
@@ -271,11 +432,14 @@ class CsvManifestDataset(ImageDataset):
                 f"Cannot parse CSV manifest '{self.csv_path}': {exc}. Save it as a "
                 "comma-separated UTF-8 file with one header line."
             ) from exc
-        df.columns = [str(c).strip() for c in df.columns]
+        df.columns = _header_names(df.columns)
         if df.empty:
             raise DataError(
                 f"CSV manifest '{self.csv_path}' has a header but no rows. Add one row per image."
             )
+        missing = {""} | {v.strip() for v in self.na_values}
+        for column in df.columns:
+            df[column] = _blank_to_missing(df[column], missing, reparse=column not in str_columns)
         return df
 
     def _columns_hint(self, df: pd.DataFrame) -> str:
@@ -313,6 +477,62 @@ class CsvManifestDataset(ImageDataset):
 
     def content_key(self) -> str:
         return _stat_key([(i, self.root / i) for i in self.ids])
+
+
+def _check_na_values(na_values: Sequence[str] | None) -> list[str]:
+    """The dataset's ``na_values`` as a list of strings; DataError if it is not one."""
+    if na_values is None:
+        return []
+    if isinstance(na_values, str) or not all(isinstance(v, str) for v in na_values):
+        raise DataError(
+            f"na_values must be a list of strings, e.g. na_values = [\"NA\", \"n/a\"]; "
+            f"got {na_values!r}."
+        )
+    return list(na_values)
+
+
+def _header_names(columns: Sequence[object]) -> list[str]:
+    """CSV header names, trimmed; blank ones become ``attr_column_<n>`` (n = position from
+    1) and repeated ones get ``.1``, ``.2``... as pandas does, so every name is unique."""
+    names: list[str] = []
+    for i, column in enumerate(columns):
+        name = str(column).strip()
+        if not name or name == f"Unnamed: {i}":  # pandas' name for a blank header cell
+            name = f"attr_column_{i + 1}"
+        base, n = name, 0
+        while name in names:
+            n += 1
+            name = f"{base}.{n}"
+        names.append(name)
+    return names
+
+
+def _blank_to_missing(column: pd.Series, missing: set[str], reparse: bool) -> pd.Series:
+    """Set text cells that are blank or in ``missing`` (after trimming) to NaN.
+
+    pandas only recognises exact matches, so ' NA ' or a tab-only cell stays text. When
+    ``reparse`` and cells changed, the column is parsed again: as numbers if all the
+    remaining values are numbers, as booleans if all are True/False.
+    """
+    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+        return column
+    text = column.map(lambda v: v.strip() if isinstance(v, str) else None)
+    blank = text.isin(missing)
+    if not blank.any():
+        return column
+    column = column.mask(blank)
+    if not reparse:
+        return column
+    present = text[~blank & text.notna()]
+    try:
+        return pd.to_numeric(column, errors="raise")
+    except (ValueError, TypeError):
+        pass
+    lowered = present.str.lower()
+    if len(present) and lowered.isin(["true", "false"]).all():
+        flags = column.map(lambda v: v.strip().lower() == "true" if isinstance(v, str) else v)
+        return flags.mask(blank).astype(object)
+    return column
 
 
 def _sorted_classes(values: Sequence[str]) -> list[str]:
@@ -553,6 +773,7 @@ def build_dataset(spec: DatasetSpec) -> ImageDataset:
             label_column=spec.label_column,
             attribute_columns=spec.attribute_columns,
             missing=spec.missing,
+            na_values=spec.na_values,
         )
     elif spec.kind == "celeba":
         ds = CelebADataset(spec.root, split=spec.split, target=spec.target, missing=spec.missing)

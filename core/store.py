@@ -44,7 +44,8 @@ FORMAT_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO_ROOT / "cache"
 POOLS = ("mean", "max")
-# Metadata columns the store computes; dataset attributes with these names get an attr_ prefix.
+# Metadata columns the store computes. Attributes with these names (in any case) are
+# renamed: see metadata_attribute_names.
 RESERVED_COLUMNS = (
     "row", "id", "label", "label_idx", "pred", "pred_idx", "correct", "loss", "confidence", "p_true",
 )
@@ -179,12 +180,17 @@ def open_store(path: Path) -> Store:
 
 
 def find_store(workspace: str, model: LoadedModel, dataset: ImageDataset, root: Path | None = None) -> Store | None:
-    """The complete store for this model + dataset, or None if it has not been built."""
+    """The complete store for this model + dataset, or None if it has not been built (or
+    its metadata was written by an older version, with other attribute names: building
+    it then only rewrites the metadata)."""
     path = store_dir(workspace, store_fingerprint(model, dataset), root)
     try:
-        return open_store(path)
+        store = open_store(path)
     except StoreError:
         return None
+    if store.attribute_columns != metadata_attribute_names(dataset):
+        return None
+    return store
 
 
 # --------------------------------------------------------------------------- extraction
@@ -324,6 +330,10 @@ def build_store(
             f"The dataset has label index {max_label} ('{dataset.classes[max_label]}') but the model "
             f"has only {model.num_classes} outputs: the dataset's classes must match the model's."
         )
+    # Decide the metadata's column names and types now: a clash found after the
+    # extraction would waste it and fail the same way on every rerun.
+    _check_ground_truth(dataset)
+    attribute_names = list(metadata_attributes(dataset).columns)
     fingerprint = store_fingerprint(model, dataset)
     directory = store_dir(workspace, fingerprint, root)
     directory.mkdir(parents=True, exist_ok=True)
@@ -332,15 +342,30 @@ def build_store(
         existing = _read_json(directory / "manifest.json")
         if existing is not None and existing.get("fingerprint") != fingerprint:
             existing = None
+        if existing is not None:
+            try:
+                open_store(directory)
+            except StoreError:  # a damaged store (files deleted): build it again
+                existing = None
         stored_layers = existing["layers"] if existing else []
         new_layers = [ly for ly in layers if ly not in stored_layers]
-        if existing is not None and not new_layers:
+        # A store written by an older version may name its attributes differently
+        # (clashing with the store's own columns): rewrite its metadata, no extraction.
+        stale_meta = existing is not None and existing.get("attribute_columns", []) != attribute_names
+        if existing is not None and not new_layers and not stale_meta:
             return open_store(directory)
         want_core = existing is None
-        _extract(directory, fingerprint, model, dataset, new_layers, want_core, batch_size, num_workers, progress)
+        if want_core or new_layers:
+            _extract(directory, fingerprint, model, dataset, new_layers, want_core, batch_size, num_workers, progress)
         all_layers = [ly for ly in model.conv_layers if ly in set(stored_layers) | set(new_layers)]
-        if want_core:
-            _write_meta(directory, model, dataset)
+        if want_core or stale_meta:
+            try:
+                _write_meta(directory, model, dataset)
+            except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+                raise StoreError(
+                    f"Writing the store's metadata (meta.parquet) failed: {exc}. The extracted "
+                    "activations are kept; run the build again to retry."
+                ) from exc
         manifest = {
             "format": FORMAT_VERSION,
             "fingerprint": fingerprint,
@@ -357,7 +382,7 @@ def build_store(
                 ly: int(np.load(directory / "layers" / f"{layer_file_stem(ly)}.mean.npy", mmap_mode="r").shape[1])
                 for ly in all_layers
             },
-            "attribute_columns": _attribute_names(dataset),
+            "attribute_columns": attribute_names,
             "slice_columns": list(dataset.ground_truth.columns),
             "input_size": model.input_size,
             "device": str(model.device),
@@ -383,8 +408,94 @@ def _class_names(model: LoadedModel, dataset: ImageDataset) -> list[str]:
     return names + [f"class_{k}" for k in range(len(names), model.num_classes)]
 
 
-def _attribute_names(dataset: ImageDataset) -> list[str]:
-    return [f"attr_{c}" if c in RESERVED_COLUMNS else str(c) for c in dataset.attributes.columns]
+def metadata_attribute_names(dataset: ImageDataset) -> list[str]:
+    """The metadata (meta.parquet, cohort) column name of each dataset attribute, in order.
+
+    Rule: a name is compared case-insensitively (DuckDB, which runs the cohort queries,
+    does not tell ``Label`` from ``label``) with the columns the store computes
+    (RESERVED_COLUMNS: row, id, label, label_idx, pred, pred_idx, correct, loss,
+    confidence, p_true), the ground-truth ``slice_*`` columns and the other attributes.
+    An attribute that collides with none of them keeps its name; the others, in column
+    order (for two attributes that differ only in case, the second), become
+    ``attr_<name>``, or ``attr_<name>_2``, ``attr_<name>_3``, ... when that is taken too.
+    A blank name becomes ``attr_column_<k>`` (k = its position among the attributes, from
+    1); a name that is not text (a number) is turned into text first. So a CSV with
+    attributes ``correct``, ``attr_correct``, ``Label`` and ``slice_x`` (on a dataset with
+    a ``slice_x`` ground-truth column) gets ``attr_correct_2``, ``attr_correct``,
+    ``attr_Label`` and ``attr_slice_x``. The result is decided before any extraction and
+    is the same on every build of the same dataset.
+    """
+    taken = {c.lower() for c in RESERVED_COLUMNS}
+    taken |= {str(c).lower() for c in dataset.ground_truth.columns}
+    names = []
+    for k, column in enumerate(dataset.attributes.columns, start=1):
+        name = str(column)
+        names.append(name if name.strip() else f"attr_column_{k}")
+    keep = [False] * len(names)
+    for i, name in enumerate(names):  # first pass: names that collide with nothing stay
+        if name.lower() not in taken:
+            taken.add(name.lower())
+            keep[i] = True
+    result = []
+    for name, kept in zip(names, keep, strict=True):
+        if not kept:
+            base = f"attr_{name}"
+            name, n = base, 1
+            while name.lower() in taken:
+                n += 1
+                name = f"{base}_{n}"
+            taken.add(name.lower())
+        result.append(name)
+    return result
+
+
+def _check_ground_truth(dataset: ImageDataset) -> None:
+    """DataError when ground-truth column names collide (any case) with the store's own
+    columns or with each other: they cannot be renamed, since pages look them up."""
+    seen: dict[str, str] = {}
+    for column in dataset.ground_truth.columns:
+        name = str(column)
+        if name.lower() in {c.lower() for c in RESERVED_COLUMNS} or name.lower() in seen:
+            other = f"'{seen[name.lower()]}'" if name.lower() in seen else "a column the store computes"
+            raise DataError(
+                f"Dataset '{dataset.name}' has a ground-truth column '{name}' that clashes with "
+                f"{other} (names are compared ignoring case). Give each slice_<name> "
+                "column a unique name."
+            )
+        seen[name.lower()] = name
+
+
+def metadata_attributes(dataset: ImageDataset) -> pd.DataFrame:
+    """The dataset's attributes as they go into meta.parquet: renamed by
+    ``metadata_attribute_names`` and with every column storable in Parquet (a column
+    that mixes types, e.g. numbers and text, is stored as text; missing cells stay
+    missing). Raises DataError for a column that cannot be stored even as text."""
+    attributes = dataset.attributes.reset_index(drop=True).copy()
+    attributes.columns = metadata_attribute_names(dataset)
+    for i in range(attributes.shape[1]):
+        column = attributes.iloc[:, i]
+        try:
+            pa.array(column, from_pandas=True)
+            continue
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            pass
+        text = column.map(lambda v: v if _is_missing(v) else str(v)).astype(object)
+        try:
+            pa.array(text, from_pandas=True)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+            raise DataError(
+                f"Attribute '{dataset.attributes.columns[i]}' of dataset '{dataset.name}' "
+                f"cannot be stored ({exc}). Use numbers, text or True/False values."
+            ) from None
+        attributes.isetitem(i, text)
+    return attributes
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # list-like values
+        return False
 
 
 def _targets(layers: list[str], want_core: bool) -> dict[str, str]:
@@ -504,8 +615,7 @@ def _write_meta(directory: Path, model: LoadedModel, dataset: ImageDataset) -> N
             "p_true": probs[rows, labels],
         }
     )
-    attributes = dataset.attributes.reset_index(drop=True).copy()
-    attributes.columns = _attribute_names(dataset)
+    attributes = metadata_attributes(dataset)
     ground_truth = dataset.ground_truth.reset_index(drop=True).astype(bool)
     meta = pd.concat([meta, attributes, ground_truth], axis=1)
     tmp = directory / "meta.parquet.tmp"

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core.stats import bootstrap_ci, slice_accuracy
+from core.store import metadata_attribute_names
 from core.summary import (
     GALLERY_FILTERS,
     attribute_accuracy,
@@ -34,7 +35,7 @@ with left:
     )
 with right:
     st.subheader("Dataset")
-    attribute_names = list(dataset.attributes.columns)
+    attribute_names = metadata_attribute_names(dataset)  # the names cohorts use
     st.markdown(
         f"- {dataset.name}: **{len(dataset):,}** images, {len(dataset.classes)} classes\n"
         f"- Attributes: {', '.join(f'`{a}`' for a in attribute_names) or 'none'}\n"

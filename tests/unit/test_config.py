@@ -184,7 +184,7 @@ def test_cli_reports_bad_types_without_a_traceback(tmp_path, capsys):
     assert main(["--file", str(path), "layers", "w"]) == 2
     err = capsys.readouterr().err
     assert "model.arch: expected text, got 18" in err and "Traceback" not in err
-    assert "No workspace 'w'" in err
+    assert "Workspace 'w' is invalid: fix the problems listed above" in err
 
 
 # --------------------------------------------------------------------------- property-based

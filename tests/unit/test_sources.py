@@ -202,6 +202,108 @@ def test_fingerprint_tracks_file_changes(tmp_path: Path) -> None:
         first.content_key()
 
 
+# ---------------------------------------------------------------- ImageFolder links
+
+
+def test_link_looping_back_is_followed_once(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", {"cat": 3, "dog": 2})
+    save(root / "cat" / "sub" / "s.png", rgb())
+    os.symlink("..", root / "cat" / "sub" / "up")  # cat/sub/up -> cat: a loop
+    os.symlink("..", root / "dog" / "top")  # dog/top -> the dataset root
+    os.symlink(".", root / "dog" / "self")  # dog/self -> dog
+
+    ds = ImageFolderDataset(root)
+    assert len(ds) == 6  # the 6 real files, not a walk round the loops
+    assert ds.ids == [
+        "cat/000.png", "cat/001.png", "cat/002.png", "cat/sub/s.png", "dog/000.png", "dog/001.png",
+    ]
+    assert ds.labels.tolist() == [0, 0, 0, 0, 1, 1]
+    assert ds.skipped == [
+        ("cat/sub/up", "link loops back to 'cat' (already indexed)"),
+        ("dog/self", "link loops back to 'dog' (already indexed)"),
+        ("dog/top", "link loops back to the dataset root (already indexed)"),
+    ]
+    assert ImageFolderDataset(root).fingerprint() == ds.fingerprint()  # deterministic
+
+
+def test_two_links_to_one_folder_count_once(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    outside = make_folder(tmp_path / "extra", {"more": 3}) / "more"
+    os.symlink(outside, root / "cat" / "more1")  # outside the root: followed once
+    os.symlink(outside, root / "dog" / "more2")
+    os.symlink(outside, root / "cat" / "more3")
+    os.symlink("../cat", root / "dog" / "cats")  # an indexed folder inside the root
+
+    ds = ImageFolderDataset(root)
+    assert len(ds) == 7  # 2 + 2 real images + the 3 outside ones once
+    assert ds.ids == [
+        "cat/000.png", "cat/001.png",
+        "cat/more1/000.png", "cat/more1/001.png", "cat/more1/002.png",
+        "dog/000.png", "dog/001.png",
+    ]
+    assert ds.labels.tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert dict(ds.skipped) == {
+        "cat/more3": "same folder as 'cat/more1' (already indexed)",
+        "dog/cats": "same folder as 'cat' (already indexed)",
+        "dog/more2": "same folder as 'cat/more1' (already indexed)",
+    }
+    assert ds.load_image(3).size == (8, 6)  # read through the link
+
+
+def test_file_links_and_hard_links_count_once(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", {"cat": 3, "dog": 2})
+    os.symlink("002.png", root / "cat" / "0_first.png")  # sorts first; the real file wins
+    os.symlink("../cat/000.png", root / "dog" / "cat_copy.png")
+    os.link(root / "dog" / "000.png", root / "dog" / "hard.png")
+    outside = save(tmp_path / "lone.png", rgb())
+    os.symlink(outside, root / "dog" / "lone.png")  # the only copy: kept
+
+    ds = ImageFolderDataset(root)
+    assert len(ds) == 6
+    assert ds.ids == [
+        "cat/000.png", "cat/001.png", "cat/002.png", "dog/000.png", "dog/001.png", "dog/lone.png",
+    ]
+    assert dict(ds.skipped) == {
+        "cat/0_first.png": "same file as 'cat/002.png'",
+        "dog/cat_copy.png": "same file as 'cat/000.png'",
+        "dog/hard.png": "same file as 'dog/000.png'",
+    }
+
+
+def test_broken_links_are_skipped(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    os.symlink("nothing.png", root / "cat" / "gone.png")
+    os.symlink("no_such_folder", root / "dog" / "gone")
+    os.symlink("no_such_class", root / "ghost")
+    os.symlink("ring_b", root / "cat" / "ring_a")  # a link cycle never resolves
+    os.symlink("ring_a", root / "cat" / "ring_b")
+
+    ds = ImageFolderDataset(root)
+    assert ds.classes == ["cat", "dog"]
+    assert len(ds) == 4
+    skipped = dict(ds.skipped)
+    assert skipped["ghost"] == "broken link: its target 'no_such_class' does not exist"
+    assert skipped["cat/gone.png"] == "broken link: its target 'nothing.png' does not exist"
+    assert skipped["dog/gone"] == "broken link: its target 'no_such_folder' does not exist"
+    assert skipped["cat/ring_a"].startswith("broken link to 'ring_b' (")
+    assert len(skipped) == 5
+
+
+def test_class_folders_that_are_links(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", {"cat": 2, "dog": 1})
+    birds = make_folder(tmp_path / "elsewhere", {"birds": 3}) / "birds"
+    os.symlink(birds, root / "bird")
+    os.symlink("cat", root / "kitty")  # a second name for an indexed class folder
+
+    ds = ImageFolderDataset(root)
+    assert ds.classes == ["bird", "cat", "dog", "kitty"]  # kitty stays a (empty) class
+    assert ds.ids == [
+        "bird/000.png", "bird/001.png", "bird/002.png", "cat/000.png", "cat/001.png", "dog/000.png",
+    ]
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 2]
+    assert ds.skipped == [("kitty", "same folder as 'cat' (already indexed)")]
+
+
 # ---------------------------------------------------------------- CSV manifest
 
 
@@ -538,3 +640,80 @@ def test_classes_option_sets_the_model_output_order(tmp_path):
     assert [ds.classes[k] for k in ds.labels] == [i.split("/")[0] for i in ds.ids]
     with pytest.raises(DataError, match="cat.*not in its `classes`"):
         build_dataset(DatasetSpec(kind="imagefolder", root=str(tmp_path), classes=["dog"]))
+
+
+# ---------------------------------------------------------------- CSV missing values
+
+
+NA_CSV = (
+    "path,label,note,score,count\n"
+    "a.png,None,NA,0.5,1\n"
+    "b.png,NA,None,,2\n"
+    "c.png,null,null,1.5,\t\n"
+    "d.png,n/a,,2.5,4\n"
+    "e.png,,x,3.5,5\n"
+    "f.png,  ,y,4.5,6\n"
+    "g.png,cat,NA,NA,7\n"
+)
+
+
+def _na_files(tmp_path: Path) -> Path:
+    for name in "abcdefg":
+        save(tmp_path / f"{name}.png", rgb())
+    return write_csv(tmp_path / "m.csv", NA_CSV)
+
+
+def test_csv_only_empty_cells_are_missing(tmp_path: Path) -> None:
+    ds = build_dataset(DatasetSpec("csv", csv=str(_na_files(tmp_path))))
+    assert ds.classes == ["NA", "None", "cat", "n/a", "null"]
+    assert ds.ids == ["a.png", "b.png", "c.png", "d.png", "g.png"]
+    assert [ds.classes[k] for k in ds.labels] == ["None", "NA", "null", "n/a", "cat"]
+    assert ds.skipped == [
+        ("e.png", "empty label in column 'label'"),
+        ("f.png", "empty label in column 'label'"),  # whitespace only
+    ]
+    note = ds.attributes["note"].tolist()
+    assert note[:3] == ["NA", "None", "null"] and pd.isna(note[3]) and note[4] == "NA"
+    # 'NA' is text here, so score is a text column; count keeps numbers (tab = missing)
+    assert ds.attributes["score"].tolist()[:1] == ["0.5"]
+    assert ds.attributes["count"].dtype == np.float64
+    assert ds.attributes["count"].tolist()[:2] == [1.0, 2.0]
+    assert np.isnan(ds.attributes["count"][2])
+    assert ds.attributes["count"].tolist()[3:] == [4.0, 7.0]
+
+
+def test_csv_na_values_lists_missing_strings(tmp_path: Path) -> None:
+    csv = _na_files(tmp_path)
+    ds = build_dataset(DatasetSpec("csv", csv=str(csv), na_values=["NA", " null "]))
+    assert ds.classes == ["None", "cat", "n/a"]
+    assert ds.ids == ["a.png", "d.png", "g.png"]
+    assert dict(ds.skipped) == {
+        "b.png": "empty label in column 'label' (empty or one of na_values)",
+        "c.png": "empty label in column 'label' (empty or one of na_values)",
+        "e.png": "empty label in column 'label' (empty or one of na_values)",
+        "f.png": "empty label in column 'label' (empty or one of na_values)",
+    }
+    note = ds.attributes["note"]
+    assert note.isna().tolist() == [True, True, True]
+    score = ds.attributes["score"]
+    assert score.dtype == np.float64  # 'NA' is missing, so the column is numbers again
+    assert score.tolist()[:2] == [0.5, 2.5] and np.isnan(score[2])
+    with pytest.raises(DataError, match="na_values must be a list of strings"):
+        build_dataset(DatasetSpec("csv", csv=str(csv), na_values="NA"))  # type: ignore[arg-type]
+
+
+def test_csv_numbers_and_booleans_stay_typed(tmp_path: Path) -> None:
+    for name in "abc":
+        save(tmp_path / f"{name}.png", rgb())
+    csv = write_csv(
+        tmp_path / "m.csv",
+        "path,label,age,flag,,\na.png,x,30,True,u,1\nb.png,y, ,False,v,2\nc.png,x,41,\t,w,3\n",
+    )
+    ds = CsvManifestDataset(csv)
+    assert list(ds.attributes.columns) == ["age", "flag", "attr_column_5", "attr_column_6"]
+    age = ds.attributes["age"]
+    assert age.dtype == np.float64 and age[0] == 30 and np.isnan(age[1]) and age[2] == 41
+    flag = ds.attributes["flag"].tolist()
+    assert flag[:2] == [True, False] and pd.isna(flag[2])
+    assert ds.attributes["attr_column_5"].tolist() == ["u", "v", "w"]
+    assert ds.attributes["attr_column_6"].tolist() == [1, 2, 3]

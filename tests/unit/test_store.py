@@ -8,15 +8,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from filelock import FileLock
+from PIL import Image
 
+import core.store
 from core.errors import DataError, StoreError
 from core.models import make_transform
-from core.sources import ArrayDataset
-from core.store import build_store, find_store, open_store, store_dir, store_fingerprint
+from core.sources import ArrayDataset, CsvManifestDataset
+from core.store import (
+    RESERVED_COLUMNS,
+    build_store,
+    find_store,
+    metadata_attribute_names,
+    open_store,
+    store_dir,
+    store_fingerprint,
+)
 from tests.support import digits_arrays, digits_dataset, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +177,155 @@ def test_lock_held_elsewhere_times_out_clearly(tmp_path, model, dataset):
     with FileLock(str(directory / ".lock")), pytest.raises(StoreError, match="Another process"):
         build_store("t", model, dataset, root=tmp_path, lock_timeout=2, progress=lambda d, t, m: messages.append(m))
     assert any("Waiting" in m for m in messages)
+
+
+def _clashing_dataset(n=40):
+    images, labels, _ = digits_arrays(n)
+    rng = np.random.default_rng(1)
+    attributes = pd.DataFrame(
+        {
+            "correct": rng.choice(["yes", "no"], n),
+            "attr_correct": np.arange(n),
+            "Label": rng.choice(["a", "b"], n),
+            "slice_x": np.arange(n) % 3 == 0,
+            "Tint": rng.choice(["red", "blue"], n),
+            "tint": np.arange(n) * 0.5,
+            7: np.arange(n) % 2,
+            "": ["?"] * n,
+            "mixed": [1, "a", 2.5, None] * (n // 4),
+        }
+    )
+    ground_truth = pd.DataFrame({"slice_x": np.arange(n) % 5 == 0})
+    data = ArrayDataset(
+        images, labels, [str(d) for d in range(10)], attributes=attributes,
+        ground_truth=ground_truth, name="clash",
+    )
+    return data, attributes
+
+
+CLASH_NAMES = [
+    "attr_correct_2", "attr_correct", "attr_Label", "attr_slice_x", "Tint", "attr_tint", "7",
+    "attr_column_8", "mixed",
+]
+
+
+def test_metadata_attribute_names_never_clash():
+    data, _ = _clashing_dataset()
+    names = metadata_attribute_names(data)
+    assert names == CLASH_NAMES
+    every = [*RESERVED_COLUMNS, "slice_x", *names]
+    assert len({c.lower() for c in every}) == len(every)  # unique ignoring case
+    assert metadata_attribute_names(data) == names  # the same on every call
+
+
+def test_clashing_attribute_names_build_and_query(tmp_path, model):
+    data, attributes = _clashing_dataset()
+    store = build_store("t", model, data, ["block1"], root=tmp_path)
+    assert store.attribute_columns == CLASH_NAMES
+    assert store.slice_columns == ["slice_x"]
+    meta = store.meta()
+    assert list(meta.columns) == [*RESERVED_COLUMNS, *CLASH_NAMES, "slice_x"]
+    assert meta["attr_correct_2"].tolist() == attributes["correct"].tolist()
+    assert meta["attr_correct"].tolist() == list(range(40))
+    assert meta["attr_tint"].tolist() == [i * 0.5 for i in range(40)]
+    assert meta["7"].sum() == 20
+    assert meta["attr_slice_x"].sum() == 14 and meta["slice_x"].sum() == 8
+    assert meta["mixed"].tolist()[:3] == ["1", "a", "2.5"]  # mixed types: stored as text
+    assert meta["mixed"].isna().sum() == 10  # None stays missing
+    assert meta["correct"].equals(meta["pred_idx"] == meta["label_idx"])
+    con = duckdb.connect()
+    con.register("source", meta)
+    con.execute("CREATE TABLE meta AS SELECT * FROM source")  # names unique ignoring case
+    assert con.execute("SELECT count(*) FROM meta WHERE attr_Label = 'a'").fetchone()[0] == int(
+        (attributes["Label"] == "a").sum()
+    )
+
+
+def test_csv_attributes_named_like_store_columns(tmp_path, model):
+    for i in range(6):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    csv = tmp_path / "m.csv"
+    csv.write_text(
+        "path,label,correct,attr_correct,Label,LOSS,\n"
+        + "".join(f"{i}.png,{i % 2},c{i},{i},L{i},{i / 2},u{i}\n" for i in range(6))
+    )
+    data = CsvManifestDataset(csv)
+    store = build_store("csv", model, data, [], root=tmp_path / "stores")
+    expected = ["attr_correct_2", "attr_correct", "attr_Label", "attr_LOSS", "attr_column_7"]
+    assert store.attribute_columns == expected
+    meta = store.meta()
+    assert list(meta.columns) == [*RESERVED_COLUMNS, *expected]
+    assert meta["attr_correct_2"].tolist() == [f"c{i}" for i in range(6)]
+    assert meta["attr_LOSS"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert meta["label"].tolist() == ["0", "1", "0", "1", "0", "1"]
+
+
+def test_ground_truth_clash_is_refused_before_extraction(tmp_path, model):
+    images, labels, _ = digits_arrays(20)
+    data = ArrayDataset(
+        images, labels, [str(d) for d in range(10)],
+        ground_truth=pd.DataFrame({"slice_a": [True] * 20, "SLICE_A": [False] * 20}),
+    )
+    with pytest.raises(DataError, match="ground-truth column 'SLICE_A' that clashes with 'slice_a'"):
+        build_store("t", model, data, root=tmp_path)
+    assert not (tmp_path / "stores").exists()  # nothing extracted, nothing half-written
+
+
+def test_failed_metadata_write_recovers(tmp_path, model, dataset, monkeypatch):
+    original = core.store._write_meta
+    calls = []
+
+    def fail_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return original(*args)
+
+    monkeypatch.setattr(core.store, "_write_meta", fail_once)
+    with pytest.raises(StoreError, match="meta.parquet.*No space left.*run the build again"):
+        build_store("t", model, dataset, ["block1"], batch_size=64, root=tmp_path)
+    directory = store_dir("t", store_fingerprint(model, dataset), tmp_path)
+    assert not (directory / "manifest.json").exists()
+    assert json.loads((directory / "progress.json").read_text())["rows_done"] == 240
+    seen = []
+    store = build_store(
+        "t", model, dataset, ["block1"], batch_size=64, root=tmp_path,
+        progress=lambda d, t, m: seen.append((d, m)),
+    )
+    assert seen == [(240, "Resuming extraction")]  # no image is read again
+    assert len(calls) == 2
+    assert (directory / "manifest.json").exists() and not (directory / "progress.json").exists()
+    assert store.n == 240 and store.attribute_columns == ["tint", "parity"]
+    fresh = build_store("t", model, dataset, ["block1"], root=tmp_path / "fresh")
+    assert store.meta().equals(fresh.meta())
+    np.testing.assert_array_equal(store.pooled("block1"), fresh.pooled("block1"))
+
+
+def test_store_with_old_clashing_names_is_repaired_without_extraction(tmp_path, model):
+    data, attributes = _clashing_dataset()
+    store = build_store("t", model, data, ["block1"], root=tmp_path)
+    # What an older version wrote: 'Label' next to 'label', which DuckDB cannot load.
+    old_names = ["attr_correct", "attr_correct", "Label", "slice_x", "Tint", "tint", "7", "", "mixed"]
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    manifest["attribute_columns"] = old_names
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    assert find_store("t", model, data, root=tmp_path) is None  # stale: offered a build
+    embedding_mtime = (store.path / "embedding.npy").stat().st_mtime_ns
+    seen = []
+    repaired = build_store("t", model, data, ["block1"], root=tmp_path, progress=lambda *a: seen.append(a))
+    assert seen == []  # no extraction pass
+    assert (store.path / "embedding.npy").stat().st_mtime_ns == embedding_mtime
+    assert repaired.attribute_columns == CLASH_NAMES
+    assert list(repaired.meta().columns) == [*RESERVED_COLUMNS, *CLASH_NAMES, "slice_x"]
+    assert find_store("t", model, data, root=tmp_path).path == store.path
+
+
+def test_damaged_complete_store_is_rebuilt(tmp_path, model, dataset):
+    store = build_store("t", model, dataset, ["block1"], root=tmp_path)
+    (store.path / "meta.parquet").unlink()
+    assert find_store("t", model, dataset, root=tmp_path) is None
+    rebuilt = build_store("t", model, dataset, ["block1"], root=tmp_path)
+    assert rebuilt.n == 240 and len(rebuilt.meta()) == 240
 
 
 BUILD_SCRIPT = """
