@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from core.errors import DataError
 
@@ -98,3 +98,30 @@ def is_probably_image(path: str | Path) -> tuple[bool, str]:
     if width == 0 or height == 0:
         return False, f"image has zero size ({width}x{height})"
     return True, ""
+
+
+ERROR_RED = (220, 30, 30)
+
+
+def thumbnail(image: Image.Image, size: int) -> np.ndarray:
+    """Square RGB thumbnail; small images are enlarged with nearest-neighbour (no blur)."""
+    image = image.convert("RGB")
+    side = max(image.size)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    resample = Image.Resampling.NEAREST if side < size else Image.Resampling.LANCZOS
+    return np.asarray(canvas.resize((size, size), resample))
+
+
+def mark_error(thumb: np.ndarray) -> np.ndarray:
+    """A red frame and a red cross in the corner: the image was misclassified."""
+    image = Image.fromarray(thumb)
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    frame = max(2, w // 24)
+    draw.rectangle([0, 0, w - 1, h - 1], outline=ERROR_RED, width=frame)
+    s = max(8, w // 5)
+    draw.rectangle([w - s - frame, frame, w - frame - 1, s + frame - 1], fill=(255, 255, 255))
+    draw.line([w - s - frame + 2, frame + 2, w - frame - 3, s + frame - 3], fill=ERROR_RED, width=max(2, s // 5))
+    draw.line([w - s - frame + 2, s + frame - 3, w - frame - 3, frame + 2], fill=ERROR_RED, width=max(2, s // 5))
+    return np.asarray(image)

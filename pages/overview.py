@@ -2,12 +2,9 @@
 
 import streamlit as st
 
-from core.stats import bootstrap_ci, slice_accuracy
 from core.store import metadata_attribute_names
 from core.summary import (
     GALLERY_FILTERS,
-    attribute_accuracy,
-    class_accuracy,
     confusion,
     gallery_rows,
     planted_slice_notes,
@@ -46,8 +43,9 @@ store = store_panel(ctx)
 if store is None:
     st.stop()
 meta = ctx.meta()
+tables = cache.overview_tables(store)
 
-accuracy, low, high = bootstrap_ci(meta["correct"].to_numpy())
+accuracy, low, high = tables["overall"]
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Accuracy", percent(accuracy), help="Share of images whose top prediction is the label.")
 m1.caption(f"95% interval: {percent(low)} – {percent(high)}")
@@ -57,7 +55,7 @@ m4.metric("Images", f"{len(meta):,}")
 
 if store.slice_columns:
     st.subheader("Planted slices")
-    slices = slice_accuracy(meta, store.slice_columns)
+    slices = tables["slices"]
     st.altair_chart(
         charts.accuracy_intervals(slices, "slice", "Planted slice", accuracy),
         width="stretch",
@@ -76,7 +74,7 @@ if store.slice_columns:
 
 classes_tab, attributes_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Gallery"])
 with classes_tab:
-    per_class = class_accuracy(meta)
+    per_class = tables["classes"]
     st.altair_chart(charts.accuracy_intervals(per_class, "class", "True class", accuracy), width="stretch")
     how_to_read("accuracy of each true class with its 95% bootstrap interval; the dashed line is overall accuracy.")
     normalise = st.toggle("Confusion matrix as shares of each true class", value=True)
@@ -84,8 +82,7 @@ with classes_tab:
     how_to_read("row = true class, column = prediction; the diagonal is correct, off-diagonal cells are the confusions.")
 
 with attributes_tab:
-    attributes = store.attribute_columns
-    table = attribute_accuracy(meta, attributes)
+    table = tables["attributes"]
     if table.empty:
         st.info(
             "This dataset has no attribute columns with few enough values to break down. "

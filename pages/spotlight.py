@@ -139,15 +139,19 @@ if store.slice_columns:
 
 # --------------------------------------------------------------------------- each spotlight, and the paper's baselines
 names = [f"Spotlight {fit.index + 1}" for fit in result.spotlights]
-tabs = st.tabs([*names, "Highest loss", "Random sample"])
-for tab, fit in zip(tabs, result.spotlights, strict=False):
-    with tab:
-        view.spotlight_panel(ctx, meta, result, fit, store.attribute_columns, detail)
-with tabs[-2]:
+panels = [*names, "Highest loss", "Random sample"]
+if st.session_state.get("spot_panel") not in panels:  # a run with fewer spotlights
+    st.session_state["spot_panel"] = names[0]
+# One panel at a time: each holds a gallery and three charts, and drawing every one of
+# them on each rerun made the page slow for the server and the browser alike.
+shown_panel = st.segmented_control("Show", panels, key="spot_panel", help="Each spotlight, or the paper's two baselines.") or names[0]
+if shown_panel in names:
+    view.spotlight_panel(ctx, meta, result, result.spotlights[names.index(shown_panel)], store.attribute_columns, detail)
+elif shown_panel == "Highest loss":
     by_loss = np.argsort(-meta["loss"].to_numpy(), kind="stable")[: view.GALLERY]
     view.gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]])
     how_to_read("the images with the highest loss, for comparison: usually a diffuse mix of causes, unlike a spotlight.")
-with tabs[-1]:
+else:
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(view.GALLERY, n), replace=False))
     view.gallery(ctx, meta, sample)
     how_to_read("a random sample of the dataset (fixed seed), for comparison with the spotlights.")

@@ -9,7 +9,7 @@ from core.udis import UDIS_THRESHOLD, VISCUIT_THRESHOLD, UdisParams, subgroups_c
 from core.ui import cache
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
-from core.ui.widgets import how_to_read, mark_error, percent
+from core.ui.widgets import how_to_read, percent
 
 SHOWN_IMAGES = 12
 MAX_NEURONS_PER_CELL = 24
@@ -94,7 +94,7 @@ with st.container(height=420):
         thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in rows[:SHOWN_IMAGES]), 64)
         strip = st.columns(SHOWN_IMAGES)
         for col, r, picture in zip(strip, rows[:SHOWN_IMAGES], thumbs, strict=False):
-            col.image(picture if meta["correct"].iat[r] else mark_error(picture), width="stretch")
+            col.image(cache.thumbnail_png(picture, not meta["correct"].iat[r]), width="stretch")
 how_to_read("subgroups sorted by accuracy, worst first; images framed and crossed in red are misclassified.")
 
 selected = st.session_state[SELECTED]

@@ -12,6 +12,7 @@ inputs into a shared slot, and only inside a place of the server's run queue
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -21,18 +22,21 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
 from core.gradcam import GradCamResult, grad_cam
+from core.images import mark_error, thumbnail
 from core.models import LoadedModel, load_model
 from core.neurons import ConceptPatches, Neuron, concept_patches, select_neurons
 from core.runqueue import RunQueue, default_slots
 from core.sources import build_dataset
 from core.spotlight import Progress, Spotlight, SpotlightResult, project_2d
+from core.stats import bootstrap_ci, slice_accuracy
 from core.store import Store, find_store
+from core.summary import attribute_accuracy, class_accuracy
 from core.udis import Subgroups, UdisParams, find_subgroups
-from core.ui.widgets import thumbnail
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
 T = TypeVar("T")
@@ -134,10 +138,35 @@ def meta_for(_store: Store, fingerprint: str, layers: tuple[str, ...]) -> pd.Dat
     return _store.meta()
 
 
+# A store is identified by its fingerprint and stored layers, never by its arrays.
+STORE_HASH = {Store: lambda store: (store.fingerprint, tuple(store.layers))}
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=STORE_HASH)
+def overview_tables(store: Store) -> dict[str, Any]:
+    """The Overview's bootstrap figures, computed once per store: overall accuracy with its
+    interval, and accuracy per planted slice, class and attribute value."""
+    meta = meta_for(store, store.fingerprint, tuple(store.layers))
+    return {
+        "overall": bootstrap_ci(meta["correct"].to_numpy()),
+        "slices": slice_accuracy(meta, store.slice_columns) if store.slice_columns else None,
+        "classes": class_accuracy(meta),
+        "attributes": attribute_accuracy(meta, store.attribute_columns),
+    }
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def cohort_view_for(_meta: pd.DataFrame, fingerprint: str) -> CohortView:
     """The DuckDB view over a store's (already cached) metadata, one per store."""
     return CohortView(_meta)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail_png(thumb: np.ndarray, error: bool) -> bytes:
+    """A thumbnail encoded once as PNG (framed and crossed in red when misclassified)."""
+    out = io.BytesIO()
+    Image.fromarray(mark_error(thumb) if error else thumb).save(out, format="PNG")
+    return out.getvalue()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

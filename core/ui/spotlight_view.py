@@ -164,13 +164,29 @@ def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result
             st.error(str(exc))
 
 
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={**cache.STORE_HASH, SpotlightFit: lambda fit: fit.weights.tobytes()})
+def _panel_figures(
+    store: Store, _meta: pd.DataFrame, fit: SpotlightFit, attributes: tuple[str, ...], size: int
+) -> dict[str, Any]:
+    """One spotlight's figures, computed once per store and weights: the accuracy of its top
+    ``size`` images with an interval, its class mixes and its attribute lift."""
+    correct = _meta["correct"].to_numpy()
+    return {
+        "overall": bootstrap_ci(correct)[0],
+        "top": bootstrap_ci(correct[fit.top_rows(size)]),
+        "labels": weighted_shares(_meta["label"], fit.weights),
+        "preds": weighted_shares(_meta["pred"], fit.weights),
+        "enrichment": attribute_enrichment(_meta, list(attributes), fit.weights),
+    }
+
+
 def spotlight_panel(
     ctx: PageContext, meta: pd.DataFrame, result: SpotlightResult, fit: SpotlightFit, attributes: list[str], detail: str
 ) -> None:
     """Everything about one spotlight: metrics, gallery, class mix, attribute enrichment, saving."""
     top = fit.top_rows(result.size)
-    overall, _, _ = bootstrap_ci(meta["correct"].to_numpy())
-    accuracy, low, high = bootstrap_ci(meta["correct"].to_numpy()[top])
+    figures = _panel_figures(ctx.store, meta, fit, tuple(attributes), result.size)
+    overall, (accuracy, low, high) = figures["overall"], figures["top"]
     m1, m2, m3 = st.columns(3)
     m1.metric(
         "Weighted mean loss", f"{fit.mean_loss:.3f}", f"{fit.mean_loss / result.mean_loss:.1f}× the dataset's {result.mean_loss:.3f}"
@@ -186,13 +202,13 @@ def spotlight_panel(
 
     left, right = st.columns(2)
     with left:
-        st.altair_chart(shares_chart(weighted_shares(meta["label"], fit.weights), "True class"), width="stretch")
+        st.altair_chart(shares_chart(figures["labels"], "True class"), width="stretch")
         how_to_read("share of each true class inside the spotlight (weighted by k_i, red) vs in the whole dataset (grey).")
     with right:
-        st.altair_chart(shares_chart(weighted_shares(meta["pred"], fit.weights), "Predicted class"), width="stretch")
+        st.altair_chart(shares_chart(figures["preds"], "Predicted class"), width="stretch")
         how_to_read("the same for the model's predictions: a class far more predicted inside than overall is the confusion.")
 
-    enrichment = attribute_enrichment(meta, attributes, fit.weights)
+    enrichment = figures["enrichment"]
     if enrichment.empty:
         st.caption("This dataset has no attribute columns to describe the spotlight with.")
     else:

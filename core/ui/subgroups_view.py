@@ -11,13 +11,14 @@ from PIL import Image
 
 from core.errors import BiasLensError
 from core.gradcam import overlay
+from core.images import thumbnail
 from core.models import model_view
 from core.neurons import Neuron, cluster_neurons
 from core.udis import Subgroups, subgroup_confusion
 from core.ui import cache
 from core.ui.charts import confusion_matrix
 from core.ui.context import PageContext
-from core.ui.widgets import how_to_read, image_grid, percent, thumbnail
+from core.ui.widgets import how_to_read, image_grid, percent
 
 THUMB = 96
 PATCH_VIEW = 96

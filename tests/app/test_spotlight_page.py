@@ -32,7 +32,9 @@ def test_run_two_spotlights_and_save_a_subset(app):
     assert any("press **Run**" in i.value for i in at.info)
     run_spotlights(at, 2, size=10.0)
     assert not at.error
-    assert [t.label for t in at.tabs] == ["Spotlight 1", "Spotlight 2", "Highest loss", "Random sample"]
+    panel = at.button_group(key="spot_panel")
+    assert list(panel.options) == ["Spotlight 1", "Spotlight 2", "Highest loss", "Random sample"]
+    assert panel.value == "Spotlight 1"
     summary = at.dataframe[0].value
     assert list(summary["spotlight"]) == [1, 2]
     assert (summary["effective size"] >= 20 - 1e-3).all()  # S = 10% of 200 images

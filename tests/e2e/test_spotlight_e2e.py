@@ -31,5 +31,9 @@ def test_spotlight_page_runs_on_the_demo(app_url, page):
     page.locator("[data-testid='stImage']").first.wait_for()
     page.locator("[data-testid='stVegaLiteChart']").first.wait_for()
     assert page.locator("[data-testid='stException']").count() == 0
-    assert page.get_by_role("tab", name="Spotlight 2").count() == 1
     screenshot(page, "spotlight")
+    # click flow: show the second spotlight's panel
+    page.locator("[data-testid='stButtonGroup']").get_by_text("Spotlight 2", exact=True).click()
+    wait_idle(page)
+    page.get_by_text("Effective size (sum of weights)").first.wait_for()
+    assert page.locator("[data-testid='stException']").count() == 0
