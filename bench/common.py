@@ -15,9 +15,10 @@ if str(ROOT) not in sys.path:
 
 def demo_parts():
     """(model, dataset, store) of the demo workspace; the store is built first if missing."""
+    from core.extract import build_store
     from core.models import load_model
     from core.sources import build_dataset
-    from core.store import build_store, find_store
+    from core.store import find_store
     from core.workspace import demo_workspace
 
     workspace = demo_workspace()

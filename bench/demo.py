@@ -22,8 +22,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from core.demo.dataset import DEFAULT_SLICES, rendered_split  # noqa: E402
-from core.demo.generator import DemoSpec  # noqa: E402
 from core.demo.model import DEFAULT_WEIGHTS, load_demo_model  # noqa: E402
+from core.demo.spec import DemoSpec  # noqa: E402
 from core.demo.train import evaluate_demo  # noqa: E402
 from core.errors import BiasLensError  # noqa: E402
 

@@ -24,9 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
+from core.extract import build_store, image_batches  # noqa: E402
 from core.models import ModelSpec, load_model  # noqa: E402
 from core.sources import DatasetSpec, build_dataset  # noqa: E402
-from core.store import build_store, image_batches  # noqa: E402
 
 
 def bare_forward_seconds(model, dataset, batch_size: int) -> float:

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from common import demo_parts, machine_figures
 
 from core.errors import BiasLensError  # noqa: E402
+from core.methods import Spotlight  # noqa: E402
 from core.scorecard import precision_at_k, precision_matrix  # noqa: E402
-from core.spotlight import Spotlight  # noqa: E402
 
 N, D = 50_000, 512
 
@@ -58,18 +58,18 @@ def bench_synthetic() -> dict:
         started = time.perf_counter()
         results.append(Spotlight().fit(x, losses))
         times.append(time.perf_counter() - started)
-    fit = results[-1].spotlights[0]
+    fit = results[-1].spotlights_[0]
     p10 = precision_at_k(truth, fit.weights, 10)
     print(f"Synthetic {N:,} x {D}: {statistics.median(times):.2f} s per spotlight (runs {', '.join(f'{t:.2f}' for t in times)}; "
-          f"first fit in the process {cold_s:.2f} s), centre searched in {results[-1].search_dims} principal directions + starts")
-    print(f"  blob of {truth.sum():,}: P@10 {p10:.1f}, weighted mean loss {fit.mean_loss:.3f} vs {results[-1].mean_loss:.3f} overall, "
-          f"effective size {fit.size:.0f} (S = {results[-1].size}), start kept: {fit.start}")
+          f"first fit in the process {cold_s:.2f} s), centre searched in {results[-1].search_dims_} principal directions + starts")
+    print(f"  blob of {truth.sum():,}: P@10 {p10:.1f}, weighted mean loss {fit.mean_loss:.3f} vs {results[-1].mean_loss_:.3f} overall, "
+          f"effective size {fit.size:.0f} (S = {results[-1].size_}), start kept: {fit.start}")
     return {
         "s_per_spotlight_50k": round(statistics.median(times), 3),
         "synthetic_p10": p10,
         "runs_s": [round(t, 3) for t in times],
         "cold_s": round(cold_s, 3),
-        "same_weights_every_run": all(np.array_equal(r.spotlights[0].weights, fit.weights) for r in results + [cold]),
+        "same_weights_every_run": all(np.array_equal(r.spotlights_[0].weights, fit.weights) for r in results + [cold]),
     }
 
 
@@ -96,12 +96,12 @@ def bench_demo() -> dict:
     result = Spotlight(n_spotlights=5).fit(x, losses)
     seconds = time.perf_counter() - started
     truth = meta[store.slice_columns].to_numpy()
-    matrix = precision_matrix(truth, [fit.weights for fit in result.spotlights])
+    matrix = precision_matrix(truth, [fit.weights for fit in result.spotlights_])
     names = [c.removeprefix("slice_") for c in store.slice_columns]
     print(f"Demo: {store.n:,} images, {x.shape[1]}-d embedding, accuracy {meta['correct'].mean():.3f}, "
-          f"mean loss {result.mean_loss:.3f}; 5 spotlights in {seconds:.1f} s")
-    for fit in result.spotlights:
-        top = meta.iloc[fit.top_rows(result.size)]
+          f"mean loss {result.mean_loss_:.3f}; 5 spotlights in {seconds:.1f} s")
+    for fit in result.spotlights_:
+        top = meta.iloc[fit.top_rows(result.size_)]
         print(f"  spotlight {fit.index + 1}: mean loss {fit.mean_loss:.3f}, size {fit.size:.0f}, top-S accuracy "
               f"{top['correct'].mean():.2f}, most common (label -> pred) {top.groupby(['label', 'pred']).size().idxmax()}, start {fit.start}")
     evidence = {}
@@ -116,7 +116,7 @@ def bench_demo() -> dict:
         "demo_p10": {name: float(matrix[i].max()) for i, name in enumerate(names)},
         "demo_best_spotlight": {name: int(np.argmax(matrix[i])) + 1 for i, name in enumerate(names)},
         "demo_s_total": round(seconds, 2),
-        "demo_spotlight_mean_loss": [round(f.mean_loss, 3) for f in result.spotlights],
+        "demo_spotlight_mean_loss": [round(f.mean_loss, 3) for f in result.spotlights_],
         "demo_slice_evidence": evidence,
     }
 

@@ -29,9 +29,15 @@ import time
 import numpy as np
 from common import ROOT, demo_parts, machine_figures
 
-from core.neurons import activation_scores, concept_patches, select_neurons
+from core.methods import (
+    UDIS,
+    UDIS_THRESHOLD,
+    VISCUIT_THRESHOLD,
+    ConceptPatchFinder,
+    NeuronSelector,
+    top_loss_rows,
+)
 from core.scorecard import precision_at_k
-from core.udis import UDIS_THRESHOLD, VISCUIT_THRESHOLD, find_subgroups, top_loss_rows
 
 D = 512
 
@@ -54,11 +60,11 @@ def cluster_child(n: int) -> None:
     """Run in a subprocess: time UDIS on n points and print seconds and peak RSS."""
     x, correct = synthetic(n)
     started = time.perf_counter()
-    result = find_subgroups(x, correct)
+    result = UDIS().fit(x, correct)
     seconds = time.perf_counter() - started
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(json.dumps({"s": round(seconds, 2), "gb": round(peak_gb, 3), "subgroups": len(result.table),
-                      "under": len(result.under_performing()), "method": result.method, "data_gb": round(x.nbytes / 1024**3, 3)}))
+    print(json.dumps({"s": round(seconds, 2), "gb": round(peak_gb, 3), "subgroups": len(result.subgroups_),
+                      "under": len(result.under_performing()), "method": result.method_, "data_gb": round(x.nbytes / 1024**3, 3)}))
 
 
 def bench_cluster(n: int) -> dict:
@@ -74,21 +80,21 @@ def bench_demo() -> dict:
     meta = store.meta()
     correct, losses = meta["correct"].to_numpy(), meta["loss"].to_numpy()
     started = time.perf_counter()
-    result = find_subgroups(store.embedding(), correct)
+    result = UDIS().fit(store.embedding(), correct)
     demo_cluster_s = time.perf_counter() - started
-    print(f"Demo UDIS: {len(result.table)} subgroups in {demo_cluster_s:.1f} s ({result.method})")
+    print(f"Demo UDIS: {len(result.subgroups_)} subgroups in {demo_cluster_s:.1f} s ({result.method_})")
 
     started = time.perf_counter()
     for layer in store.layers:
-        chosen = select_neurons(store.pooled(layer, "max"), 0.03)
-        for g in range(len(result.table)):
-            activation_scores(chosen, result.rows(g))
+        chosen = NeuronSelector(mass=0.03).fit(store.pooled(layer, "max"))
+        for g in range(len(result.subgroups_)):
+            chosen.activation_scores(result.rows(g))
     neuron_s = time.perf_counter() - started
-    print(f"Neuron scores, {len(store.layers)} layers x {len(result.table)} subgroups: {neuron_s:.2f} s")
+    print(f"Neuron scores, {len(store.layers)} layers x {len(result.subgroups_)} subgroups: {neuron_s:.2f} s")
 
     layer = model.conv_layers[-1]
     started = time.perf_counter()
-    patches = concept_patches(model, dataset, [(layer, 0)], lambda name: store.pooled(name, "max"))
+    patches = ConceptPatchFinder().fit(model, dataset, [(layer, 0)], lambda name: store.pooled(name, "max")).patches_
     patches_s = time.perf_counter() - started
     print(f"Concept patches of ({layer}, 0): {patches_s:.2f} s, top activation {patches[(layer, 0)].patch_activations[0]:.2f}")
 

@@ -56,9 +56,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build (or resume, or extend) a workspace's activation store with a tqdm bar."""
     from tqdm import tqdm
 
+    from core.extract import build_store
     from core.models import load_model
     from core.sources import build_dataset
-    from core.store import build_store
 
     listing = _workspaces(args)
     ws = _pick(listing, args.workspace)

@@ -21,13 +21,13 @@ from pydantic import (
     model_validator,
 )
 
+from core.registry import DATASET_KINDS, MODEL_KINDS
+
 Text = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=4096)]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 EntryPoint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
-MODEL_KINDS = ("demo", "torchvision", "torchscript", "entrypoint")
-DATASET_KINDS = ("demo", "imagefolder", "csv", "celeba")
 SPLITS = {"demo": ("train", "test"), "celeba": ("train", "valid", "test", "all")}
 # Keys that only some kinds take (every other key applies to every kind).
 MODEL_KIND_KEYS = {
@@ -73,7 +73,7 @@ class _Table(BaseModel):
 class ModelTable(_Table):
     """``model = { ... }``: where the classifier comes from and how to feed it."""
 
-    kind: Literal["demo", "torchvision", "torchscript", "entrypoint"]
+    kind: Literal[MODEL_KINDS]
     arch: Text | None = None
     weights: Text | None = None
     pretrained: bool = False
@@ -98,7 +98,7 @@ class ModelTable(_Table):
 class DatasetTable(_Table):
     """``dataset = { ... }``: where the images, labels and attributes come from."""
 
-    kind: Literal["demo", "imagefolder", "csv", "celeba"]
+    kind: Literal[DATASET_KINDS]
     root: Text | None = None
     csv: Text | None = None
     path_column: Text | None = None

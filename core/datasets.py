@@ -2,19 +2,27 @@
 
 Every source (demo, ImageFolder, CSV manifest, CelebA, in-memory arrays) is an
 ``ImageDataset``. The activation store iterates ``load_image(i)`` for i in range(len(ds)),
-so row i of every store array is image i of the dataset.
+so row i of every store array is image i of the dataset. A dataset with planted failure
+modes (the demo) describes them in ``planted_slices()``. The helpers at the end are shared
+by the file-backed sources (core/folders.py, core/manifest.py, core/celeba.py).
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from core.errors import DataError
+
+PLANTED_SLICE_COLUMNS = ["slice", "kind", "where", "description"]
+MISSING_POLICIES = ("skip", "error")
 
 
 class ImageDataset(abc.ABC):
@@ -55,6 +63,12 @@ class ImageDataset(abc.ABC):
         arrays. ``fingerprint()`` hashes it together with ids, labels and classes.
         """
 
+    def planted_slices(self) -> pd.DataFrame:
+        """The failure modes planted in this dataset, one row per ``slice_<name>`` column of
+        ``ground_truth``: slice (the name), kind, where (its definition) and description.
+        Empty for datasets without planted slices (all but the demo)."""
+        return pd.DataFrame(columns=PLANTED_SLICE_COLUMNS)
+
     def fingerprint(self) -> str:
         """sha256 hex digest of the dataset's identity and content."""
         h = hashlib.sha256()
@@ -83,3 +97,47 @@ class ImageDataset(abc.ABC):
                 f"Dataset '{self.name}' has a single class ('{only}'). A classifier audit needs "
                 "at least two classes: add images of the other classes."
             )
+
+
+# --------------------------------------------------------------------------- helpers for sources
+
+
+def empty_frame(n: int) -> pd.DataFrame:
+    """A DataFrame with ``n`` rows and no columns (RangeIndex)."""
+    return pd.DataFrame(index=pd.RangeIndex(n))
+
+
+def stat_key(files: Sequence[tuple[str, Path]]) -> str:
+    """path + size + mtime_ns of each (id, file), so any edited, replaced or touched file
+    changes the key without reading its bytes."""
+    h = hashlib.sha256()
+    for ident, path in files:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DataError(
+                f"Image '{path}' is gone or unreadable since the dataset was indexed "
+                f"({exc.strerror}). Restore it or reload the dataset."
+            ) from exc
+        h.update(f"{ident}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def check_missing_policy(missing: str) -> None:
+    """DataError unless ``missing`` (what to do about listed files that are absent) is
+    one of MISSING_POLICIES."""
+    if missing not in MISSING_POLICIES:
+        raise DataError(
+            f"Unknown missing-file policy '{missing}'. Use one of: {', '.join(MISSING_POLICIES)}."
+        )
+
+
+def report_missing(missing_ids: list[str], total: int, where: str, missing: str) -> None:
+    """Raise DataError for missing files when the policy is 'error'."""
+    if missing_ids and missing == "error":
+        first = ", ".join(f"'{m}'" for m in missing_ids[:5])
+        raise DataError(
+            f"{len(missing_ids)} of {total} images listed in {where} are missing "
+            f"(first: {first}). Fix the paths or the root folder, or set missing = 'skip' "
+            "to leave them out."
+        )

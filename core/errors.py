@@ -37,3 +37,9 @@ def redact_paths(text: str) -> str:
     Hosted mode shows messages through this, so visitors never learn the server's layout.
     """
     return _ABSOLUTE_PATH.sub(lambda m: f"…/{m.group(1)}", text)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's can run for a paragraph)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).split(". ")[0][:200]

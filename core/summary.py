@@ -49,22 +49,3 @@ def gallery_rows(meta: pd.DataFrame, show: str, label: str | None, count: int, s
     if len(pool) <= count:
         return pool
     return pool.sample(n=count, random_state=seed).sort_values("loss", ascending=(show == "correct"))
-
-
-def planted_slice_notes(slices_file: str) -> pd.DataFrame:
-    """Kind, definition and description of each planted slice of a demo slices file."""
-    from pathlib import Path
-
-    from core.demo.generator import DEFAULT_SLICES, DemoSpec
-
-    spec = DemoSpec.from_toml(Path(slices_file) if slices_file else DEFAULT_SLICES)
-    rows = [
-        {
-            "slice": s.name,
-            "kind": s.kind,
-            "where": " AND ".join(f"{k} in ({', '.join(v)})" if len(v) > 1 else f"{k} = {v[0]}" for k, v in s.where),
-            "description": " ".join(s.description.split()),
-        }
-        for s in spec.slices
-    ]
-    return pd.DataFrame(rows, columns=["slice", "kind", "where", "description"])

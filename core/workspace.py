@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+# The one place generic code imports the demo: the always-present demo workspace needs
+# the 'demo' model and dataset kinds, which importing core.demo registers.
+import core.demo  # noqa: F401
 from core.config import TOP_LEVEL_KEYS, WorkspaceTable, check_settings, check_workspace
 from core.errors import WorkspaceError
 from core.models import ModelSpec

@@ -3,12 +3,7 @@
 import streamlit as st
 
 from core.store import metadata_attribute_names
-from core.summary import (
-    GALLERY_FILTERS,
-    confusion,
-    gallery_rows,
-    planted_slice_notes,
-)
+from core.summary import GALLERY_FILTERS, confusion, gallery_rows
 from core.ui import cache, charts
 from core.ui.context import page_context
 from core.ui.store_panel import store_panel
@@ -67,8 +62,9 @@ if store.slice_columns:
     shown = slices.assign(
         accuracy=slices["accuracy"].map(percent), gap=slices["gap"].map(lambda g: f"{100 * g:.1f} pts")
     )[["slice", "n", "accuracy", "gap"]]
-    if ws.is_demo:
-        shown = shown.merge(planted_slice_notes(ws.dataset.slices), on="slice", how="left")
+    notes = dataset.planted_slices()
+    if len(notes):
+        shown = shown.merge(notes, on="slice", how="left")
     st.dataframe(shown, hide_index=True, column_config={"description": st.column_config.TextColumn(width="large")})
     st.caption("Scorecards of each method's recovery of these slices appear on the method pages.")
 

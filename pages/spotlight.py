@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
+from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
 from core.scorecard import scorecard
-from core.spotlight import KERNELS, PRECISIONS, NothingToFind, summary, weights_table
 from core.store import POOLS
 from core.ui import cache
 from core.ui import spotlight_view as view
@@ -76,25 +76,25 @@ if run is None:
 
 layer, pool, params = run["layer"], run["pool"], run["params"]
 try:
-    result = view.run_spotlights(store, layer, pool, params)
+    result = view.run_spotlights(store, layer, pool, Spotlight(**params))
 except NothingToFind as exc:
     st.success(f"Nothing to find: {exc}")
     st.stop()
 except BiasLensError as exc:
     st.error(f"The spotlight cannot run: {exc}")
     st.stop()
-if not result.spotlights:
-    st.success("Nothing to find: " + " ".join(result.notes))
+if not result.spotlights_:
+    st.success("Nothing to find: " + " ".join(result.notes_))
     st.stop()
-detail = f"{run['representation']}, S = {result.size:,}, {params['kernel']} kernel, {params['precision']} precision"
+detail = f"{run['representation']}, S = {result.size_:,}, {params['kernel']} kernel, {params['precision']} precision"
 
 # --------------------------------------------------------------------------- all spotlights
 st.subheader("Spotlights found")
 st.caption(
-    f"{detail}; {len(result.spotlights)} spotlight(s) in {result.seconds:.1f} s on {result.device}"
-    + (f"; centre searched in the top {result.search_dims} principal directions and the starts (distances use the full vectors)" if result.search_dims else "")
-    + (f"; PCA keeps {percent(result.explained_variance)} of the variance" if result.explained_variance is not None else "")
-    + ". " + " ".join(result.notes)
+    f"{detail}; {len(result.spotlights_)} spotlight(s) in {result.seconds_:.1f} s on {result.device_}"
+    + (f"; centre searched in the top {result.search_dims_} principal directions and the starts (distances use the full vectors)" if result.search_dims_ else "")
+    + (f"; PCA keeps {percent(result.explained_variance_)} of the variance" if result.explained_variance_ is not None else "")
+    + ". " + " ".join(result.notes_)
 )
 table = summary(result, meta["correct"].to_numpy())
 st.dataframe(
@@ -103,13 +103,13 @@ st.dataframe(
         "mean loss": st.column_config.NumberColumn("weighted mean loss", format="%.3f"),
         "loss ratio": st.column_config.NumberColumn("× dataset mean loss", format="%.2f"),
         "effective size": st.column_config.NumberColumn("effective size", format="%.0f"),
-        "top-S accuracy": st.column_config.NumberColumn(f"accuracy of top {result.size:,}", format="percent"),
+        "top-S accuracy": st.column_config.NumberColumn(f"accuracy of top {result.size_:,}", format="percent"),
         "low": st.column_config.NumberColumn("95% low", format="percent"),
         "high": st.column_config.NumberColumn("95% high", format="percent"),
     },
 )
 how_to_read(
-    f"each row is a spotlight in the order found. The dataset's mean loss is {result.mean_loss:.3f} and its "
+    f"each row is a spotlight in the order found. The dataset's mean loss is {result.mean_loss_:.3f} and its "
     f"accuracy {percent(meta['correct'].mean())}: a good spotlight has a loss ratio well above 1 and a low top-S accuracy."
 )
 c1, c2 = st.columns([3, 1])
@@ -127,9 +127,9 @@ with c2:
 if store.slice_columns:
     st.subheader("Scorecard: planted slices")
     card = scorecard(
-        meta[store.slice_columns].to_numpy(), [fit.weights for fit in result.spotlights],
+        meta[store.slice_columns].to_numpy(), [fit.weights for fit in result.spotlights_],
         slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
-        group_names=[f"Spotlight {fit.index + 1}" for fit in result.spotlights],
+        group_names=[f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
     )
     st.dataframe(card, hide_index=True, column_config={"P@10": st.column_config.ProgressColumn("P@10", min_value=0, max_value=1, format="%.1f")})
     how_to_read(
@@ -138,7 +138,7 @@ if store.slice_columns:
     )
 
 # --------------------------------------------------------------------------- each spotlight, and the paper's baselines
-names = [f"Spotlight {fit.index + 1}" for fit in result.spotlights]
+names = [f"Spotlight {fit.index + 1}" for fit in result.spotlights_]
 panels = [*names, "Highest loss", "Random sample"]
 if st.session_state.get("spot_panel") not in panels:  # a run with fewer spotlights
     st.session_state["spot_panel"] = names[0]
@@ -146,7 +146,7 @@ if st.session_state.get("spot_panel") not in panels:  # a run with fewer spotlig
 # them on each rerun made the page slow for the server and the browser alike.
 shown_panel = st.segmented_control("Show", panels, key="spot_panel", help="Each spotlight, or the paper's two baselines.") or names[0]
 if shown_panel in names:
-    view.spotlight_panel(ctx, meta, result, result.spotlights[names.index(shown_panel)], store.attribute_columns, detail)
+    view.spotlight_panel(ctx, meta, result, result.spotlights_[names.index(shown_panel)], store.attribute_columns, detail)
 elif shown_panel == "Highest loss":
     by_loss = np.argsort(-meta["loss"].to_numpy(), kind="stable")[: view.GALLERY]
     view.gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]])
@@ -170,7 +170,7 @@ try:
 except BiasLensError as exc:
     st.warning(f"The map cannot be drawn now: {exc}")
     st.stop()
-fit = result.spotlights[names.index(shown)]
+fit = result.spotlights_[names.index(shown)]
 part = meta.iloc[rows]
 frame = pd.DataFrame(
     {

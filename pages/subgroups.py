@@ -3,9 +3,15 @@
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.neurons import activation_scores, neuron_columns
+from core.methods import (
+    UDIS,
+    UDIS_THRESHOLD,
+    VISCUIT_THRESHOLD,
+    neuron_columns,
+    subgroups_csv,
+    top_loss_rows,
+)
 from core.scorecard import scorecard
-from core.udis import UDIS_THRESHOLD, VISCUIT_THRESHOLD, UdisParams, subgroups_csv, top_loss_rows
 from core.ui import cache
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
@@ -39,8 +45,8 @@ with st.expander("Clustering settings (UDIS)"), st.form("udis_settings"):
     perfect = c7.checkbox("Keep perfect regions whole", True, help="UDIS's code stops splitting at clusters with 100% accuracy.")
     seed = int(c8.number_input("Seed", 0, 10_000, 0))
     st.form_submit_button("Re-cluster")
-params = UdisParams(min_size=min_size, max_size=max(max_size, min_size + 1), silhouette_sample=sample, max_cuts=max_cuts,
-                    exact_limit=exact_limit, micro_clusters=micro, stop_at_perfect=perfect, seed=seed)
+udis = UDIS(min_size=min_size, max_size=max(max_size, min_size + 1), silhouette_sample=sample, max_cuts=max_cuts,
+            exact_limit=exact_limit, micro_clusters=micro, stop_at_perfect=perfect, seed=seed)
 
 choice = st.segmented_control(
     "Under-performing when accuracy < threshold × overall accuracy",
@@ -54,17 +60,17 @@ else:
 
 try:
     with st.spinner(f"Clustering {len(meta):,} images (cached afterwards)..."):
-        result = cache.subgroups_for(store, params)
+        result = cache.subgroups_for(store, udis)
 except BiasLensError as exc:
     st.error(f"The subgroups cannot be computed: {exc}")
     st.stop()
-table = result.table.set_index("subgroup", drop=False)
+table = result.subgroups_.set_index("subgroup", drop=False)
 under = result.under_performing(threshold)
 st.caption(
-    f"{len(table):,} subgroups ({result.method}, cut with the best silhouette among {len(result.cuts)} cuts, "
-    f"{result.seconds:.1f} s); overall accuracy {percent(result.overall_accuracy)}; "
-    f"{len(under)} under-performing at accuracy < {threshold:g} × {percent(result.overall_accuracy)} = "
-    f"{percent(threshold * result.overall_accuracy)}. " + " ".join(result.notes)
+    f"{len(table):,} subgroups ({result.method_}, cut with the best silhouette among {len(result.cuts_)} cuts, "
+    f"{result.seconds_:.1f} s); overall accuracy {percent(result.overall_accuracy_)}; "
+    f"{len(under)} under-performing at accuracy < {threshold:g} × {percent(result.overall_accuracy_)} = "
+    f"{percent(threshold * result.overall_accuracy_)}. " + " ".join(result.notes_)
 )
 c1, c2 = st.columns(2)
 c1.download_button("Export subgroups (CSV)", subgroups_csv(result, meta["id"].to_numpy(), threshold),
@@ -150,8 +156,8 @@ else:
     scores_under, scores_well = {}, {}
     for layer in conv_layers:
         chosen = cache.neuron_selection(store, store.fingerprint, layer, mass / 100)
-        scores_under[layer] = activation_scores(chosen, rows_under)
-        scores_well[layer] = activation_scores(chosen, rows_well)
+        scores_under[layer] = chosen.activation_scores(rows_under)
+        scores_well[layer] = chosen.activation_scores(rows_well)
     frame = neuron_columns(scores_under, scores_well, neuron_threshold, conv_layers)
     highlight = set(map(tuple, st.session_state.get(view.highlight_key(ctx, (selected, similar)), [])))
     shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]

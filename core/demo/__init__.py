@@ -2,8 +2,12 @@
 
 - ``slices.toml``: the rendering attributes and planted slices (data, not code).
 - ``fashion``: finds and parses Fashion-MNIST.
-- ``generator``: validates a slices file (``DemoSpec``) and renders a split (``render``).
+- ``spec``: reads and validates a slices file (``DemoSpec``).
+- ``generator``: renders a split of a ``DemoSpec`` (``render``).
 - ``dataset``: ``DemoDataset``, the demo as an ``ImageDataset`` with ground truth.
 - ``model``: ``DemoCNN`` and ``load_demo_model`` (committed weights in ``weights/``).
+- ``kinds``: registers the ``demo`` model and dataset kinds; importing ``core.demo`` does it.
 - ``train``: the training recipe (``python -m core.demo.train``) and ``evaluate_demo``.
 """
+
+from core.demo import kinds  # noqa: F401  (registers the 'demo' model and dataset kinds)

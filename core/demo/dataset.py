@@ -6,11 +6,13 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 
-from core.datasets import ImageDataset
+from core.datasets import PLANTED_SLICE_COLUMNS, ImageDataset
 from core.demo.fashion import FASHION_CLASSES, fashion_digest, load_fashion_mnist
-from core.demo.generator import DEFAULT_SLICES, SPLITS, DemoSpec, RenderedSplit, render
+from core.demo.generator import SPLITS, RenderedSplit, render
+from core.demo.spec import DEFAULT_SLICES, DemoSpec
 from core.errors import DataError, WorkspaceError
 
 __all__ = ["DEFAULT_SLICES", "DemoDataset", "rendered_split"]
@@ -73,6 +75,19 @@ class DemoDataset(ImageDataset):
     def load_image(self, index: int) -> Image.Image:
         """Image ``index`` as an RGB PIL image (size set by the slices file, 32 by default)."""
         return Image.fromarray(self._images[index])
+
+    def planted_slices(self) -> pd.DataFrame:
+        """Kind, definition and description of each planted slice of the slices file."""
+        rows = [
+            {
+                "slice": s.name,
+                "kind": s.kind,
+                "where": s.definition,
+                "description": " ".join(s.description.split()),
+            }
+            for s in self.spec.slices
+        ]
+        return pd.DataFrame(rows, columns=PLANTED_SLICE_COLUMNS)
 
     def content_key(self) -> str:
         """sha256 of the slices file, seed, split and Fashion-MNIST content together."""

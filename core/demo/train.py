@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from core.demo.fashion import load_fashion_mnist
-from core.demo.generator import DEFAULT_SLICES, DemoSpec, RenderedSplit, render
+from core.demo.generator import RenderedSplit, render
 from core.demo.model import DEFAULT_WEIGHTS, MEAN, STD, DemoCNN
+from core.demo.spec import DEFAULT_SLICES, DemoSpec
 
 DEFAULT_EPOCHS = 6
 DEFAULT_BATCH = 128

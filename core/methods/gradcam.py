@@ -1,54 +1,65 @@
 """Grad-CAM (Selvaraju et al., 2017) for VisCUIT's Grad-CAM window, computed with captum.
 
-For a target class and a convolutional block, Grad-CAM weights each channel of the
-block's output by the mean over space of the class logit's gradient, sums the weighted
-channels, keeps the positive part and upsamples it to the input: where the block saw
-evidence for the class. ``grad_cam`` returns one map per requested class, scaled to
-[0, 1], and the softmax probabilities; ``overlay`` blends a map onto the image with a
-jet-like colour map.
+For a target class c and a convolutional block with output channels A^k, Grad-CAM weights
+each channel by alpha_k^c, the mean over space of the class logit's gradient dy^c/dA^k,
+sums the weighted channels, keeps the positive part, ReLU(sum_k alpha_k^c A^k), and
+upsamples it to the input: where the block saw evidence for the class. ``GradCAM`` fits one
+map per requested class, scaled to [0, 1], and the softmax probabilities; ``overlay``
+blends a map onto the image with a jet-like colour map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
+from sklearn.base import BaseEstimator
 
 from core.errors import ModelError
 from core.models import LoadedModel, make_transform
 
 
-@dataclass
-class GradCamResult:
-    """probabilities: (K,) softmax of the model's output for the image.
-    targets: the classes explained, in order.
-    maps: (len(targets), S, S) Grad-CAM maps at the model's input resolution, in [0, 1]
-      (each divided by its maximum; a map with no positive evidence stays all zero).
+class GradCAM(BaseEstimator):
+    """Grad-CAM at one block of a model, as a scikit-learn estimator.
+
+    ``layer``: the block's module name (None: the model's last convolutional block).
+
+    Fitted attributes: ``layer_`` (the block explained); ``targets_`` (the classes
+    explained, in order); ``maps_`` (len(targets_), S, S) Grad-CAM maps at the model's input
+    resolution, in [0, 1] (each divided by its maximum; a map with no positive evidence
+    stays all zero); ``probabilities_`` (K,) softmax of the model's output for the image.
     """
 
-    probabilities: np.ndarray
-    targets: list[int]
-    maps: np.ndarray
+    def __init__(self, layer: str | None = None) -> None:
+        self.layer = layer
+
+    def fit(self, model: LoadedModel, image: Image.Image, targets: Sequence[int]) -> GradCAM:
+        """Grad-CAM maps of ``image`` for each class in ``targets``.
+
+        The image goes through the model's own transform; every target is explained in one
+        batched forward and backward pass. The model's parameters, mode and hooks are left as
+        they were (only the input needs gradients).
+        """
+        if not model.conv_layers:
+            raise ModelError(
+                "Grad-CAM does not apply to a model without convolutional layers: it needs a "
+                "block whose output is a spatial map. Use another view for this model."
+            )
+        layer = model.conv_layers[-1] if self.layer is None else self.layer
+        self.probabilities_, self.targets_, self.maps_ = _grad_cam(model, image, layer, targets)
+        self.layer_ = layer
+        return self
 
 
-def grad_cam(
+def _grad_cam(
     model: LoadedModel, image: Image.Image, layer: str, targets: Sequence[int]
-) -> GradCamResult:
-    """Grad-CAM maps of ``image`` for each class in ``targets`` at the block ``layer``.
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """The softmax probabilities, the targets and their maps at the block ``layer``."""
+    # captum is imported on first use: only Grad-CAM needs it
+    from captum.attr import LayerAttribution, LayerGradCam
 
-    The image goes through the model's own transform; every target is explained in one
-    batched forward and backward pass. The model's parameters, mode and hooks are left as
-    they were (only the input needs gradients).
-    """
-    if not model.conv_layers:
-        raise ModelError(
-            "Grad-CAM does not apply to a model without convolutional layers: it needs a "
-            "block whose output is a spatial map. Use another view for this model."
-        )
     modules = dict(model.module.named_modules())
     if not layer or layer not in modules:
         raise ModelError(
@@ -67,7 +78,7 @@ def grad_cam(
     with torch.inference_mode():
         probabilities = torch.softmax(model.module(x).float(), dim=1)[0].cpu().numpy()
     if not targets:
-        return GradCamResult(probabilities, [], np.zeros((0, size, size), dtype=np.float32))
+        return probabilities, [], np.zeros((0, size, size), dtype=np.float32)
     with torch.inference_mode(False), torch.enable_grad():
         batch = x.repeat(len(targets), 1, 1, 1).requires_grad_(True)
         attribution = LayerGradCam(model.module, modules[layer]).attribute(
@@ -85,7 +96,7 @@ def grad_cam(
     maps = upsampled[:, 0].float().clamp(min=0).cpu().numpy()
     peaks = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
     maps = np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
-    return GradCamResult(probabilities, targets, np.clip(maps, 0.0, 1.0))
+    return probabilities, targets, np.clip(maps, 0.0, 1.0)
 
 
 def _jet(values: np.ndarray) -> np.ndarray:

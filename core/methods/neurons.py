@@ -1,21 +1,23 @@
 """VisCUIT's neuron activation panel (Park et al., 2022, section 3.3): which neurons a
 subgroup activates, the image concepts behind a neuron, and neurons that share a concept.
 
-- Highly activated neurons (Summit's rule): per image and layer, each channel's maximum
-  over space is its activation; channels are taken in descending order until their sum
-  exceeds ``mass`` (3%) of the layer's total. A subgroup's activation score for a neuron is
-  the fraction of its images that took it. The panel's three columns (underperforming only,
-  both, well-performing only) come from comparing the two subgroups' scores to a threshold.
-- Concept patches: a neuron's most activating images each get random square masks (kept
-  a few pixels apart); every masked input goes through the classifier once, and the
-  patches that activate the neuron most are its concept patches. Masks depend only on the
-  image row and the seed, so one batched pass serves every requested neuron at once.
-- Neuron clusters: the paper trains a separate patch-embedding network (initialised from
-  the classifier, trained so that patches of the same neuron have similar vectors) and adds
-  each neuron greedily to the most similar cluster when the similarity exceeds 0.9. We keep
-  the greedy rule but embed patches with the classifier's own last hidden layer, recorded
-  in the same pass as the patch activations: it needs no training, costs no extra forward
-  pass and is cached with the patches.
+- Highly activated neurons (Summit's rule, ``NeuronSelector``): per image and layer, each
+  channel's maximum over space is its activation; channels are taken in descending order
+  until their sum exceeds ``mass`` (3%) of the layer's total. A subgroup's activation score
+  for a neuron is the fraction of its images that took it. The panel's three columns
+  (underperforming only, both, well-performing only) come from comparing the two
+  subgroups' scores to a threshold (``neuron_columns``).
+- Concept patches (``ConceptPatchFinder``): a neuron's most activating images each get
+  random square masks (kept a few pixels apart); every masked input goes through the
+  classifier once, and the patches that activate the neuron most are its concept patches.
+  Masks depend only on the image row and the seed, so one batched pass serves every
+  requested neuron at once.
+- Neuron clusters (``NeuronClusters``): the paper trains a separate patch-embedding network
+  (initialised from the classifier, trained so that patches of the same neuron have similar
+  vectors) and adds each neuron greedily to the most similar cluster when the similarity
+  exceeds 0.9. We keep the greedy rule but embed patches with the classifier's own last
+  hidden layer, recorded in the same pass as the patch activations: it needs no training,
+  costs no extra forward pass and is cached with the patches.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from core.datasets import ImageDataset
 from core.errors import ModelError, StoreError
+from core.hooks import ActivationRecorder
 from core.models import LoadedModel, make_transform, model_view
-from core.store import ActivationRecorder
 
 Neuron = tuple[str, int]
 
@@ -43,43 +47,54 @@ _FRAME_COLUMNS = ["layer", "layer_index", "neuron", "under", "well", "column"]
 # --------------------------------------------------------------------------- activation scores
 
 
-def select_neurons(activations: np.ndarray, mass: float = 0.03) -> np.ndarray:
-    """Highly activated channels of each image (row), as a bool (N, C) array.
+class NeuronSelector(BaseEstimator):
+    """Summit's highly activated neurons of one layer, per image.
 
-    ``activations`` is (N, C): each channel's max over space for one layer. Negative values
-    count as 0. Channels are taken in descending order until the running sum of the taken
-    ones exceeds ``mass`` x the row's total; the channel that crosses the line is included,
-    zero channels never are, and a row whose total is 0 selects nothing.
+    ``mass``: channels are taken until their sum exceeds this share of the layer's total
+    (VisCUIT: 3%). Fitted attribute: ``selected_``, a bool (N, C) array of the channels each
+    image (row) took; ``activation_scores(rows)`` reads a subgroup's scores from it.
     """
-    if not 0 < mass <= 1:
-        raise ValueError(f"mass must be in (0, 1], got {mass}.")
-    values = np.maximum(np.asarray(activations, dtype=np.float64), 0.0)
-    if values.ndim != 2:
-        raise ValueError(f"activations must be (images, channels), got shape {values.shape}.")
-    ranked = -np.sort(-values, axis=1)  # each row in descending order
-    running = np.cumsum(ranked, axis=1)
-    before = np.concatenate([np.zeros((len(values), 1)), running[:, :-1]], axis=1)
-    count = ((before <= mass * running[:, -1:]) & (ranked > 0)).sum(axis=1)
-    # The taken channels are the `count` largest: those above the last one taken's value,
-    # then as many as still needed of those equal to it, lowest channel index first.
-    last = np.full(len(values), np.inf)
-    last[count > 0] = ranked[count > 0, count[count > 0] - 1]
-    above = values > last[:, None]
-    tied = values == last[:, None]
-    needed = count - above.sum(axis=1)
-    return above | (tied & (np.cumsum(tied, axis=1) <= needed[:, None]))
 
+    def __init__(self, mass: float = 0.03) -> None:
+        self.mass = mass
 
-def activation_scores(selected: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(C,) fraction of the images ``rows`` (indices, or a bool mask over the N images) that
-    selected each neuron: a subgroup's neuron activation score. No rows give zeros."""
-    selected = np.asarray(selected, dtype=bool)
-    rows = np.asarray(rows)
-    if rows.dtype == bool:
-        rows = np.flatnonzero(rows)
-    if rows.size == 0:
-        return np.zeros(selected.shape[1], dtype=np.float64)
-    return selected[rows.astype(np.int64)].mean(axis=0)
+    def fit(self, activations: np.ndarray) -> NeuronSelector:
+        """Select from ``activations`` (N, C): each channel's max over space for one layer.
+
+        Negative values count as 0. Channels are taken in descending order until the running
+        sum of the taken ones exceeds ``mass`` x the row's total; the channel that crosses the
+        line is included, zero channels never are, and a row whose total is 0 selects nothing.
+        """
+        mass = self.mass
+        if not 0 < mass <= 1:
+            raise ValueError(f"mass must be in (0, 1], got {mass}.")
+        values = np.maximum(np.asarray(activations, dtype=np.float64), 0.0)
+        if values.ndim != 2:
+            raise ValueError(f"activations must be (images, channels), got shape {values.shape}.")
+        ranked = -np.sort(-values, axis=1)  # each row in descending order
+        running = np.cumsum(ranked, axis=1)
+        before = np.concatenate([np.zeros((len(values), 1)), running[:, :-1]], axis=1)
+        count = ((before <= mass * running[:, -1:]) & (ranked > 0)).sum(axis=1)
+        # The taken channels are the `count` largest: those above the last one taken's value,
+        # then as many as still needed of those equal to it, lowest channel index first.
+        last = np.full(len(values), np.inf)
+        last[count > 0] = ranked[count > 0, count[count > 0] - 1]
+        above = values > last[:, None]
+        tied = values == last[:, None]
+        needed = count - above.sum(axis=1)
+        self.selected_ = above | (tied & (np.cumsum(tied, axis=1) <= needed[:, None]))
+        return self
+
+    def activation_scores(self, rows: np.ndarray) -> np.ndarray:
+        """(C,) fraction of the images ``rows`` (indices, or a bool mask over the N images) that
+        selected each neuron: a subgroup's neuron activation score. No rows give zeros."""
+        check_is_fitted(self)
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.size == 0:
+            return np.zeros(self.selected_.shape[1], dtype=np.float64)
+        return self.selected_[rows.astype(np.int64)].mean(axis=0)
 
 
 def neuron_columns(
@@ -236,76 +251,98 @@ class _Best:
     embeddings: np.ndarray
 
 
-def concept_patches(
-    model: LoadedModel,
-    dataset: ImageDataset,
-    neurons: Sequence[Neuron],
-    max_activations: Callable[[str], np.ndarray],
-    n_images: int = 10,
-    n_masks: int = 32,
-    n_patches: int = 10,
-    gap: int = 5,
-    patch_size: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    embedding_centre: np.ndarray | None = None,
-) -> dict[Neuron, ConceptPatches]:
-    """VisCUIT's concept patches of each neuron, from one batched pass over masked images.
+class ConceptPatchFinder(BaseEstimator):
+    """VisCUIT's concept patches of neurons, from one batched pass over masked images.
 
-    A neuron's ``n_images`` most activating rows come from ``max_activations(layer)`` (the
-    store's (N, C) max-pooled activations). Each of those images gets ``n_masks`` squares
-    from ``mask_positions`` seeded by ``[seed, row]``, so an image has the same masks for
-    every neuron; a masked input keeps the square and sets everything else to 0 (the
-    normalised mean colour). All masked inputs run through the model once, with hooks on
-    the requested layers and on the embedding; each neuron keeps its ``n_patches`` patches
-    of highest activation. ``embedding_centre`` (e.g. the dataset's mean embedding) is
-    subtracted from the patch embeddings before they are normalised: last-hidden-layer
-    vectors are non-negative after a ReLU, so uncentred they all have high cosine
-    similarity and every neuron would fall into one cluster.
+    A neuron's ``n_images`` most activating images each get ``n_masks`` squares of
+    ``patch_size`` px (None: ``patch_size_for`` the input) at least ``gap`` px apart, from
+    ``mask_positions`` seeded by ``[seed, row]``, so an image has the same masks for every
+    neuron; each neuron keeps its ``n_patches`` patches of highest activation. Masked inputs
+    run ``batch_size`` at a time. Fitted attribute: ``patches_``, a ConceptPatches per
+    neuron, in the order asked.
     """
-    wanted = list(dict.fromkeys((str(layer), int(channel)) for layer, channel in neurons))
-    if not wanted:
-        return {}
-    if min(n_images, n_masks, n_patches, batch_size) < 1:
-        raise ValueError("n_images, n_masks, n_patches and batch_size must be at least 1.")
-    side = model.input_size
-    size = patch_size_for(side) if patch_size is None else int(patch_size)
-    if not 1 <= size <= side:
-        raise ValueError(f"patch_size must be in [1, {side}] px, got {size}.")
-    if not model.embedding_layer:
-        raise ModelError("The model has no last hidden layer to embed concept patches with.")
-    image_rows = _top_images(model, dataset, wanted, max_activations, n_images)
-    rows = np.unique(np.concatenate(list(image_rows.values())))
-    boxes = [
-        mask_positions(side, size, n_masks, gap, np.random.default_rng([seed, int(r)]))
-        for r in rows
-    ]
-    pair_rows = np.repeat(rows, [len(b) for b in boxes])
-    pair_corners = np.concatenate(boxes)
-    best = _masked_pass(
-        model, dataset, wanted, image_rows, pair_rows, pair_corners, size, n_patches, batch_size
-    )
-    centre = 0.0 if embedding_centre is None else np.asarray(embedding_centre, dtype=np.float64)
-    winners = np.concatenate([top.pairs for top in best.values()])
-    crops = {int(r): model_view(model, dataset.load_image(int(r))) for r in np.unique(pair_rows[winners])}
-    result = {}
-    for neuron in wanted:
-        top = best[neuron]
-        corners = pair_corners[top.pairs]
-        patch_rows = pair_rows[top.pairs]
-        result[neuron] = ConceptPatches(
-            neuron=neuron,
-            image_rows=image_rows[neuron],
-            patch_rows=patch_rows,
-            patch_boxes=np.column_stack([corners, np.full(len(corners), size)]).astype(np.int64),
-            patch_activations=top.activations,
-            patch_images=[
-                crops[int(r)][y : y + size, x : x + size].copy()
-                for r, (y, x) in zip(patch_rows, corners, strict=True)
-            ],
-            embedding=_unit(_unit(top.embeddings - centre).mean(axis=0)),
+
+    def __init__(
+        self,
+        n_images: int = 10,
+        n_masks: int = 32,
+        n_patches: int = 10,
+        gap: int = 5,
+        patch_size: int | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
+    ) -> None:
+        self.n_images = n_images
+        self.n_masks = n_masks
+        self.n_patches = n_patches
+        self.gap = gap
+        self.patch_size = patch_size
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def fit(
+        self,
+        model: LoadedModel,
+        dataset: ImageDataset,
+        neurons: Sequence[Neuron],
+        max_activations: Callable[[str], np.ndarray],
+        embedding_centre: np.ndarray | None = None,
+    ) -> ConceptPatchFinder:
+        """Find the concept patches of ``neurons`` (layer, channel).
+
+        A neuron's most activating rows come from ``max_activations(layer)`` (the store's
+        (N, C) max-pooled activations). A masked input keeps the square and sets everything
+        else to 0 (the normalised mean colour). All masked inputs run through the model once,
+        with hooks on the requested layers and on the embedding. ``embedding_centre`` (e.g.
+        the dataset's mean embedding) is subtracted from the patch embeddings before they are
+        normalised: last-hidden-layer vectors are non-negative after a ReLU, so uncentred
+        they all have high cosine similarity and every neuron would fall into one cluster.
+        """
+        wanted = list(dict.fromkeys((str(layer), int(channel)) for layer, channel in neurons))
+        if not wanted:
+            self.patches_ = {}
+            return self
+        if min(self.n_images, self.n_masks, self.n_patches, self.batch_size) < 1:
+            raise ValueError("n_images, n_masks, n_patches and batch_size must be at least 1.")
+        side = model.input_size
+        size = patch_size_for(side) if self.patch_size is None else int(self.patch_size)
+        if not 1 <= size <= side:
+            raise ValueError(f"patch_size must be in [1, {side}] px, got {size}.")
+        if not model.embedding_layer:
+            raise ModelError("The model has no last hidden layer to embed concept patches with.")
+        image_rows = _top_images(model, dataset, wanted, max_activations, self.n_images)
+        rows = np.unique(np.concatenate(list(image_rows.values())))
+        boxes = [
+            mask_positions(side, size, self.n_masks, self.gap, np.random.default_rng([self.seed, int(r)]))
+            for r in rows
+        ]
+        pair_rows = np.repeat(rows, [len(b) for b in boxes])
+        pair_corners = np.concatenate(boxes)
+        best = _masked_pass(
+            model, dataset, wanted, image_rows, pair_rows, pair_corners, size, self.n_patches, self.batch_size
         )
-    return result
+        centre = 0.0 if embedding_centre is None else np.asarray(embedding_centre, dtype=np.float64)
+        winners = np.concatenate([top.pairs for top in best.values()])
+        crops = {int(r): model_view(model, dataset.load_image(int(r))) for r in np.unique(pair_rows[winners])}
+        patches: dict[Neuron, ConceptPatches] = {}
+        for neuron in wanted:
+            top = best[neuron]
+            corners = pair_corners[top.pairs]
+            patch_rows = pair_rows[top.pairs]
+            patches[neuron] = ConceptPatches(
+                neuron=neuron,
+                image_rows=image_rows[neuron],
+                patch_rows=patch_rows,
+                patch_boxes=np.column_stack([corners, np.full(len(corners), size)]).astype(np.int64),
+                patch_activations=top.activations,
+                patch_images=[
+                    crops[int(r)][y : y + size, x : x + size].copy()
+                    for r, (y, x) in zip(patch_rows, corners, strict=True)
+                ],
+                embedding=_unit(_unit(top.embeddings - centre).mean(axis=0)),
+            )
+        self.patches_ = patches
+        return self
 
 
 def _top_images(
@@ -421,28 +458,36 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- clusters
 
 
-def cluster_neurons(
-    patches: Mapping[Neuron, ConceptPatches], threshold: float = 0.9
-) -> dict[Neuron, int]:
+class NeuronClusters(BaseEstimator):
     """Greedy clusters of neurons with similar concept patches (VisCUIT's rule).
 
-    Neurons are taken in the mapping's order; each joins the cluster whose mean patch
-    embedding (re-normalised) is most cosine-similar to its own if that similarity exceeds
-    ``threshold``, else starts a new cluster. Ids are 0, 1, 2, ... in order of creation.
+    ``threshold``: a neuron joins a cluster when the cosine similarity exceeds it (VisCUIT:
+    0.9). Fitted attribute: ``clusters_``, each neuron's cluster id (0, 1, 2, ... in order
+    of creation).
     """
-    if not -1 <= threshold <= 1:
-        raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}.")
-    sums: list[np.ndarray] = []
-    members: dict[Neuron, int] = {}
-    for neuron, concept in patches.items():
-        vector = _unit(concept.embedding)
-        if sums:
-            similarity = _unit(np.stack(sums)) @ vector
-            nearest = int(np.argmax(similarity))
-            if similarity[nearest] > threshold:
-                sums[nearest] = sums[nearest] + vector
-                members[neuron] = nearest
-                continue
-        members[neuron] = len(sums)
-        sums.append(vector)
-    return members
+
+    def __init__(self, threshold: float = 0.9) -> None:
+        self.threshold = threshold
+
+    def fit(self, patches: Mapping[Neuron, ConceptPatches]) -> NeuronClusters:
+        """Cluster the neurons of ``patches``, taken in the mapping's order: each joins the
+        cluster whose mean patch embedding (re-normalised) is most cosine-similar to its own
+        if that similarity exceeds ``threshold``, else starts a new cluster."""
+        threshold = self.threshold
+        if not -1 <= threshold <= 1:
+            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}.")
+        sums: list[np.ndarray] = []
+        members: dict[Neuron, int] = {}
+        for neuron, concept in patches.items():
+            vector = _unit(concept.embedding)
+            if sums:
+                similarity = _unit(np.stack(sums)) @ vector
+                nearest = int(np.argmax(similarity))
+                if similarity[nearest] > threshold:
+                    sums[nearest] = sums[nearest] + vector
+                    members[neuron] = nearest
+                    continue
+            members[neuron] = len(sums)
+            sums.append(vector)
+        self.clusters_ = members
+        return self

@@ -41,12 +41,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 
 from core.errors import BiasLensError
 from core.stats import bootstrap_ci
@@ -98,32 +99,6 @@ class SpotlightFit:
         """Rows of the k highest weights, highest first (ties by row)."""
         k = max(0, min(int(k), self.weights.size))
         return np.argsort(-self.weights, kind="stable")[:k]
-
-
-@dataclass
-class SpotlightResult:
-    """All spotlights of one fit, in the order found, and what they were fitted with."""
-
-    spotlights: list[SpotlightFit]
-    n: int
-    size: int  # S as a count of images
-    losses: np.ndarray  # the original l_i
-    params: dict[str, Any]
-    search_dims: int | None  # principal directions the spherical centre was searched in, plus the starts (None: all)
-    explained_variance: float | None  # share kept by the optional PCA
-    seconds: float
-    device: str
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def mean_loss(self) -> float:
-        """The dataset's mean loss (what a spotlight's weighted mean loss compares to)."""
-        return float(self.losses.mean())
-
-    @property
-    def weights(self) -> np.ndarray:
-        """(number of spotlights, N) weights."""
-        return np.stack([s.weights for s in self.spotlights]) if self.spotlights else np.zeros((0, self.n))
 
 
 def resolve_size(size: float, n: int) -> int:
@@ -230,8 +205,8 @@ def _orthonormal_extend(basis: torch.Tensor, vectors: torch.Tensor) -> torch.Ten
     return out
 
 
-class Spotlight:
-    """The spotlight as an estimator: parameters here, ``fit(embeddings, losses)`` runs it.
+class Spotlight(BaseEstimator):
+    """The spotlight as a scikit-learn estimator: parameters here, ``fit(X, losses)`` runs it.
 
     ``size``: S as a fraction of N (a float below 1) or a count; ``n_spotlights``: how many
     to find in sequence; ``kernel``: "gaussian" (the paper) or "compact"; ``precision``:
@@ -244,6 +219,13 @@ class Spotlight:
     better), "zero" (the authors' code) or "high-loss"; ``device``: None picks CUDA when available; ``threads``: torch CPU threads
     while fitting (1: the steps are small and latency-bound, and extra threads only cost
     on a shared CPU; None keeps torch's setting).
+
+    Fitted attributes: ``spotlights_`` (one SpotlightFit per spotlight, in the order found),
+    ``size_`` (S as a count of images), ``n_images_`` (N), ``mean_loss_`` (the dataset's mean
+    loss, what a spotlight's weighted mean loss compares to), ``search_dims_`` (principal
+    directions the spherical centre was searched in, plus the starts; None: all),
+    ``explained_variance_`` (share kept by the optional PCA, else None), ``seconds_``,
+    ``device_`` and ``notes_``.
     """
 
     def __init__(
@@ -280,14 +262,6 @@ class Spotlight:
         self.device = device
         self.threads = threads
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters (scikit-learn style)."""
-        names = (
-            "size", "n_spotlights", "kernel", "precision", "steps", "lr", "patience", "barrier_scale",
-            "barrier_end", "pca", "search_dims", "start", "seed", "device", "threads",
-        )
-        return {name: getattr(self, name) for name in names}
-
     def _check_params(self, d: int) -> None:
         if self.kernel not in KERNELS:
             raise SpotlightError(f"Unknown kernel '{self.kernel}'; use one of {', '.join(KERNELS)}.")
@@ -304,20 +278,31 @@ class Spotlight:
         if self.pca is not None and not 1 <= int(self.pca) <= d:
             raise SpotlightError(f"PCA components must be between 1 and the representation's {d} dimensions.")
 
-    def fit(self, embeddings: Any, losses: Any, progress: Progress | None = None) -> SpotlightResult:
-        """Find ``n_spotlights`` spotlights of the (N, d) representation with losses (N,)."""
+    def fit(self, X: Any, losses: Any, progress: Progress | None = None) -> Spotlight:
+        """Find ``n_spotlights`` spotlights of the (N, d) representation X with losses (N,)."""
         started = time.perf_counter()
-        x_np, loss_np = check_inputs(embeddings, losses)
+        x_np, loss_np = check_inputs(X, losses)
         n, d = x_np.shape
         self._check_params(d)
         s = resolve_size(self.size, n)
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with _cpu_threads(self.threads if device.type == "cpu" else None):
-            return self._fit(x_np, loss_np, s, device, progress, started)
+            fits, search_dims, explained, notes = self._fit(x_np, loss_np, s, device, progress)
+        self.spotlights_ = fits
+        self.size_ = s
+        self.n_images_ = n
+        self.mean_loss_ = float(loss_np.mean())
+        self.search_dims_ = search_dims
+        self.explained_variance_ = explained
+        self.seconds_ = time.perf_counter() - started
+        self.device_ = str(device)
+        self.notes_ = notes
+        return self
 
     def _fit(
-        self, x_np: np.ndarray, loss_np: np.ndarray, s: int, device: torch.device, progress: Progress | None, started: float
-    ) -> SpotlightResult:
+        self, x_np: np.ndarray, loss_np: np.ndarray, s: int, device: torch.device, progress: Progress | None
+    ) -> tuple[list[SpotlightFit], int | None, float | None, list[str]]:
+        """The spotlights, the search dimensions, the PCA's explained variance and notes."""
         n, d = x_np.shape
         notes: list[str] = []
 
@@ -371,18 +356,7 @@ class Spotlight:
             current = (1 - k / k.max().clamp_min(1e-12)) * current  # l_i <- (1 - k_i / max_j k_j) l_i
         if progress is not None:
             progress(total_steps, total_steps, "Done")
-        return SpotlightResult(
-            spotlights=fits,
-            n=n,
-            size=s,
-            losses=loss_np,
-            params=self.get_params(),
-            search_dims=search_dims,
-            explained_variance=explained,
-            seconds=time.perf_counter() - started,
-            device=str(device),
-            notes=notes,
-        )
+        return fits, search_dims, explained, notes
 
     # ------------------------------------------------------------------ one spotlight
 
@@ -613,21 +587,23 @@ def attribute_enrichment(meta: pd.DataFrame, columns: list[str], weights: np.nda
     return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
 
 
-def summary(result: SpotlightResult, correct: np.ndarray) -> pd.DataFrame:
-    """One row per spotlight: weighted mean loss, effective size, accuracy of its top-S images (95% bootstrap).
+def summary(spotlight: Spotlight, correct: np.ndarray) -> pd.DataFrame:
+    """One row per spotlight of a fitted Spotlight: weighted mean loss, effective size,
+    accuracy of its top-S images (95% bootstrap).
 
-    ``correct`` is the per-image correctness (N bools). The top-S images are the S = size
+    ``correct`` is the per-image correctness (N bools). The top-S images are the S = size_
     highest-weighted ones, the images a reader sees first.
     """
     correct = np.asarray(correct, dtype=np.float64)
+    mean_loss = spotlight.mean_loss_
     rows = []
-    for fit in result.spotlights:
-        accuracy, low, high = bootstrap_ci(correct[fit.top_rows(result.size)])
+    for fit in spotlight.spotlights_:
+        accuracy, low, high = bootstrap_ci(correct[fit.top_rows(spotlight.size_)])
         rows.append(
             {
                 "spotlight": fit.index + 1,
                 "mean loss": fit.mean_loss,
-                "loss ratio": fit.mean_loss / result.mean_loss if result.mean_loss > 0 else float("nan"),
+                "loss ratio": fit.mean_loss / mean_loss if mean_loss > 0 else float("nan"),
                 "effective size": fit.size,
                 "top-S accuracy": accuracy,
                 "low": low,
@@ -640,11 +616,12 @@ def summary(result: SpotlightResult, correct: np.ndarray) -> pd.DataFrame:
     )
 
 
-def weights_table(result: SpotlightResult, meta: pd.DataFrame) -> pd.DataFrame:
-    """Per image: row, id, label, pred, correct, loss and one weight column per spotlight (for CSV)."""
+def weights_table(spotlight: Spotlight, meta: pd.DataFrame) -> pd.DataFrame:
+    """Per image: row, id, label, pred, correct, loss and one weight column per spotlight of a
+    fitted Spotlight (for CSV)."""
     columns = [c for c in ("row", "id", "label", "pred", "correct", "loss") if c in meta]
     table = meta[columns].reset_index(drop=True).copy()
-    for fit in result.spotlights:
+    for fit in spotlight.spotlights_:
         table[f"weight_{fit.index + 1}"] = fit.weights
     return table
 

@@ -27,23 +27,29 @@ The tree and the cut, step by step:
    5-100 images, small enough to share one cause. Among these cuts (all of them, or
    ``max_cuts`` geometrically spaced in the subgroup count), the one with the best
    silhouette score on a fixed random sample of ``silhouette_sample`` images is kept.
+
+``UDIS(...).fit(X, correct)`` runs the three steps (``ward_tree``, ``descend``, the cut);
+the threshold is applied afterwards, by ``under_performing(threshold)``.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.cluster.hierarchy import linkage
+from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.metrics.pairwise import euclidean_distances
+from sklearn.utils.validation import check_is_fitted
 
 from core.errors import BiasLensError
 from core.stats import binary_bootstrap_ci
@@ -57,20 +63,120 @@ class SubgroupError(BiasLensError):
     """The subgroup search cannot run on these inputs."""
 
 
-@dataclass(frozen=True)
-class UdisParams:
-    """The parameters of the subgroup search (the threshold is applied afterwards)."""
+class UDIS(BaseEstimator):
+    """UDIS as a scikit-learn estimator: parameters here, ``fit(X, correct)`` finds the subgroups.
 
-    min_size: int = 5
-    max_size: int = 100
-    max_cuts: int = 40
-    silhouette_sample: int = 4000
-    exact_limit: int = 5000
-    micro_clusters: int = 4096
-    micro_dims: int = 64
-    micro_iterations: int = 10
-    stop_at_perfect: bool = True
-    seed: int = 0
+    ``min_size``/``max_size``: the size range of the cut; ``max_cuts``: how many cuts of the
+    range compete; ``silhouette_sample``: images each cut is scored on; ``exact_limit``: the
+    exact Ward tree up to this many images, else the two-stage tree with ``micro_clusters``
+    k-means micro-clusters (in ``micro_dims`` principal directions, ``micro_iterations``
+    Lloyd iterations); ``stop_at_perfect``: keep perfectly classified nodes whole (UDIS's
+    code); ``seed``: k-means, PCA and the silhouette sample. The under-performing threshold
+    is applied afterwards, by ``under_performing(threshold)``.
+
+    Fitted attributes: ``labels_`` (N,) subgroup of each image; ``subgroups_`` one row per
+    subgroup (subgroup, size, correct, accuracy, low and high: its 95% bootstrap interval,
+    similar: its similar well-performing subgroup or -1); ``centroids_`` (G, d) mean
+    embedding of each subgroup; ``overall_accuracy_``; ``cuts_`` the candidate cuts
+    (subgroups, silhouette); ``method_`` (which Ward tree); ``seconds_``; ``notes_``.
+    """
+
+    def __init__(
+        self,
+        min_size: int = 5,
+        max_size: int = 100,
+        max_cuts: int = 40,
+        silhouette_sample: int = 4000,
+        exact_limit: int = 5000,
+        micro_clusters: int = 4096,
+        micro_dims: int = 64,
+        micro_iterations: int = 10,
+        stop_at_perfect: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.min_size = min_size
+        self.max_size = max_size
+        self.max_cuts = max_cuts
+        self.silhouette_sample = silhouette_sample
+        self.exact_limit = exact_limit
+        self.micro_clusters = micro_clusters
+        self.micro_dims = micro_dims
+        self.micro_iterations = micro_iterations
+        self.stop_at_perfect = stop_at_perfect
+        self.seed = seed
+
+    def fit(self, X: Any, correct: Any) -> UDIS:
+        """UDIS on features X (N, d) of images whose correctness (N,) is known."""
+        started = time.perf_counter()
+        x = np.asarray(X)
+        correct = np.asarray(correct, dtype=bool)
+        self._check(x, correct)
+        tree, method = ward_tree(x, correct, self)  # 1. the Ward tree
+        splits, first = descend(tree, self)  # 2. the descent from the root
+        # 3. the cut: the best silhouette among the cuts of the size range
+        notes: list[str] = []
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(len(x), size=min(self.silhouette_sample, len(x)), replace=False))
+        distances = euclidean_distances(x[sample]).astype(np.float32)
+        np.fill_diagonal(distances, 0)
+        schedule = _cut_schedule(first, len(splits), self.max_cuts)
+        scores = []
+        for j in schedule:
+            labels = cut_labels(tree, splits, j)[sample]
+            distinct = len(np.unique(labels))
+            score = silhouette_score(distances, labels, metric="precomputed") if 2 <= distinct < len(sample) else np.nan
+            scores.append({"subgroups": j + 1, "silhouette": float(score)})
+        cuts = pd.DataFrame(scores, columns=["subgroups", "silhouette"])
+        if cuts["silhouette"].notna().any():
+            best = schedule[int(np.nanargmax(cuts["silhouette"].to_numpy()))]
+        else:
+            best = schedule[0]
+            notes.append("No cut could be scored (fewer than two subgroups in the sample).")
+        _, self.labels_ = np.unique(cut_labels(tree, splits, best), return_inverse=True)
+        self.subgroups_, self.centroids_, self.overall_accuracy_ = _summarise(x, correct, self.labels_)
+        self.cuts_ = cuts
+        self.method_ = method
+        self.notes_ = notes
+        self.seconds_ = time.perf_counter() - started
+        return self
+
+    def _check(self, x: np.ndarray, correct: np.ndarray) -> None:
+        if x.ndim != 2 or len(x) != len(correct):
+            raise SubgroupError("Give one feature vector (a 2-D array row) and one correctness flag per image.")
+        if len(x) < MIN_IMAGES:
+            raise SubgroupError(f"Only {len(x)} images: subgroups need at least {MIN_IMAGES}. Use a larger dataset.")
+        if not np.isfinite(x).all():
+            raise SubgroupError("The features hold NaN or infinite values: rebuild the store (the model may be broken).")
+        if self.min_size < 1 or self.max_size <= self.min_size:
+            raise SubgroupError("Need 1 <= min size < max size.")
+        if self.silhouette_sample < 10 or self.max_cuts < 1 or self.micro_clusters < 2:
+            raise SubgroupError("Silhouette sample >= 10, max cuts >= 1 and micro-clusters >= 2 are required.")
+
+    # ------------------------------------------------------------------ reading the fitted subgroups
+
+    def rows(self, subgroup: int) -> np.ndarray:
+        """Image rows of a subgroup, in dataset order."""
+        check_is_fitted(self)
+        return np.flatnonzero(self.labels_ == subgroup)
+
+    def under_performing(self, threshold: float = VISCUIT_THRESHOLD, min_images: int = 5) -> pd.DataFrame:
+        """Subgroups with more than ``min_images`` images and accuracy < threshold x overall, worst first."""
+        check_is_fitted(self)
+        if not 0 < threshold <= 1:
+            raise SubgroupError("The threshold must be in (0, 1]: a fraction of the overall accuracy.")
+        t = self.subgroups_
+        under = t[(t["size"] > min_images) & (t["accuracy"] < threshold * self.overall_accuracy_)]
+        return under.sort_values(["accuracy", "size"], ascending=[True, False], kind="stable")
+
+    def suggest_threshold(self, min_images: int = 5) -> float | None:
+        """The smallest threshold (in steps of 0.01) that makes at least one subgroup under-performing."""
+        check_is_fitted(self)
+        t = self.subgroups_[self.subgroups_["size"] > min_images]
+        if t.empty or self.overall_accuracy_ == 0:
+            return None
+        needed = float(t["accuracy"].min()) / self.overall_accuracy_
+        step = np.floor(needed * 100 + 1e-9) / 100 + 0.01
+        return round(float(step), 2) if step <= 1 else None
 
 
 @dataclass
@@ -99,41 +205,6 @@ class WardTree:
         parent[self.merges[:, 0]] = np.arange(m, 2 * m - 1)
         parent[self.merges[:, 1]] = np.arange(m, 2 * m - 1)
         return parent
-
-
-@dataclass
-class Subgroups:
-    """The subgroups of one cut: who is where, and each subgroup's figures."""
-
-    labels: np.ndarray  # (N,) subgroup index of each image
-    table: pd.DataFrame  # one row per subgroup: size, correct, accuracy, low, high, similar
-    centroids: np.ndarray  # (G, d) mean embedding of each subgroup
-    overall_accuracy: float
-    cuts: pd.DataFrame  # the candidate cuts: subgroups, silhouette
-    method: str
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-    def rows(self, subgroup: int) -> np.ndarray:
-        """Image rows of a subgroup, in dataset order."""
-        return np.flatnonzero(self.labels == subgroup)
-
-    def under_performing(self, threshold: float = VISCUIT_THRESHOLD, min_images: int = 5) -> pd.DataFrame:
-        """Subgroups with more than ``min_images`` images and accuracy < threshold x overall, worst first."""
-        if not 0 < threshold <= 1:
-            raise SubgroupError("The threshold must be in (0, 1]: a fraction of the overall accuracy.")
-        t = self.table
-        under = t[(t["size"] > min_images) & (t["accuracy"] < threshold * self.overall_accuracy)]
-        return under.sort_values(["accuracy", "size"], ascending=[True, False], kind="stable")
-
-    def suggest_threshold(self, min_images: int = 5) -> float | None:
-        """The smallest threshold (in steps of 0.01) that makes at least one subgroup under-performing."""
-        t = self.table[self.table["size"] > min_images]
-        if t.empty or self.overall_accuracy == 0:
-            return None
-        needed = float(t["accuracy"].min()) / self.overall_accuracy
-        step = np.floor(needed * 100 + 1e-9) / 100 + 0.01
-        return round(float(step), 2) if step <= 1 else None
 
 
 # --------------------------------------------------------------------------- Ward trees
@@ -203,22 +274,22 @@ def _in_height_order(merges: np.ndarray, heights: np.ndarray, m: int) -> tuple[n
     return np.sort(renumbered, axis=1), heights[order]
 
 
-def ward_tree(x: np.ndarray, correct: np.ndarray, params: UdisParams) -> tuple[WardTree, str]:
-    """The Ward tree of the images' features: exact up to ``exact_limit`` images, else two-stage."""
+def ward_tree(x: np.ndarray, correct: np.ndarray, udis: UDIS) -> tuple[WardTree, str]:
+    """The Ward tree of the images' features: exact up to ``udis.exact_limit`` images, else two-stage."""
     n = len(x)
-    if n <= params.exact_limit:
+    if n <= udis.exact_limit:
         z = linkage(np.asarray(x, dtype=np.float64), method="ward")
         merges, heights = z[:, :2].astype(np.int64), z[:, 2]
         leaf_of = np.arange(n)
         method = "exact Ward"
     else:
-        k = min(params.micro_clusters, n // 2)
+        k = min(udis.micro_clusters, n // 2)
         x32 = np.asarray(x, dtype=np.float32)
         # k-means in the top principal directions (fast), micro-cluster means in full space
         reduced = x32
-        if x32.shape[1] > params.micro_dims:
-            reduced = PCA(params.micro_dims, svd_solver="randomized", random_state=params.seed).fit_transform(x32)
-        km = KMeans(n_clusters=k, init="random", n_init=1, max_iter=params.micro_iterations, random_state=params.seed)
+        if x32.shape[1] > udis.micro_dims:
+            reduced = PCA(udis.micro_dims, svd_solver="randomized", random_state=udis.seed).fit_transform(x32)
+        km = KMeans(n_clusters=k, init="random", n_init=1, max_iter=udis.micro_iterations, random_state=udis.seed)
         _, leaf_of = np.unique(km.fit_predict(reduced), return_inverse=True)
         counts = np.bincount(leaf_of).astype(np.float64)
         centres = _group_means(x32, leaf_of, len(counts))
@@ -247,7 +318,7 @@ def _group_means(x: np.ndarray, labels: np.ndarray, groups: int) -> np.ndarray:
 # --------------------------------------------------------------------------- descent and cut
 
 
-def descend(tree: WardTree, params: UdisParams) -> tuple[np.ndarray, int]:
+def descend(tree: WardTree, udis: UDIS) -> tuple[np.ndarray, int]:
     """The nodes split in order from the root, and the first step inside the size range.
 
     Every splittable node is split eventually (see the module docstring); step j means
@@ -261,9 +332,9 @@ def descend(tree: WardTree, params: UdisParams) -> tuple[np.ndarray, int]:
         if node < m:
             return False
         a, b = tree.merges[node - m]
-        if min(tree.size[a], tree.size[b]) < params.min_size:
+        if min(tree.size[a], tree.size[b]) < udis.min_size:
             return False
-        return not (params.stop_at_perfect and tree.correct[node] == tree.size[node])
+        return not (udis.stop_at_perfect and tree.correct[node] == tree.size[node])
 
     heap: list[int] = []  # max-heap on node id = latest merge first
     big = 0  # splittable subgroups above max_size
@@ -274,14 +345,14 @@ def descend(tree: WardTree, params: UdisParams) -> tuple[np.ndarray, int]:
         nonlocal big
         if splittable(node):
             heapq.heappush(heap, -node)
-            big += int(tree.size[node] > params.max_size)
+            big += int(tree.size[node] > udis.max_size)
 
     push(root)
     while heap:
         if big == 0 and first_in_range is None:
             first_in_range = len(splits)
         node = -heapq.heappop(heap)
-        big -= int(tree.size[node] > params.max_size)
+        big -= int(tree.size[node] > udis.max_size)
         splits.append(node)
         for child in tree.merges[node - m]:
             push(int(child))
@@ -314,56 +385,8 @@ def _cut_schedule(first: int, last: int, max_cuts: int) -> list[int]:
     return sorted({int(round(c)) - 1 for c in counts})
 
 
-def find_subgroups(x: np.ndarray, correct: np.ndarray, params: UdisParams | None = None) -> Subgroups:
-    """UDIS on features ``x`` (N, d) of images whose correctness (N,) is known."""
-    params = params or UdisParams()
-    started = time.perf_counter()
-    x = np.asarray(x)
-    correct = np.asarray(correct, dtype=bool)
-    _check(x, correct, params)
-    tree, method = ward_tree(x, correct, params)
-    splits, first = descend(tree, params)
-    notes: list[str] = []
-    rng = np.random.default_rng(params.seed)
-    sample = np.sort(rng.choice(len(x), size=min(params.silhouette_sample, len(x)), replace=False))
-    distances = euclidean_distances(x[sample]).astype(np.float32)
-    np.fill_diagonal(distances, 0)
-    schedule = _cut_schedule(first, len(splits), params.max_cuts)
-    scores = []
-    for j in schedule:
-        labels = cut_labels(tree, splits, j)[sample]
-        distinct = len(np.unique(labels))
-        score = silhouette_score(distances, labels, metric="precomputed") if 2 <= distinct < len(sample) else np.nan
-        scores.append({"subgroups": j + 1, "silhouette": float(score)})
-    cuts = pd.DataFrame(scores, columns=["subgroups", "silhouette"])
-    if cuts["silhouette"].notna().any():
-        best = schedule[int(np.nanargmax(cuts["silhouette"].to_numpy()))]
-    else:
-        best = schedule[0]
-        notes.append("No cut could be scored (fewer than two subgroups in the sample).")
-    nodes = cut_labels(tree, splits, best)
-    _, labels = np.unique(nodes, return_inverse=True)
-    result = _summarise(x, correct, labels, cuts, method, notes)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _check(x: np.ndarray, correct: np.ndarray, params: UdisParams) -> None:
-    if x.ndim != 2 or len(x) != len(correct):
-        raise SubgroupError("Give one feature vector (a 2-D array row) and one correctness flag per image.")
-    if len(x) < MIN_IMAGES:
-        raise SubgroupError(f"Only {len(x)} images: subgroups need at least {MIN_IMAGES}. Use a larger dataset.")
-    if not np.isfinite(x).all():
-        raise SubgroupError("The features hold NaN or infinite values: rebuild the store (the model may be broken).")
-    if params.min_size < 1 or params.max_size <= params.min_size:
-        raise SubgroupError("Need 1 <= min size < max size.")
-    if params.silhouette_sample < 10 or params.max_cuts < 1 or params.micro_clusters < 2:
-        raise SubgroupError("Silhouette sample >= 10, max cuts >= 1 and micro-clusters >= 2 are required.")
-
-
-def _summarise(
-    x: np.ndarray, correct: np.ndarray, labels: np.ndarray, cuts: pd.DataFrame, method: str, notes: list[str]
-) -> Subgroups:
+def _summarise(x: np.ndarray, correct: np.ndarray, labels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, float]:
+    """Each subgroup's figures (the ``subgroups_`` table), its mean embedding and the overall accuracy."""
     groups = int(labels.max()) + 1
     size = np.bincount(labels, minlength=groups)
     good = np.bincount(labels, weights=correct.astype(np.float64), minlength=groups).astype(np.int64)
@@ -375,7 +398,7 @@ def _summarise(
         {"subgroup": np.arange(groups), "size": size, "correct": good, "accuracy": accuracy, "low": low, "high": high}
     )
     table["similar"] = similar_well_performing(centroids, accuracy, size, overall)
-    return Subgroups(labels, table, centroids, overall, cuts, method, 0.0, notes)
+    return table, centroids, overall
 
 
 def similar_well_performing(
@@ -408,12 +431,12 @@ def top_loss_rows(rows: np.ndarray, losses: np.ndarray, k: int = 10) -> np.ndarr
     return rows[order[:k]]
 
 
-def subgroups_csv(result: Subgroups, ids: np.ndarray, threshold: float) -> bytes:
-    """One line per subgroup: id, size, accuracy with its interval, flags and member image ids."""
-    under = set(result.under_performing(threshold)["subgroup"])
-    members = pd.Series(np.asarray(ids).astype(str)).groupby(result.labels).agg(";".join)
-    frame = result.table.assign(
-        under_performing=result.table["subgroup"].isin(under),
-        image_ids=result.table["subgroup"].map(members),
+def subgroups_csv(udis: UDIS, ids: np.ndarray, threshold: float) -> bytes:
+    """One line per subgroup of a fitted UDIS: id, size, accuracy with its interval, flags and member image ids."""
+    under = set(udis.under_performing(threshold)["subgroup"])
+    members = pd.Series(np.asarray(ids).astype(str)).groupby(udis.labels_).agg(";".join)
+    frame = udis.subgroups_.assign(
+        under_performing=udis.subgroups_["subgroup"].isin(under),
+        image_ids=udis.subgroups_["subgroup"].map(members),
     )
     return frame.to_csv(index=False).encode()

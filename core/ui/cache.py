@@ -23,20 +23,28 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from sklearn.base import clone
 
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
-from core.gradcam import GradCamResult, grad_cam
 from core.images import mark_error, thumbnail
+from core.methods import (
+    UDIS,
+    ConceptPatches,
+    ConceptPatchFinder,
+    GradCAM,
+    Neuron,
+    NeuronSelector,
+    Progress,
+    Spotlight,
+    project_2d,
+)
 from core.models import LoadedModel, load_model
-from core.neurons import ConceptPatches, Neuron, concept_patches, select_neurons
 from core.runqueue import RunQueue, default_slots
 from core.sources import build_dataset
-from core.spotlight import Progress, Spotlight, SpotlightResult, project_2d
 from core.stats import bootstrap_ci, slice_accuracy
 from core.store import Store, find_store
 from core.summary import attribute_accuracy, class_accuracy
-from core.udis import Subgroups, UdisParams, find_subgroups
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
 T = TypeVar("T")
@@ -184,26 +192,28 @@ def _key(*parts: Any) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def spotlight_cached(store: Store, layer: str | None, pool: str, params: dict[str, Any]) -> SpotlightResult | None:
-    """The cached spotlights for these inputs, or None if they have not been computed."""
-    return _result_slot("spotlight", store.fingerprint, _key(layer, pool, params)).get("result")
+def spotlight_cached(store: Store, layer: str | None, pool: str, spotlight: Spotlight) -> Spotlight | None:
+    """The cached fitted spotlights for these inputs, or None if they have not been computed."""
+    return _result_slot("spotlight", store.fingerprint, _key(layer, pool, spotlight.get_params())).get("result")
 
 
 def spotlight_result(
-    store: Store, layer: str | None, pool: str, params: dict[str, Any], progress: Progress | None = None
-) -> SpotlightResult:
+    store: Store, layer: str | None, pool: str, spotlight: Spotlight, progress: Progress | None = None
+) -> Spotlight:
     """Spotlights of the store's embedding (layer None) or a pooled layer, computed once per inputs.
 
-    ``params`` are ``Spotlight``'s constructor arguments; the losses are the store's
-    per-image cross-entropy. Raises the BiasLensError of a bad input (nothing is cached then).
+    The slot is keyed by ``spotlight.get_params()`` and holds a fitted clone, so the caller's
+    estimator never becomes the shared one; the losses are the store's per-image
+    cross-entropy. Raises the BiasLensError of a bad input (nothing is cached then).
     """
 
-    def compute() -> SpotlightResult:
+    def compute() -> Spotlight:
         x = store.embedding() if layer is None else store.pooled(layer, pool)
         losses = meta_for(store, store.fingerprint, tuple(store.layers))["loss"].to_numpy()
-        return Spotlight(**params).fit(x, losses, progress=progress)
+        return clone(spotlight).fit(x, losses, progress=progress)
 
-    return computed_once("spotlight", store.fingerprint, _key(layer, pool, params), "The spotlight search", compute)
+    key = _key(layer, pool, spotlight.get_params())
+    return computed_once("spotlight", store.fingerprint, key, "The spotlight search", compute)
 
 
 def representation_map(
@@ -221,20 +231,21 @@ def representation_map(
 # --------------------------------------------------------------------------- subgroups
 
 
-def subgroups_for(store: Store, params: UdisParams) -> Subgroups:
-    """UDIS subgroups of the store's embedding (the threshold is applied by the page)."""
+def subgroups_for(store: Store, udis: UDIS) -> UDIS:
+    """UDIS fitted on the store's embedding, once per ``udis.get_params()`` (a fitted clone;
+    the threshold is applied by the page)."""
 
-    def compute() -> Subgroups:
+    def compute() -> UDIS:
         correct = meta_for(store, store.fingerprint, tuple(store.layers))["correct"].to_numpy()
-        return find_subgroups(store.embedding(), correct, params)
+        return clone(udis).fit(store.embedding(), correct)
 
-    return computed_once("subgroups", store.fingerprint, _key(params), "The clustering", compute)
+    return computed_once("subgroups", store.fingerprint, _key(udis.get_params()), "The clustering", compute)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def neuron_selection(_store: Store, fingerprint: str, layer: str, mass: float) -> np.ndarray:
-    """(N, C) highly-activated neurons of each image at a stored layer (Summit's rule)."""
-    return select_neurons(_store.pooled(layer, "max"), mass)
+def neuron_selection(_store: Store, fingerprint: str, layer: str, mass: float) -> NeuronSelector:
+    """The highly-activated neurons of each image at a stored layer (Summit's rule), fitted."""
+    return NeuronSelector(mass=mass).fit(_store.pooled(layer, "max"))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -253,17 +264,18 @@ def concept_patches_for(
         if missing:
             centre = np.asarray(store.embedding()).mean(axis=0)
             with queued("The concept patches"):
-                slot["patches"].update(
-                    concept_patches(model, dataset, missing, lambda layer: store.pooled(layer, "max"), embedding_centre=centre)
+                finder = ConceptPatchFinder().fit(
+                    model, dataset, missing, lambda layer: store.pooled(layer, "max"), embedding_centre=centre
                 )
+                slot["patches"].update(finder.patches_)
         return {n: slot["patches"][n] for n in neurons}
 
 
 def grad_cam_for(
-    model: LoadedModel, dataset: ImageDataset, workspace_key: str, row: int, layer: str, targets: tuple[int, ...]
-) -> GradCamResult:
-    """Grad-CAM of one image for these classes at a conv layer."""
+    model: LoadedModel, dataset: ImageDataset, workspace_key: str, row: int, cam: GradCAM, targets: tuple[int, ...]
+) -> GradCAM:
+    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
     return computed_once(
-        "gradcam", workspace_key, _key(row, layer, targets), "Grad-CAM",
-        lambda: grad_cam(model, dataset.load_image(row), layer, targets),
+        "gradcam", workspace_key, _key(row, cam.get_params(), targets), "Grad-CAM",
+        lambda: clone(cam).fit(model, dataset.load_image(row), targets),
     )

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.spotlight import SpotlightFit, SpotlightResult, attribute_enrichment, weighted_shares
+from core.methods import Spotlight, SpotlightFit, attribute_enrichment, weighted_shares
 from core.stats import bootstrap_ci
 from core.store import Store
 from core.ui import cache
@@ -21,9 +21,9 @@ GALLERY = 24
 SPOTLIGHT_COLOUR, DATASET_COLOUR = "#d62728", "#9e9e9e"
 
 
-def run_spotlights(store: Store, layer: str | None, pool: str, params: dict[str, Any]) -> SpotlightResult:
-    """The cached result, or a run inside st.status with a progress bar (errors propagate)."""
-    cached = cache.spotlight_cached(store, layer, pool, params)
+def run_spotlights(store: Store, layer: str | None, pool: str, spotlight: Spotlight) -> Spotlight:
+    """The cached fitted spotlights, or a run inside st.status with a progress bar (errors propagate)."""
+    cached = cache.spotlight_cached(store, layer, pool, spotlight)
     if cached is not None:
         return cached
     with st.status("Shining the spotlights...", expanded=True) as status:
@@ -33,11 +33,11 @@ def run_spotlights(store: Store, layer: str | None, pool: str, params: dict[str,
             bar.progress(min(1.0, done / max(1, total)), text=f"{message}: step {done:,} of {total:,}")
 
         try:
-            result = cache.spotlight_result(store, layer, pool, params, progress)
+            result = cache.spotlight_result(store, layer, pool, spotlight, progress)
         except BiasLensError:
             status.update(label="No spotlight was run", state="error", expanded=False)
             raise
-        status.update(label=f"{len(result.spotlights)} spotlight(s) in {result.seconds:.1f} s", state="complete", expanded=False)
+        status.update(label=f"{len(result.spotlights_)} spotlight(s) in {result.seconds_:.1f} s", state="complete", expanded=False)
     return result
 
 
@@ -48,10 +48,10 @@ def gallery(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, extra: list[
     image_grid(thumbs, part, columns=columns, extra=extra)
 
 
-def trace_chart(result: SpotlightResult) -> alt.Chart:
+def trace_chart(result: Spotlight) -> alt.Chart:
     """Objective and effective size per optimisation step, one line per spotlight."""
     frames = []
-    for fit in result.spotlights:
+    for fit in result.spotlights_:
         every = max(1, len(fit.trace) // 200)
         steps = np.arange(0, len(fit.trace), every)
         frames.append(
@@ -142,14 +142,14 @@ def map_chart(frame: pd.DataFrame, x_title: str, y_title: str) -> alt.Chart:
     )
 
 
-def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result: SpotlightResult, detail: str) -> None:
+def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result: Spotlight, detail: str) -> None:
     """Save the spotlight's top-k images, or those above a weight threshold, as a subset."""
     i = fit.index + 1
     st.markdown("**Save as a subset** (for the other pages; export it on *Cohorts & subsets*)")
     c1, c2, c3 = st.columns([1, 1, 2])
     mode = c1.radio("Keep", ["top-k images", "weight threshold"], key=f"spot_mode_{i}")
     if mode == "top-k images":
-        k = int(c2.number_input("k", 1, len(meta), min(result.size, len(meta)), key=f"spot_k_{i}"))
+        k = int(c2.number_input("k", 1, len(meta), min(result.size_, len(meta)), key=f"spot_k_{i}"))
         rows, how = fit.top_rows(k), f"top {k} by weight"
     else:
         threshold = float(c2.slider("Weight at least", 0.01, 1.0, 0.5, 0.01, key=f"spot_thr_{i}"))
@@ -181,22 +181,22 @@ def _panel_figures(
 
 
 def spotlight_panel(
-    ctx: PageContext, meta: pd.DataFrame, result: SpotlightResult, fit: SpotlightFit, attributes: list[str], detail: str
+    ctx: PageContext, meta: pd.DataFrame, result: Spotlight, fit: SpotlightFit, attributes: list[str], detail: str
 ) -> None:
     """Everything about one spotlight: metrics, gallery, class mix, attribute enrichment, saving."""
-    top = fit.top_rows(result.size)
-    figures = _panel_figures(ctx.store, meta, fit, tuple(attributes), result.size)
+    top = fit.top_rows(result.size_)
+    figures = _panel_figures(ctx.store, meta, fit, tuple(attributes), result.size_)
     overall, (accuracy, low, high) = figures["overall"], figures["top"]
     m1, m2, m3 = st.columns(3)
     m1.metric(
-        "Weighted mean loss", f"{fit.mean_loss:.3f}", f"{fit.mean_loss / result.mean_loss:.1f}× the dataset's {result.mean_loss:.3f}"
-        if result.mean_loss > 0 else None, delta_color="inverse",
+        "Weighted mean loss", f"{fit.mean_loss:.3f}", f"{fit.mean_loss / result.mean_loss_:.1f}× the dataset's {result.mean_loss_:.3f}"
+        if result.mean_loss_ > 0 else None, delta_color="inverse",
     )
-    m2.metric("Effective size (sum of weights)", f"{fit.size:,.0f}", f"{100 * fit.size / result.n:.1f}% of images", delta_color="off")
-    m3.metric(f"Accuracy of the top {result.size:,}", percent(accuracy), f"{100 * (accuracy - overall):+.1f} pts vs overall {percent(overall)}")
+    m2.metric("Effective size (sum of weights)", f"{fit.size:,.0f}", f"{100 * fit.size / result.n_images_:.1f}% of images", delta_color="off")
+    m3.metric(f"Accuracy of the top {result.size_:,}", percent(accuracy), f"{100 * (accuracy - overall):+.1f} pts vs overall {percent(overall)}")
     m3.caption(f"95% bootstrap interval: {percent(low)} – {percent(high)}")
 
-    st.markdown(f"**Top-weighted images** (of {result.size:,} in the top S)")
+    st.markdown(f"**Top-weighted images** (of {result.size_:,} in the top S)")
     gallery(ctx, meta, top[:GALLERY], extra=[f"w {fit.weights[r]:.2f}" for r in top[:GALLERY]])
     how_to_read("the spotlight's highest-weighted images, highest first; red frames and ✗ mark misclassified images (prediction, then true label).")
 

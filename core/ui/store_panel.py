@@ -9,7 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import BiasLensError, redact_paths
-from core.store import Store, build_store
+from core.extract import build_store
+from core.store import Store
 from core.ui import cache
 from core.ui.context import PageContext
 

@@ -10,11 +10,9 @@ import streamlit as st
 from PIL import Image
 
 from core.errors import BiasLensError
-from core.gradcam import overlay
 from core.images import thumbnail
+from core.methods import UDIS, GradCAM, Neuron, NeuronClusters, overlay, subgroup_confusion
 from core.models import model_view
-from core.neurons import Neuron, cluster_neurons
-from core.udis import Subgroups, subgroup_confusion
 from core.ui import cache
 from core.ui.charts import confusion_matrix
 from core.ui.context import PageContext
@@ -59,19 +57,19 @@ def gradcam_window(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
     layer = st.selectbox("Layer", layers, index=len(layers) - 1, key=f"gradcam_layer:{row}", help="Grad-CAM is usually taken at the last conv block.")
     targets = (int(rec["pred_idx"]), int(rec["label_idx"]))
     try:
-        result = cache.grad_cam_for(ctx.model, ctx.dataset, ctx.key, row, layer, targets)
+        result = cache.grad_cam_for(ctx.model, ctx.dataset, ctx.key, row, GradCAM(layer=layer), targets)
     except BiasLensError as exc:
         st.error(f"Grad-CAM failed: {exc}")
         return
     image = model_view(ctx.model, ctx.dataset.load_image(row))
     c1, c2, c3 = st.columns(3)
     c1.image(_enlarged(image, CAM_VIEW), caption="Image (as the model sees it)", width="stretch")
-    c2.image(_enlarged(overlay(image, result.maps[0]), CAM_VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities[targets[0]])})", width="stretch")
-    c3.image(_enlarged(overlay(image, result.maps[1]), CAM_VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities[targets[1]])})", width="stretch")
+    c2.image(_enlarged(overlay(image, result.maps_[0]), CAM_VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities_[targets[0]])})", width="stretch")
+    c3.image(_enlarged(overlay(image, result.maps_[1]), CAM_VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities_[targets[1]])})", width="stretch")
     how_to_read("red = regions that raise that class's score most at this layer (Grad-CAM), blue = little or none; each map is scaled to its own maximum.")
 
 
-def confusion_panel(subgroups: Subgroups, meta: pd.DataFrame, classes: list[str], subgroup: int, title: str) -> None:
+def confusion_panel(subgroups: UDIS, meta: pd.DataFrame, classes: list[str], subgroup: int, title: str) -> None:
     """The subgroup's confusion matrix over the classes present in it (labels or predictions)."""
     rows = subgroups.rows(subgroup)
     labels, preds = meta["label_idx"].to_numpy()[rows], meta["pred_idx"].to_numpy()[rows]
@@ -104,7 +102,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
         except BiasLensError as exc:
             st.error(f"Concept patches failed: {exc}")
             return
-    clusters = cluster_neurons(patches, st.session_state.get("subgroups.cluster_threshold", 0.9))
+    clusters = NeuronClusters(threshold=st.session_state.get("subgroups.cluster_threshold", 0.9)).fit(patches).clusters_
     mates = [n for n in shown if clusters[n] == clusters[neuron] and n != neuron]
     st.session_state[highlight_key(ctx, pair)] = [neuron, *mates]
     mine = patches[neuron]

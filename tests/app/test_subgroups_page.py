@@ -15,7 +15,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-import core.udis
+import core.methods
 from core.ui import cache
 from core.workspace import load_workspaces
 from tests.app.conftest import REPO, write_workspaces
@@ -287,13 +287,13 @@ def test_neuron_panel_sliders_and_concept_window(tiny):
 
 def test_save_subset_and_export_csv(tiny, monkeypatch):
     exported: list[bytes] = []
-    real = core.udis.subgroups_csv
+    real = core.methods.subgroups_csv
 
     def spy(result, ids, threshold):
         exported.append(real(result, ids, threshold))
         return exported[-1]
 
-    monkeypatch.setattr(core.udis, "subgroups_csv", spy)  # the page imports it on every run
+    monkeypatch.setattr(core.methods, "subgroups_csv", spy)  # the page imports it on every run
     at = tiny
     at.segmented_control(key=CHOICE).set_value("0.66 (UDIS code)").run()
     no_exception(at)

@@ -13,8 +13,9 @@ import torch
 
 from core.demo import fashion
 from core.demo.dataset import DEFAULT_SLICES, DemoDataset, rendered_split
-from core.demo.generator import DemoSpec, render, train_tables
+from core.demo.generator import render
 from core.demo.model import DEFAULT_WEIGHTS, INPUT_SIZE, DemoCNN, load_demo_model
+from core.demo.spec import DemoSpec, train_tables
 from core.demo.train import evaluate_demo, train_demo
 from core.errors import DataError, ModelError, WorkspaceError
 
@@ -350,3 +351,17 @@ def test_demo_dataset_is_a_valid_image_dataset() -> None:
     assert again.fingerprint() == ds.fingerprint()
     assert again._images is ds._images, "the rendered split is cached in-process"
     assert DemoDataset("test", seed=1).content_key() != ds.content_key()
+
+
+def test_demo_dataset_describes_its_planted_slices() -> None:
+    ds = DemoDataset("test")
+    notes = ds.planted_slices()
+    spec = DemoSpec.from_toml(DEFAULT_SLICES)
+    assert list(notes.columns) == ["slice", "kind", "where", "description"]
+    assert [f"slice_{s}" for s in notes["slice"]] == list(ds.ground_truth.columns)
+    assert notes["kind"].tolist() == [s.kind for s in spec.slices]
+    first = spec.slices[0]
+    assert notes["where"][0] == " AND ".join(
+        f"{k} in ({', '.join(v)})" if len(v) > 1 else f"{k} = {v[0]}" for k, v in first.where
+    )
+    assert notes["description"][0] == " ".join(first.description.split())

@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from core.errors import ModelError
-from core.models import make_transform
-from core.neurons import (
+from core.methods.neurons import (
     ConceptPatches,
-    activation_scores,
-    cluster_neurons,
-    concept_patches,
+    ConceptPatchFinder,
+    NeuronClusters,
+    NeuronSelector,
     mask_positions,
     neuron_columns,
     patch_size_for,
-    select_neurons,
 )
+from core.models import make_transform
 from tests.support import digits_dataset, tiny_model
 
 LAYERS = ("block1", "block3")
@@ -57,27 +56,32 @@ def activations(model, dataset):
 # --------------------------------------------------------------------------- selection
 
 
+def selected_by(activations: np.ndarray, mass: float = 0.03) -> np.ndarray:
+    """The (N, C) selection of a NeuronSelector fitted on ``activations``."""
+    return NeuronSelector(mass=mass).fit(activations).selected_
+
+
 def test_select_neurons_by_hand():
     row = np.array([[0.5, 0.3, 0.2]])
     # 0.5 does not exceed 0.6 x 1.0, 0.5 + 0.3 does: the crossing channel is included
-    assert select_neurons(row, 0.6).tolist() == [[True, True, False]]
+    assert selected_by(row, 0.6).tolist() == [[True, True, False]]
     # exactly equal is not exceeding: 0.5 alone is not enough for mass 0.5
-    assert select_neurons(row, 0.5).tolist() == [[True, True, False]]
-    assert select_neurons(row, 0.4).tolist() == [[True, False, False]]
-    assert select_neurons(row, 1.0).tolist() == [[True, True, True]]
+    assert selected_by(row, 0.5).tolist() == [[True, True, False]]
+    assert selected_by(row, 0.4).tolist() == [[True, False, False]]
+    assert selected_by(row, 1.0).tolist() == [[True, True, True]]
     # a zero row selects nothing; negative values count as zero and are never selected
     table = np.array([[0.0, 0.0, 0.0], [-5.0, 0.2, 0.1], [0.1, -1.0, 0.0]])
-    assert select_neurons(table, 0.5).tolist() == [
+    assert selected_by(table, 0.5).tolist() == [
         [False, False, False],
         [False, True, False],
         [True, False, False],
     ]
-    assert select_neurons(np.array([[0.5, 0.5, 0.0]]), 1.0).tolist() == [[True, True, False]]
+    assert selected_by(np.array([[0.5, 0.5, 0.0]]), 1.0).tolist() == [[True, True, False]]
 
 
 def test_select_neurons_ties_take_the_lower_channel_first():
     # two equal channels, one is enough to exceed 40%: only the first is taken
-    assert select_neurons(np.array([[0.0, 0.5, 0.5]]), 0.4).tolist() == [[False, True, False]]
+    assert selected_by(np.array([[0.0, 0.5, 0.5]]), 0.4).tolist() == [[False, True, False]]
 
 
 def test_select_neurons_matches_a_loop_and_is_fast():
@@ -93,10 +97,10 @@ def test_select_neurons_matches_a_loop_and_is_fast():
                     break
                 expected[i, c] = True
                 running += row[c]
-        assert (select_neurons(small, mass) == expected).all()
+        assert (selected_by(small, mass) == expected).all()
     big = rng.random((10_000, 512)).astype(np.float32)
     start = time.perf_counter()
-    selected = select_neurons(big)
+    selected = selected_by(big)
     assert time.perf_counter() - start < 2.5  # about 0.2 s; a Python loop takes minutes
     assert selected.shape == big.shape and selected.any(axis=1).all()
 
@@ -104,16 +108,18 @@ def test_select_neurons_matches_a_loop_and_is_fast():
 def test_select_neurons_rejects_bad_mass():
     for mass in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="mass"):
-            select_neurons(np.ones((1, 3)), mass)
+            selected_by(np.ones((1, 3)), mass)
 
 
 def test_activation_scores_by_hand():
     selected = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
-    np.testing.assert_allclose(activation_scores(selected, np.array([0, 1, 3])), [1, 1 / 3, 1 / 3])
-    np.testing.assert_allclose(activation_scores(selected, np.array([2])), [0, 0, 1])
+    selector = NeuronSelector(mass=1.0).fit(selected.astype(float))  # mass 1: every active channel
+    np.testing.assert_array_equal(selector.selected_, selected)
+    np.testing.assert_allclose(selector.activation_scores(np.array([0, 1, 3])), [1, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(selector.activation_scores(np.array([2])), [0, 0, 1])
     mask = np.array([True, False, True, False])
-    np.testing.assert_allclose(activation_scores(selected, mask), [0.5, 0, 1])
-    np.testing.assert_array_equal(activation_scores(selected, np.array([], dtype=int)), [0, 0, 0])
+    np.testing.assert_allclose(selector.activation_scores(mask), [0.5, 0, 1])
+    np.testing.assert_array_equal(selector.activation_scores(np.array([], dtype=int)), [0, 0, 0])
 
 
 def test_neuron_columns_by_hand():
@@ -188,9 +194,14 @@ def test_mask_positions_respect_size_bounds_and_spacing():
 # --------------------------------------------------------------------------- concept patches
 
 
+def patches_of(model, dataset, neurons, max_activations, **params) -> dict:
+    """The concept patches of a ConceptPatchFinder fitted on these neurons."""
+    return ConceptPatchFinder(**params).fit(model, dataset, neurons, max_activations).patches_
+
+
 def test_concept_patches_on_the_tiny_cnn(model, dataset, activations):
     neurons = [("block1", 0), ("block3", 5), ("block1", 3)]
-    result = concept_patches(model, dataset, neurons, activations.__getitem__, batch_size=16)
+    result = patches_of(model, dataset, neurons, activations.__getitem__, batch_size=16)
     assert list(result) == neurons
     size = patch_size_for(model.input_size)
     for (layer, channel), patches in result.items():
@@ -210,7 +221,7 @@ def test_concept_patches_on_the_tiny_cnn(model, dataset, activations):
         assert patches.embedding.shape == (model.embedding_dim,)
         assert np.linalg.norm(patches.embedding) == pytest.approx(1.0)
     # one neuron alone gets the same patches as within a batch of several
-    alone = concept_patches(model, dataset, neurons[1:2], activations.__getitem__, batch_size=7)
+    alone = patches_of(model, dataset, neurons[1:2], activations.__getitem__, batch_size=7)
     np.testing.assert_array_equal(alone[neurons[1]].patch_boxes, result[neurons[1]].patch_boxes)
     np.testing.assert_array_equal(alone[neurons[1]].patch_rows, result[neurons[1]].patch_rows)
     np.testing.assert_allclose(
@@ -220,7 +231,7 @@ def test_concept_patches_on_the_tiny_cnn(model, dataset, activations):
 
 def test_concept_patch_activation_and_crop_match_a_hand_made_mask(model, dataset, activations):
     neuron = ("block3", 5)
-    patches = concept_patches(model, dataset, [neuron], activations.__getitem__)[neuron]
+    patches = patches_of(model, dataset, [neuron], activations.__getitem__)[neuron]
     row, (y, x, size) = int(patches.patch_rows[0]), patches.patch_boxes[0]
     transform = make_transform(model.input_size, model.mean, model.std)
     image = transform(dataset.load_image(row))
@@ -243,13 +254,18 @@ def test_concept_patch_activation_and_crop_match_a_hand_made_mask(model, dataset
 
 def test_concept_patches_reject_unknown_layers_and_channels(model, dataset, activations):
     with pytest.raises(ModelError, match="not a module"):
-        concept_patches(model, dataset, [("nope", 0)], activations.__getitem__)
+        patches_of(model, dataset, [("nope", 0)], activations.__getitem__)
     with pytest.raises(ModelError, match="16 channels"):
-        concept_patches(model, dataset, [("block3", 16)], activations.__getitem__)
-    assert concept_patches(model, dataset, [], activations.__getitem__) == {}
+        patches_of(model, dataset, [("block3", 16)], activations.__getitem__)
+    assert patches_of(model, dataset, [], activations.__getitem__) == {}
 
 
 # --------------------------------------------------------------------------- clusters
+
+
+def clusters_of(patches: dict, threshold: float = 0.9) -> dict:
+    """Each neuron's cluster, from NeuronClusters fitted on ``patches``."""
+    return NeuronClusters(threshold=threshold).fit(patches).clusters_
 
 
 def _concept(name: str, vector: list[float]) -> ConceptPatches:
@@ -272,8 +288,8 @@ def test_cluster_neurons_by_hand():
         ("c", 0): _concept("c", [2.0, 0.0, 0.0]),  # the same direction as a
         ("d", 0): _concept("d", [0.0, 0.8, 0.6]),  # cosine 0.8 with b: not above 0.9
     }
-    assert cluster_neurons(patches) == {("a", 0): 0, ("b", 0): 1, ("c", 0): 0, ("d", 0): 2}
-    assert cluster_neurons(patches, threshold=0.75) == {
+    assert clusters_of(patches) == {("a", 0): 0, ("b", 0): 1, ("c", 0): 0, ("d", 0): 2}
+    assert clusters_of(patches, threshold=0.75) == {
         ("a", 0): 0,
         ("b", 0): 1,
         ("c", 0): 0,
@@ -281,9 +297,9 @@ def test_cluster_neurons_by_hand():
     }
     # the most similar cluster wins, not the first one above the threshold
     e, f, g = _concept("e", [1.0, 0.0]), _concept("f", [0.6, 0.8]), _concept("g", [0.8, 0.6])
-    assert list(cluster_neurons({("e", 0): e, ("f", 0): f, ("g", 0): g}, 0.7).values()) == [0, 1, 1]
+    assert list(clusters_of({("e", 0): e, ("f", 0): f, ("g", 0): g}, 0.7).values()) == [0, 1, 1]
     # a neuron is compared with the cluster's re-normalised mean: f (cosine 0.6 with e) joins
     # once g has pulled the mean of e's cluster towards it
-    assert list(cluster_neurons({("e", 0): e, ("g", 0): g, ("f", 0): f}, 0.7).values()) == [0, 0, 0]
+    assert list(clusters_of({("e", 0): e, ("g", 0): g, ("f", 0): f}, 0.7).values()) == [0, 0, 0]
     with pytest.raises(ValueError, match="threshold"):
-        cluster_neurons(patches, threshold=2.0)
+        clusters_of(patches, threshold=2.0)

@@ -11,16 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.celeba import CelebADataset
 from core.errors import DataError
+from core.folders import ImageFolderDataset
 from core.images import is_probably_image, load_rgb
-from core.sources import (
-    ArrayDataset,
-    CelebADataset,
-    CsvManifestDataset,
-    DatasetSpec,
-    ImageFolderDataset,
-    build_dataset,
-)
+from core.manifest import CsvManifestDataset
+from core.sources import ArrayDataset, DatasetSpec, build_dataset, limit_dataset
 
 
 def save(path: Path, im: Image.Image, fmt: str | None = None) -> Path:
@@ -598,6 +594,19 @@ def test_build_dataset_unknown_kind_and_missing_settings(tmp_path: Path) -> None
         build_dataset(DatasetSpec("csv"))
     with pytest.raises(DataError, match="positive whole number"):
         build_dataset(DatasetSpec("imagefolder", root=str(tmp_path), limit=0))
+
+
+def test_planted_slices_default_to_none_and_survive_a_limit() -> None:
+    plain = ArrayDataset(np.zeros((4, 3, 3), np.uint8), [0, 1, 0, 1], ["x", "y"])
+    assert plain.planted_slices().empty
+    assert list(plain.planted_slices().columns) == ["slice", "kind", "where", "description"]
+
+    class Planted(ArrayDataset):
+        def planted_slices(self) -> pd.DataFrame:
+            return pd.DataFrame({"slice": ["a"], "kind": ["rare"], "where": ["x = 1"], "description": [""]})
+
+    limited = limit_dataset(Planted(np.zeros((4, 3, 3), np.uint8), [0, 1, 0, 1], ["x", "y"]), 2)
+    assert len(limited) == 2 and limited.planted_slices()["slice"].tolist() == ["a"]
 
 
 def test_limit_keeps_a_deterministic_mixed_subset(tmp_path: Path) -> None:

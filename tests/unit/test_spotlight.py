@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from core.errors import BiasLensError
-from core.spotlight import (
+from core.methods.spotlight import (
     NothingToFind,
     Spotlight,
     SpotlightError,
@@ -50,36 +50,36 @@ def two(blobs):
 
 def test_first_spotlight_top10_in_the_blob(two, blobs):
     _, _, blob_a, _ = blobs
-    first = two.spotlights[0]
+    first = two.spotlights_[0]
     assert np.isin(first.top_rows(10), blob_a).all()
-    assert first.mean_loss > 2 * two.mean_loss
+    assert first.mean_loss > 2 * two.mean_loss_
 
 
 def test_objective_trace_rises(two, blobs):
     x, losses, _, _ = blobs
-    zero = Spotlight(start="zero").fit(x, losses).spotlights[0]  # the paper's run, default 1000 steps
+    zero = Spotlight(start="zero").fit(x, losses).spotlights_[0]  # the paper's run, default 1000 steps
     assert zero.trace.shape == zero.size_trace.shape == (1000,)
     assert zero.trace[-100:].mean() > zero.trace[:100].mean() + 1.0
     assert zero.size_trace[0] > 0.9 * len(x) and zero.size_trace[-1] < 0.05 * len(x)  # the barrier path
-    for fit in two.spotlights:  # whichever start won, its run ends higher than it began
+    for fit in two.spotlights_:  # whichever start won, its run ends higher than it began
         assert fit.trace[-10:].mean() > fit.trace[:10].mean()
         assert fit.objective >= np.max(fit.trace[-20:]) - 0.2  # and ends near its best
 
 
 def test_second_spotlight_finds_the_second_blob(two, blobs):
     _, _, blob_a, blob_b = blobs
-    second = two.spotlights[1]
+    second = two.spotlights_[1]
     assert np.isin(second.top_rows(10), blob_b).all()
     assert not np.isin(second.top_rows(10), blob_a).any()
 
 
 def test_every_spotlight_meets_the_size_constraint(two):
-    assert two.size == 40  # 2% of 2000
-    for fit in two.spotlights:
-        assert fit.size >= two.size * (1 - 1e-4)
+    assert two.size_ == 40  # 2% of 2000
+    for fit in two.spotlights_:
+        assert fit.size >= two.size_ * (1 - 1e-4)
         assert fit.weights.shape == (2000,) and fit.weights.dtype == np.float32
         assert fit.weights.min() >= 0 and fit.weights.max() <= 1 + 1e-6
-    assert two.weights.shape == (2, 2000)
+    assert [fit.index for fit in two.spotlights_] == [0, 1] and two.n_images_ == 2000
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "compact"])
@@ -87,10 +87,10 @@ def test_every_spotlight_meets_the_size_constraint(two):
 def test_kernels_and_precisions_run(blobs, kernel, precision):
     x, losses, blob_a, _ = blobs
     result = Spotlight(kernel=kernel, precision=precision, steps=STEPS).fit(x, losses)
-    fit = result.spotlights[0]
+    fit = result.spotlights_[0]
     assert np.isin(fit.top_rows(10), blob_a).all()
     assert fit.precision.shape == ((1,) if precision == "spherical" else (16,))
-    assert fit.size >= result.size * (1 - 1e-4)
+    assert fit.size >= result.size_ * (1 - 1e-4)
 
 
 def test_weights_are_the_kernel_of_the_reported_centre_and_precision(blobs):
@@ -99,8 +99,8 @@ def test_weights_are_the_kernel_of_the_reported_centre_and_precision(blobs):
     x, losses, _, _ = blobs
     for dims in (None, 4):
         result = Spotlight(steps=200, search_dims=dims).fit(x, losses)
-        fit = result.spotlights[0]
-        assert result.search_dims == dims
+        fit = result.spotlights_[0]
+        assert result.search_dims_ == dims
         d2 = ((x.astype(np.float64) - fit.centre) ** 2).sum(1)
         np.testing.assert_allclose(fit.weights, np.exp(-0.5 * fit.precision[0] * d2), atol=2e-4)
         np.testing.assert_allclose(fit.mean_loss, (fit.weights * losses).sum() / fit.weights.sum(), rtol=1e-4)
@@ -109,8 +109,8 @@ def test_weights_are_the_kernel_of_the_reported_centre_and_precision(blobs):
 def test_never_worse_than_the_zero_start(blobs):
     """The zero start runs exactly as alone (same weights); the kept spotlight is the better one."""
     x, losses, _, _ = blobs
-    best = Spotlight(steps=STEPS).fit(x, losses).spotlights[0]
-    zero = Spotlight(steps=STEPS, start="zero").fit(x, losses).spotlights[0]
+    best = Spotlight(steps=STEPS).fit(x, losses).spotlights_[0]
+    zero = Spotlight(steps=STEPS, start="zero").fit(x, losses).spotlights_[0]
     assert best.start_objectives["zero"] == zero.objective
     assert best.objective == max(best.start_objectives.values()) >= zero.objective
     if best.start == "zero":
@@ -123,10 +123,10 @@ def test_pca_option_and_seeded_repeatability(blobs):
     x, losses, blob_a, _ = blobs
     first = Spotlight(pca=4, steps=200).fit(x, losses)
     again = Spotlight(pca=4, steps=200).fit(x, losses)
-    assert 0 < first.explained_variance <= 1
-    assert first.spotlights[0].centre.shape == (4,)
-    np.testing.assert_array_equal(first.spotlights[0].weights, again.spotlights[0].weights)
-    assert np.isin(first.spotlights[0].top_rows(10), blob_a).mean() >= 0.8
+    assert 0 < first.explained_variance_ <= 1
+    assert first.spotlights_[0].centre.shape == (4,)
+    np.testing.assert_array_equal(first.spotlights_[0].weights, again.spotlights_[0].weights)
+    assert np.isin(first.spotlights_[0].top_rows(10), blob_a).mean() >= 0.8
 
 
 def test_progress_is_reported(blobs):

@@ -16,13 +16,14 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
-import core.store
+import core.extract
 from core.errors import DataError, StoreError
+from core.extract import build_store
+from core.manifest import CsvManifestDataset
 from core.models import make_transform
-from core.sources import ArrayDataset, CsvManifestDataset
+from core.sources import ArrayDataset
 from core.store import (
     RESERVED_COLUMNS,
-    build_store,
     find_store,
     metadata_attribute_names,
     open_store,
@@ -90,6 +91,31 @@ def test_missing_layer_is_a_clear_error(tmp_path, model, dataset):
         store.pooled("block2")
     with pytest.raises(StoreError, match="pick from"):
         build_store("t", model, dataset, ["nope"], root=tmp_path)
+
+
+def test_representations_by_name(tmp_path, model, dataset):
+    store = build_store("t", model, dataset, ["block2", "block1"], root=tmp_path)
+    assert store.representations() == {
+        "embedding": (240, 12),
+        "block1:mean": (240, 8),
+        "block1:max": (240, 8),
+        "block2:mean": (240, 16),
+        "block2:max": (240, 16),
+    }
+    assert list(store.representations()) == [
+        "embedding", "block1:mean", "block1:max", "block2:mean", "block2:max",
+    ]  # embedding first, then layers in network order, mean before max
+    embedding = store.representation("embedding")
+    assert isinstance(embedding, np.memmap) and embedding.shape == (240, 12)
+    np.testing.assert_array_equal(embedding, store.embedding())
+    for layer in ("block1", "block2"):
+        for pool in ("mean", "max"):
+            array = store.representation(f"{layer}:{pool}")
+            assert isinstance(array, np.memmap)
+            np.testing.assert_array_equal(array, store.pooled(layer, pool))
+    for name in ("block3:mean", "block1:median", "block1", "fc1", "", "embedding:mean"):
+        with pytest.raises(StoreError, match=rf"Unknown representation '{name}'.*embedding, block1:mean"):
+            store.representation(name)
 
 
 def test_adding_a_layer_extracts_only_that_layer(tmp_path, model, dataset):
@@ -272,7 +298,7 @@ def test_ground_truth_clash_is_refused_before_extraction(tmp_path, model):
 
 
 def test_failed_metadata_write_recovers(tmp_path, model, dataset, monkeypatch):
-    original = core.store._write_meta
+    original = core.extract._write_meta
     calls = []
 
     def fail_once(*args):
@@ -281,7 +307,7 @@ def test_failed_metadata_write_recovers(tmp_path, model, dataset, monkeypatch):
             raise OSError(28, "No space left on device")
         return original(*args)
 
-    monkeypatch.setattr(core.store, "_write_meta", fail_once)
+    monkeypatch.setattr(core.extract, "_write_meta", fail_once)
     with pytest.raises(StoreError, match="meta.parquet.*No space left.*run the build again"):
         build_store("t", model, dataset, ["block1"], batch_size=64, root=tmp_path)
     directory = store_dir("t", store_fingerprint(model, dataset), tmp_path)
@@ -331,7 +357,7 @@ def test_damaged_complete_store_is_rebuilt(tmp_path, model, dataset):
 BUILD_SCRIPT = """
 import sys
 from pathlib import Path
-from core.store import build_store
+from core.extract import build_store
 from tests.support import digits_dataset, tiny_model
 store = build_store("t", tiny_model(), digits_dataset(240), ["block1", "block2"], batch_size=16, root=Path(sys.argv[1]))
 print(store.path)

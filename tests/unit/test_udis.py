@@ -8,15 +8,13 @@ from scipy.cluster.hierarchy import linkage
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from core.stats import binary_bootstrap_ci, bootstrap_ci
-from core.udis import (
+from core.methods.udis import (
+    UDIS,
     SubgroupError,
-    Subgroups,
-    UdisParams,
     WardTree,
+    _summarise,
     cut_labels,
     descend,
-    find_subgroups,
     similar_well_performing,
     subgroup_confusion,
     subgroups_csv,
@@ -24,6 +22,7 @@ from core.udis import (
     ward_tree,
     weighted_ward,
 )
+from core.stats import binary_bootstrap_ci, bootstrap_ci
 
 
 def test_weighted_ward_with_unit_weights_is_scipys_ward():
@@ -54,68 +53,68 @@ def blobs(n: int = 1200, centers: int = 6, seed: int = 0) -> tuple[np.ndarray, n
 def test_clustering_recovers_synthetic_blobs(exact_limit):
     x, y = blobs()
     correct = np.random.default_rng(0).random(len(x)) < 0.5  # nothing perfect: every node may split
-    params = UdisParams(min_size=5, max_size=250, exact_limit=exact_limit, micro_clusters=300, max_cuts=40)
-    result = find_subgroups(x, correct, params)
+    result = UDIS(min_size=5, max_size=250, exact_limit=exact_limit, micro_clusters=300, max_cuts=40).fit(x, correct)
     # every subgroup lies inside one blob, and each blob is cut in few pieces
-    for g in range(len(result.table)):
+    for g in range(len(result.subgroups_)):
         assert len(np.unique(y[result.rows(g)])) == 1
-    assert adjusted_rand_score(y, result.labels) > 0.5
-    assert ("exact" in result.method) == (exact_limit == 5000)
-    assert (result.table["size"] >= 5).all() and result.table["size"].sum() == len(x)
+    assert adjusted_rand_score(y, result.labels_) > 0.5
+    assert ("exact" in result.method_) == (exact_limit == 5000)
+    assert (result.subgroups_["size"] >= 5).all() and result.subgroups_["size"].sum() == len(x)
 
 
 def test_a_failing_blob_becomes_an_under_performing_subgroup():
     x, y = blobs(centers=5, seed=3)
     rng = np.random.default_rng(0)
     correct = np.where(y == 2, rng.random(len(x)) < 0.1, rng.random(len(x)) < 0.97)
-    result = find_subgroups(x, correct, UdisParams(max_size=300, stop_at_perfect=False))
+    result = UDIS(max_size=300, stop_at_perfect=False).fit(x, correct)
     under = result.under_performing(0.5)
     assert len(under) >= 1
     for g in under["subgroup"]:
         assert (y[result.rows(g)] == 2).mean() > 0.9
     # the similar well-performing subgroup of each is a well-performing one
     for g in under["subgroup"]:
-        similar = result.table.loc[g, "similar"]
-        assert result.table.loc[similar, "accuracy"] >= result.overall_accuracy
+        similar = result.subgroups_.loc[g, "similar"]
+        assert result.subgroups_.loc[similar, "accuracy"] >= result.overall_accuracy_
 
 
 def tiny_tree(correct: list[bool]) -> WardTree:
     """Four points on a line: 0, 1 | 10, 11 (leaves 0..3); merges (0,1)->4, (2,3)->5, (4,5)->6."""
     x = np.array([[0.0], [1.0], [10.0], [11.0]])
-    tree, _ = ward_tree(x, np.array(correct), UdisParams())
+    tree, _ = ward_tree(x, np.array(correct), UDIS())
     return tree
 
 
 def test_descent_respects_min_size_and_perfect_nodes():
     tree = tiny_tree([True, False, True, True])
     # min size 1: the root splits, then node (0,1) (imperfect); (2,3) is perfect and stays whole
-    splits, first = descend(tree, UdisParams(min_size=1, max_size=2, stop_at_perfect=True))
+    splits, first = descend(tree, UDIS(min_size=1, max_size=2, stop_at_perfect=True))
     assert list(splits) == [6, 4]
     assert first == 1  # after one split no splittable subgroup has more than 2 images
     labels = cut_labels(tree, splits, 2)
     assert labels[0] != labels[1] and labels[2] == labels[3]
     # without the perfect rule (2,3) splits too; with min size 2 nothing below pairs splits
-    splits, _ = descend(tree, UdisParams(min_size=1, max_size=2, stop_at_perfect=False))
+    splits, _ = descend(tree, UDIS(min_size=1, max_size=2, stop_at_perfect=False))
     assert sorted(splits) == [4, 5, 6]
-    splits, _ = descend(tree, UdisParams(min_size=2, max_size=3, stop_at_perfect=False))
+    splits, _ = descend(tree, UDIS(min_size=2, max_size=3, stop_at_perfect=False))
     assert list(splits) == [6]
     assert list(cut_labels(tree, splits, 0)) == [6, 6, 6, 6]
 
 
-def hand_made(accuracy: list[float], sizes: list[int]) -> Subgroups:
-    """Subgroups with given accuracies and sizes, centroids on a line at 0, 1, 2, ..."""
+def hand_made(accuracy: list[float], sizes: list[int]) -> UDIS:
+    """A UDIS fitted by hand: subgroups with given accuracies and sizes, centroids on a line at 0, 1, 2, ..."""
     labels = np.repeat(np.arange(len(sizes)), sizes)
     correct = np.concatenate([np.arange(s) < round(a * s) for a, s in zip(accuracy, sizes, strict=True)])
     x = labels[:, None].astype(float)
-    from core.udis import _summarise
-
-    return _summarise(x, correct, labels, None, "hand", [])
+    udis = UDIS()
+    udis.labels_ = labels
+    udis.subgroups_, udis.centroids_, udis.overall_accuracy_ = _summarise(x, correct, labels)
+    return udis
 
 
 def test_under_performing_rule_on_a_hand_made_case():
     # overall accuracy = (2 + 8 + 40 + 3) / (10 + 10 + 50 + 5) = 53 / 75
     result = hand_made([0.2, 0.8, 0.8, 0.6], [10, 10, 50, 5])
-    assert result.overall_accuracy == pytest.approx(53 / 75)
+    assert result.overall_accuracy_ == pytest.approx(53 / 75)
     under = result.under_performing(0.5)  # 0.5 * 0.7067 = 0.353: only subgroup 0
     assert list(under["subgroup"]) == [0]
     # 0.66 x 0.7067 = 0.466: still only 0; the 5-image subgroup (0.6) is never listed (> 5 needed)
@@ -154,20 +153,20 @@ def test_confusion_of_a_single_class_subgroup_and_top_loss_ranking():
 
 def test_bad_inputs_are_refused_with_clear_messages():
     with pytest.raises(SubgroupError, match="at least 20"):
-        find_subgroups(np.zeros((10, 3)), np.ones(10, bool))
+        UDIS().fit(np.zeros((10, 3)), np.ones(10, bool))
     x = np.random.default_rng(0).normal(size=(50, 3))
     x[3, 1] = np.nan
     with pytest.raises(SubgroupError, match="NaN"):
-        find_subgroups(x, np.ones(50, bool))
+        UDIS().fit(x, np.ones(50, bool))
     with pytest.raises(SubgroupError, match="one correctness flag"):
-        find_subgroups(np.zeros((50, 3)), np.ones(49, bool))
+        UDIS().fit(np.zeros((50, 3)), np.ones(49, bool))
     with pytest.raises(SubgroupError, match="min size"):
-        find_subgroups(np.random.default_rng(0).normal(size=(50, 3)), np.ones(50, bool), UdisParams(min_size=10, max_size=5))
+        UDIS(min_size=10, max_size=5).fit(np.random.default_rng(0).normal(size=(50, 3)), np.ones(50, bool))
 
 
 def test_identical_points_and_a_perfect_model_still_give_subgroups():
-    result = find_subgroups(np.zeros((40, 4)), np.ones(40, bool))
-    assert result.table["size"].sum() == 40 and result.under_performing().empty
+    result = UDIS().fit(np.zeros((40, 4)), np.ones(40, bool))
+    assert result.subgroups_["size"].sum() == 40 and result.under_performing().empty
     assert result.suggest_threshold() is None
 
 

@@ -1,0 +1,80 @@
+"""The audit methods, one module each, every one a scikit-learn estimator.
+
+The contract: a method is a ``sklearn.base.BaseEstimator`` whose ``__init__`` only stores
+its parameters (keywords with defaults, named as the attributes, so ``get_params``,
+``set_params`` and ``clone`` work); ``fit(...)`` validates them and the data (numpy arrays,
+torch modules: never Streamlit state), stores what it learned in attributes ending with
+``_`` and returns ``self``; methods read the fitted state. ``get_params()`` is the key of a
+cached run. To add a method: one module here with its estimator, its names below, and a
+case in tests/unit/test_methods.py.
+
+    from core.methods import UDIS, Spotlight
+
+    spotlight = Spotlight(size=0.02, n_spotlights=5).fit(embeddings, losses)
+    spotlight.spotlights_[0].top_rows(10)
+    udis = UDIS().fit(embeddings, correct)
+    udis.under_performing(0.5)
+"""
+
+from core.methods.gradcam import GradCAM, overlay
+from core.methods.neurons import (
+    ConceptPatches,
+    ConceptPatchFinder,
+    Neuron,
+    NeuronClusters,
+    NeuronSelector,
+    neuron_columns,
+)
+from core.methods.spotlight import (
+    KERNELS,
+    PRECISIONS,
+    NothingToFind,
+    Progress,
+    Spotlight,
+    SpotlightError,
+    SpotlightFit,
+    attribute_enrichment,
+    project_2d,
+    summary,
+    weighted_shares,
+    weights_table,
+)
+from core.methods.udis import (
+    UDIS,
+    UDIS_THRESHOLD,
+    VISCUIT_THRESHOLD,
+    SubgroupError,
+    subgroup_confusion,
+    subgroups_csv,
+    top_loss_rows,
+)
+
+__all__ = [
+    "KERNELS",
+    "PRECISIONS",
+    "UDIS",
+    "UDIS_THRESHOLD",
+    "VISCUIT_THRESHOLD",
+    "ConceptPatchFinder",
+    "ConceptPatches",
+    "GradCAM",
+    "Neuron",
+    "NeuronClusters",
+    "NeuronSelector",
+    "NothingToFind",
+    "Progress",
+    "Spotlight",
+    "SpotlightError",
+    "SpotlightFit",
+    "SubgroupError",
+    "attribute_enrichment",
+    "neuron_columns",
+    "overlay",
+    "project_2d",
+    "subgroup_confusion",
+    "subgroups_csv",
+    "summary",
+    "top_loss_rows",
+    "weighted_shares",
+    "weights_table",
+]
