@@ -67,28 +67,36 @@ def scorecard(
     slice_names: Sequence[str] | None = None,
     group_names: Sequence[str] | None = None,
     k: int = 10,
+    members: Sequence[np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per true slice: its size, the best group, that group's P@k and whether it is identified.
 
     Ties between groups go to the first. With no groups, every slice scores 0 and has no best group.
+    ``members`` (the row indices of each group, when a group is a set rather than a ranking)
+    adds a ``recall`` column: the share of the slice's images that its best group holds.
     """
     truth = np.asarray(truth, dtype=bool)
     slice_names = list(slice_names) if slice_names is not None else [f"slice {i + 1}" for i in range(truth.shape[1])]
     group_names = list(group_names) if group_names is not None else [f"group {g + 1}" for g in range(len(groups))]
     if len(slice_names) != truth.shape[1] or len(group_names) != len(groups):
         raise ValueError("Give one name per slice and one per group.")
+    if members is not None and len(members) != len(groups):
+        raise ValueError("Give the members of every group, or of none.")
     matrix = precision_matrix(truth, groups, k)
     rows = []
     for i, name in enumerate(slice_names):
         best = int(np.argmax(matrix[i])) if len(groups) else -1
         p = float(matrix[i, best]) if best >= 0 else 0.0
-        rows.append(
-            {
-                "slice": name,
-                "images": int(truth[:, i].sum()),
-                "best group": group_names[best] if best >= 0 else None,
-                f"P@{k}": p,
-                "identified": p >= IDENTIFIED,
-            }
-        )
-    return pd.DataFrame(rows, columns=["slice", "images", "best group", f"P@{k}", "identified"])
+        row = {
+            "slice": name,
+            "images": int(truth[:, i].sum()),
+            "best group": group_names[best] if best >= 0 else None,
+            f"P@{k}": p,
+            "identified": p >= IDENTIFIED,
+        }
+        if members is not None:
+            held = truth[np.asarray(members[best], dtype=np.int64), i].sum() if best >= 0 else 0
+            row["recall"] = float(held / max(1, truth[:, i].sum()))
+        rows.append(row)
+    columns = ["slice", "images", "best group", f"P@{k}", "identified"]
+    return pd.DataFrame(rows, columns=columns + (["recall"] if members is not None else []))

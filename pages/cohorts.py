@@ -3,16 +3,17 @@
 import streamlit as st
 
 from core.cohorts import CohortError
-from core.errors import BiasLensError
 from core.stats import bootstrap_ci
 from core.ui import cache
 from core.ui.context import page_context
-from core.ui.widgets import how_to_read, image_grid, percent
+from core.ui.keys import state_key
+from core.ui.method_page import gallery, save_subset_form
+from core.ui.widgets import how_to_read, percent
 
 ctx = page_context()
 store = ctx.store
 meta = ctx.meta()
-view = cache.cohort_view_for(meta, store.fingerprint)
+view = cache.cohort_view_for(store)
 registry = ctx.subsets()
 
 st.title("Cohorts & subsets")
@@ -29,7 +30,7 @@ example = "correct = false"
 if "label" in meta and store.attribute_columns:
     first = store.attribute_columns[0]
     example = f"label = '{meta['label'].iloc[0]}' AND \"{first}\" = '{meta[first].iloc[0]}'"
-where = st.text_input("WHERE", value="", placeholder=example, key=f"cohort_where:{ctx.key}")
+where = st.text_input("WHERE", value="", placeholder=example, key=state_key("cohorts", "where", ctx.key))
 
 if where.strip():
     try:
@@ -49,17 +50,9 @@ if where.strip():
         c3.metric("Mean loss", f"{cohort['loss'].mean():.3f}")
         st.caption(f"95% bootstrap interval of the cohort's accuracy: {percent(low)} – {percent(high)}")
         sample = cohort.sort_values("loss", ascending=False).head(16)
-        thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in sample["row"]), 96)
-        image_grid(thumbs, sample, columns=8)
+        gallery(ctx, meta, sample["row"].to_numpy())
         how_to_read("the cohort's 16 highest-loss images; red frames are misclassified.")
-        with st.form("save_cohort"):
-            name = st.text_input("Subset name", value=where.strip()[:60])
-            if st.form_submit_button("Save as subset"):
-                try:
-                    registry.add(name, rows, origin="cohort", detail=where.strip())
-                    st.toast(f"Saved subset '{name}' ({len(rows):,} images)")
-                except BiasLensError as exc:
-                    st.error(str(exc))
+        save_subset_form(ctx, rows, where.strip()[:60], "cohort", where.strip(), key=state_key("cohorts", "save", ctx.key))
 
 st.subheader("Subsets")
 if st.button("Add one subset per class"):
@@ -70,7 +63,7 @@ if len(registry) == 0:
 else:
     st.dataframe(registry.summary(), hide_index=True)
     d1, d2 = st.columns(2)
-    doomed = d1.selectbox("Subset", registry.names(), key="subset_to_delete")
+    doomed = d1.selectbox("Subset", registry.names(), key=state_key("cohorts", "delete"))
     if d1.button("Delete subset"):
         registry.remove(doomed)
         st.rerun()

@@ -6,8 +6,10 @@ from core.store import metadata_attribute_names
 from core.summary import GALLERY_FILTERS, confusion, gallery_rows
 from core.ui import cache, charts
 from core.ui.context import page_context
+from core.ui.keys import state_key
+from core.ui.method_page import gallery
 from core.ui.store_panel import store_panel
-from core.ui.widgets import how_to_read, image_grid, percent
+from core.ui.widgets import how_to_read, percent
 
 ctx = page_context(require_store=False)
 ws, model, dataset = ctx.workspace, ctx.model, ctx.dataset
@@ -93,10 +95,9 @@ with attributes_tab:
 
 with gallery_tab:
     g1, g2, g3 = st.columns([2, 2, 1])
-    show = g1.segmented_control("Show", GALLERY_FILTERS, default="misclassified", key="gallery_show") or "all"
-    label = g2.selectbox("Class", ["(all classes)", *store.classes], key="gallery_class")
-    seed = int(g3.number_input("Sample seed", 0, 10_000, 0, key="gallery_seed"))
+    show = g1.segmented_control("Show", GALLERY_FILTERS, default="misclassified", key=state_key("overview", "gallery_show")) or "all"
+    label = g2.selectbox("Class", ["(all classes)", *store.classes], key=state_key("overview", "gallery_class"))
+    seed = int(g3.number_input("Sample seed", 0, 10_000, 0, key=state_key("overview", "gallery_seed")))
     rows = gallery_rows(meta, show, None if label == "(all classes)" else label, 24, seed)
-    thumbs = cache.thumbnails(dataset, ctx.key, tuple(int(r) for r in rows["row"]), 96)
-    image_grid(thumbs, rows, columns=8, extra=[f"loss {v:.2f}" for v in rows["loss"]])
+    gallery(ctx, meta, rows["row"].to_numpy(), extra=[f"loss {v:.2f}" for v in rows["loss"]])
     how_to_read("a random sample; misclassified images have a red frame and cross, captioned with the prediction.")

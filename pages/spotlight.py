@@ -6,19 +6,19 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
-from core.scorecard import scorecard
-from core.store import POOLS
-from core.ui import cache
 from core.ui import spotlight_view as view
 from core.ui.context import page_context
+from core.ui.keys import state_key
+from core.ui.method_page import gallery, remember_settings, scorecard_section
 from core.ui.widgets import how_to_read, percent
 
 MAP_POINTS = 4000
+PAGE = "spotlight"
 
 ctx = page_context()
 store, meta = ctx.store, ctx.meta()
 n = len(meta)
-RUN_KEY = f"spotlight.run:{ctx.key}"
+RUN_KEY = state_key(PAGE, "run", ctx.key)
 
 st.title("Spotlight")
 st.caption(
@@ -28,55 +28,48 @@ st.caption(
     "surfaces a coherent problem area without any attribute labels."
 )
 
-EMBEDDING = f"Last hidden layer (input of {store.embedding_layer}, {store.manifest['embedding_dim']}-d)"
-representations = {EMBEDDING: (None, "mean")}
-representations |= {f"{layer} · {pool}-pooled": (layer, pool) for layer in store.layers for pool in POOLS}
-rep_names = list(representations)
-# The form's widgets keep their values in session state; seeded from the last run, so that
+representations = list(store.representations())  # the embedding first, then layer:pool
+# The form's widgets keep their values in session state, seeded from the last run, so that
 # coming back to the page shows the settings of the results below.
 last = st.session_state.get(RUN_KEY)
-seed = {"rep": rep_names[0], "size": 2.0, "count": 5, "steps": 1000, "kernel": KERNELS[0], "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2}
-if last:
-    p = last["params"]
-    seed |= {"rep": last["representation"], "size": round(100 * p["size"] / n, 2), "count": p["n_spotlights"], "steps": p["steps"],
-             "kernel": p["kernel"], "precision": p["precision"], "pca": p["pca"] or 0, "lr": p["lr"]}
-for name, value in seed.items():
-    st.session_state.setdefault(f"spot_{name}", value)
-if st.session_state["spot_rep"] not in rep_names:  # another workspace, or a rebuilt store
-    st.session_state["spot_rep"] = rep_names[0]
+defaults = {"representation": view.EMBEDDING, "size": 2.0, "n_spotlights": 5, "steps": 1000, "kernel": KERNELS[0],
+            "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2}
+remember_settings(PAGE, defaults, last and {**last["params"], "representation": last["representation"],
+                                            "size": 100 * last["params"]["size"], "pca": last["params"]["pca"] or 0})
+if st.session_state[state_key(PAGE, "representation")] not in representations:  # another workspace, or a rebuilt store
+    st.session_state[state_key(PAGE, "representation")] = view.EMBEDDING
 with st.form("spotlight_controls"):
     c1, c2, c3, c4 = st.columns(4)
-    rep = c1.selectbox("Representation", rep_names, key="spot_rep", help="The paper uses the last hidden layer.")
+    representation = c1.selectbox("Representation", representations, key=state_key(PAGE, "representation"),
+                                  format_func=lambda name: view.representation_label(store, name),
+                                  help="The paper uses the last hidden layer.")
     size_pct = c2.number_input(
-        "Size S (% of images)", 0.0, 100.0, step=0.5, format="%.2f", key="spot_size",
+        "Size S (% of images)", 0.0, 99.9, step=0.5, format="%.2f", key=state_key(PAGE, "size"),
         help="The minimum total weight, as a share of the images: 2% for images in the paper.",
     )
-    count = int(c3.number_input("Spotlights", 1, 10, key="spot_count", help="Found in sequence; each next one ignores losses already covered."))
-    steps = int(c4.number_input("Steps", 50, 5000, step=50, key="spot_steps", help="Adam steps per spotlight (the paper: 1000-5000)."))
+    count = int(c3.number_input("Spotlights", 1, 10, key=state_key(PAGE, "n_spotlights"), help="Found in sequence; each next one ignores losses already covered."))
+    steps = int(c4.number_input("Steps", 50, 5000, step=50, key=state_key(PAGE, "steps"), help="Adam steps per spotlight (the paper: 1000-5000)."))
     c5, c6, c7, c8 = st.columns(4)
-    kernel = c5.selectbox("Kernel", KERNELS, key="spot_kernel", help="Gaussian exp(-d²/2) as in the paper, or compact max(1 - d², 0).")
-    precision = c6.selectbox("Precision", PRECISIONS, key="spot_precision", help="Spherical c·I as in the paper, or one precision per dimension (slow on wide layers: add PCA).")
-    pca = int(c7.number_input("PCA components (0 = off)", 0, 4096, key="spot_pca", help="Project the representation on its top components first."))
-    lr = float(c8.number_input("Learning rate", 1e-4, 1.0, format="%.4f", key="spot_lr", help="Adam; halved each time the objective plateaus."))
+    kernel = c5.selectbox("Kernel", KERNELS, key=state_key(PAGE, "kernel"), help="Gaussian exp(-d²/2) as in the paper, or compact max(1 - d², 0).")
+    precision = c6.selectbox("Precision", PRECISIONS, key=state_key(PAGE, "precision"), help="Spherical c·I as in the paper, or one precision per dimension (slow on wide layers: add PCA).")
+    pca = int(c7.number_input("PCA components (0 = off)", 0, 4096, key=state_key(PAGE, "pca"), help="Project the representation on its top components first."))
+    lr = float(c8.number_input("Learning rate", 1e-4, 1.0, format="%.4f", key=state_key(PAGE, "lr"), help="Adam; halved each time the objective plateaus."))
     submitted = st.form_submit_button("Run", type="primary")
 if submitted:
     st.session_state[RUN_KEY] = {
-        "representation": rep,
-        "layer": representations[rep][0],
-        "pool": representations[rep][1],
-        "params": {
-            "size": int(round(size_pct / 100 * n)), "n_spotlights": count, "kernel": kernel, "precision": precision,
-            "steps": steps, "lr": lr, "pca": pca or None,
-        },
+        "representation": representation,
+        # S as a fraction of the images: the estimator turns it into a count
+        "params": {"size": size_pct / 100, "n_spotlights": count, "kernel": kernel, "precision": precision,
+                   "steps": steps, "lr": lr, "pca": pca or None},
     }
 run = st.session_state.get(RUN_KEY)
 if run is None:
     st.info(f"Choose the settings and press **Run** to find spotlights among the {n:,} images.")
     st.stop()
 
-layer, pool, params = run["layer"], run["pool"], run["params"]
+representation, params = run["representation"], run["params"]
 try:
-    result = view.run_spotlights(store, layer, pool, Spotlight(**params))
+    result = view.run_spotlights(store, representation, Spotlight(**params))
 except NothingToFind as exc:
     st.success(f"Nothing to find: {exc}")
     st.stop()
@@ -86,7 +79,8 @@ except BiasLensError as exc:
 if not result.spotlights_:
     st.success("Nothing to find: " + " ".join(result.notes_))
     st.stop()
-detail = f"{run['representation']}, S = {result.size_:,}, {params['kernel']} kernel, {params['precision']} precision"
+detail = (f"{view.representation_label(store, representation)}, S = {result.size_:,}, "
+          f"{params['kernel']} kernel, {params['precision']} precision")
 
 # --------------------------------------------------------------------------- all spotlights
 st.subheader("Spotlights found")
@@ -124,49 +118,43 @@ with c2:
     )
 
 # --------------------------------------------------------------------------- planted slices
-if store.slice_columns:
-    st.subheader("Scorecard: planted slices")
-    card = scorecard(
-        meta[store.slice_columns].to_numpy(), [fit.weights for fit in result.spotlights_],
-        slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
-        group_names=[f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
-    )
-    st.dataframe(card, hide_index=True, column_config={"P@10": st.column_config.ProgressColumn("P@10", min_value=0, max_value=1, format="%.1f")})
-    how_to_read(
-        "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "
-        "members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8."
-    )
+scorecard_section(
+    store, meta, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
+    "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "
+    "members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8.",
+)
 
 # --------------------------------------------------------------------------- each spotlight, and the paper's baselines
 names = [f"Spotlight {fit.index + 1}" for fit in result.spotlights_]
 panels = [*names, "Highest loss", "Random sample"]
-if st.session_state.get("spot_panel") not in panels:  # a run with fewer spotlights
-    st.session_state["spot_panel"] = names[0]
+PANEL = state_key(PAGE, "panel")
+if st.session_state.get(PANEL) not in panels:  # a run with fewer spotlights
+    st.session_state[PANEL] = names[0]
 # One panel at a time: each holds a gallery and three charts, and drawing every one of
 # them on each rerun made the page slow for the server and the browser alike.
-shown_panel = st.segmented_control("Show", panels, key="spot_panel", help="Each spotlight, or the paper's two baselines.") or names[0]
+shown_panel = st.segmented_control("Show", panels, key=PANEL, help="Each spotlight, or the paper's two baselines.") or names[0]
 if shown_panel in names:
     view.spotlight_panel(ctx, meta, result, result.spotlights_[names.index(shown_panel)], store.attribute_columns, detail)
 elif shown_panel == "Highest loss":
     by_loss = np.argsort(-meta["loss"].to_numpy(), kind="stable")[: view.GALLERY]
-    view.gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]])
+    gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]])
     how_to_read("the images with the highest loss, for comparison: usually a diffuse mix of causes, unlike a spotlight.")
 else:
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(view.GALLERY, n), replace=False))
-    view.gallery(ctx, meta, sample)
+    gallery(ctx, meta, sample)
     how_to_read("a random sample of the dataset (fixed seed), for comparison with the spotlights.")
 
 # --------------------------------------------------------------------------- map
 st.subheader("Map of the representation")
 m1, m2 = st.columns([1, 2])
-method = m1.segmented_control("Projection", ["PCA", "UMAP"], default="PCA", key="spot_map_method") or "PCA"
-if st.session_state.get("spot_map_which") not in names:  # a run with fewer spotlights
-    st.session_state.pop("spot_map_which", None)
-shown = m2.selectbox("Colour by the weights of", names, key="spot_map_which")
+method = m1.segmented_control("Projection", ["PCA", "UMAP"], default="PCA", key=state_key(PAGE, "map_method")) or "PCA"
+if st.session_state.get(state_key(PAGE, "map_spotlight")) not in names:  # a run with fewer spotlights
+    st.session_state.pop(state_key(PAGE, "map_spotlight"), None)
+shown = m2.selectbox("Colour by the weights of", names, key=state_key(PAGE, "map_spotlight"))
 rows = np.arange(n) if n <= MAP_POINTS else np.sort(np.random.default_rng(0).choice(n, MAP_POINTS, replace=False))
 try:
     with st.spinner(f"Computing the {method} map of {len(rows):,} images..."):
-        coords = cache.representation_map(store, layer, pool, method.lower(), tuple(int(r) for r in rows))
+        coords = view.representation_map(store, representation, method.lower(), tuple(int(r) for r in rows))
 except BiasLensError as exc:
     st.warning(f"The map cannot be drawn now: {exc}")
     st.stop()

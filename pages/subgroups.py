@@ -4,26 +4,30 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import (
+    CLUSTER_THRESHOLD,
     UDIS,
     UDIS_THRESHOLD,
     VISCUIT_THRESHOLD,
-    neuron_columns,
+    panel_neurons,
     subgroups_csv,
     top_loss_rows,
 )
-from core.scorecard import scorecard
 from core.ui import cache
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
+from core.ui.keys import state_key
+from core.ui.method_page import remember_settings, save_subset_form, scorecard_section
 from core.ui.widgets import how_to_read, percent
 
 SHOWN_IMAGES = 12
 MAX_NEURONS_PER_CELL = 24
+PAGE = "subgroups"
 
 ctx = page_context()
 store, meta = ctx.store, ctx.meta()
 classes = store.classes
-SELECTED = f"subgroups.selected:{ctx.key}"
+SELECTED = state_key(PAGE, "selected", ctx.key)
+RUN_KEY = state_key(PAGE, "run", ctx.key)
 
 st.title("Subgroups")
 st.caption(
@@ -33,34 +37,41 @@ st.caption(
     "which neurons and image concepts drive it (Park et al., *VisCUIT*; Krishnakumar et al., *UDIS*)."
 )
 
+SETTINGS = ("min_size", "max_size", "silhouette_sample", "max_cuts", "exact_limit", "micro_clusters", "stop_at_perfect", "seed")
+defaults = {name: value for name, value in UDIS().get_params().items() if name in SETTINGS}
+remember_settings(PAGE, defaults, st.session_state.get(RUN_KEY))
 with st.expander("Clustering settings (UDIS)"), st.form("udis_settings"):
     c1, c2, c3, c4 = st.columns(4)
-    min_size = int(c1.number_input("Min subgroup size", 2, 1000, 5, help="No split leaves a subgroup with fewer images."))
-    max_size = int(c2.number_input("Max subgroup size", 3, 100_000, 100, help="Cuts are scored only once no splittable subgroup is bigger."))
-    sample = int(c3.number_input("Silhouette sample", 100, 20_000, 4000, step=500, help="Images on which each cut's silhouette score is measured."))
-    max_cuts = int(c4.number_input("Cuts scored", 1, 200, 40, help="At most this many cuts, geometrically spaced, compete."))
+    key = {name: state_key(PAGE, name) for name in SETTINGS}
+    min_size = int(c1.number_input("Min subgroup size", 2, 1000, key=key["min_size"], help="No split leaves a subgroup with fewer images."))
+    max_size = int(c2.number_input("Max subgroup size", 3, 100_000, key=key["max_size"], help="Cuts are scored only once no splittable subgroup is bigger."))
+    sample = int(c3.number_input("Silhouette sample", 100, 20_000, step=500, key=key["silhouette_sample"], help="Images on which each cut's silhouette score is measured."))
+    max_cuts = int(c4.number_input("Cuts scored", 1, 200, key=key["max_cuts"], help="At most this many cuts, geometrically spaced, compete."))
     c5, c6, c7, c8 = st.columns(4)
-    exact_limit = int(c5.number_input("Exact Ward up to N images", 100, 50_000, 5000, step=500, help="Above it: k-means micro-clusters, then Ward on them (memory O(N))."))
-    micro = int(c6.number_input("Micro-clusters", 100, 20_000, 4096, step=256, help="Number of k-means micro-clusters in the two-stage tree."))
-    perfect = c7.checkbox("Keep perfect regions whole", True, help="UDIS's code stops splitting at clusters with 100% accuracy.")
-    seed = int(c8.number_input("Seed", 0, 10_000, 0))
-    st.form_submit_button("Re-cluster")
-udis = UDIS(min_size=min_size, max_size=max(max_size, min_size + 1), silhouette_sample=sample, max_cuts=max_cuts,
-            exact_limit=exact_limit, micro_clusters=micro, stop_at_perfect=perfect, seed=seed)
+    exact_limit = int(c5.number_input("Exact Ward up to N images", 100, 50_000, step=500, key=key["exact_limit"], help="Above it: k-means micro-clusters, then Ward on them (memory O(N))."))
+    micro = int(c6.number_input("Micro-clusters", 100, 20_000, step=256, key=key["micro_clusters"], help="Number of k-means micro-clusters in the two-stage tree."))
+    perfect = c7.checkbox("Keep perfect regions whole", key=key["stop_at_perfect"], help="UDIS's code stops splitting at clusters with 100% accuracy.")
+    seed = int(c8.number_input("Seed", 0, 10_000, key=key["seed"]))
+    if st.form_submit_button("Re-cluster"):
+        st.session_state[RUN_KEY] = {
+            "min_size": min_size, "max_size": max(max_size, min_size + 1), "silhouette_sample": sample, "max_cuts": max_cuts,
+            "exact_limit": exact_limit, "micro_clusters": micro, "stop_at_perfect": perfect, "seed": seed,
+        }
+udis = UDIS(**st.session_state.get(RUN_KEY, defaults))
 
 choice = st.segmented_control(
     "Under-performing when accuracy < threshold × overall accuracy",
     [f"{VISCUIT_THRESHOLD} (VisCUIT paper)", f"{UDIS_THRESHOLD} (UDIS code)", "Custom"],
-    default=f"{VISCUIT_THRESHOLD} (VisCUIT paper)", key="subgroups.threshold_choice",
+    default=f"{VISCUIT_THRESHOLD} (VisCUIT paper)", key=state_key(PAGE, "threshold_choice"),
 )
 if choice == "Custom":
-    threshold = st.slider("Threshold", 0.05, 1.0, 0.8, 0.01, key="subgroups.threshold_custom")
+    threshold = st.slider("Threshold", 0.05, 1.0, 0.8, 0.01, key=state_key(PAGE, "threshold_custom"))
 else:
     threshold = UDIS_THRESHOLD if choice and choice.startswith(str(UDIS_THRESHOLD)) else VISCUIT_THRESHOLD
 
 try:
     with st.spinner(f"Clustering {len(meta):,} images (cached afterwards)..."):
-        result = cache.subgroups_for(store, udis)
+        result = view.subgroups_for(store, udis)
 except BiasLensError as exc:
     st.error(f"The subgroups cannot be computed: {exc}")
     st.stop()
@@ -124,16 +135,12 @@ if similar >= 0:
         view.confusion_panel(result, meta, classes, similar, f"Confusion matrix of #{similar}")
 how_to_read("rows are true classes, columns predictions, cells count images (classes absent from the subgroup are left out).")
 
-c1, c2, c3 = st.columns([2, 1, 1])
-name = c1.text_input("Subset name", f"subgroup {selected}", key=f"subgroups.name:{selected}")
-which = c2.radio("Save", ["under-performing", "well-performing"], horizontal=True, disabled=similar < 0, key="subgroups.which")
-if c3.button("Save as subset", icon=":material/bookmark_add:"):
-    target = selected if which == "under-performing" or similar < 0 else similar
-    try:
-        ctx.subsets().add(name, result.rows(target), "subgroup", view.subgroup_label(table, target), overwrite=True)
-        st.success(f"Saved '{name}' ({int(table.loc[target, 'size'])} images) for the other pages.")
-    except BiasLensError as exc:
-        st.error(str(exc))
+c1, c2 = st.columns([1, 2])
+which = c1.radio("Save", ["under-performing", "well-performing"], horizontal=True, disabled=similar < 0, key=state_key(PAGE, "save_which"))
+target = selected if which == "under-performing" or similar < 0 else similar
+with c2:
+    save_subset_form(ctx, result.rows(target), f"subgroup {target}", "subgroup", view.subgroup_label(table, target),
+                     key=state_key(PAGE, "save", ctx.key, target))
 
 # --------------------------------------------------------------------------- neuron panel
 st.subheader("Neuron activation panel")
@@ -146,19 +153,14 @@ elif not conv_layers:
     st.warning("None of the model's conv blocks is in the activation store: add layers on the Overview page (store panel).")
 else:
     c1, c2, c3 = st.columns(3)
-    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, 0.5, 0.05, key="subgroups.neuron_threshold",
+    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, 0.5, 0.05, key=state_key(PAGE, "neuron_threshold"),
                                  help="A neuron shows when its activation score reaches this in either subgroup.")
-    mass = c2.slider("Mass rule (%)", 0.5, 20.0, 3.0, 0.5, key="subgroups.mass",
+    mass = c2.slider("Mass rule (%)", 0.5, 20.0, 3.0, 0.5, key=state_key(PAGE, "mass"),
                      help="Per image and layer, the top neurons whose activations sum past this share of the layer's total are 'highly activated' (VisCUIT: 3%).")
-    c3.slider("Concept cluster threshold", 0.5, 1.0, 0.9, 0.01, key="subgroups.cluster_threshold",
+    c3.slider("Concept cluster threshold", 0.5, 1.0, CLUSTER_THRESHOLD, 0.01, key=view.CLUSTER_THRESHOLD_KEY,
               help="Neurons join one concept cluster when their concept patches' embeddings have cosine similarity above this.")
-    rows_under, rows_well = result.rows(selected), result.rows(similar)
-    scores_under, scores_well = {}, {}
-    for layer in conv_layers:
-        chosen = cache.neuron_selection(store, store.fingerprint, layer, mass / 100)
-        scores_under[layer] = chosen.activation_scores(rows_under)
-        scores_well[layer] = chosen.activation_scores(rows_well)
-    frame = neuron_columns(scores_under, scores_well, neuron_threshold, conv_layers)
+    selectors = view.neuron_selectors(store, conv_layers, mass / 100)
+    frame = panel_neurons(selectors, result.rows(selected), result.rows(similar), neuron_threshold)
     highlight = set(map(tuple, st.session_state.get(view.highlight_key(ctx, (selected, similar)), [])))
     shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]
     heads = st.columns([1, 3, 3, 3])
@@ -184,16 +186,10 @@ else:
     )
 
 # --------------------------------------------------------------------------- scorecard
-if store.slice_columns:
-    st.subheader("Scorecard: planted slices")
-    losses = meta["loss"].to_numpy()
-    truth = meta[store.slice_columns].to_numpy(dtype=bool)
-    rankings = [top_loss_rows(result.rows(g), losses) for g in ids]
-    card = scorecard(truth, rankings, [c.removeprefix("slice_") for c in store.slice_columns], [f"#{g}" for g in ids])
-    card["recall"] = [
-        float(truth[result.rows(int(best[1:])), i].sum() / max(1, truth[:, i].sum())) if best else 0.0
-        for i, best in enumerate(card["best group"])
-    ]
-    st.dataframe(card, hide_index=True, column_config={"P@10": st.column_config.NumberColumn(format="%.1f"),
-                                                       "recall": st.column_config.NumberColumn(format="percent")})
-    how_to_read("for each planted slice, the under-performing subgroup whose 10 highest-loss images hold most slice images (P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall).")
+losses = meta["loss"].to_numpy()
+scorecard_section(
+    store, meta, [top_loss_rows(result.rows(g), losses) for g in ids], [f"#{g}" for g in ids],
+    "for each planted slice, the under-performing subgroup whose 10 highest-loss images hold most slice images "
+    "(P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall).",
+    members=[result.rows(g) for g in ids],
+)

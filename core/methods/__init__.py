@@ -18,12 +18,14 @@ case in tests/unit/test_methods.py.
 
 from core.methods.gradcam import GradCAM, overlay
 from core.methods.neurons import (
+    CLUSTER_THRESHOLD,
     ConceptPatches,
     ConceptPatchFinder,
     Neuron,
     NeuronClusters,
     NeuronSelector,
     neuron_columns,
+    panel_neurons,
 )
 from core.methods.spotlight import (
     KERNELS,
@@ -69,6 +71,8 @@ __all__ = [
     "SubgroupError",
     "attribute_enrichment",
     "neuron_columns",
+    "panel_neurons",
+    "CLUSTER_THRESHOLD",
     "overlay",
     "project_2d",
     "subgroup_confusion",

@@ -41,6 +41,7 @@ Neuron = tuple[str, int]
 COLUMNS = ("under only", "both", "well only")
 PAPER_PATCH, PAPER_INPUT = 30, 224  # VisCUIT: 30x30 px patches on 224x224 inputs
 MIN_PATCH = 8  # smallest patch that still shows a recognisable part of an image
+CLUSTER_THRESHOLD = 0.9  # VisCUIT's similarity above which a neuron joins a concept cluster
 _FRAME_COLUMNS = ["layer", "layer_index", "neuron", "under", "well", "column"]
 
 
@@ -154,6 +155,16 @@ def neuron_columns(
     return table.loc[keys.sort_values(list(keys.columns), kind="stable").index].reset_index(
         drop=True
     )
+
+
+def panel_neurons(
+    selectors: Mapping[str, NeuronSelector], rows_under: np.ndarray, rows_well: np.ndarray, threshold: float = 0.5
+) -> pd.DataFrame:
+    """The panel of two subgroups: their activation scores at every layer of ``selectors``
+    (fitted, in network order), placed in the three columns by ``neuron_columns``."""
+    under = {layer: selector.activation_scores(rows_under) for layer, selector in selectors.items()}
+    well = {layer: selector.activation_scores(rows_well) for layer, selector in selectors.items()}
+    return neuron_columns(under, well, threshold, list(selectors))
 
 
 def _paired_scores(
@@ -466,7 +477,7 @@ class NeuronClusters(BaseEstimator):
     of creation).
     """
 
-    def __init__(self, threshold: float = 0.9) -> None:
+    def __init__(self, threshold: float = CLUSTER_THRESHOLD) -> None:
         self.threshold = threshold
 
     def fit(self, patches: Mapping[Neuron, ConceptPatches]) -> NeuronClusters:

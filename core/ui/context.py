@@ -17,9 +17,10 @@ from core.models import LoadedModel
 from core.store import Store
 from core.subsets import SubsetRegistry
 from core.ui import cache
+from core.ui.keys import state_key
 from core.workspace import DEMO_NAME, Workspace, WorkspaceList, default_workspaces_file
 
-WORKSPACE_KEY = "biaslens.workspace"
+WORKSPACE_KEY = state_key("app", "workspace")
 
 
 def workspace_list() -> WorkspaceList:
@@ -32,7 +33,7 @@ def sidebar_picker() -> Workspace:
     """The sidebar workspace picker; the choice persists across pages in session state."""
     listing = workspace_list()
     names = list(listing.workspaces)
-    widget = "biaslens.workspace_widget"
+    widget = state_key("app", "workspace_widget")
     wanted = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)
     if st.session_state.get(widget) not in names or (
         wanted != st.session_state.get(widget) and wanted in names
@@ -71,7 +72,7 @@ class PageContext:
 
     def meta(self) -> pd.DataFrame:
         assert self.store is not None
-        return cache.meta_for(self.store, self.store.fingerprint, tuple(self.store.layers))
+        return cache.meta_for(self.store)
 
     def subsets(self) -> SubsetRegistry:
         return SubsetRegistry(st.session_state, self.key)

@@ -1,4 +1,8 @@
-"""Rendering for the Spotlight page: the run with progress, one panel per spotlight, charts."""
+"""The Spotlight page's cached runs, panels and charts.
+
+Runs are keyed by the store, the representation's name (``Store.representation``) and the
+estimator's ``get_params()``; the cached object is a fitted clone, never the caller's.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +12,68 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
+from sklearn.base import clone
 
-from core.errors import BiasLensError
-from core.methods import Spotlight, SpotlightFit, attribute_enrichment, weighted_shares
+from core.methods import Spotlight, SpotlightFit, attribute_enrichment, project_2d, weighted_shares
 from core.stats import bootstrap_ci
 from core.store import Store
 from core.ui import cache
 from core.ui.context import PageContext
-from core.ui.widgets import how_to_read, image_grid, percent
+from core.ui.keys import state_key
+from core.ui.method_page import gallery, run_with_progress, save_subset_form
+from core.ui.widgets import how_to_read, percent
 
 GALLERY = 24
 SPOTLIGHT_COLOUR, DATASET_COLOUR = "#d62728", "#9e9e9e"
+EMBEDDING = "embedding"
 
 
-def run_spotlights(store: Store, layer: str | None, pool: str, spotlight: Spotlight) -> Spotlight:
-    """The cached fitted spotlights, or a run inside st.status with a progress bar (errors propagate)."""
-    cached = cache.spotlight_cached(store, layer, pool, spotlight)
+def representation_label(store: Store, name: str) -> str:
+    """How a representation is named on the page: the paper's default first."""
+    if name == EMBEDDING:
+        return f"Last hidden layer (input of {store.embedding_layer}, {store.manifest['embedding_dim']}-d)"
+    layer, pool = name.rsplit(":", 1)
+    return f"{layer} · {pool}-pooled"
+
+
+# --------------------------------------------------------------------------- cached runs
+
+
+def _run_key(representation: str, spotlight: Spotlight) -> str:
+    return cache.run_key(representation, spotlight.get_params())
+
+
+def run_spotlights(store: Store, representation: str, spotlight: Spotlight) -> Spotlight:
+    """The fitted spotlights of these inputs: cached, or found now with a progress bar.
+
+    The losses are the store's per-image cross-entropy. Errors propagate (nothing is cached).
+    """
+    key = _run_key(representation, spotlight)
+    cached = cache.cached_result("spotlight", store.fingerprint, key)
     if cached is not None:
         return cached
-    with st.status("Shining the spotlights...", expanded=True) as status:
-        bar = st.progress(0.0, text="Preparing the representation...")
 
-        def progress(done: int, total: int, message: str) -> None:
-            bar.progress(min(1.0, done / max(1, total)), text=f"{message}: step {done:,} of {total:,}")
+    def work(progress: Any) -> Spotlight:
+        def compute() -> Spotlight:
+            losses = cache.meta_for(store)["loss"].to_numpy()
+            return clone(spotlight).fit(store.representation(representation), losses, progress=progress)
 
-        try:
-            result = cache.spotlight_result(store, layer, pool, spotlight, progress)
-        except BiasLensError:
-            status.update(label="No spotlight was run", state="error", expanded=False)
-            raise
-        status.update(label=f"{len(result.spotlights_)} spotlight(s) in {result.seconds_:.1f} s", state="complete", expanded=False)
-    return result
+        return cache.computed_once("spotlight", store.fingerprint, key, "The spotlight search", compute)
+
+    return run_with_progress(
+        "Shining the spotlights...", work, lambda fitted: f"{len(fitted.spotlights_)} spotlight(s) in {fitted.seconds_:.1f} s"
+    )
 
 
-def gallery(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, extra: list[str] | None = None, columns: int = 8) -> None:
-    """Thumbnails of these rows, captioned with label / prediction, errors marked in red."""
-    part = meta.iloc[np.asarray(rows, dtype=np.int64)]
-    thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), 96)
-    image_grid(thumbs, part, columns=columns, extra=extra)
+def representation_map(store: Store, representation: str, method: str, rows: tuple[int, ...]) -> np.ndarray:
+    """(len(rows), 2) PCA or UMAP map of a representation at these rows, computed once."""
+
+    def compute() -> np.ndarray:
+        x = store.representation(representation)
+        return project_2d(np.asarray(x[np.asarray(rows, dtype=np.int64)]), method)
+
+    key = cache.run_key(representation, method, rows)
+    return cache.computed_once("map", store.fingerprint, key, f"The {method.upper()} map", compute)
 
 
 def trace_chart(result: Spotlight) -> alt.Chart:
@@ -147,21 +175,19 @@ def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result
     i = fit.index + 1
     st.markdown("**Save as a subset** (for the other pages; export it on *Cohorts & subsets*)")
     c1, c2, c3 = st.columns([1, 1, 2])
-    mode = c1.radio("Keep", ["top-k images", "weight threshold"], key=f"spot_mode_{i}")
+    mode = c1.radio("Keep", ["top-k images", "weight threshold"], key=state_key("spotlight", "save_mode", i))
     if mode == "top-k images":
-        k = int(c2.number_input("k", 1, len(meta), min(result.size_, len(meta)), key=f"spot_k_{i}"))
+        k = int(c2.number_input("k", 1, len(meta), min(result.size_, len(meta)), key=state_key("spotlight", "save_k", i)))
         rows, how = fit.top_rows(k), f"top {k} by weight"
     else:
-        threshold = float(c2.slider("Weight at least", 0.01, 1.0, 0.5, 0.01, key=f"spot_thr_{i}"))
+        threshold = float(c2.slider("Weight at least", 0.01, 1.0, 0.5, 0.01, key=state_key("spotlight", "save_threshold", i)))
         rows, how = np.flatnonzero(fit.weights >= threshold), f"weight >= {threshold:.2f}"
     c2.caption(f"{len(rows):,} images")
-    name = c3.text_input("Subset name", f"spotlight {i}: {how}", key=f"spot_name_{i}")
-    if c3.button("Save as subset", key=f"spot_save_{i}"):
-        try:
-            ctx.subsets().add(name, rows, origin="spotlight", detail=f"spotlight {i} ({detail}): {how}")
-            st.toast(f"Saved subset '{name}' ({len(rows):,} images)")
-        except BiasLensError as exc:
-            st.error(str(exc))
+    with c3:
+        save_subset_form(
+            ctx, rows, f"spotlight {i}: {how}", "spotlight", f"spotlight {i} ({detail}): {how}",
+            key=state_key("spotlight", "save", i, how),
+        )
 
 
 @st.cache_data(show_spinner=False, max_entries=64, hash_funcs={**cache.STORE_HASH, SpotlightFit: lambda fit: fit.weights.tobytes()})

@@ -13,6 +13,8 @@ from core.extract import build_store
 from core.store import Store
 from core.ui import cache
 from core.ui.context import PageContext
+from core.ui.keys import state_key
+from core.ui.method_page import Progress, run_with_progress
 
 
 def _cli_hint(ctx: PageContext, layers: list[str] | None = None) -> str:
@@ -23,37 +25,20 @@ def _cli_hint(ctx: PageContext, layers: list[str] | None = None) -> str:
 
 
 def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
-    """Build or extend the store inside st.status with a progress bar; rerun when done.
+    """Build or extend the store with progress; rerun when done.
 
     A failure is shown open, below the status box, with what to do.
     """
-    failure = None
-    with st.status(label, expanded=True) as status:
-        bar = st.progress(0.0, text="Starting...")
-        last = {"fraction": -1.0}
 
-        def progress(done: int, total: int, message: str) -> None:
-            fraction = done / total if total else 1.0
-            if fraction - last["fraction"] >= 0.01 or done == total:
-                last["fraction"] = fraction
-                bar.progress(min(fraction, 1.0), text=f"{message}: {done:,} / {total:,} images")
+    def work(progress: Progress) -> None:
+        build_store(
+            ctx.workspace.name, ctx.model, ctx.dataset, layers,
+            batch_size=ctx.workspace.batch_size, num_workers=ctx.workspace.num_workers, progress=progress,
+        )
 
-        try:
-            build_store(
-                ctx.workspace.name,
-                ctx.model,
-                ctx.dataset,
-                layers,
-                batch_size=ctx.workspace.batch_size,
-                num_workers=ctx.workspace.num_workers,
-                progress=progress,
-            )
-        except BiasLensError as exc:
-            status.update(label="The store could not be built", state="error", expanded=True)
-            failure = exc
-        else:
-            status.update(label="Activation store ready", state="complete")
-    if failure is not None:
+    try:
+        run_with_progress(label, work, lambda _: "Activation store ready", unit="image")
+    except BiasLensError as failure:
         st.error(
             f"**The activation store could not be built.** {failure}\n\n"
             "Fix the problem named above (the work already done is kept and the next build "
@@ -62,7 +47,7 @@ def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
             icon=":material/error:",
         )
         st.stop()
-    cache.clear_store_cache()
+    cache.store_for.clear()  # everything derived from a store is keyed by its fingerprint and layers
     st.rerun()
 
 
@@ -93,7 +78,7 @@ def store_panel(ctx: PageContext) -> Store | None:
             "Block layers to store (mean- and max-pooled per channel)",
             model.conv_layers,
             default=model.default_layers,
-            key=f"store_layers:{ctx.key}",
+            key=state_key("store", "layers", ctx.key),
             help="The last hidden layer (embedding), logits and losses are always stored.",
         )
         if not model.conv_layers:
@@ -118,7 +103,7 @@ def store_panel(ctx: PageContext) -> Store | None:
                 f"whoever runs it can add them: `{_cli_hint(ctx, store.layers + missing)}`."
             )
         elif missing:
-            extra = st.multiselect("Add layers", missing, key=f"add_layers:{ctx.key}")
+            extra = st.multiselect("Add layers", missing, key=state_key("store", "add_layers", ctx.key))
             if st.button("Add the selected layers", disabled=not extra):
                 _run_build(ctx, store.layers + extra, f"Adding {len(extra)} layer(s)...")
     return store

@@ -1,26 +1,106 @@
-"""Rendering for the Subgroups page: subgroup rows, the Grad-CAM and neuron concept windows."""
+"""The Subgroups page's cached runs, subgroup rows, and the Grad-CAM and concept windows.
+
+Runs are keyed by the store and the estimator's ``get_params()``; cached objects are fitted
+clones, never the caller's estimator.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from sklearn.base import clone
 
+from core.datasets import ImageDataset
 from core.errors import BiasLensError
 from core.images import thumbnail
-from core.methods import UDIS, GradCAM, Neuron, NeuronClusters, overlay, subgroup_confusion
-from core.models import model_view
+from core.methods import (
+    CLUSTER_THRESHOLD,
+    UDIS,
+    ConceptPatches,
+    ConceptPatchFinder,
+    GradCAM,
+    Neuron,
+    NeuronClusters,
+    NeuronSelector,
+    overlay,
+    subgroup_confusion,
+)
+from core.models import LoadedModel, model_view
+from core.store import Store
 from core.ui import cache
 from core.ui.charts import confusion_matrix
 from core.ui.context import PageContext
-from core.ui.widgets import how_to_read, image_grid, percent
+from core.ui.keys import state_key
+from core.ui.method_page import gallery
+from core.ui.widgets import how_to_read, percent
 
 THUMB = 96
 PATCH_VIEW = 96
 CAM_VIEW = 192
+CLUSTER_THRESHOLD_KEY = state_key("subgroups", "cluster_threshold")
+
+# --------------------------------------------------------------------------- cached runs
+
+
+def subgroups_for(store: Store, udis: UDIS) -> UDIS:
+    """UDIS fitted on the store's embedding, once per ``udis.get_params()`` (a fitted clone;
+    the page applies the threshold)."""
+
+    def compute() -> UDIS:
+        correct = cache.meta_for(store)["correct"].to_numpy()
+        return clone(udis).fit(store.representation("embedding"), correct)
+
+    return cache.computed_once("subgroups", store.fingerprint, cache.run_key(udis.get_params()), "The clustering", compute)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
+def _selector(store: Store, layer: str, mass: float) -> NeuronSelector:
+    return NeuronSelector(mass=mass).fit(store.representation(f"{layer}:max"))
+
+
+def neuron_selectors(store: Store, layers: list[str], mass: float) -> dict[str, NeuronSelector]:
+    """Summit's highly-activated neurons of every image at these stored layers (fitted on the
+    max-pooled activations), in network order."""
+    return {layer: _selector(store, layer, mass) for layer in layers}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _concept_slot(fingerprint: str) -> dict[str, Any]:
+    """Concept patches already computed for a store, per neuron, shared by sessions."""
+    return {"lock": threading.Lock(), "patches": {}}
+
+
+def concept_patches_for(
+    model: LoadedModel, dataset: ImageDataset, store: Store, neurons: tuple[Neuron, ...]
+) -> dict[Neuron, ConceptPatches]:
+    """Concept patches of these neurons; the missing ones are computed in one batched pass."""
+    slot = _concept_slot(store.fingerprint)
+    with slot["lock"]:
+        missing = [n for n in neurons if n not in slot["patches"]]
+        if missing:
+            centre = np.asarray(store.representation("embedding")).mean(axis=0)
+            with cache.queued("The concept patches"):
+                finder = ConceptPatchFinder().fit(
+                    model, dataset, missing, lambda layer: store.representation(f"{layer}:max"), embedding_centre=centre
+                )
+                slot["patches"].update(finder.patches_)
+        return {n: slot["patches"][n] for n in neurons}
+
+
+def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
+    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
+    return cache.computed_once(
+        "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM",
+        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets),
+    )
+
+
+# --------------------------------------------------------------------------- rendering
 
 
 def subgroup_label(table: pd.DataFrame, subgroup: int) -> str:
@@ -32,14 +112,12 @@ def subgroup_label(table: pd.DataFrame, subgroup: int) -> str:
 
 def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key: str, columns: int = 6) -> None:
     """Thumbnails (errors framed and crossed in red), each with a button that opens its Grad-CAM window."""
-    part = meta.iloc[np.asarray(rows, dtype=np.int64)]
-    thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), THUMB)
 
     def cam_button(col: Any, rec: dict[str, Any]) -> None:
         if col.button("CAM", key=f"{key}:{rec['row']}", help="Open the Grad-CAM window of this image", width="stretch"):
             gradcam_window(ctx, meta, int(rec["row"]))
 
-    image_grid(thumbs, part, columns=columns, below=cam_button)
+    gallery(ctx, meta, rows, columns=columns, size=THUMB, below=cam_button)
 
 
 @st.dialog("Grad-CAM window", width="large")
@@ -54,10 +132,10 @@ def gradcam_window(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
     if not layers:
         st.info("Grad-CAM does not apply: the model has no convolutional layers.")
         return
-    layer = st.selectbox("Layer", layers, index=len(layers) - 1, key=f"gradcam_layer:{row}", help="Grad-CAM is usually taken at the last conv block.")
+    layer = st.selectbox("Layer", layers, index=len(layers) - 1, key=state_key("subgroups", "gradcam_layer", row), help="Grad-CAM is usually taken at the last conv block.")
     targets = (int(rec["pred_idx"]), int(rec["label_idx"]))
     try:
-        result = cache.grad_cam_for(ctx.model, ctx.dataset, ctx.key, row, GradCAM(layer=layer), targets)
+        result = grad_cam_for(ctx, row, GradCAM(layer=layer), targets)
     except BiasLensError as exc:
         st.error(f"Grad-CAM failed: {exc}")
         return
@@ -81,7 +159,7 @@ def confusion_panel(subgroups: UDIS, meta: pd.DataFrame, classes: list[str], sub
 
 def highlight_key(ctx: PageContext, pair: tuple[int, int]) -> str:
     """Session key of the highlighted concept cluster, per workspace and subgroup pair."""
-    return f"subgroups.highlight:{ctx.key}:{pair[0]}:{pair[1]}"
+    return state_key("subgroups", "highlight", ctx.key, pair[0], pair[1])
 
 
 def neuron_button_label(neuron: Neuron, under: float, well: float) -> str:
@@ -98,11 +176,12 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     )
     with st.spinner(f"Concept patches of the {len(shown)} neurons in the panel..."):
         try:
-            patches = cache.concept_patches_for(ctx.model, ctx.dataset, ctx.store, tuple(shown))
+            patches = concept_patches_for(ctx.model, ctx.dataset, ctx.store, tuple(shown))
         except BiasLensError as exc:
             st.error(f"Concept patches failed: {exc}")
             return
-    clusters = NeuronClusters(threshold=st.session_state.get("subgroups.cluster_threshold", 0.9)).fit(patches).clusters_
+    threshold = st.session_state.get(CLUSTER_THRESHOLD_KEY, CLUSTER_THRESHOLD)
+    clusters = NeuronClusters(threshold=threshold).fit(patches).clusters_
     mates = [n for n in shown if clusters[n] == clusters[neuron] and n != neuron]
     st.session_state[highlight_key(ctx, pair)] = [neuron, *mates]
     mine = patches[neuron]

@@ -71,7 +71,7 @@ def app(tmp_path, tiny_files, monkeypatch):
 
 def pick(at: AppTest, name: str) -> AppTest:
     """Choose a workspace in the sidebar picker."""
-    at.sidebar.selectbox(key="biaslens.workspace_widget").set_value(name).run()
+    at.sidebar.selectbox(key="app.workspace_widget").set_value(name).run()
     return at
 
 

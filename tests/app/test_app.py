@@ -13,7 +13,7 @@ def no_exception(at: AppTest) -> None:
 
 
 def build_tiny(at: AppTest, name: str = "tiny") -> AppTest:
-    at.session_state["biaslens.workspace"] = name
+    at.session_state["app.workspace"] = name
     at.run()
     no_exception(at)
     assert any("no activation store" in w.value for w in at.warning)
@@ -40,14 +40,14 @@ def test_picker_persists_across_pages(app):
     # AppTest (streamlit 1.67) drops sidebar elements after an app's first run when the app
     # uses st.navigation (a minimal app shows it), so the picker is driven on the first run
     # and persistence is checked through the pages; the e2e test uses the real sidebar.
-    app.session_state["biaslens.workspace"] = "tiny"
+    app.session_state["app.workspace"] = "tiny"
     at = app.run()
     pick(at, "folder")
     no_exception(at)
     assert at.title[0].value == "Tiny digits folder"
     at.switch_page("pages/cohorts.py").run()
     no_exception(at)
-    assert at.session_state["biaslens.workspace"] == "folder"
+    assert at.session_state["app.workspace"] == "folder"
     assert any("no activation store" in i.value for i in at.info)
     at.switch_page("pages/overview.py").run()
     assert at.title[0].value == "Tiny digits folder"
@@ -83,10 +83,10 @@ def test_invalid_workspace_file_keeps_the_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("BIASLENS_WORKSPACES", str(bad))
     monkeypatch.chdir(REPO)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
-    at.session_state["biaslens.workspace"] = "nonexistent"
+    at.session_state["app.workspace"] = "nonexistent"
     at.run()
     assert any("not valid TOML" in w.value for w in at.sidebar.warning)
-    assert at.sidebar.selectbox(key="biaslens.workspace_widget").options == ["Planted-bias demo (Fashion-MNIST)"]
+    assert at.sidebar.selectbox(key="app.workspace_widget").options == ["Planted-bias demo (Fashion-MNIST)"]
 
 
 def test_unfit_weights_give_a_clear_error(tmp_path, tiny_files, monkeypatch):
@@ -103,7 +103,7 @@ dataset = {{ kind = "imagefolder", root = "{tiny_files / 'images'}" }}
     monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
     monkeypatch.chdir(REPO)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
-    at.session_state["biaslens.workspace"] = "unfit"
+    at.session_state["app.workspace"] = "unfit"
     at.run()
     no_exception(at)
     assert at.error and "cannot be opened" in at.error[0].value
@@ -121,14 +121,14 @@ def test_overview_on_the_demo(demo_app):
     # every planted slice is far below overall accuracy
     assert all(float(a.rstrip("%")) / 100 <= overall - 0.2 for a in slices["accuracy"])
     # gallery controls
-    at.selectbox(key="gallery_class").set_value(at.selectbox(key="gallery_class").options[2]).run()
+    at.selectbox(key="overview.gallery_class").set_value(at.selectbox(key="overview.gallery_class").options[2]).run()
     no_exception(at)
     at.toggle[0].set_value(False).run()
     no_exception(at)
 
 
 def test_store_layers_can_be_chosen_and_added(app):
-    app.session_state["biaslens.workspace"] = "tiny"
+    app.session_state["app.workspace"] = "tiny"
     at = app.run()
     at.multiselect[0].set_value(["block1"]).run()
     [b for b in at.button if b.label == "Build the activation store"][0].click().run()

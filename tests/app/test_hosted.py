@@ -50,7 +50,7 @@ def _texts(at: AppTest) -> str:
 
 def test_hosted_overview_offers_no_build_and_says_how(tmp_path, tiny_files, monkeypatch):
     at = _app(monkeypatch, tmp_path, _scripted_workspace(tmp_path, tiny_files), "1")
-    at.session_state["biaslens.workspace"] = "scripted"
+    at.session_state["app.workspace"] = "scripted"
     at.run()
     no_exception(at)
     assert not [b for b in at.button if "Build" in b.label]
@@ -66,7 +66,7 @@ def test_hosted_store_panel_shows_no_path_and_no_layer_adder(tmp_path, tiny_file
     monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
     assert main(["--file", str(workspaces), "build", "scripted", "--layers", "block1"]) == 0  # the CLI builds
     at = _app(monkeypatch, tmp_path, workspaces, "true")
-    at.session_state["biaslens.workspace"] = "scripted"
+    at.session_state["app.workspace"] = "scripted"
     at.run()
     no_exception(at)
     text = _texts(at)
@@ -78,7 +78,7 @@ def test_hosted_store_panel_shows_no_path_and_no_layer_adder(tmp_path, tiny_file
 def test_hosted_errors_hide_server_paths(tmp_path, tiny_files, monkeypatch):
     extra = f'[workspace.gone]\nmodel = {{ kind = "demo" }}\ndataset = {{ kind = "imagefolder", root = "{tmp_path / "no" / "such"}" }}\n'
     at = _app(monkeypatch, tmp_path, _scripted_workspace(tmp_path, tiny_files, extra=extra), "1")
-    at.session_state["biaslens.workspace"] = "gone"
+    at.session_state["app.workspace"] = "gone"
     at.run()
     no_exception(at)
     assert at.error and "cannot be opened" in at.error[0].value
@@ -88,7 +88,7 @@ def test_hosted_errors_hide_server_paths(tmp_path, tiny_files, monkeypatch):
 def test_bad_hosted_values_fail_closed(tmp_path, tiny_files, monkeypatch):
     workspaces = _scripted_workspace(tmp_path, tiny_files, hosted="[settings]\nhosted = 1\n")
     at = _app(monkeypatch, tmp_path, workspaces, None)
-    at.session_state["biaslens.workspace"] = "scripted"
+    at.session_state["app.workspace"] = "scripted"
     at.run()
     no_exception(at)
     warnings = [w.value for w in at.sidebar.warning]
@@ -110,7 +110,7 @@ def test_store_build_error_shows_open_with_what_to_do(tmp_path, tiny_files, monk
     (broken / "1" / "9.png").write_bytes(whole[: len(whole) // 2])  # a valid header, truncated pixels
     extra = f'[workspace.broken]\nmodel = {{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", input_size = 16 }}\ndataset = {{ kind = "imagefolder", root = "{broken}" }}\n'
     at = _app(monkeypatch, tmp_path, _scripted_workspace(tmp_path, tiny_files, extra=extra), None)
-    at.session_state["biaslens.workspace"] = "broken"
+    at.session_state["app.workspace"] = "broken"
     at.run()
     [b for b in at.button if b.label == "Build the activation store"][0].click().run()
     no_exception(at)

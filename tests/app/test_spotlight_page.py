@@ -32,7 +32,7 @@ def test_run_two_spotlights_and_save_a_subset(app):
     assert any("press **Run**" in i.value for i in at.info)
     run_spotlights(at, 2, size=10.0)
     assert not at.error
-    panel = at.button_group(key="spot_panel")
+    panel = at.button_group(key="spotlight.panel")
     assert list(panel.options) == ["Spotlight 1", "Spotlight 2", "Highest loss", "Random sample"]
     assert panel.value == "Spotlight 1"
     summary = at.dataframe[0].value
@@ -45,7 +45,7 @@ def test_run_two_spotlights_and_save_a_subset(app):
     # no planted slices on this workspace: no scorecard
     assert "Scorecard: planted slices" not in [s.value for s in at.subheader]
     # a rerun (another widget) reuses the cached result: no new status box
-    at.selectbox(key="spot_map_which").set_value("Spotlight 2").run()
+    at.selectbox(key="spotlight.map_spotlight").set_value("Spotlight 2").run()
     no_exception(at)
     assert not at.status
     # save the first spotlight's top 20 as a subset; the Cohorts page lists it
@@ -57,14 +57,14 @@ def test_run_two_spotlights_and_save_a_subset(app):
     # back on the page: the results (cached) and the settings they were found with
     open_spotlight(at)
     assert "Spotlights found" in [s.value for s in at.subheader] and not at.status
-    assert at.number_input(key="spot_size").value == 10.0 and at.number_input(key="spot_count").value == 2
+    assert at.number_input(key="spotlight.size").value == 10.0 and at.number_input(key="spotlight.n_spotlights").value == 2
 
 
 def test_bad_sizes_give_clear_errors(app):
     at = open_spotlight(build_tiny(app))
     run_spotlights(at, 1, size=0.1)  # 0.2 of an image
     assert at.error and "at least one image" in at.error[0].value
-    run_spotlights(at, 1, size=100.0)
+    run_spotlights(at, 1, size=99.9)  # 199.8 of 200 images: all of them
     assert at.error and "must be below N" in at.error[0].value
 
 
@@ -75,10 +75,10 @@ def test_a_layer_missing_from_the_store_shows_the_store_message(app):
     run_spotlights(at, 1)
     run = at.session_state[key]
     # a run of a layer the store does not have (e.g. kept from before the store was rebuilt)
-    at.session_state[key] = {**run, "representation": "block9 · mean-pooled", "layer": "block9"}
+    at.session_state[key] = {**run, "representation": "block9:mean"}
     at.run()
     no_exception(at)
-    assert at.error and "Layer 'block9' is not in the store" in at.error[0].value
+    assert at.error and "Unknown representation 'block9:mean'" in at.error[0].value
 
 
 @pytest.mark.parametrize(
@@ -89,8 +89,8 @@ def test_zero_or_nan_losses_are_explained_on_the_page(app, monkeypatch, loss, el
     at = open_spotlight(build_tiny(app))
     real = cache.meta_for
 
-    def meta_with(store, fingerprint, layers):
-        meta = real(store, fingerprint, layers).copy()
+    def meta_with(store):
+        meta = real(store).copy()
         meta["loss"] = loss
         return meta
 

@@ -56,6 +56,11 @@ def selected_key(name: str = "tiny") -> str:
     return f"subgroups.selected:{load_workspaces().workspaces[name].key()}"
 
 
+def save_name_key(target: int, name: str = "tiny") -> str:
+    """The name box of the save-as-subset form for one subgroup."""
+    return f"subgroups.save:{load_workspaces().workspaces[name].key()}:{target}:name"
+
+
 def under_count(at: AppTest) -> tuple[int, float]:
     """The caption's '<n> under-performing at accuracy < <threshold> × ...'."""
     found = [COUNT.search(c.value) for c in at.caption]
@@ -188,7 +193,7 @@ def test_select_a_subgroup(tiny):
     assert any(m.value.startswith(f"**Under-performing #{ids[1]} ·") for m in at.markdown)
     assert buttons(at, "CAM", prefix=f"under:{ids[1]}:")
     assert not buttons(at, "CAM", prefix=f"under:{ids[0]}:")
-    assert at.text_input(key=f"subgroups.name:{ids[1]}").value == f"subgroup {ids[1]}"
+    assert at.text_input(key=save_name_key(ids[1])).value == f"subgroup {ids[1]}"
     charts = confusion_charts(at)
     assert f"Confusion matrix of #{ids[1]}" in charts
     for spec in charts.values():  # only the classes present in the subgroup, in class order
@@ -218,7 +223,7 @@ def test_grad_cam_window(tiny):
     assert any(c.startswith("Predicted: ") for c in captions)
     assert any(c.startswith("True: ") for c in captions)
     assert len(at.image) == images_before + 3
-    layer = at.selectbox(key=f"gradcam_layer:{row}")
+    layer = at.selectbox(key=f"subgroups.gradcam_layer:{row}")
     assert layer.options == ["block1", "block2", "block3"] and layer.value == "block3"
     assert not at.error
     # the dialog closes on the next run (no click)
@@ -308,16 +313,16 @@ def test_save_subset_and_export_csv(tiny, monkeypatch):
     selected = at.session_state[selected_key()]
     size = int(frame.loc[frame["subgroup"] == selected, "size"].iloc[0])
     # save the under-performing subgroup; the Cohorts page lists it
-    at.text_input(key=f"subgroups.name:{selected}").input("worst").run()
+    at.text_input(key=save_name_key(selected)).input("worst")
     buttons(at, "Save as subset")[0].click().run()
     no_exception(at)
-    assert any(f"Saved 'worst' ({size} images)" in s.value for s in at.success)
+    assert any(f"Saved subset 'worst' ({size} images)" in t.value for t in at.toast)
     # and the similar well-performing one
     well = int(next(m.value for m in at.markdown if m.value.startswith("**Similar well-performing #"))
                .split("#")[1].split(" ")[0])
     well_size = int(frame.loc[frame["subgroup"] == well, "size"].iloc[0])
-    at.text_input(key=f"subgroups.name:{selected}").input("its neighbour").run()
-    at.radio(key="subgroups.which").set_value("well-performing").run()
+    at.radio(key="subgroups.save_which").set_value("well-performing").run()
+    at.text_input(key=save_name_key(well)).input("its neighbour")
     buttons(at, "Save as subset")[0].click().run()
     no_exception(at)
     at.switch_page("pages/cohorts.py").run()
@@ -375,7 +380,7 @@ def test_model_without_conv_layers(more_workspaces):
 
 def test_no_conv_layer_in_the_store(app):
     key = load_workspaces().workspaces["tiny"].key()
-    app.session_state[f"store_layers:{key}"] = []  # the Overview's layer choice: none
+    app.session_state[f"store.layers:{key}"] = []  # the Overview's layer choice: none
     at = open_subgroups(build_tiny(app))
     at.segmented_control(key=CHOICE).set_value("0.66 (UDIS code)").run()
     no_exception(at)
@@ -394,8 +399,8 @@ def test_single_class_subgroups_still_show_a_confusion_matrix(app, monkeypatch):
     # every image labelled and predicted '7' (correctness kept, so subgroups stay the same)
     real = cache.meta_for
 
-    def one_class(store, fingerprint, layers):
-        meta = real(store, fingerprint, layers).copy()
+    def one_class(store):
+        meta = real(store).copy()
         meta["label_idx"] = meta["pred_idx"] = 7
         meta["label"] = meta["pred"] = "7"
         return meta

@@ -1,0 +1,18 @@
+"""One naming scheme for session-state and widget keys: ``<page>.<name>[:<scope>...]``.
+
+``page`` is the page (or ``app`` for the sidebar) that owns the value, ``name`` what it
+holds, and the optional scopes what it depends on (a workspace key, a subgroup id...), so
+two workspaces or two subgroups never share a value by accident.
+"""
+
+from __future__ import annotations
+
+PAGES = ("app", "overview", "cohorts", "spotlight", "subgroups", "store")
+
+
+def state_key(page: str, name: str, *scope: object) -> str:
+    """The session-state key of ``name`` on ``page``, scoped by ``scope``."""
+    if page not in PAGES:
+        raise ValueError(f"Unknown page {page!r} for a session-state key; use one of {PAGES}.")
+    key = f"{page}.{name}"
+    return key + "".join(f":{part}" for part in scope)

@@ -1,0 +1,119 @@
+"""Furniture every method page shares: a run with progress, a settings form that remembers
+the last run, an image gallery with error marks, the save-as-subset form, the scorecard.
+
+A method page is one core estimator (core/methods/), one view module (core/ui/<name>_view.py)
+holding its cached runs and charts, and one thin page that strings these pieces together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.scorecard import scorecard
+from core.store import Store
+from core.ui import cache
+from core.ui.context import PageContext
+from core.ui.keys import state_key
+from core.ui.widgets import how_to_read, image_grid
+
+T = TypeVar("T")
+Progress = Callable[[int, int, str], None]
+GALLERY_THUMB = 96
+
+
+def run_with_progress(
+    label: str, work: Callable[[Progress], T], done: Callable[[T], str], unit: str = "step"
+) -> T:
+    """Run ``work(progress)`` inside an open st.status with a progress bar.
+
+    ``progress(done, total, message)`` moves the bar; on success the box closes with
+    ``done(result)`` as its label; a BiasLensError marks the box failed and propagates,
+    for the page to show open with what to do.
+    """
+    with st.status(label, expanded=True) as status:
+        bar = st.progress(0.0, text="Starting...")
+        last = {"fraction": -1.0}
+
+        def progress(count: int, total: int, message: str) -> None:
+            fraction = min(1.0, count / total) if total else 1.0
+            if fraction - last["fraction"] >= 0.01 or count == total:
+                last["fraction"] = fraction
+                bar.progress(fraction, text=f"{message}: {unit} {count:,} of {total:,}")
+
+        try:
+            result = work(progress)
+        except BiasLensError:
+            status.update(label=f"{label.rstrip('.')} failed", state="error", expanded=False)
+            raise
+        status.update(label=done(result), state="complete", expanded=False)
+    return result
+
+
+def remember_settings(page: str, defaults: dict[str, Any], last: dict[str, Any] | None) -> None:
+    """Seed the settings form's widget keys (``state_key(page, name)``) once.
+
+    They are seeded from the last run's settings when there is one, else from ``defaults``,
+    so coming back to the page shows the settings of the results below it.
+    """
+    for name, value in defaults.items():
+        st.session_state.setdefault(state_key(page, name), (last or {}).get(name, value))
+
+
+def gallery(
+    ctx: PageContext,
+    meta: pd.DataFrame,
+    rows: Sequence[int] | np.ndarray,
+    extra: Sequence[str] | None = None,
+    columns: int = 8,
+    size: int = GALLERY_THUMB,
+    below: Callable[[Any, dict[str, Any]], None] | None = None,
+) -> None:
+    """Thumbnails of these store rows, captioned with label / prediction, errors marked in red."""
+    part = meta.iloc[np.asarray(rows, dtype=np.int64)]
+    thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), size)
+    image_grid(thumbs, part, columns=columns, extra=extra, below=below)
+
+
+def save_subset_form(
+    ctx: PageContext, rows: Sequence[int] | np.ndarray, default_name: str, origin: str, detail: str, key: str
+) -> None:
+    """A name box and a button that save ``rows`` as a subset; a taken name is refused."""
+    with st.form(key, border=False):
+        name = st.text_input("Subset name", default_name, key=f"{key}:name")
+        if st.form_submit_button("Save as subset", icon=":material/bookmark_add:"):
+            try:
+                ctx.subsets().add(name, rows, origin=origin, detail=detail)
+                st.toast(f"Saved subset '{name}' ({len(rows):,} images)")
+            except BiasLensError as exc:
+                st.error(str(exc))
+
+
+def scorecard_section(
+    store: Store,
+    meta: pd.DataFrame,
+    rankings: Sequence[np.ndarray],
+    group_names: Sequence[str],
+    how: str,
+    members: Sequence[np.ndarray] | None = None,
+) -> None:
+    """The planted-slice scorecard (P@10 of each slice's best group, and its recall when
+    ``members`` are given), for workspaces whose dataset has ground truth."""
+    if not store.slice_columns:
+        return
+    st.subheader("Scorecard: planted slices")
+    card = scorecard(
+        meta[store.slice_columns].to_numpy(dtype=bool), rankings,
+        slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
+        group_names=list(group_names), members=members,
+    )
+    config = {"P@10": st.column_config.ProgressColumn("P@10", min_value=0, max_value=1, format="%.1f")}
+    if members is not None:
+        config["recall"] = st.column_config.NumberColumn(format="percent")
+    st.dataframe(card, hide_index=True, column_config=config)
+    how_to_read(how)
