@@ -1,4 +1,5 @@
-"""Workspace summaries for the Overview page: class, confusion and attribute breakdowns."""
+"""Summaries the pages share: class, confusion and attribute breakdowns, how a weighted
+group of images differs from the dataset (shares and lift), and 2-D maps of a representation."""
 
 from __future__ import annotations
 
@@ -49,3 +50,57 @@ def gallery_rows(meta: pd.DataFrame, show: str, label: str | None, count: int, s
     if len(pool) <= count:
         return pool
     return pool.sample(n=count, random_state=seed).sort_values("loss", ascending=(show == "correct"))
+
+
+def weighted_shares(values: pd.Series, weights: np.ndarray) -> pd.DataFrame:
+    """Share of each value inside a weighted group (e.g. a spotlight's k_i) and in the whole dataset.
+
+    Columns: value, inside, overall, lift (inside / overall), sorted by lift then inside share.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    frame = pd.DataFrame({"value": values.astype(str).to_numpy(), "w": w})
+    total = w.sum()
+    grouped = frame.groupby("value", sort=True)
+    out = pd.DataFrame(
+        {
+            "inside": grouped["w"].sum() / total if total > 0 else grouped["w"].sum() * np.nan,
+            "overall": grouped.size() / len(frame),
+        }
+    ).reset_index()
+    out["lift"] = out["inside"] / out["overall"]
+    return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def attribute_enrichment(meta: pd.DataFrame, columns: list[str], weights: np.ndarray, max_values: int = 50) -> pd.DataFrame:
+    """Every attribute value's share inside a weighted group vs in the dataset, sorted by lift.
+
+    Columns with more than ``max_values`` distinct values (ids, paths) are skipped.
+    Columns: attribute, value, inside, overall, lift.
+    """
+    frames = []
+    for column in columns:
+        if column not in meta or meta[column].nunique(dropna=False) > max_values:
+            continue
+        part = weighted_shares(meta[column], weights)
+        part.insert(0, "attribute", column)
+        frames.append(part)
+    if not frames:
+        return pd.DataFrame(columns=["attribute", "value", "inside", "overall", "lift"])
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def project_2d(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """(N, 2) map of a representation: PCA (fast, linear) or UMAP (slow, keeps neighbourhoods)."""
+    x = np.asarray(x, dtype=np.float32)
+    if method == "pca":
+        centred = x - x.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        out = centred @ vt[:2].T
+        return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))).astype(np.float32)
+    if method == "umap":
+        import umap
+
+        neighbours = max(2, min(15, x.shape[0] - 1))
+        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x).astype(np.float32)
+    raise ValueError(f"Unknown map method '{method}'; use 'pca' or 'umap'.")

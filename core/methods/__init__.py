@@ -35,10 +35,7 @@ from core.methods.spotlight import (
     Spotlight,
     SpotlightError,
     SpotlightFit,
-    attribute_enrichment,
-    project_2d,
     summary,
-    weighted_shares,
     weights_table,
 )
 from core.methods.udis import (
@@ -69,16 +66,13 @@ __all__ = [
     "SpotlightError",
     "SpotlightFit",
     "SubgroupError",
-    "attribute_enrichment",
     "neuron_columns",
     "panel_neurons",
     "CLUSTER_THRESHOLD",
     "overlay",
-    "project_2d",
     "subgroup_confusion",
     "subgroups_csv",
     "summary",
     "top_loss_rows",
-    "weighted_shares",
     "weights_table",
 ]

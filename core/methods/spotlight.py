@@ -549,44 +549,6 @@ class Spotlight(BaseEstimator):
 # --------------------------------------------------------------------------- describing a spotlight
 
 
-def weighted_shares(values: pd.Series, weights: np.ndarray) -> pd.DataFrame:
-    """Share of each value inside the spotlight (weighted by k_i) and in the whole dataset.
-
-    Columns: value, inside, overall, lift (inside / overall), sorted by lift then inside share.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    frame = pd.DataFrame({"value": values.astype(str).to_numpy(), "w": w})
-    total = w.sum()
-    grouped = frame.groupby("value", sort=True)
-    out = pd.DataFrame(
-        {
-            "inside": grouped["w"].sum() / total if total > 0 else grouped["w"].sum() * np.nan,
-            "overall": grouped.size() / len(frame),
-        }
-    ).reset_index()
-    out["lift"] = out["inside"] / out["overall"]
-    return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
-
-
-def attribute_enrichment(meta: pd.DataFrame, columns: list[str], weights: np.ndarray, max_values: int = 50) -> pd.DataFrame:
-    """Every attribute value's share inside the spotlight vs in the dataset, sorted by lift.
-
-    Columns with more than ``max_values`` distinct values (ids, paths) are skipped.
-    Columns: attribute, value, inside, overall, lift.
-    """
-    frames = []
-    for column in columns:
-        if column not in meta or meta[column].nunique(dropna=False) > max_values:
-            continue
-        part = weighted_shares(meta[column], weights)
-        part.insert(0, "attribute", column)
-        frames.append(part)
-    if not frames:
-        return pd.DataFrame(columns=["attribute", "value", "inside", "overall", "lift"])
-    out = pd.concat(frames, ignore_index=True)
-    return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
-
-
 def summary(spotlight: Spotlight, correct: np.ndarray) -> pd.DataFrame:
     """One row per spotlight of a fitted Spotlight: weighted mean loss, effective size,
     accuracy of its top-S images (95% bootstrap).
@@ -624,19 +586,3 @@ def weights_table(spotlight: Spotlight, meta: pd.DataFrame) -> pd.DataFrame:
     for fit in spotlight.spotlights_:
         table[f"weight_{fit.index + 1}"] = fit.weights
     return table
-
-
-def project_2d(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """(N, 2) map of a representation: PCA (fast, linear) or UMAP (slow, keeps neighbourhoods)."""
-    x = np.asarray(x, dtype=np.float32)
-    if method == "pca":
-        centred = x - x.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        out = centred @ vt[:2].T
-        return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))).astype(np.float32)
-    if method == "umap":
-        import umap
-
-        neighbours = max(2, min(15, x.shape[0] - 1))
-        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x).astype(np.float32)
-    raise ValueError(f"Unknown map method '{method}'; use 'pca' or 'umap'.")

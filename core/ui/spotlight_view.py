@@ -14,9 +14,10 @@ import pandas as pd
 import streamlit as st
 from sklearn.base import clone
 
-from core.methods import Spotlight, SpotlightFit, attribute_enrichment, project_2d, weighted_shares
+from core.methods import Spotlight, SpotlightFit
 from core.stats import bootstrap_ci
 from core.store import Store
+from core.summary import attribute_enrichment, project_2d, weighted_shares
 from core.ui import cache
 from core.ui.context import PageContext
 from core.ui.keys import state_key

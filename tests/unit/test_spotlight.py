@@ -11,13 +11,11 @@ from core.methods.spotlight import (
     NothingToFind,
     Spotlight,
     SpotlightError,
-    attribute_enrichment,
-    project_2d,
     resolve_size,
     summary,
-    weighted_shares,
     weights_table,
 )
+from core.summary import attribute_enrichment, project_2d, weighted_shares
 
 STEPS = 400
 
