@@ -1,10 +1,20 @@
 """BiasLens entry point: page config, navigation over pages/, the sidebar workspace picker."""
 
+import sys
+
 import streamlit as st
 
-from core.ui.context import sidebar_picker
-
 st.set_page_config(page_title="BiasLens", page_icon=":material/center_focus_strong:", layout="wide")
+# The first open in a fresh process imports torch and the methods (about 10 s): say so at
+# once instead of leaving the page blank.
+_loading = st.empty()
+if "core.ui.context" not in sys.modules:
+    _loading.info(":material/hourglass_top: Starting BiasLens: loading the model libraries (about 10 s the first time)...")
+
+from core.ui import workshop  # noqa: E402  (heavy: after the loading message)
+from core.ui.context import sidebar_picker, workspace_list  # noqa: E402
+
+_loading.empty()
 
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -13,7 +23,10 @@ PAGES = [
     st.Page("pages/subgroups.py", title="Subgroups", icon=":material/groups:"),
 ]
 
-navigation = st.navigation(PAGES)
+# Workshop mode (core/ui/workshop.py) adds the "Check my finding" page and the sidebar's steps.
+WORKSHOP_PAGE = st.Page(workshop.PAGE_PATH, title="Workshop: check my finding", icon=":material/school:")
+listing = workspace_list()
+navigation = st.navigation(PAGES + ([WORKSHOP_PAGE] if workshop.workshop_on(listing) else []))
 st.sidebar.title(":material/center_focus_strong: BiasLens")
 st.sidebar.caption("Where does the classifier fail, and why?")
 sidebar_picker()

@@ -138,6 +138,14 @@ class SettingsTable(_Table):
     """The ``[settings]`` table."""
 
     hosted: bool = False
+    workshop: bool = False
+    # Never shown: not in the repr, and a wrong value is reported without the value.
+    instructor_passphrase: Annotated[
+        str, StringConstraints(strip_whitespace=False, min_length=4, max_length=256)
+    ] | None = Field(default=None, repr=False)
+
+
+SECRET_KEYS = ("instructor_passphrase",)
 
 
 TOP_LEVEL_KEYS = ("settings", "workspace")
@@ -182,6 +190,9 @@ def _sentence(error: dict[str, Any], root: type[BaseModel]) -> str:
     kind = error["type"]
     where = _where(loc)
     ctx = error.get("ctx") or {}
+    if loc and loc[0] in SECRET_KEYS and kind != "missing":
+        # a secret's value is never echoed, even when it is wrong
+        return f"{where}: expected text of 4 to 256 characters (the value is not shown)"
     if kind == "missing":
         return f"{where}: this key is required"
     if kind == "extra_forbidden":

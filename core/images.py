@@ -113,15 +113,33 @@ def thumbnail(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(canvas.resize((size, size), resample))
 
 
+def frame_width(side: int) -> int:
+    """Width of the frame ``framed`` draws around a ``side``-pixel thumbnail."""
+    return max(2, side // 24)
+
+
+def framed(thumb: np.ndarray, error: bool) -> np.ndarray:
+    """The thumbnail inside a frame drawn outside the image, so no pixel of it is hidden.
+
+    Correct images get a white frame; misclassified ones a red frame and a red-cross badge
+    in the bottom-left corner. Corner markers stay visible: the frame lies outside the image,
+    and the planted-bias demo marks only the top-left, top-right and bottom-right corners.
+    """
+    h, w = thumb.shape[:2]
+    f = frame_width(w)
+    canvas = Image.new("RGB", (w + 2 * f, h + 2 * f), ERROR_RED if error else (255, 255, 255))
+    canvas.paste(Image.fromarray(thumb), (f, f))
+    if error:
+        draw = ImageDraw.Draw(canvas)
+        s = max(8, w // 5)
+        top, right = h + 2 * f - s - f, f + s - 1  # the badge sits on the bottom-left corner
+        draw.rectangle([f, top, right, h + f - 1], fill=(255, 255, 255))
+        width = max(2, s // 5)
+        draw.line([f + 2, top + 2, right - 2, h + f - 3], fill=ERROR_RED, width=width)
+        draw.line([f + 2, h + f - 3, right - 2, top + 2], fill=ERROR_RED, width=width)
+    return np.asarray(canvas)
+
+
 def mark_error(thumb: np.ndarray) -> np.ndarray:
-    """A red frame and a red cross in the corner: the image was misclassified."""
-    image = Image.fromarray(thumb)
-    draw = ImageDraw.Draw(image)
-    w, h = image.size
-    frame = max(2, w // 24)
-    draw.rectangle([0, 0, w - 1, h - 1], outline=ERROR_RED, width=frame)
-    s = max(8, w // 5)
-    draw.rectangle([w - s - frame, frame, w - frame - 1, s + frame - 1], fill=(255, 255, 255))
-    draw.line([w - s - frame + 2, frame + 2, w - frame - 3, s + frame - 3], fill=ERROR_RED, width=max(2, s // 5))
-    draw.line([w - s - frame + 2, s + frame - 3, w - frame - 3, frame + 2], fill=ERROR_RED, width=max(2, s // 5))
-    return np.asarray(image)
+    """The misclassified look: a red frame outside the image and a cross badge bottom-left."""
+    return framed(thumb, True)

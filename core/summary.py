@@ -39,7 +39,8 @@ def attribute_accuracy(meta: pd.DataFrame, attributes: list[str], max_values: in
 
 
 def gallery_rows(meta: pd.DataFrame, show: str, label: str | None, count: int, seed: int) -> pd.DataFrame:
-    """A reproducible random sample of images for the gallery, errors or not, one class or all."""
+    """A reproducible random sample of images for the gallery, errors or not, one class or all,
+    in random order (sorting it, e.g. by loss, would make it look like a ranking)."""
     if show not in GALLERY_FILTERS:
         raise ValueError(f"show must be one of {GALLERY_FILTERS}")
     pool = meta
@@ -49,7 +50,7 @@ def gallery_rows(meta: pd.DataFrame, show: str, label: str | None, count: int, s
         pool = pool[pool["label"] == label]
     if len(pool) <= count:
         return pool
-    return pool.sample(n=count, random_state=seed).sort_values("loss", ascending=(show == "correct"))
+    return pool.sample(n=count, random_state=seed)
 
 
 def weighted_shares(values: pd.Series, weights: np.ndarray) -> pd.DataFrame:

@@ -9,6 +9,8 @@ Example::
 
     [settings]
     hosted = false            # or BIASLENS_HOSTED=1: no builds, no server paths, no entry points
+    workshop = false          # or BIASLENS_WORKSHOP=1: ground truth hidden until the instructor reveals it
+    instructor_passphrase = "..."  # or BIASLENS_INSTRUCTOR_PASSPHRASE; never shown
 
     [workspace.fairface]
     title = "ResNet-18 on FairFace (race)"
@@ -80,6 +82,9 @@ class WorkspaceList:
     problems: list[str] = field(default_factory=list)
     hosted: bool = False
     source: Path | None = None
+    workshop: bool = False
+    # The instructor's passphrase ('' = none set): compared, never shown.
+    passphrase: str = field(default="", repr=False)
 
 
 def demo_workspace() -> Workspace:
@@ -127,6 +132,27 @@ def hosted_from_env() -> HostedSetting:
     )
 
 
+def workshop_from_env() -> HostedSetting:
+    """Workshop mode from ``BIASLENS_WORKSHOP``, read like ``BIASLENS_HOSTED``: ``1``/``true``
+    on; unset, empty, ``0``/``false`` off; anything else is an error that means ON (the
+    ground truth stays hidden until it is fixed)."""
+    raw = os.environ.get("BIASLENS_WORKSHOP")
+    value = (raw or "").strip().lower()
+    if value in {"1", "true"}:
+        return HostedSetting(True)
+    if value in {"", "0", "false"}:
+        return HostedSetting(False)
+    return HostedSetting(
+        True,
+        f"BIASLENS_WORKSHOP={raw!r} is not 1, true, 0 or false: workshop mode is on until it is fixed.",
+    )
+
+
+def passphrase_from_env() -> str:
+    """The instructor passphrase from ``BIASLENS_INSTRUCTOR_PASSPHRASE`` ('' when unset)."""
+    return os.environ.get("BIASLENS_INSTRUCTOR_PASSPHRASE", "")
+
+
 def _resolved(value: str, base: Path) -> str:
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else base / path)
@@ -167,28 +193,38 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
     """Read and validate the workspace file; the demo is always first. Never raises.
 
     Hosted mode fails closed: a bad ``BIASLENS_HOSTED``, a bad ``[settings]`` table or a
-    file that cannot be read turns it on, with the problem reported.
+    file that cannot be read turns it on, with the problem reported. Workshop mode fails
+    closed the same way (a bad ``BIASLENS_WORKSHOP``, a bad ``[settings]`` table or an
+    unreadable file turns it on). ``BIASLENS_INSTRUCTOR_PASSPHRASE`` wins over the file's
+    ``instructor_passphrase``.
     """
     path = default_workspaces_file() if path is None else Path(path)
     env = hosted_from_env()
-    result = WorkspaceList(workspaces={DEMO_NAME: demo_workspace()}, hosted=env.on)
-    if env.problem:
-        result.problems.append(env.problem)
+    workshop = workshop_from_env()
+    result = WorkspaceList(
+        workspaces={DEMO_NAME: demo_workspace()}, hosted=env.on, workshop=workshop.on,
+        passphrase=passphrase_from_env(),
+    )
+    for problem in (env.problem, workshop.problem):
+        if problem:
+            result.problems.append(problem)
     if not path.exists():
         return result
     result.source = path
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        result.hosted = True
+        result.hosted = result.workshop = True
         result.problems.append(
-            f"{path} is not valid TOML ({exc}); only the demo is available, and hosted mode is on "
-            "until the file is fixed."
+            f"{path} is not valid TOML ({exc}); only the demo is available, and hosted and "
+            "workshop modes are on until the file is fixed."
         )
         return result
     except OSError as exc:
-        result.hosted = True
-        result.problems.append(f"Cannot read {path}: {exc}. Hosted mode is on until it is fixed.")
+        result.hosted = result.workshop = True
+        result.problems.append(
+            f"Cannot read {path}: {exc}. Hosted and workshop modes are on until it is fixed."
+        )
         return result
     for key in sorted(set(doc) - set(TOP_LEVEL_KEYS)):
         result.problems.append(
@@ -196,12 +232,16 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
         )
     settings, problems = check_settings(doc.get("settings", {}))
     if problems:
-        result.hosted = True
+        result.hosted = result.workshop = True
         result.problems.extend(
-            f"{path}: [settings] {p}. Hosted mode is on until it is fixed." for p in problems
+            f"{path}: [settings] {p}. Hosted mode is on until it is fixed (workshop mode too)."
+            for p in problems
         )
-    elif settings is not None and settings.hosted:
-        result.hosted = True
+    elif settings is not None:
+        result.hosted = result.hosted or settings.hosted
+        result.workshop = result.workshop or settings.workshop
+        if not result.passphrase and settings.instructor_passphrase:
+            result.passphrase = settings.instructor_passphrase
     entries = doc.get("workspace", {})
     if not isinstance(entries, dict):
         result.problems.append(f"{path}: 'workspace' must be a table of [workspace.NAME] tables.")

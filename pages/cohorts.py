@@ -3,12 +3,11 @@
 import streamlit as st
 
 from core.cohorts import CohortError
-from core.stats import bootstrap_ci
-from core.ui import cache
+from core.ui import cache, subset_view
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, save_subset_form
-from core.ui.widgets import how_to_read, percent
+from core.ui.widgets import how_to_read, kept, percent
 
 ctx = page_context()
 store = ctx.store
@@ -30,7 +29,7 @@ example = "correct = false"
 if "label" in meta and store.attribute_columns:
     first = store.attribute_columns[0]
     example = f"label = '{meta['label'].iloc[0]}' AND \"{first}\" = '{meta[first].iloc[0]}'"
-where = st.text_input("WHERE", value="", placeholder=example, key=state_key("cohorts", "where", ctx.key))
+where = st.text_input("WHERE", placeholder=example, **kept(state_key("cohorts", "where", ctx.key), ""))
 
 if where.strip():
     try:
@@ -42,8 +41,8 @@ if where.strip():
         st.warning("No image matches this filter.")
     elif rows:
         cohort = meta.iloc[rows]
-        overall, _, _ = bootstrap_ci(meta["correct"].to_numpy())
-        acc, low, high = bootstrap_ci(cohort["correct"].to_numpy())
+        overall, _, _ = cache.overview_tables(store)["overall"]  # both cached: no bootstrap on a rerun
+        acc, low, high = cache.accuracy_interval(store, tuple(int(r) for r in cohort["row"]))
         c1, c2, c3 = st.columns(3)
         c1.metric("Images", f"{len(cohort):,}", f"{100 * len(cohort) / len(meta):.1f}% of all", delta_color="off")
         c2.metric("Accuracy", percent(acc), f"{100 * (acc - overall):+.1f} pts vs overall")
@@ -54,22 +53,4 @@ if where.strip():
         how_to_read("the cohort's 16 highest-loss images; red frames are misclassified.")
         save_subset_form(ctx, rows, where.strip()[:60], "cohort", where.strip(), key=state_key("cohorts", "save", ctx.key))
 
-st.subheader("Subsets")
-if st.button("Add one subset per class"):
-    for label, group in meta.groupby("label"):
-        registry.add(f"class: {label}", group["row"], origin="class", detail=f"label = '{label}'", overwrite=True)
-if len(registry) == 0:
-    st.info("No subsets yet: save a cohort above, or a group found on a method page.")
-else:
-    st.dataframe(registry.summary(), hide_index=True)
-    d1, d2 = st.columns(2)
-    doomed = d1.selectbox("Subset", registry.names(), key=state_key("cohorts", "delete"))
-    if d1.button("Delete subset"):
-        registry.remove(doomed)
-        st.rerun()
-    d2.download_button(
-        "Export all subsets (CSV)",
-        registry.to_csv(meta),
-        file_name=f"{ctx.workspace.name}-subsets.csv",
-        mime="text/csv",
-    )
+subset_view.subsets_section(ctx, meta, registry)

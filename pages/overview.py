@@ -3,15 +3,18 @@
 import streamlit as st
 
 from core.store import metadata_attribute_names
-from core.summary import GALLERY_FILTERS, confusion, gallery_rows
+from core.summary import GALLERY_FILTERS, gallery_rows
 from core.ui import cache, charts
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
 from core.ui.store_panel import store_panel
 from core.ui.widgets import how_to_read, percent
+from core.ui.workshop import ground_truth_hidden, hidden_notice, mark_visited
 
+mark_visited()  # the workshop's first step: done on opening the Overview
 ctx = page_context(require_store=False)
+truth_hidden = ground_truth_hidden()  # workshop mode: no planted slice until the reveal
 ws, model, dataset = ctx.workspace, ctx.model, ctx.dataset
 
 st.title(ws.title)
@@ -33,7 +36,8 @@ with right:
     st.markdown(
         f"- {dataset.name}: **{len(dataset):,}** images, {len(dataset.classes)} classes\n"
         f"- Attributes: {', '.join(f'`{a}`' for a in attribute_names) or 'none'}\n"
-        + (f"- Planted slices (ground truth): {len(dataset.ground_truth.columns)}" if len(dataset.ground_truth.columns) else "")
+        + (f"- Planted slices (ground truth): {len(dataset.ground_truth.columns)}"
+           if len(dataset.ground_truth.columns) and not truth_hidden else "")
     )
 
 store = store_panel(ctx)
@@ -50,13 +54,13 @@ m2.metric("Misclassified", f"{int((~meta['correct']).sum()):,}")
 m3.metric("Mean loss", f"{meta['loss'].mean():.3f}", help="Mean per-image cross-entropy.")
 m4.metric("Images", f"{len(meta):,}")
 
-if store.slice_columns:
+if store.slice_columns and truth_hidden:
+    st.subheader("Planted slices")
+    hidden_notice("Where the planted failures are")
+elif store.slice_columns:
     st.subheader("Planted slices")
     slices = tables["slices"]
-    st.altair_chart(
-        charts.accuracy_intervals(slices, "slice", "Planted slice", accuracy),
-        width="stretch",
-    )
+    charts.show(charts.accuracy_intervals, slices, "slice", "Planted slice", accuracy)
     how_to_read(
         "each dot is a planted slice's test accuracy with its 95% bootstrap interval; the dashed "
         "line is overall accuracy. Each slice should sit far left of it: that is the failure to find."
@@ -66,17 +70,20 @@ if store.slice_columns:
     )[["slice", "n", "accuracy", "gap"]]
     notes = dataset.planted_slices()
     if len(notes):
-        shown = shown.merge(notes, on="slice", how="left")
-    st.dataframe(shown, hide_index=True, column_config={"description": st.column_config.TextColumn(width="large")})
+        shown = shown.merge(notes.drop(columns="description"), on="slice", how="left")
+    st.dataframe(shown, hide_index=True, column_config={"where": st.column_config.TextColumn(
+        "where (a cohort filter)", help="Paste it into Cohorts & subsets to see the slice.", width="large")})
+    for note in notes.itertuples():  # in full: a table cell cuts long text
+        st.markdown(f"- **{note.slice}** ({note.kind}): {note.description}")
     st.caption("Scorecards of each method's recovery of these slices appear on the method pages.")
 
 classes_tab, attributes_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Gallery"])
 with classes_tab:
     per_class = tables["classes"]
-    st.altair_chart(charts.accuracy_intervals(per_class, "class", "True class", accuracy), width="stretch")
+    charts.show(charts.accuracy_intervals, per_class, "class", "True class", accuracy)
     how_to_read("accuracy of each true class with its 95% bootstrap interval; the dashed line is overall accuracy.")
     normalise = st.toggle("Confusion matrix as shares of each true class", value=True)
-    st.altair_chart(charts.confusion_matrix(confusion(meta, model.num_classes), store.classes, normalise))
+    charts.show(charts.confusion_matrix, tables["confusion"], store.classes, normalise, width="content")
     how_to_read("row = true class, column = prediction; the diagonal is correct, off-diagonal cells are the confusions.")
 
 with attributes_tab:
@@ -90,7 +97,7 @@ with attributes_tab:
         for attribute in table["attribute"].unique():
             part = table[table["attribute"] == attribute]
             st.markdown(f"**{attribute}**")
-            st.altair_chart(charts.accuracy_intervals(part, "value", attribute, accuracy), width="stretch")
+            charts.show(charts.accuracy_intervals, part, "value", attribute, accuracy, zoom=True)
         how_to_read("accuracy per attribute value with 95% bootstrap intervals; the dashed line is overall accuracy.")
 
 with gallery_tab:

@@ -8,16 +8,15 @@ from core.methods import (
     UDIS,
     UDIS_THRESHOLD,
     VISCUIT_THRESHOLD,
-    panel_neurons,
     subgroups_csv,
     top_loss_rows,
 )
-from core.ui import cache
+from core.ui import cache, subset_view
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import remember_settings, save_subset_form, scorecard_section
-from core.ui.widgets import how_to_read, percent
+from core.ui.widgets import how_to_read, kept, percent
 
 SHOWN_IMAGES = 12
 MAX_NEURONS_PER_CELL = 24
@@ -36,6 +35,7 @@ st.caption(
     "one of them and its most similar well-performing cluster, where the model looks (Grad-CAM) and "
     "which neurons and image concepts drive it (Park et al., *VisCUIT*; Krishnakumar et al., *UDIS*)."
 )
+scope_name, scope_rows = subset_view.scope_select(ctx, PAGE)  # all images, or a saved subset's
 
 SETTINGS = ("min_size", "max_size", "silhouette_sample", "max_cuts", "exact_limit", "micro_clusters", "stop_at_perfect", "seed")
 defaults = {name: value for name, value in UDIS().get_params().items() if name in SETTINGS}
@@ -62,16 +62,18 @@ udis = UDIS(**st.session_state.get(RUN_KEY, defaults))
 choice = st.segmented_control(
     "Under-performing when accuracy < threshold × overall accuracy",
     [f"{VISCUIT_THRESHOLD} (VisCUIT paper)", f"{UDIS_THRESHOLD} (UDIS code)", "Custom"],
-    default=f"{VISCUIT_THRESHOLD} (VisCUIT paper)", key=state_key(PAGE, "threshold_choice"),
+    **kept(state_key(PAGE, "threshold_choice"), f"{VISCUIT_THRESHOLD} (VisCUIT paper)"),
 )
+custom = kept(state_key(PAGE, "threshold_custom"), 0.8)  # kept even while another choice is shown
 if choice == "Custom":
-    threshold = st.slider("Threshold", 0.05, 1.0, 0.8, 0.01, key=state_key(PAGE, "threshold_custom"))
+    threshold = st.slider("Threshold", 0.05, 1.0, step=0.01, **custom)
 else:
     threshold = UDIS_THRESHOLD if choice and choice.startswith(str(UDIS_THRESHOLD)) else VISCUIT_THRESHOLD
 
 try:
-    with st.spinner(f"Clustering {len(meta):,} images (cached afterwards)..."):
-        result = view.subgroups_for(store, udis)
+    scoped = f"the {len(scope_rows):,} images of subset '{scope_name}'" if scope_name else f"{len(meta):,} images"
+    with st.spinner(f"Clustering {scoped} (cached afterwards)..."):
+        result = view.subgroups_for(store, udis, scope=scope_rows)
 except BiasLensError as exc:
     st.error(f"The subgroups cannot be computed: {exc}")
     st.stop()
@@ -98,20 +100,21 @@ if under.empty:
 # --------------------------------------------------------------------------- subgroup panel
 st.subheader("Under-performing subgroups")
 ids = [int(g) for g in under["subgroup"]]
+correct = meta["correct"].to_numpy()
 if st.session_state.get(SELECTED) not in ids:
     st.session_state[SELECTED] = ids[0]
 with st.container(height=420):
     for g in ids:
         head, button = st.columns([5, 1])
         head.markdown(("**▶ " if g == st.session_state[SELECTED] else "**") + view.subgroup_label(table, g) + "**")
-        if button.button("Select", key=f"select:{g}", width="stretch", type="primary" if g == st.session_state[SELECTED] else "secondary"):
-            st.session_state[SELECTED] = g
-            st.rerun()
-        rows = result.rows(g)
-        thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in rows[:SHOWN_IMAGES]), 64)
-        strip = st.columns(SHOWN_IMAGES)
-        for col, r, picture in zip(strip, rows[:SHOWN_IMAGES], thumbs, strict=False):
-            col.image(cache.thumbnail_png(picture, not meta["correct"].iat[r]), width="stretch")
+        # on_click sets the choice before the run: one rerun, not a run stopped by st.rerun() and another
+        button.button("Select", key=f"select:{g}", width="stretch", type="primary" if g == st.session_state[SELECTED] else "secondary",
+                      on_click=st.session_state.__setitem__, args=(SELECTED, g))
+        rows = result.rows(g)[:SHOWN_IMAGES]
+        # one image per strip, made once: 12 image elements per subgroup made each rerun slow
+        strip = cache.strip_png(ctx.dataset, ctx.key, tuple(int(r) for r in rows), 64,
+                                tuple(bool(not correct[r]) for r in rows), SHOWN_IMAGES)
+        st.image(strip, width="stretch", output_format="PNG")
 how_to_read("subgroups sorted by accuracy, worst first; images framed and crossed in red are misclassified.")
 
 selected = st.session_state[SELECTED]
@@ -140,7 +143,7 @@ which = c1.radio("Save", ["under-performing", "well-performing"], horizontal=Tru
 target = selected if which == "under-performing" or similar < 0 else similar
 with c2:
     save_subset_form(ctx, result.rows(target), f"subgroup {target}", "subgroup", view.subgroup_label(table, target),
-                     key=state_key(PAGE, "save", ctx.key, target))
+                     key=state_key(PAGE, "save", ctx.key, target), params={**udis.get_params(), "subgroup": int(target)})
 
 # --------------------------------------------------------------------------- neuron panel
 st.subheader("Neuron activation panel")
@@ -153,14 +156,13 @@ elif not conv_layers:
     st.warning("None of the model's conv blocks is in the activation store: add layers on the Overview page (store panel).")
 else:
     c1, c2, c3 = st.columns(3)
-    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, 0.5, 0.05, key=state_key(PAGE, "neuron_threshold"),
+    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, step=0.05, **kept(state_key(PAGE, "neuron_threshold"), 0.5),
                                  help="A neuron shows when its activation score reaches this in either subgroup.")
-    mass = c2.slider("Mass rule (%)", 0.5, 20.0, 3.0, 0.5, key=state_key(PAGE, "mass"),
+    mass = c2.slider("Mass rule (%)", 0.5, 20.0, step=0.5, **kept(state_key(PAGE, "mass"), 3.0),
                      help="Per image and layer, the top neurons whose activations sum past this share of the layer's total are 'highly activated' (VisCUIT: 3%).")
-    c3.slider("Concept cluster threshold", 0.5, 1.0, CLUSTER_THRESHOLD, 0.01, key=view.CLUSTER_THRESHOLD_KEY,
+    c3.slider("Concept cluster threshold", 0.5, 1.0, step=0.01, **kept(view.CLUSTER_THRESHOLD_KEY, CLUSTER_THRESHOLD),
               help="Neurons join one concept cluster when their concept patches' embeddings have cosine similarity above this.")
-    selectors = view.neuron_selectors(store, conv_layers, mass / 100)
-    frame = panel_neurons(selectors, result.rows(selected), result.rows(similar), neuron_threshold)
+    frame = view.neuron_panel(store, tuple(conv_layers), mass / 100, result.rows(selected), result.rows(similar), neuron_threshold)
     highlight = set(map(tuple, st.session_state.get(view.highlight_key(ctx, (selected, similar)), [])))
     shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]
     heads = st.columns([1, 3, 3, 3])

@@ -72,9 +72,14 @@ class Slice:
 
     @property
     def definition(self) -> str:
-        """The ``where`` conditions as text, e.g. ``label = Shirt AND tint in (red, blue)``."""
+        """The ``where`` conditions as a cohort filter (DuckDB SQL over the metadata columns),
+        e.g. ``"label" = 'Shirt' AND "tint" IN ('red', 'blue')``: it can be pasted into Cohorts."""
+
+        def text(value: str) -> str:
+            return "'" + value.replace("'", "''") + "'"
+
         return " AND ".join(
-            f"{k} in ({', '.join(v)})" if len(v) > 1 else f"{k} = {v[0]}" for k, v in self.where
+            f'"{k}" IN ({", ".join(map(text, v))})' if len(v) > 1 else f'"{k}" = {text(v[0])}' for k, v in self.where
         )
 
 

@@ -242,6 +242,9 @@ class ConceptPatches:
       the masked input; up to ``n_patches`` of them.
     patch_images: uint8 RGB crops of those patches at the model's input resolution.
     embedding: mean of the patches' L2-normalised last-hidden-layer embeddings, normalised.
+    ties: how many of the shown patches tie with another one's activation. Among tied
+      masked inputs, patches of images not yet shown come first, then positions not yet
+      shown, so a flat neuron shows varied patches rather than the first masks of one image.
     """
 
     neuron: Neuron
@@ -251,6 +254,7 @@ class ConceptPatches:
     patch_activations: np.ndarray
     patch_images: list[np.ndarray]
     embedding: np.ndarray
+    ties: int = 0  # patches whose activation equals another shown patch's (a flat neuron)
 
 
 @dataclass
@@ -336,6 +340,7 @@ class ConceptPatchFinder(BaseEstimator):
         winners = np.concatenate([top.pairs for top in best.values()])
         crops = {int(r): model_view(model, dataset.load_image(int(r))) for r in np.unique(pair_rows[winners])}
         patches: dict[Neuron, ConceptPatches] = {}
+        best = {n: _distinct(top, pair_rows, pair_corners, self.n_patches) for n, top in best.items()}
         for neuron in wanted:
             top = best[neuron]
             corners = pair_corners[top.pairs]
@@ -351,6 +356,7 @@ class ConceptPatchFinder(BaseEstimator):
                     for r, (y, x) in zip(patch_rows, corners, strict=True)
                 ],
                 embedding=_unit(_unit(top.embeddings - centre).mean(axis=0)),
+                ties=_tied(top.activations),
             )
         self.patches_ = patches
         return self
@@ -404,7 +410,8 @@ def _masked_pass(
     batch_size: int,
 ) -> dict[Neuron, _Best]:
     """Run every (image row, mask) pair through the model once, in row order, keeping each
-    neuron's ``n_patches`` best pairs with their activations and embeddings."""
+    neuron's ``n_patches`` best pairs, and every pair tied with the last of them, with their
+    activations and embeddings (``_distinct`` then picks among the ties)."""
     transform = make_transform(model.input_size, model.mean, model.std)
     layers = list(dict.fromkeys(layer for layer, _ in neurons))
     recorder = ActivationRecorder(model, layers, want_embedding=True)
@@ -447,16 +454,61 @@ def _masked_pass(
     return best
 
 
+def _same(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Activations equal up to float noise (batches of other sizes differ in the last bits)."""
+    return np.abs(np.asarray(a) - np.asarray(b)) <= 1e-5 * np.maximum(1.0, np.abs(np.asarray(b)))
+
+
 def _merge(
     best: _Best, pairs: np.ndarray, activations: np.ndarray, embeddings: np.ndarray, k: int
 ) -> _Best:
-    """The k best of the running top and a batch's new pairs (ties: the earlier pair)."""
+    """The k best of the running top and a batch's new pairs, plus every pair tied with the
+    k-th (best first; equal activations in pair order)."""
     all_pairs = np.concatenate([best.pairs, pairs])
     all_activations = np.concatenate([best.activations, activations.astype(np.float64)])
-    kept = np.argsort(-all_activations, kind="stable")[:k]
+    order = np.argsort(-all_activations, kind="stable")
+    if len(order) > k:
+        kth = all_activations[order[k - 1]]
+        order = order[(all_activations[order] >= kth) | _same(all_activations[order], kth)]
+    order = order[np.lexsort((all_pairs[order], -all_activations[order]))]  # ties: the earlier pair
     previous = best.embeddings.reshape(len(best.pairs), embeddings.shape[1])
     all_embeddings = np.concatenate([previous, embeddings])
-    return _Best(all_pairs[kept], all_activations[kept], all_embeddings[kept])
+    return _Best(all_pairs[order], all_activations[order], all_embeddings[order])
+
+
+def _distinct(best: _Best, pair_rows: np.ndarray, pair_corners: np.ndarray, k: int) -> _Best:
+    """The k best pairs; among tied activations, pairs from images not yet chosen come first,
+    then pairs at positions not yet chosen, then the earlier pair."""
+    chosen: list[int] = []
+    rows_used: set[int] = set()
+    places_used: set[tuple[int, int]] = set()
+    i = 0
+    while i < len(best.pairs) and len(chosen) < k:
+        j = i + 1
+        while j < len(best.pairs) and _same(best.activations[j], best.activations[i]):
+            j += 1
+        group = list(range(i, j))
+        while group and len(chosen) < k:
+            def novelty(t: int) -> tuple[bool, bool, int]:
+                pair = int(best.pairs[t])
+                place = (int(pair_corners[pair][0]), int(pair_corners[pair][1]))
+                return int(pair_rows[pair]) in rows_used, place in places_used, t
+
+            pick = min(group, key=novelty)
+            group.remove(pick)
+            chosen.append(pick)
+            pair = int(best.pairs[pick])
+            rows_used.add(int(pair_rows[pair]))
+            places_used.add((int(pair_corners[pair][0]), int(pair_corners[pair][1])))
+        i = j
+    index = np.asarray(chosen, dtype=np.int64)
+    return _Best(best.pairs[index], best.activations[index], best.embeddings[index])
+
+
+def _tied(activations: np.ndarray) -> int:
+    """How many of these activations equal another one of them."""
+    values = np.asarray(activations, dtype=np.float64)
+    return int(sum(_same(np.delete(values, i), v).any() for i, v in enumerate(values)))
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

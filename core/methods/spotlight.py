@@ -37,6 +37,7 @@ Implementation choices (none changes the objective):
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import threading
 import time
@@ -299,6 +300,26 @@ class Spotlight(BaseEstimator):
         self.notes_ = notes
         return self
 
+    def first(self, k: int) -> Spotlight:
+        """A fitted copy holding only the first ``k`` spotlights, with ``n_spotlights = k``.
+
+        Spotlights are found in sequence and each depends only on those before it, so this
+        equals a fit with ``n_spotlights = k`` and the same other parameters: a cached larger
+        run answers a smaller request.
+        """
+        if not hasattr(self, "spotlights_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("This Spotlight is not fitted yet; call fit first.")
+        if not 1 <= k <= int(self.n_spotlights):
+            raise SpotlightError(f"Ask for 1 to {self.n_spotlights} of the spotlights found, got {k}.")
+        out = copy.copy(self)
+        out.n_spotlights = k
+        out.spotlights_ = self.spotlights_[:k]
+        stopped = len(self.spotlights_) < k  # the larger run stopped early: so would this one
+        out.notes_ = list(self.notes_) if stopped else [n for n in self.notes_ if not n.startswith("Stopped after")]
+        return out
+
     def _fit(
         self, x_np: np.ndarray, loss_np: np.ndarray, s: int, device: torch.device, progress: Progress | None
     ) -> tuple[list[SpotlightFit], int | None, float | None, list[str]]:
@@ -346,7 +367,9 @@ class Spotlight(BaseEstimator):
 
             def report(step: int, j: int = j) -> None:
                 if progress is not None:
-                    progress(j * int(self.steps) + step, total_steps, f"Spotlight {j + 1} of {self.n_spotlights}")
+                    # the bar spans the whole run; the text names the spotlight and its own steps
+                    progress(j * int(self.steps) + step, total_steps,
+                             f"Spotlight {j + 1} of {self.n_spotlights}: step {step:,} of {int(self.steps):,}")
 
             fit = self._fit_one(j, y, sq, coords, coords_sq, current, loss, s, zero_start, basis, report)
             fit.centre = (m + scale * torch.from_numpy(fit.centre).to(device)).cpu().numpy()

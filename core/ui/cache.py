@@ -28,13 +28,13 @@ from PIL import Image
 
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
-from core.images import mark_error, thumbnail
+from core.images import framed, thumbnail
 from core.models import LoadedModel, load_model
 from core.runqueue import RunQueue, default_slots
 from core.sources import build_dataset
 from core.stats import bootstrap_ci, slice_accuracy
 from core.store import Store, find_store
-from core.summary import attribute_accuracy, class_accuracy
+from core.summary import attribute_accuracy, class_accuracy, confusion
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
 T = TypeVar("T")
@@ -75,16 +75,27 @@ def store_for(_workspace: Workspace, workspace_key: str, hosted: bool) -> Store 
 # --------------------------------------------------------------------------- store-derived data
 
 
-@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=STORE_HASH)
+@st.cache_resource(show_spinner=False, max_entries=8, hash_funcs=STORE_HASH)
 def meta_for(store: Store) -> pd.DataFrame:
-    """The store's per-image metadata, read once."""
+    """The store's per-image metadata, read once and shared, never copied: treat it as
+    read-only (pandas' copy-on-write keeps derived frames apart; never assign a column
+    of it in place). A per-call copy (st.cache_data) cost every rerun a pickle round-trip."""
     return store.meta()
 
 
 @st.cache_resource(show_spinner=False, max_entries=8, hash_funcs=STORE_HASH)
+def _cohort_view(store: Store, truth: bool) -> CohortView:
+    meta = meta_for(store)
+    return CohortView(meta if truth else meta.drop(columns=store.slice_columns))
+
+
 def cohort_view_for(store: Store) -> CohortView:
-    """The DuckDB view over a store's (already cached) metadata, one per store."""
-    return CohortView(meta_for(store))
+    """The DuckDB view over a store's (already cached) metadata, one per store; without the
+    ``slice_*`` ground-truth columns while a workshop hides them (core/ui/workshop.py)."""
+    from core.ui.workshop import ground_truth_hidden  # late: workshop reads the workspace list
+
+    hide = bool(store.slice_columns) and ground_truth_hidden()
+    return _cohort_view(store, not hide)
 
 
 @st.cache_data(show_spinner=False, max_entries=8, hash_funcs=STORE_HASH)
@@ -97,14 +108,46 @@ def overview_tables(store: Store) -> dict[str, Any]:
         "slices": slice_accuracy(meta, store.slice_columns) if store.slice_columns else None,
         "classes": class_accuracy(meta),
         "attributes": attribute_accuracy(meta, store.attribute_columns),
+        "confusion": confusion(meta, len(store.classes)),
     }
+
+
+@st.cache_data(show_spinner=False, max_entries=256, hash_funcs=STORE_HASH)
+def accuracy_interval(store: Store, rows: tuple[int, ...]) -> tuple[float, float, float]:
+    """Accuracy of these store rows with its 95% bootstrap interval, computed once per rows."""
+    return bootstrap_ci(meta_for(store)["correct"].to_numpy()[np.asarray(rows, dtype=np.int64)])
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
 def thumbnail_png(thumb: np.ndarray, error: bool) -> bytes:
-    """A thumbnail encoded once as PNG (framed and crossed in red when misclassified)."""
+    """A thumbnail encoded once as PNG, framed outside the image (red with a cross badge when
+    misclassified, white otherwise, so both show at the same scale)."""
     out = io.BytesIO()
-    Image.fromarray(mark_error(thumb) if error else thumb).save(out, format="PNG")
+    Image.fromarray(framed(thumb, error)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@st.cache_resource(show_spinner=False, max_entries=512)
+def thumbnail_pngs(
+    _dataset: ImageDataset, workspace_key: str, rows: tuple[int, ...], size: int, errors: tuple[bool, ...]
+) -> tuple[bytes, ...]:
+    """The framed PNGs of these dataset rows, made once per (rows, size, errors): a rerun
+    hashes only the tuples, never the pixels. Bytes are immutable, so they are shared."""
+    return tuple(thumbnail_png(t, e) for t, e in zip(thumbnails(_dataset, workspace_key, rows, size), errors, strict=True))
+
+
+@st.cache_resource(show_spinner=False, max_entries=512)
+def strip_png(
+    _dataset: ImageDataset, workspace_key: str, rows: tuple[int, ...], size: int, errors: tuple[bool, ...], slots: int
+) -> bytes:
+    """These rows' framed thumbnails side by side in one PNG of ``slots`` places (white after
+    the last), so strips of any length show at one scale: one image element per strip
+    instead of one per thumbnail (the Subgroups list drew hundreds on every rerun)."""
+    framed_thumbs = [framed(t, e) for t, e in zip(thumbnails(_dataset, workspace_key, rows, size), errors, strict=True)]
+    blank = np.full_like(framed(np.zeros((size, size, 3), dtype=np.uint8), False), 255)
+    framed_thumbs += [blank] * max(0, slots - len(framed_thumbs))
+    out = io.BytesIO()
+    Image.fromarray(np.concatenate(framed_thumbs, axis=1)).save(out, format="PNG")
     return out.getvalue()
 
 

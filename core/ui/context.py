@@ -49,6 +49,7 @@ def sidebar_picker() -> Workspace:
         on_change=lambda: st.session_state.update({WORKSPACE_KEY: st.session_state[widget]}),
     )
     st.session_state[WORKSPACE_KEY] = st.session_state[widget]
+    st.sidebar.caption(listing.workspaces[st.session_state[WORKSPACE_KEY]].title)  # in full: the box cuts long titles
     for problem in listing.problems:
         st.sidebar.warning(redact_paths(problem) if listing.hosted else problem)
     if listing.hosted:
@@ -75,7 +76,15 @@ class PageContext:
         return cache.meta_for(self.store)
 
     def subsets(self) -> SubsetRegistry:
-        return SubsetRegistry(st.session_state, self.key)
+        """The workspace's saved subsets: in the store's folder (``subsets.json``, shared by
+        every session and kept across restarts), or in this session only when hosted, in
+        workshop mode (each student's own, cleared by the instructor's reset) or before the
+        store exists."""
+        from core.ui import workshop  # late: workshop imports this module
+
+        if self.hosted or self.store is None or workshop.workshop_on():
+            return SubsetRegistry(st.session_state, self.key)
+        return SubsetRegistry.in_folder(self.store.path)
 
 
 def page_context(require_store: bool = True) -> PageContext:
@@ -84,6 +93,9 @@ def page_context(require_store: bool = True) -> PageContext:
     name = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)
     workspace = listing.workspaces.get(name, listing.workspaces[DEMO_NAME])
     key = workspace.key()
+    from core.ui import workshop  # late: workshop mode's sidebar (steps, instructor panel)
+
+    workshop.sidebar(listing, workspace)
     try:
         dataset = cache.dataset_for(workspace, key)
         model = cache.model_for(workspace, key, listing.hosted)

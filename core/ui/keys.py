@@ -7,7 +7,7 @@ two workspaces or two subgroups never share a value by accident.
 
 from __future__ import annotations
 
-PAGES = ("app", "overview", "cohorts", "spotlight", "subgroups", "store")
+PAGES = ("app", "overview", "cohorts", "spotlight", "subgroups", "store", "workshop")
 
 
 def state_key(page: str, name: str, *scope: object) -> str:

@@ -21,6 +21,7 @@ from core.ui import cache
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.widgets import how_to_read, image_grid
+from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 T = TypeVar("T")
 Progress = Callable[[int, int, str], None]
@@ -28,7 +29,7 @@ GALLERY_THUMB = 96
 
 
 def run_with_progress(
-    label: str, work: Callable[[Progress], T], done: Callable[[T], str], unit: str = "step"
+    label: str, work: Callable[[Progress], T], done: Callable[[T], str], unit: str | None = "step"
 ) -> T:
     """Run ``work(progress)`` inside an open st.status with a progress bar.
 
@@ -44,7 +45,8 @@ def run_with_progress(
             fraction = min(1.0, count / total) if total else 1.0
             if fraction - last["fraction"] >= 0.01 or count == total:
                 last["fraction"] = fraction
-                bar.progress(fraction, text=f"{message}: {unit} {count:,} of {total:,}")
+                # unit None: the message says where the work is by itself
+                bar.progress(fraction, text=message if unit is None else f"{message}: {unit} {count:,} of {total:,}")
 
         try:
             result = work(progress)
@@ -76,19 +78,23 @@ def gallery(
 ) -> None:
     """Thumbnails of these store rows, captioned with label / prediction, errors marked in red."""
     part = meta.iloc[np.asarray(rows, dtype=np.int64)]
-    thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), size)
-    image_grid(thumbs, part, columns=columns, extra=extra, below=below)
+    pngs = cache.thumbnail_pngs(
+        ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), size, tuple(not c for c in part["correct"])
+    )
+    image_grid(pngs, part, columns=columns, extra=extra, below=below)
 
 
 def save_subset_form(
-    ctx: PageContext, rows: Sequence[int] | np.ndarray, default_name: str, origin: str, detail: str, key: str
+    ctx: PageContext, rows: Sequence[int] | np.ndarray, default_name: str, origin: str, detail: str, key: str,
+    params: dict[str, Any] | None = None,
 ) -> None:
-    """A name box and a button that save ``rows`` as a subset; a taken name is refused."""
+    """A name box and a button that save ``rows`` as a subset (with its origin: ``detail``
+    says how it was found, ``params`` the method's parameters); a taken name is refused."""
     with st.form(key, border=False):
         name = st.text_input("Subset name", default_name, key=f"{key}:name")
         if st.form_submit_button("Save as subset", icon=":material/bookmark_add:"):
             try:
-                ctx.subsets().add(name, rows, origin=origin, detail=detail)
+                ctx.subsets().add(name, rows, origin=origin, detail=detail, params=params)
                 st.toast(f"Saved subset '{name}' ({len(rows):,} images)")
             except BiasLensError as exc:
                 st.error(str(exc))
@@ -107,6 +113,9 @@ def scorecard_section(
     if not store.slice_columns:
         return
     st.subheader("Scorecard: planted slices")
+    if ground_truth_hidden():
+        hidden_notice("The scorecard against the planted slices")
+        return
     card = scorecard(
         meta[store.slice_columns].to_numpy(dtype=bool), rankings,
         slice_names=[c.removeprefix("slice_") for c in store.slice_columns],

@@ -6,6 +6,7 @@ estimator's ``get_params()``; the cached object is a fitted clone, never the cal
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import altair as alt
@@ -17,8 +18,10 @@ from sklearn.base import clone
 from core.methods import Spotlight, SpotlightFit
 from core.stats import bootstrap_ci
 from core.store import Store
+from core.subsets import expand, scope_digest
 from core.summary import attribute_enrichment, project_2d, weighted_shares
 from core.ui import cache
+from core.ui.charts import show
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
@@ -27,6 +30,7 @@ from core.ui.widgets import how_to_read, percent
 GALLERY = 24
 SPOTLIGHT_COLOUR, DATASET_COLOUR = "#d62728", "#9e9e9e"
 EMBEDDING = "embedding"
+MAX_SPOTLIGHTS = 10  # the page's limit: larger cached runs are looked for up to it
 
 
 def representation_label(store: Store, name: str) -> str:
@@ -40,30 +44,57 @@ def representation_label(store: Store, name: str) -> str:
 # --------------------------------------------------------------------------- cached runs
 
 
-def _run_key(representation: str, spotlight: Spotlight) -> str:
-    return cache.run_key(representation, spotlight.get_params())
+def _run_key(representation: str, spotlight: Spotlight, scope: np.ndarray | None = None) -> str:
+    if scope is None:
+        return cache.run_key(representation, spotlight.get_params())
+    return cache.run_key(representation, spotlight.get_params(), "scope", scope_digest(scope))
 
 
-def run_spotlights(store: Store, representation: str, spotlight: Spotlight) -> Spotlight:
+def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scope: np.ndarray | None = None) -> Spotlight:
     """The fitted spotlights of these inputs: cached, or found now with a progress bar.
 
-    The losses are the store's per-image cross-entropy. Errors propagate (nothing is cached).
+    The losses are the store's per-image cross-entropy. With ``scope`` (store rows of a
+    subset) the search runs on those images only, and each spotlight's weights are mapped
+    back to all store rows (0 outside the scope). Errors propagate (nothing is cached).
     """
-    key = _run_key(representation, spotlight)
+    key = _run_key(representation, spotlight, scope)
     cached = cache.cached_result("spotlight", store.fingerprint, key)
     if cached is not None:
         return cached
+    larger = _larger_cached_run(store, representation, spotlight, scope)
+    if larger is not None:
+        return larger.first(int(spotlight.n_spotlights))
 
     def work(progress: Any) -> Spotlight:
         def compute() -> Spotlight:
             losses = cache.meta_for(store)["loss"].to_numpy()
-            return clone(spotlight).fit(store.representation(representation), losses, progress=progress)
+            x = store.representation(representation)
+            if scope is None:
+                return clone(spotlight).fit(x, losses, progress=progress)
+            fitted = clone(spotlight).fit(np.asarray(x[scope]), losses[scope], progress=progress)
+            fitted.spotlights_ = [replace(f, weights=expand(f.weights, scope, len(losses))) for f in fitted.spotlights_]
+            return fitted
 
         return cache.computed_once("spotlight", store.fingerprint, key, "The spotlight search", compute)
 
     return run_with_progress(
-        "Shining the spotlights...", work, lambda fitted: f"{len(fitted.spotlights_)} spotlight(s) in {fitted.seconds_:.1f} s"
+        "Shining the spotlights...", work, lambda fitted: f"{len(fitted.spotlights_)} spotlight(s) in {fitted.seconds_:.1f} s",
+        unit=None,  # the estimator's message names the spotlight and its own step count
     )
+
+
+def _larger_cached_run(
+    store: Store, representation: str, spotlight: Spotlight, scope: np.ndarray | None = None
+) -> Spotlight | None:
+    """A cached run with more spotlights and the same other parameters, if there is one:
+    spotlights are found in sequence, so its first ones are the ones asked for."""
+    wanted = int(spotlight.n_spotlights)
+    for more in range(wanted + 1, max(MAX_SPOTLIGHTS, wanted) + 1):
+        key = _run_key(representation, clone(spotlight).set_params(n_spotlights=more), scope)
+        found = cache.cached_result("spotlight", store.fingerprint, key)
+        if found is not None:
+            return found
+    return None
 
 
 def representation_map(store: Store, representation: str, method: str, rows: tuple[int, ...]) -> np.ndarray:
@@ -77,8 +108,8 @@ def representation_map(store: Store, representation: str, method: str, rows: tup
     return cache.computed_once("map", store.fingerprint, key, f"The {method.upper()} map", compute)
 
 
-def trace_chart(result: Spotlight) -> alt.Chart:
-    """Objective and effective size per optimisation step, one line per spotlight."""
+def trace_frame(result: Spotlight) -> pd.DataFrame:
+    """Objective and effective size at (at most) 200 steps of each spotlight."""
     frames = []
     for fit in result.spotlights_:
         every = max(1, len(fit.trace) // 200)
@@ -88,13 +119,17 @@ def trace_chart(result: Spotlight) -> alt.Chart:
                 {"spotlight": f"Spotlight {fit.index + 1}", "step": steps, "objective": fit.trace[steps], "size": fit.size_trace[steps]}
             )
         )
-    data = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def trace_chart(data: pd.DataFrame) -> alt.Chart:
+    """Objective per optimisation step, one line per spotlight (``trace_frame``)."""
     return (
         alt.Chart(data)
         .mark_line()
         .encode(
             x=alt.X("step:Q", title="Optimisation step"),
-            y=alt.Y("objective:Q", title="Objective (weighted mean loss)"),
+            y=alt.Y("objective:Q", title="Weighted mean loss", axis=alt.Axis(titleLimit=400)),
             color=alt.Color("spotlight:N", title=None),
             tooltip=["spotlight", "step", alt.Tooltip("objective:Q", format=".3f"), alt.Tooltip("size:Q", format=",.0f", title="sum of weights")],
         )
@@ -187,7 +222,7 @@ def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result
     with c3:
         save_subset_form(
             ctx, rows, f"spotlight {i}: {how}", "spotlight", f"spotlight {i} ({detail}): {how}",
-            key=state_key("spotlight", "save", i, how),
+            key=state_key("spotlight", "save", i, how), params={**result.get_params(), "spotlight": i},
         )
 
 
@@ -229,10 +264,10 @@ def spotlight_panel(
 
     left, right = st.columns(2)
     with left:
-        st.altair_chart(shares_chart(figures["labels"], "True class"), width="stretch")
+        show(shares_chart, figures["labels"], "True class")
         how_to_read("share of each true class inside the spotlight (weighted by k_i, red) vs in the whole dataset (grey).")
     with right:
-        st.altair_chart(shares_chart(figures["preds"], "Predicted class"), width="stretch")
+        show(shares_chart, figures["preds"], "Predicted class")
         how_to_read("the same for the model's predictions: a class far more predicted inside than overall is the confusion.")
 
     enrichment = figures["enrichment"]
@@ -240,7 +275,7 @@ def spotlight_panel(
         st.caption("This dataset has no attribute columns to describe the spotlight with.")
     else:
         st.markdown("**What describes this spotlight** — attribute values by lift")
-        st.altair_chart(enrichment_chart(enrichment), width="stretch")
+        show(enrichment_chart, enrichment)
         how_to_read("lift = an attribute value's share inside the spotlight ÷ its share in the dataset; right of the dashed line (1) it is over-represented.")
         with st.expander("All attribute values"):
             st.dataframe(

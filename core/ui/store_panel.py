@@ -74,13 +74,21 @@ def store_panel(ctx: PageContext) -> Store | None:
         return None
     if ctx.store is None:
         st.warning("This workspace has no activation store yet: one pass of the model over the dataset.")
-        layers = st.multiselect(
-            "Block layers to store (mean- and max-pooled per channel)",
-            model.conv_layers,
-            default=model.default_layers,
-            key=state_key("store", "layers", ctx.key),
-            help="The last hidden layer (embedding), logits and losses are always stored.",
-        )
+        if ctx.workspace.is_demo:
+            # built at once with the default layers: a layer picker here would have no effect
+            layers = list(model.default_layers)
+            st.caption(
+                f"Building the demo's store now with the layers {', '.join(f'`{ly}`' for ly in layers) or 'none'} "
+                "(more can be added afterwards, under *Activation store*)."
+            )
+        else:
+            layers = st.multiselect(
+                "Block layers to store (mean- and max-pooled per channel)",
+                model.conv_layers,
+                default=model.default_layers,
+                key=state_key("store", "layers", ctx.key),
+                help="The last hidden layer (embedding), logits and losses are always stored.",
+            )
         if not model.conv_layers:
             st.caption("The model has no convolutional blocks: only the embedding and logits are stored.")
         if ctx.workspace.is_demo or st.button("Build the activation store", type="primary"):

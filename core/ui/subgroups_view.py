@@ -28,12 +28,14 @@ from core.methods import (
     NeuronClusters,
     NeuronSelector,
     overlay,
+    panel_neurons,
     subgroup_confusion,
 )
 from core.models import LoadedModel, model_view
 from core.store import Store
+from core.subsets import expand, scope_digest
 from core.ui import cache
-from core.ui.charts import confusion_matrix
+from core.ui.charts import confusion_matrix, show
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
@@ -47,15 +49,22 @@ CLUSTER_THRESHOLD_KEY = state_key("subgroups", "cluster_threshold")
 # --------------------------------------------------------------------------- cached runs
 
 
-def subgroups_for(store: Store, udis: UDIS) -> UDIS:
+def subgroups_for(store: Store, udis: UDIS, scope: np.ndarray | None = None) -> UDIS:
     """UDIS fitted on the store's embedding, once per ``udis.get_params()`` (a fitted clone;
-    the page applies the threshold)."""
+    the page applies the threshold). With ``scope`` (store rows of a subset) it clusters
+    those images only, and ``labels_`` is mapped back to all store rows (-1 outside), so
+    ``rows(g)`` gives store rows."""
 
     def compute() -> UDIS:
         correct = cache.meta_for(store)["correct"].to_numpy()
-        return clone(udis).fit(store.representation("embedding"), correct)
+        if scope is None:
+            return clone(udis).fit(store.representation("embedding"), correct)
+        fitted = clone(udis).fit(np.asarray(store.representation("embedding")[scope]), correct[scope])
+        fitted.labels_ = expand(fitted.labels_, scope, len(correct), fill=-1)
+        return fitted
 
-    return cache.computed_once("subgroups", store.fingerprint, cache.run_key(udis.get_params()), "The clustering", compute)
+    key = cache.run_key(udis.get_params()) if scope is None else cache.run_key(udis.get_params(), "scope", scope_digest(scope))
+    return cache.computed_once("subgroups", store.fingerprint, key, "The clustering", compute)
 
 
 @st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
@@ -67,6 +76,14 @@ def neuron_selectors(store: Store, layers: list[str], mass: float) -> dict[str, 
     """Summit's highly-activated neurons of every image at these stored layers (fitted on the
     max-pooled activations), in network order."""
     return {layer: _selector(store, layer, mass) for layer in layers}
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
+def neuron_panel(
+    store: Store, layers: tuple[str, ...], mass: float, under: np.ndarray, well: np.ndarray, threshold: float
+) -> pd.DataFrame:
+    """The neuron panel's frame (``panel_neurons``) for two subgroups' rows, once per inputs."""
+    return panel_neurons(neuron_selectors(store, list(layers), mass), under, well, threshold)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -110,8 +127,12 @@ def subgroup_label(table: pd.DataFrame, subgroup: int) -> str:
     return f"#{subgroup} · accuracy {percent(row['accuracy'])}{interval} · {int(row['size'])} images"
 
 
+@st.fragment
 def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key: str, columns: int = 6) -> None:
-    """Thumbnails (errors framed and crossed in red), each with a button that opens its Grad-CAM window."""
+    """Thumbnails (errors framed and crossed in red), each with a button that opens its Grad-CAM window.
+
+    A fragment: pressing CAM reruns only these thumbnails (and opens the window), not the page.
+    """
 
     def cam_button(col: Any, rec: dict[str, Any]) -> None:
         if col.button("CAM", key=f"{key}:{rec['row']}", help="Open the Grad-CAM window of this image", width="stretch"):
@@ -154,7 +175,7 @@ def confusion_panel(subgroups: UDIS, meta: pd.DataFrame, classes: list[str], sub
     present = np.union1d(labels, preds)
     matrix = subgroup_confusion(labels, preds, len(classes))[np.ix_(present, present)]
     st.markdown(f"**{title}**")
-    st.altair_chart(confusion_matrix(matrix, [classes[i] for i in present], normalise=False), width="content")
+    show(confusion_matrix, matrix, [classes[i] for i in present], normalise=False, width="content")
 
 
 def highlight_key(ctx: PageContext, pair: tuple[int, int]) -> str:
@@ -189,6 +210,11 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     cols = st.columns(10)
     for col, picture, value in zip(cols, mine.patch_images, mine.patch_activations, strict=False):
         col.image(_enlarged(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
+    if mine.ties:
+        st.caption(
+            f"{mine.ties} of these {len(mine.patch_activations)} patches tie with another one's activation: the neuron "
+            "responds the same to them. Among tied patches, other images and positions are shown first."
+        )
     st.markdown("**Top images** — the dataset images that activate it most")
     thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in mine.image_rows), THUMB)
     cols = st.columns(10)

@@ -21,6 +21,7 @@ def image_grid(
 ) -> None:
     """Thumbnails in a grid, captioned 'label' or '✗ pred (label)', errors framed in red.
 
+    ``thumbs`` are RGB arrays, or PNG bytes already framed (``cache.thumbnail_pngs``).
     ``below(column, record)`` may add a widget under each image (e.g. a button).
     """
     if len(thumbs) == 0:
@@ -38,10 +39,10 @@ def image_grid(
                 caption = f"✓ {rec['label']}"
             else:
                 caption = f"✗ {rec['pred']} (true: {rec['label']})"
-            picture = cache.thumbnail_png(thumbs[i], not rec["correct"])
+            picture = thumbs[i] if isinstance(thumbs[i], bytes) else cache.thumbnail_png(thumbs[i], not rec["correct"])
             if extra is not None:
                 caption += f" · {extra[i]}"
-            col.image(picture, caption=caption, width="stretch")
+            col.image(picture, caption=caption, width="stretch", output_format="PNG")  # PNG: not re-encoded
             if below is not None:
                 below(col, rec)
 
@@ -53,3 +54,21 @@ def how_to_read(text: str) -> None:
 
 def percent(value: float) -> str:
     return "–" if value != value else f"{100 * value:.1f}%"
+
+
+def kept(key: str, default: Any) -> dict[str, Any]:
+    """Keyword arguments (key, on_change, args) for a widget whose value survives leaving the
+    page and coming back: ``st.slider("x", 0, 9, **kept(key, 3))``, with no default value.
+
+    Streamlit drops a widget's state on a run that does not draw it (another page). The value
+    is kept under ``<key>:kept``, updated by the widget's on_change, and given back to the
+    widget on every run before it is drawn.
+    """
+    mirror = f"{key}:kept"
+    st.session_state.setdefault(mirror, default)
+    st.session_state[key] = st.session_state[mirror]
+    return {"key": key, "on_change": _keep, "args": (key, mirror)}
+
+
+def _keep(key: str, mirror: str) -> None:
+    st.session_state[mirror] = st.session_state[key]

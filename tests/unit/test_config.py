@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from core.__main__ import main
 from core.config import check_settings, check_workspace
-from core.workspace import DEMO_NAME, build_workspace, hosted_from_env, load_workspaces
+from core.workspace import (
+    DEMO_NAME,
+    build_workspace,
+    hosted_from_env,
+    load_workspaces,
+    workshop_from_env,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -23,6 +29,8 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.fixture(autouse=True)
 def no_hosted_env(monkeypatch):
     monkeypatch.delenv("BIASLENS_HOSTED", raising=False)
+    monkeypatch.delenv("BIASLENS_WORKSHOP", raising=False)
+    monkeypatch.delenv("BIASLENS_INSTRUCTOR_PASSPHRASE", raising=False)
 
 
 # --------------------------------------------------------------------------- wrong types
@@ -161,6 +169,54 @@ def test_hosted_environment_variable_fails_closed(monkeypatch, tmp_path, value, 
 def test_unreadable_file_fails_closed(tmp_path):
     listing = load_workspaces(write(tmp_path, "[settings\nhosted = false"))
     assert listing.hosted and list(listing.workspaces) == [DEMO_NAME]
+    assert listing.workshop  # the ground truth stays hidden too
+
+
+# --------------------------------------------------------------------------- workshop mode
+
+
+@pytest.mark.parametrize(("value", "on", "problem"), [
+    ("true", True, False), ("false", False, False), ("1", True, True), ('"true"', True, True),
+    ('"no"', True, True), ("0", True, True),
+])
+def test_workshop_in_the_file_is_strict_and_fails_closed(tmp_path, value, on, problem):
+    listing = load_workspaces(write(tmp_path, f"[settings]\nworkshop = {value}\n"))
+    assert listing.workshop is on
+    assert bool(listing.problems) is problem
+    if problem:
+        assert "workshop: expected true or false" in listing.problems[0]
+
+
+@pytest.mark.parametrize(("value", "on", "problem"), [
+    ("1", True, False), ("true", True, False), (" TRUE ", True, False), ("0", False, False),
+    ("false", False, False), ("", False, False), ("yes", True, True), ("off", True, True),
+])
+def test_workshop_environment_variable_fails_closed(monkeypatch, tmp_path, value, on, problem):
+    monkeypatch.setenv("BIASLENS_WORKSHOP", value)
+    setting = workshop_from_env()
+    assert setting.on is on and bool(setting.problem) is problem
+    listing = load_workspaces(tmp_path / "none.toml")
+    assert listing.workshop is on and bool(listing.problems) is problem
+    assert not listing.hosted  # the workshop variable never switches hosted mode
+
+
+def test_instructor_passphrase_is_read_and_never_shown(tmp_path, monkeypatch):
+    listing = load_workspaces(write(tmp_path, '[settings]\nworkshop = true\ninstructor_passphrase = "tulip-42"\n'))
+    assert listing.workshop and listing.passphrase == "tulip-42" and not listing.problems
+    assert "tulip-42" not in repr(listing)
+    checked, _ = check_settings({"instructor_passphrase": "tulip-42"})
+    assert "tulip-42" not in repr(checked)
+    monkeypatch.setenv("BIASLENS_INSTRUCTOR_PASSPHRASE", "from-env")
+    assert load_workspaces(tmp_path / "workspaces.toml").passphrase == "from-env"  # the variable wins
+
+
+@pytest.mark.parametrize("value", ["12345", '"abc"', '["secret-1"]', "true"])
+def test_a_bad_passphrase_is_a_problem_that_hides_its_value(tmp_path, value):
+    listing = load_workspaces(write(tmp_path, f"[settings]\ninstructor_passphrase = {value}\n"))
+    assert listing.workshop and listing.hosted and listing.passphrase == ""  # fail closed
+    text = "\n".join(listing.problems)
+    assert "instructor_passphrase: expected text of 4 to 256 characters (the value is not shown)" in text
+    assert value.strip('"[]') not in text.replace("256", "")
 
 
 def test_hosted_refuses_entry_points_even_when_set_in_the_file(tmp_path):

@@ -15,7 +15,7 @@ from core.demo import fashion
 from core.demo.dataset import DEFAULT_SLICES, DemoDataset, rendered_split
 from core.demo.generator import render
 from core.demo.model import DEFAULT_WEIGHTS, INPUT_SIZE, DemoCNN, load_demo_model
-from core.demo.spec import DemoSpec, train_tables
+from core.demo.spec import DemoSpec, Slice, train_tables
 from core.demo.train import evaluate_demo, train_demo
 from core.errors import DataError, ModelError, WorkspaceError
 
@@ -361,7 +361,23 @@ def test_demo_dataset_describes_its_planted_slices() -> None:
     assert [f"slice_{s}" for s in notes["slice"]] == list(ds.ground_truth.columns)
     assert notes["kind"].tolist() == [s.kind for s in spec.slices]
     first = spec.slices[0]
-    assert notes["where"][0] == " AND ".join(
-        f"{k} in ({', '.join(v)})" if len(v) > 1 else f"{k} = {v[0]}" for k, v in first.where
-    )
+    assert notes["where"][0] == first.definition
     assert notes["description"][0] == " ".join(first.description.split())
+
+
+def test_planted_slice_where_is_a_cohort_filter_that_selects_the_slice() -> None:
+    """The Overview's "where" column pasted into Cohorts selects exactly the slice's images."""
+    from core.cohorts import CohortView
+
+    ds = DemoDataset("test")
+    meta = pd.concat([ds.attributes, ds.ground_truth], axis=1)
+    meta.insert(0, "label", [ds.classes[i] for i in ds.labels])
+    meta.insert(0, "row", np.arange(len(meta)))
+    view = CohortView(meta)
+    for note in ds.planted_slices().itertuples():
+        rows = view.rows(note.where)
+        assert rows == np.flatnonzero(meta[f"slice_{note.slice}"].to_numpy()).tolist(), note.where
+    several = Slice("x", "rare", "", (("label", ("Shirt", "T-shirt/top")), ("tint", ("red", "it's"))))
+    assert several.definition == "\"label\" IN ('Shirt', 'T-shirt/top') AND \"tint\" IN ('red', 'it''s')"
+    expected = meta["label"].isin(["Shirt", "T-shirt/top"]) & meta["tint"].isin(["red", "it's"])
+    assert view.rows(several.definition) == np.flatnonzero(expected.to_numpy()).tolist()

@@ -303,3 +303,32 @@ def test_cluster_neurons_by_hand():
     assert list(clusters_of({("e", 0): e, ("g", 0): g, ("f", 0): f}, 0.7).values()) == [0, 0, 0]
     with pytest.raises(ValueError, match="threshold"):
         clusters_of(patches, threshold=2.0)
+
+
+def test_tied_concept_patches_prefer_other_images_then_other_positions():
+    """A flat neuron: many masked inputs give the same activation. Among them the patches
+    shown come from images (then positions) not shown yet, not the first masks of one image,
+    and the ties are counted."""
+    from core.methods.neurons import _Best, _distinct, _merge, _tied
+
+    # 9 pairs: pair 0 is the best; pairs 1-8 tie. Pairs 0-4 are image 10, 5-6 image 11,
+    # 7-8 image 12; pairs 1 and 2 share a position, so do 5 and 3.
+    pair_rows = np.array([10, 10, 10, 10, 10, 11, 11, 12, 12])
+    corners = np.array([[0, 0], [1, 1], [1, 1], [2, 2], [3, 3], [2, 2], [4, 4], [5, 5], [6, 6]])
+    activations = np.array([5.0, 2, 2, 2, 2, 2, 2, 2, 2])
+    embeddings = np.eye(9)
+    empty = _Best(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, 0)))
+    # two batches: the ties of the second batch are kept in the running pool
+    pool = _merge(empty, np.arange(5), activations[:5], embeddings[:5], k=4)
+    pool = _merge(pool, np.arange(5, 9), activations[5:], embeddings[5:], k=4)
+    assert sorted(pool.pairs.tolist()) == list(range(9))
+    picked = _distinct(pool, pair_rows, corners, k=5)
+    # the best; then images 11 and 12; then image 10 again at positions not shown yet
+    # (pair 2 repeats pair 1's position, pair 3 pair 5's)
+    assert picked.pairs.tolist() == [0, 5, 7, 1, 4]
+    assert pair_rows[picked.pairs].tolist() == [10, 11, 12, 10, 10]
+    np.testing.assert_array_equal(picked.embeddings, embeddings[[0, 5, 7, 1, 4]])
+    assert _tied(picked.activations) == 4 and _tied(np.array([3.0, 2.0, 1.0])) == 0
+    # without ties the order is the activation order
+    plain = _merge(empty, np.arange(4), np.array([1.0, 4.0, 3.0, 2.0]), np.eye(4), k=3)
+    assert _distinct(plain, np.zeros(4, dtype=int), np.zeros((4, 2), dtype=int), k=3).pairs.tolist() == [1, 2, 3]

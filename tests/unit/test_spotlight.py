@@ -237,3 +237,30 @@ def test_umap_map():
     x, _, _, _ = planted(n=300)
     coords = project_2d(x, "umap")
     assert coords.shape == (300, 2) and np.isfinite(coords).all()
+
+
+def test_fewer_spotlights_equal_the_prefix_of_a_larger_run(blobs):
+    """Spotlights are found in sequence: a run of 2 is the first 2 of a run of 3, so the app
+    serves the smaller request from a cached larger run (``Spotlight.first``)."""
+    x, losses, _, _ = blobs
+    three = Spotlight(n_spotlights=3, steps=150).fit(x, losses)
+    two = Spotlight(n_spotlights=2, steps=150).fit(x, losses)
+    prefix = three.first(2)
+    assert prefix.get_params() == two.get_params() and len(prefix.spotlights_) == 2
+    for a, b in zip(prefix.spotlights_, two.spotlights_, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)
+        np.testing.assert_array_equal(a.trace, b.trace)
+        assert a.mean_loss == b.mean_loss and a.start == b.start
+    assert prefix.size_ == two.size_ and prefix.mean_loss_ == two.mean_loss_
+    assert len(three.spotlights_) == 3 and three.n_spotlights == 3  # the cached run is untouched
+    with pytest.raises(SpotlightError):
+        three.first(4)
+
+
+def test_progress_names_the_spotlight_and_its_own_steps(blobs):
+    x, losses, _, _ = blobs
+    calls = []
+    Spotlight(n_spotlights=3, steps=50).fit(x, losses, progress=lambda done, total, msg: calls.append((done, total, msg)))
+    assert all(total == 150 for _, total, _ in calls)
+    assert any(msg.startswith("Spotlight 2 of 3: step ") and msg.endswith(" of 50") for _, _, msg in calls)
+    assert not any("of 150" in msg for _, _, msg in calls)

@@ -1,0 +1,306 @@
+"""UI speed on the warm demo: reruns, page switches, the Grad-CAM window and subgroup selection.
+
+Builds the demo store with the CLI (`python -m core build demo`) into a temporary cache,
+starts `streamlit run app.py` on the demo (no workspaces file), and drives it with Debian's
+Chromium through Playwright. A warm-up pass opens every page once (Spotlight with a
+default run), so every figure below is warm: nothing needs computing but the page itself.
+
+Timing: a MutationObserver records each change of the app's script state
+(`data-test-script-state`) with the page's clock. An action starts at t0 (read in the page
+just before the click); it ends at the last change to `notRunning` once the script has
+stayed idle for 0.5 s (and, where named, once an expected element is visible).
+
+- rerun_s: page -> median of 5 reruns by a widget that needs no new computation: Overview
+  the confusion matrix's "as shares" toggle; Cohorts & subsets a rerun (the `r` key) with a
+  WHERE filter shown; Spotlight the panel switch between Spotlight 1 and 2; Subgroups the
+  threshold switch between 0.5 and 0.66.
+- switch_s: page -> median of 5 arrivals on the page through the sidebar navigation.
+- cam_open_s: median of 5 Grad-CAM windows (5 images, each computed on first open), from
+  the CAM click until the window shows its maps; subgroup_select_s: median of 5 "Select"
+  clicks on other subgroups.
+Targets: every rerun and switch <= 1 s, cam_open_s <= 2 s, subgroup_select_s <= 1 s.
+Prints progress to stderr, then LAST a JSON line of figures on stdout.
+
+    .venv/bin/python bench/ui.py [--repeats 5] [--keep-logs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from common import ROOT, machine_figures
+from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups"]
+COHORT = "label = 'Sandal' AND marker = 'square'"
+TARGET_S, CAM_TARGET_S = 1.0, 2.0
+# Records every script-state change with the page's clock, across in-app navigation.
+OBSERVER = """
+window.__states = [];
+const watch = () => {
+  const app = document.querySelector("[data-testid='stApp']");
+  if (!app) { setTimeout(watch, 20); return; }
+  window.__states.push([performance.now(), app.getAttribute('data-test-script-state')]);
+  new MutationObserver(() => window.__states.push([performance.now(), app.getAttribute('data-test-script-state')]))
+    .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+};
+watch();
+"""
+
+
+def log(message: str) -> None:
+    print(f"[ui {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with log_path.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+             "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
+             "--server.fileWatcherType=none"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                return server, url
+        except OSError:
+            time.sleep(0.3)
+    stop_server(server)
+    raise RuntimeError(f"streamlit did not start: {log_path.read_text()[-2000:]}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+def now(page: Page) -> float:
+    return page.evaluate("performance.now()")
+
+
+def settled(page: Page, t0: float, quiet_ms: float = 500, timeout_s: float = 120) -> float:
+    """Seconds from t0 to the last change to notRunning, once idle for ``quiet_ms`` after a run
+    began; 0 when no run was seen within 3 s and the app is idle (the caller then relies on
+    the expected element)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = page.evaluate("window.__states")
+        after = [(t, s) for t, s in states if t >= t0]
+        ran = any(s != "notRunning" for _, s in after)
+        idle = page.locator(IDLE).count() > 0
+        elapsed = now(page) - t0
+        if ran and idle and now(page) - after[-1][0] >= quiet_ms:
+            return (after[-1][0] - t0) / 1000
+        if not ran and idle and elapsed >= 3000:
+            log("  no script run was seen for this action (its figure is the expected element's time)")
+            return 0.0
+        time.sleep(0.05)
+    raise TimeoutError(f"the app did not settle; last states {page.evaluate('window.__states')[-6:]}")
+
+
+def timed(page: Page, action, expect: str | None = None) -> float:
+    """Seconds from just before ``action()`` until the app has settled (and ``expect`` is visible)."""
+    page.wait_for_selector(IDLE)
+    t0 = now(page)
+    action()
+    seen = 0.0
+    if expect:
+        page.locator(expect).first.wait_for(state="visible", timeout=300_000)
+        seen = (now(page) - t0) / 1000
+    return round(max(settled(page, t0), seen), 3)
+
+
+def navigate(page: Page, title: str) -> None:
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title, exact=True).click()
+
+
+def wait_ready(page: Page, text: str) -> None:
+    log(f"  waiting for '{text}'")
+    page.get_by_text(text).first.wait_for(timeout=300_000)
+    page.wait_for_selector(IDLE, timeout=300_000)
+    page.wait_for_timeout(500)
+    page.wait_for_selector(IDLE, timeout=300_000)
+
+
+READY = {"Overview": "Planted slices", "Cohorts & subsets": "Columns you can filter on",
+         "Spotlight": "Spotlights found", "Subgroups": "Under-performing subgroups"}
+
+
+def warm_up(page: Page, url: str) -> None:
+    page.goto(url)
+    wait_ready(page, READY["Overview"])
+    navigate(page, "Cohorts & subsets")
+    wait_ready(page, READY["Cohorts & subsets"])
+    box = page.get_by_label("WHERE")
+    box.fill(COHORT)
+    box.press("Enter")
+    wait_ready(page, "95% bootstrap interval of the cohort")
+    navigate(page, "Spotlight")
+    wait_ready(page, "to find spotlights among")
+    for attempt in range(3):  # a click while the form is still being drawn can be lost
+        page.get_by_role("button", name="Run", exact=True).click()
+        try:
+            page.get_by_text(READY["Spotlight"]).first.wait_for(timeout=180_000)
+            break
+        except PlaywrightTimeout:
+            log(f"  no spotlights after Run (attempt {attempt + 1}); clicking again")
+    wait_ready(page, READY["Spotlight"])
+    for panel in ("Spotlight 2", "Spotlight 1"):
+        page.get_by_role("radio", name=panel, exact=True).first.click()
+        wait_ready(page, "Top-weighted images")
+    navigate(page, "Subgroups")
+    wait_ready(page, READY["Subgroups"])
+    for choice in ("0.66 (UDIS code)", "0.5 (VisCUIT paper)"):
+        page.get_by_role("radio", name=choice, exact=True).click()
+        wait_ready(page, READY["Subgroups"])
+    for title in PAGES:  # a second pass: every page's own caches are filled
+        navigate(page, title)
+        wait_ready(page, READY[title])
+
+
+def rerun_action(page: Page, title: str, i: int):
+    if title == "Overview":
+        return lambda: page.get_by_text("Confusion matrix as shares of each true class").click()
+    if title == "Cohorts & subsets":
+        def rerun() -> None:
+            page.locator("h1").first.click()
+            page.keyboard.press("r")
+        return rerun
+    if title == "Spotlight":
+        return lambda: page.get_by_role("radio", name=f"Spotlight {2 - i % 2}", exact=True).first.click()
+    choice = "0.66 (UDIS code)" if i % 2 == 0 else "0.5 (VisCUIT paper)"
+    return lambda: page.get_by_role("radio", name=choice, exact=True).click()
+
+
+def close_dialog(page: Page) -> None:
+    page.keyboard.press("Escape")
+    page.locator("[role='dialog']").first.wait_for(state="hidden", timeout=60_000)
+    page.wait_for_selector(IDLE)
+
+
+def measure(url: str, repeats: int, shot: Path) -> dict[str, object]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(300_000)
+        page.add_init_script(OBSERVER)
+        log("warm-up: every page once, a default Spotlight run, the subgroups...")
+        began = time.perf_counter()
+        try:
+            warm_up(page, url)
+        except Exception:
+            page.screenshot(path=str(shot), full_page=True)
+            log(f"warm-up failed: screenshot {shot}")
+            raise
+        log(f"warm-up done in {time.perf_counter() - began:.1f} s")
+
+        switch: dict[str, list[float]] = {t: [] for t in PAGES}
+        for r in range(repeats):
+            for title in PAGES[1:] + PAGES[:1]:
+                switch[title].append(timed(page, lambda t=title: navigate(page, t), f"text={READY[title]}"))
+            log(f"switch round {r + 1}: {({t: v[-1] for t, v in switch.items()})}")
+
+        rerun: dict[str, list[float]] = {}
+        for title in PAGES:
+            navigate(page, title)
+            wait_ready(page, READY[title])
+            rerun[title] = [timed(page, rerun_action(page, title, i)) for i in range(repeats)]
+            log(f"rerun {title}: {rerun[title]}")
+
+        # Subgroups is open: select other subgroups, then open Grad-CAM windows
+        select: list[float] = []
+        buttons = page.get_by_role("button", name="Select", exact=True)
+        secondary = "[data-testid='stBaseButton-secondary']"
+        for _ in range(repeats):
+            target = page.locator(secondary).filter(has_text="Select").first
+            select.append(timed(page, target.click))
+        log(f"subgroup select: {select} ({buttons.count()} subgroups)")
+        cam: list[float] = []
+        for i in range(repeats):
+            button = page.get_by_role("button", name="CAM", exact=True).nth(i)
+            cam.append(timed(page, button.click, "[role='dialog'] [data-testid='stImage'] img >> nth=2"))
+            close_dialog(page)
+        log(f"Grad-CAM window: {cam}")
+        browser.close()
+
+    med = lambda values: round(statistics.median(values), 3)  # noqa: E731
+    return {
+        "rerun_s": {t: med(v) for t, v in rerun.items()},
+        "switch_s": {t: med(v) for t, v in switch.items()},
+        "cam_open_s": med(cam),
+        "subgroup_select_s": med(select),
+        "samples": {"rerun": rerun, "switch": switch, "cam": cam, "select": select},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"Debian chromium is not installed ({CHROMIUM}); `make browser` installs it")
+    cache = Path(tempfile.mkdtemp(prefix="biaslens-ui-cache-"))
+    out = Path(tempfile.mkdtemp(prefix="biaslens-ui-"))
+    os.environ.update({"BIASLENS_WORKSPACES": str(out / "no-workspaces.toml"), "BIASLENS_CACHE": str(cache)})
+    server = None
+    try:
+        log(f"building the demo store in {cache} with the CLI...")
+        subprocess.run([sys.executable, "-m", "core", "build", "demo"], cwd=ROOT, check=True, stdout=sys.stderr)
+        server, url = start_server(out / "streamlit.log")
+        log(f"server {url}, log {out / 'streamlit.log'}")
+        figures = measure(url, args.repeats, out / "failure.png")
+    finally:
+        if server is not None:
+            stop_server(server)
+        shutil.rmtree(cache, ignore_errors=True)
+        if not args.keep_logs and not (out / "failure.png").exists():
+            shutil.rmtree(out, ignore_errors=True)
+    targets = {
+        "rerun": all(v <= TARGET_S for v in figures["rerun_s"].values()),
+        "switch": all(v <= TARGET_S for v in figures["switch_s"].values()),
+        "cam_open": figures["cam_open_s"] <= CAM_TARGET_S,
+        "subgroup_select": figures["subgroup_select_s"] <= TARGET_S,
+    }
+    log(f"rerun {figures['rerun_s']}, switch {figures['switch_s']}, CAM {figures['cam_open_s']} s, "
+        f"select {figures['subgroup_select_s']} s; targets met: {targets}")
+    print(json.dumps({**figures, "targets_met": targets, "cpus": os.cpu_count(), **machine_figures("cpu")}))
+
+
+if __name__ == "__main__":
+    main()

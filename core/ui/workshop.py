@@ -1,0 +1,340 @@
+"""Workshop mode in the app: hide the ground truth until the instructor reveals it, the
+instructor's sidebar panel, the guided steps and "Check my finding".
+
+**Reveal is per server.** The state lives in one ``st.cache_resource`` holder shared by
+every session, so when the instructor presses "Reveal" the whole class sees the ground
+truth on its next rerun, and "Hide" or "Reset" hides it for everyone again. A per-session
+reveal would make the instructor the only one to see it, which is not what a class needs.
+Clearing Streamlit's resource cache (or restarting the server) forgets the holder, which
+hides the ground truth again: the state fails closed.
+
+Workshop mode is on when the settings say so (``[settings] workshop = true`` or
+``BIASLENS_WORKSHOP=1``, core/workspace.py) unless the instructor switched it for the server
+in the sidebar. The instructor unlocks the panel with the passphrase
+(``instructor_passphrase`` or ``BIASLENS_INSTRUCTOR_PASSPHRASE``), compared with
+``hmac.compare_digest``; it is never shown. Without a passphrase nobody can reveal from the app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.ui.keys import state_key
+from core.ui.widgets import how_to_read, percent
+from core.workshop import random_baseline, score_finding, student_view
+from core.workspace import Workspace, WorkspaceList
+
+UNLOCKED = state_key("workshop", "unlocked")
+EPOCH = state_key("workshop", "epoch")
+CHECK = state_key("workshop", "check")
+VISITED = state_key("workshop", "visited")
+PASSPHRASE_BOX = state_key("workshop", "passphrase")
+REFUSED = state_key("workshop", "refused")
+DONE = state_key("workshop", "done")
+PAGE_PATH = "pages/workshop.py"
+
+
+# --------------------------------------------------------------------------- server-wide state
+
+
+@st.cache_resource(show_spinner=False)
+def server_state() -> dict[str, Any]:
+    """The one workshop state of this server: every session reads the same dict."""
+    return {"lock": threading.Lock(), "override": None, "revealed": False, "epoch": 0, "clear_subsets": False}
+
+
+def _listing() -> WorkspaceList:
+    from core.ui.context import workspace_list  # late: context imports the page furniture
+
+    return workspace_list()
+
+
+def workshop_on(listing: WorkspaceList | None = None) -> bool:
+    """Whether workshop mode is on: the instructor's switch if set, else the settings."""
+    override = server_state()["override"]
+    return bool((listing or _listing()).workshop if override is None else override)
+
+
+def ground_truth_hidden(listing: WorkspaceList | None = None) -> bool:
+    """True while workshop mode is on and the instructor has not revealed the ground truth."""
+    return workshop_on(listing) and not server_state()["revealed"]
+
+
+def visible_columns(columns: list[str], hidden: bool | None = None) -> list[str]:
+    """The metadata columns a student may see: no ``slice_*`` columns while hidden."""
+    hidden = ground_truth_hidden() if hidden is None else hidden
+    return [c for c in columns if not (hidden and str(c).startswith("slice_"))]
+
+
+def hidden_notice(what: str) -> None:
+    st.info(f":material/visibility_off: {what} is hidden during the workshop until the instructor reveals it.")
+
+
+def _set(**changes: Any) -> None:
+    state = server_state()
+    with state["lock"]:
+        state.update(changes)
+
+
+# --------------------------------------------------------------------------- sidebar
+
+
+def _passphrase_ok(entered: str, expected: str) -> bool:
+    if not expected or not entered:
+        return False
+    return hmac.compare_digest(entered.encode(), expected.encode())
+
+
+def _token(passphrase: str) -> str:
+    """What a session keeps once unlocked: a digest, so a changed passphrase locks it again."""
+    return hashlib.sha256(b"biaslens-instructor:" + passphrase.encode()).hexdigest()
+
+
+def _unlock(expected: str) -> None:
+    """The Unlock button's callback: compare, then empty the box (the text is never kept)."""
+    entered = st.session_state.get(PASSPHRASE_BOX, "")
+    st.session_state[PASSPHRASE_BOX] = ""
+    if _passphrase_ok(entered, expected):
+        st.session_state[UNLOCKED] = _token(expected)
+    else:
+        st.session_state[REFUSED] = True
+
+
+def _apply_reset(workspace_key: str) -> None:
+    """Bring this session up to the server's reset count: forget its workshop progress (and,
+    when the instructor asked, its subsets kept in the session)."""
+    state = server_state()
+    if st.session_state.get(EPOCH, 0) == state["epoch"]:
+        return
+    for key in [k for k in st.session_state if str(k).startswith("workshop.") and k != UNLOCKED]:
+        del st.session_state[key]
+    if state["clear_subsets"]:
+        for key in [k for k in st.session_state if str(k).startswith("subsets:")]:
+            del st.session_state[key]
+    st.session_state[EPOCH] = state["epoch"]
+
+
+def instructor_panel(listing: WorkspaceList, clear_subsets: Any = None) -> None:
+    """The sidebar's workshop box: the mode for everyone, the instructor's controls behind the
+    passphrase. ``clear_subsets()`` deletes the current workspace's saved subsets (reset option)."""
+    on = workshop_on(listing)
+    if not on and not listing.passphrase:
+        return
+    state = server_state()
+    if on:
+        st.sidebar.caption(
+            ":material/school: Workshop mode: the ground truth is "
+            + ("**revealed**." if state["revealed"] else "hidden until the instructor reveals it.")
+        )
+    with st.sidebar.expander("Instructor", icon=":material/lock:"):
+        if not listing.passphrase:
+            st.caption("No instructor passphrase is set (`instructor_passphrase` under `[settings]`, or "
+                       "BIASLENS_INSTRUCTOR_PASSPHRASE), so the ground truth cannot be revealed from the app.")
+            return
+        if st.session_state.get(UNLOCKED) != _token(listing.passphrase):
+            st.text_input("Instructor passphrase", type="password", key=PASSPHRASE_BOX)
+            st.button("Unlock", icon=":material/lock_open:", on_click=_unlock, args=(listing.passphrase,))
+            if st.session_state.pop(REFUSED, False):
+                st.error("Wrong passphrase.")
+            return
+        mode = st.toggle("Workshop mode (everyone)", value=on, key=state_key("workshop", "mode_toggle"),
+                         help="Switches workshop mode for every session of this server.")
+        if mode != on:
+            _set(override=mode)
+            st.rerun()
+        if on:
+            if state["revealed"]:
+                if st.button("Hide the ground truth", icon=":material/visibility_off:"):
+                    _set(revealed=False)
+                    st.rerun()
+            elif st.button("Reveal the ground truth", icon=":material/visibility:", type="primary"):
+                _set(revealed=True)
+                st.rerun()
+        wipe = st.checkbox("Reset also deletes the saved subsets", key=state_key("workshop", "reset_subsets"))
+        if st.button("Reset the workshop", icon=":material/restart_alt:",
+                     help="Hides the ground truth, clears every student's steps and checks"
+                          " (and their subsets, if ticked)."):
+            _set(revealed=False, override=None, epoch=state["epoch"] + 1, clear_subsets=wipe)
+            if wipe and clear_subsets is not None:
+                clear_subsets()
+            st.toast("Workshop reset.")
+            st.rerun()
+        if st.button("Lock", icon=":material/lock:"):
+            st.session_state.pop(UNLOCKED, None)
+            st.rerun()
+
+
+# --------------------------------------------------------------------------- guided steps
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    hint: str
+    page: str
+
+
+STEPS = (
+    Step("Overview", "Read overall accuracy, then the Attributes tab: which attribute values sit below the dashed line?",
+         "pages/overview.py"),
+    Step("Spotlight", "Run Spotlight with its defaults: each spotlight is a high-loss region of the model's last hidden layer.",
+         "pages/spotlight.py"),
+    Step("Read the lift", "Open a spotlight and read its top attribute values by lift, and its class mix: "
+                          "what do its images share?", "pages/spotlight.py"),
+    Step("Confirm as a cohort", "On Cohorts, type a WHERE filter from what the lift suggests (e.g. "
+                                "label = '...' AND attribute = '...'); check its accuracy and save it as a subset.",
+         "pages/cohorts.py"),
+    Step("Grad-CAM and neurons", "On Subgroups, run the clustering, select the subgroup that matches your cohort, "
+                                 "press CAM under an image and read the neuron panel: what does the model look at?",
+         "pages/subgroups.py"),
+    Step("Check my finding", "On Workshop, check your subset or filter against the hidden planted slices.", PAGE_PATH),
+)
+
+
+def steps_done(workspace_key: str) -> list[bool]:
+    """Which steps this session has done, read from session state (step 3 counts once a
+    spotlight's panel has been shown). A step once done stays done (``workshop.done``):
+    the widget keys it is read from go when the student leaves their page."""
+    state = st.session_state
+    keys = [str(k) for k in state]
+    ran_spotlight = state.get(state_key("spotlight", "run", workspace_key)) is not None
+    subgroups = state.get(state_key("subgroups", "run", workspace_key)) is not None
+    now = [
+        bool(state.get(VISITED)),
+        ran_spotlight,
+        ran_spotlight and str(state.get(state_key("spotlight", "panel"), "")).startswith("Spotlight"),
+        any(str(state.get(state_key("cohorts", "where", workspace_key) + end) or "").strip() for end in ("", ":kept")),
+        subgroups and any("gradcam" in k or "detail" in k for k in keys),
+        state.get(CHECK) is not None,
+    ]
+    sticky = state.setdefault(DONE, {})
+    done = [bool(d or sticky.get(f"{workspace_key}:{i}")) for i, d in enumerate(now)]
+    sticky.update({f"{workspace_key}:{i}": True for i, d in enumerate(done) if d})
+    return done
+
+
+def steps_panel(workspace_key: str) -> None:
+    """The sidebar's guided steps, marked from session state."""
+    done = steps_done(workspace_key)
+    following = next((i for i, d in enumerate(done) if not d), None)
+    with st.sidebar.expander(f"Workshop steps ({sum(done)} of {len(STEPS)} done)", expanded=True,
+                             icon=":material/checklist:"):
+        for i, (step, ok) in enumerate(zip(STEPS, done, strict=True)):
+            mark = ":material/check_circle:" if ok else ":material/radio_button_unchecked:"
+            st.markdown(f"{mark} {i + 1}. **{step.title}**" if i == following else f"{mark} {i + 1}. {step.title}")
+        if following is not None:
+            st.caption(f"Next: {STEPS[following].hint}")
+
+
+def _clear_subsets(workspace: Workspace, listing: WorkspaceList) -> None:
+    """Delete the saved subsets of ``workspace`` that this session sees (the shared file's, or
+    the session's when hosted)."""
+    from core.ui import cache
+    from core.ui.context import PageContext
+
+    key = workspace.key()
+    try:
+        ctx = PageContext(workspace, listing.hosted, cache.model_for(workspace, key, listing.hosted),
+                          cache.dataset_for(workspace, key), cache.store_for(workspace, key, listing.hosted))
+        registry = ctx.subsets()
+        for name in registry.names():
+            registry.remove(name)
+    except BiasLensError as exc:
+        st.sidebar.error(f"The subsets could not be deleted: {exc}")
+
+
+def mark_visited() -> None:
+    """Step 1 is done: the Overview was opened (its page calls this)."""
+    st.session_state[VISITED] = True
+
+
+def sidebar(listing: WorkspaceList, workspace: Workspace) -> None:
+    """Everything workshop mode adds to the sidebar (nothing when it is off and no passphrase
+    is set). Drawn by each page (``page_context``), after the page's own progress is known."""
+    _apply_reset(workspace.key())
+    if workshop_on(listing):
+        steps_panel(workspace.key())
+    instructor_panel(listing, lambda: _clear_subsets(workspace, listing))
+
+
+# --------------------------------------------------------------------------- check my finding
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _baseline(size: int, fingerprint: str, _loss: np.ndarray, _truth: np.ndarray) -> Any:
+    return random_baseline(size, _loss, _truth)
+
+
+def check_finding_section(ctx: Any, meta: pd.DataFrame) -> None:
+    """A student picks a saved subset or types a WHERE filter; it is scored against the
+    planted slices without naming any slice it does not identify."""
+    from core.ui import cache  # late: cache imports this module's caller chain
+
+    store = ctx.store
+    st.subheader("Check my finding")
+    if not store.slice_columns:
+        st.info("This workspace has no planted slices to check a finding against.")
+        return
+    registry = ctx.subsets()
+    names = registry.names()
+    source = st.radio("Finding", ["A saved subset", "A WHERE filter"], horizontal=True,
+                      key=state_key("workshop", "source"), index=0 if names else 1)
+    with st.form(state_key("workshop", "check_form")):
+        if source == "A saved subset":
+            chosen = st.selectbox("Subset", names, key=state_key("workshop", "subset"),
+                                  placeholder="Save a subset first (Cohorts or a method page)")
+            where = ""
+        else:
+            chosen = None
+            where = st.text_input("WHERE", key=state_key("workshop", "where"),
+                                  placeholder="label = 'Sneaker' AND tint = 'red'")
+        pressed = st.form_submit_button("Check", type="primary", icon=":material/fact_check:")
+    if pressed:
+        try:
+            if source == "A saved subset":
+                if not chosen:
+                    raise BiasLensError("No saved subset yet: save a cohort or a group first.")
+                rows, label = list(registry.get(chosen).rows), f"subset '{chosen}'"
+            else:
+                rows, label = cache.cohort_view_for(store).rows(where), f"filter `{where.strip()}`"
+            truth = meta[store.slice_columns].to_numpy(dtype=bool)
+            names_ = [c.removeprefix("slice_") for c in store.slice_columns]
+            score = score_finding(rows, meta["loss"].to_numpy(), truth, names_)
+            st.session_state[CHECK] = {"label": label, "view": student_view(score)}
+            st.rerun()  # so the sidebar's steps count the check
+        except BiasLensError as exc:
+            st.error(str(exc))
+    result = st.session_state.get(CHECK)
+    if result is None:
+        return
+    view = result["view"]
+    st.markdown(f"**Your finding**: {result['label']} ({view['images']:,} images)")
+    base = _baseline(int(view["images"]), store.fingerprint, meta["loss"].to_numpy(),
+                     meta[store.slice_columns].to_numpy(dtype=bool))
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
+    c1.metric("Matches a planted slice", view["matches a planted slice"])
+    c2.metric("P@10", f"{view['P@10']:.1f}", f"{view['P@10'] - base.p_at_k:+.2f} vs random", delta_color="normal")
+    c3.metric("Recall", percent(view["recall"]), f"{100 * (view['recall'] - base.recall):+.1f} pts vs random")
+    c4.metric("Slice", view["slice"])
+    st.caption(
+        f"A random subset of the same size ({base.draws} draws) scores P@10 {base.p_at_k:.2f} and recall "
+        f"{percent(base.recall)} on average, and matches a slice {percent(base.identified_share)} of the time."
+    )
+    if not ground_truth_hidden():
+        st.caption("The ground truth is revealed: compare with the Overview's planted slices and the scorecards.")
+    if view["images"] < 10:
+        st.caption("Fewer than 10 images: the missing places in the top 10 count as misses.")
+    how_to_read(
+        "your finding's 10 highest-loss images are compared with each hidden planted slice. P@10 is the share of "
+        "them in the best-matching slice, recall the share of that slice your finding holds. At P@10 ≥ 0.8 the "
+        "finding matches and the slice is named; below, the slice stays hidden. The other slices are never shown."
+    )
