@@ -16,10 +16,12 @@ on a cursor of its own, so concurrent sessions never share connection state.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from core.errors import BiasLensError
@@ -179,6 +181,39 @@ class _Cursor:
 
     def __exit__(self, *exc: object) -> None:
         self._cur.close()
+
+
+def quote_identifier(name: str) -> str:
+    """A column name as a DuckDB identifier: in double quotes, embedded double quotes doubled."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def sql_literal(value: object) -> str:
+    """A Python value as a DuckDB constant: strings in single quotes (embedded quotes doubled),
+    booleans as true/false, numbers as written (non-finite floats cast from text)."""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if math.isfinite(number):
+            return repr(number)
+        return f"CAST('{number!r}' AS DOUBLE)"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def equals_filter(pairs: dict[str, object]) -> str:
+    """A cohort filter selecting the rows where every column equals its value, e.g.
+    ``"label" = 'Sandal' AND "marker" = 'square'``; a missing value (None, NaN, NA) gives
+    ``IS NULL``."""
+    if not pairs:
+        raise ValueError("equals_filter needs at least one column.")
+    parts = []
+    for column, value in pairs.items():
+        missing = value is None or (not isinstance(value, str) and bool(np.ndim(value) == 0 and pd.isna(value)))
+        parts.append(f"{quote_identifier(column)} IS NULL" if missing else f"{quote_identifier(column)} = {sql_literal(value)}")
+    return " AND ".join(parts)
 
 
 def _wrap(expression: str, select: str) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-from core.stats import accuracy_by
+from core.stats import accuracy_by, binary_bootstrap_ci
 
 GALLERY_FILTERS = ("misclassified", "correct", "all")
 
@@ -36,6 +36,48 @@ def attribute_accuracy(meta: pd.DataFrame, attributes: list[str], max_values: in
         frames.append(part)
     columns = ["attribute", "value", "n", "accuracy", "low", "high"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def intersection_axes(meta: pd.DataFrame, attributes: list[str], max_values: int = 50) -> list[str]:
+    """The columns an intersection heatmap may cross: ``label`` and the attributes with at most
+    ``max_values`` distinct values (the rule of ``attribute_accuracy``: ids and paths are skipped)."""
+    axes = ["label"] if "label" in meta else []
+    return axes + [a for a in attributes if a in meta and a != "label" and meta[a].nunique(dropna=False) <= max_values]
+
+
+def intersection_accuracy(meta: pd.DataFrame, row_column: str, column_column: str, confidence: float = 0.95) -> pd.DataFrame:
+    """Accuracy of every (row value, column value) cell of two columns, with 95% bootstrap intervals.
+
+    Every combination of the values present appears, empty cells too (n = 0, accuracy NaN);
+    a missing value is a value of its own (None). ``row`` and ``column`` keep the original
+    values (so a cohort filter can match them). Columns: row, column, n, correct, accuracy,
+    low, high, sorted by row then column value.
+    """
+    if row_column == column_column:
+        raise ValueError("Pick two different columns to cross.")
+    row_codes, row_values = pd.factorize(meta[row_column], sort=True, use_na_sentinel=True)
+    col_codes, col_values = pd.factorize(meta[column_column], sort=True, use_na_sentinel=True)
+    rows = [*row_values.tolist(), *([None] if (row_codes < 0).any() else [])]
+    cols = [*col_values.tolist(), *([None] if (col_codes < 0).any() else [])]
+    r = np.where(row_codes < 0, len(row_values), row_codes)
+    c = np.where(col_codes < 0, len(col_values), col_codes)
+    cell = r * len(cols) + c
+    size = len(rows) * len(cols)
+    n = np.bincount(cell, minlength=size)
+    correct = np.bincount(cell, weights=meta["correct"].to_numpy(dtype=np.float64), minlength=size).round().astype(np.int64)
+    low, high = binary_bootstrap_ci(correct, n, confidence)
+    accuracy = np.divide(correct, n, out=np.full(size, np.nan), where=n > 0)
+    return pd.DataFrame(
+        {
+            "row": pd.Series([v for v in rows for _ in cols], dtype=object),
+            "column": pd.Series([v for _ in rows for v in cols], dtype=object),
+            "n": n.astype(np.int64),
+            "correct": correct,
+            "accuracy": accuracy,
+            "low": low,
+            "high": high,
+        }
+    )
 
 
 def gallery_rows(meta: pd.DataFrame, show: str, label: str | None, count: int, seed: int) -> pd.DataFrame:
@@ -70,6 +112,18 @@ def weighted_shares(values: pd.Series, weights: np.ndarray) -> pd.DataFrame:
     ).reset_index()
     out["lift"] = out["inside"] / out["overall"]
     return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def stored_value(column: pd.Series, text: object) -> object:
+    """The value of ``column`` that ``weighted_shares`` printed as ``text`` (it prints values as
+    strings): the original value (a number, a boolean, None for a missing one), or ``text``."""
+    if not isinstance(text, str) and pd.isna(text):
+        return None
+    values = column.drop_duplicates()
+    for value, printed in zip(values, values.astype(str), strict=True):  # printed as weighted_shares does
+        if printed == text:
+            return None if not isinstance(value, str) and pd.isna(value) else value
+    return text
 
 
 def attribute_enrichment(meta: pd.DataFrame, columns: list[str], weights: np.ndarray, max_values: int = 50) -> pd.DataFrame:

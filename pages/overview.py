@@ -2,9 +2,11 @@
 
 import streamlit as st
 
+from core.cohorts import equals_filter
 from core.store import metadata_attribute_names
-from core.summary import GALLERY_FILTERS, gallery_rows
+from core.summary import GALLERY_FILTERS, gallery_rows, intersection_axes
 from core.ui import cache, charts
+from core.ui.cohort_link import open_cohort, selected_cell
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
@@ -77,7 +79,7 @@ elif store.slice_columns:
         st.markdown(f"- **{note.slice}** ({note.kind}): {note.description}")
     st.caption("Scorecards of each method's recovery of these slices appear on the method pages.")
 
-classes_tab, attributes_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Gallery"])
+classes_tab, attributes_tab, crossed_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Intersections", "Gallery"])
 with classes_tab:
     per_class = tables["classes"]
     charts.show(charts.accuracy_intervals, per_class, "class", "True class", accuracy)
@@ -99,6 +101,34 @@ with attributes_tab:
             st.markdown(f"**{attribute}**")
             charts.show(charts.accuracy_intervals, part, "value", attribute, accuracy, zoom=True)
         how_to_read("accuracy per attribute value with 95% bootstrap intervals; the dashed line is overall accuracy.")
+
+with crossed_tab:
+    axes = intersection_axes(meta, store.attribute_columns)  # label and few-valued attributes only
+    if len(axes) < 2:
+        st.info("Crossing needs the class and at least one attribute column with at most 50 values.")
+    else:
+        x1, x2 = st.columns(2)
+        row_axis = x1.selectbox("Rows", axes, key=state_key("overview", "cross_rows", ctx.key))
+        column_axis = x2.selectbox("Columns", [a for a in axes if a != row_axis],
+                                   key=state_key("overview", "cross_columns", ctx.key, row_axis))
+        crossed = cache.intersection_table(store, row_axis, column_axis)
+        event = charts.show_selectable(charts.intersection_heatmap, crossed, row_axis, column_axis,
+                                       key=state_key("overview", "cross_cell", ctx.key, row_axis, column_axis),
+                                       width="content")
+        how_to_read(
+            "each cell is the accuracy of the images with that row and column value (colour and text, "
+            "with the count n; the 95% bootstrap interval in the tooltip); blank cells have no image. "
+            "Click a cell to open it as a cohort."
+        )
+        cell = selected_cell(crossed, event)
+        if cell is not None:
+            st.markdown(f"**{row_axis} = {charts.cell_text(cell['row'])}, {column_axis} = {charts.cell_text(cell['column'])}**")
+            c1, c2, c3 = st.columns(3)
+            c1.metric("Images", f"{int(cell['n']):,}")
+            c2.metric("Accuracy", percent(cell["accuracy"]), f"{100 * (cell['accuracy'] - accuracy):+.1f} pts vs overall")
+            c3.metric("95% interval", f"{percent(cell['low'])} – {percent(cell['high'])}")
+            if st.button("Open as cohort", key=state_key("overview", "cross_open", ctx.key)):
+                open_cohort(ctx, equals_filter({row_axis: cell["row"], column_axis: cell["column"]}))
 
 with gallery_tab:
     g1, g2, g3 = st.columns([2, 2, 1])

@@ -34,7 +34,7 @@ from core.runqueue import RunQueue, default_slots
 from core.sources import build_dataset
 from core.stats import bootstrap_ci, slice_accuracy
 from core.store import Store, find_store
-from core.summary import attribute_accuracy, class_accuracy, confusion
+from core.summary import attribute_accuracy, class_accuracy, confusion, intersection_accuracy
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
 T = TypeVar("T")
@@ -110,6 +110,13 @@ def overview_tables(store: Store) -> dict[str, Any]:
         "attributes": attribute_accuracy(meta, store.attribute_columns),
         "confusion": confusion(meta, len(store.classes)),
     }
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=STORE_HASH)
+def intersection_table(store: Store, row_column: str, column_column: str) -> pd.DataFrame:
+    """The Overview's accuracy per cell of two columns (core.summary.intersection_accuracy),
+    computed once per store and pair of columns."""
+    return intersection_accuracy(meta_for(store), row_column, column_column)
 
 
 @st.cache_data(show_spinner=False, max_entries=256, hash_funcs=STORE_HASH)

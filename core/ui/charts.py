@@ -108,3 +108,66 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = T
     )
     side = max(240, 34 * len(classes))
     return (cells + text).properties(width=side, height=side)
+
+
+CELL_SELECTION = "cell"  # the name of the intersection heatmap's point selection
+
+
+def show_selectable(builder: Callable[..., alt.TopLevelMixin], *args: Any, key: str, width: str | int = "stretch",
+                    **kwargs: Any) -> dict[str, Any]:
+    """Like ``show``, for a chart with named selections: draw it clickable (a click reruns the
+    page) and return Streamlit's event, ``{"selection": {param: ...}}``."""
+    name = f"{builder.__module__}.{builder.__qualname__}"
+    _BUILDERS[name] = builder
+    event = st.vega_lite_chart(_spec(name, args, kwargs), width=width, on_select="rerun", key=key)
+    return dict(event) if event is not None else {}
+
+
+def cell_text(value: Any) -> str:
+    """How a heatmap axis prints a cell value (missing values as '(missing)')."""
+    return "(missing)" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def intersection_heatmap(table: pd.DataFrame, row_title: str, column_title: str) -> alt.LayerChart:
+    """Accuracy per cell of two columns (core.summary.intersection_accuracy): colour and text
+    show the accuracy and the count, the tooltip the 95% interval; empty cells stay blank.
+
+    A click selects a cell: the point selection ``cell`` over the fields ``row_text`` and
+    ``column_text`` (the values as the axes print them).
+    """
+    data = table.copy()
+    data["row_text"] = [cell_text(v) for v in data["row"]]
+    data["column_text"] = [cell_text(v) for v in data["column"]]
+    data = data.drop(columns=["row", "column"])
+    data["text"] = [
+        "" if n == 0 else f"{a:.0%} · n={n}" for a, n in zip(data["accuracy"], data["n"], strict=True)
+    ]
+    rows = list(dict.fromkeys(data["row_text"]))
+    columns = list(dict.fromkeys(data["column_text"]))
+    base = alt.Chart(data).encode(
+        x=alt.X("column_text:N", sort=columns, title=column_title,
+                axis=alt.Axis(labelAngle=-30, labelLimit=200, labelOverlap=False)),
+        y=alt.Y("row_text:N", sort=rows, title=row_title, axis=alt.Axis(labelLimit=240, labelOverlap=False)),
+    )
+    selection = alt.selection_point(name=CELL_SELECTION, fields=["row_text", "column_text"], on="click", clear="dblclick")
+    cells = base.transform_filter("datum.n > 0").mark_rect().encode(
+        color=alt.Color("accuracy:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]),
+                        legend=alt.Legend(format="%", title="accuracy")),
+        strokeWidth=alt.condition(selection, alt.value(1), alt.value(0)),  # a clicked cell gets a frame
+        stroke=alt.condition(selection, alt.value("black"), alt.value("white")),
+        tooltip=[
+            alt.Tooltip("row_text:N", title=row_title),
+            alt.Tooltip("column_text:N", title=column_title),
+            alt.Tooltip("n:Q", title="images"),
+            alt.Tooltip("correct:Q", title="correct"),
+            alt.Tooltip("accuracy:Q", format=".1%"),
+            alt.Tooltip("low:Q", format=".1%", title="95% low"),
+            alt.Tooltip("high:Q", format=".1%", title="95% high"),
+        ],
+    ).add_params(selection)
+    # the scale's ends (dark red, dark green) take white text; the pale middle takes dark text
+    text = base.transform_filter("datum.n > 0").mark_text(fontSize=10).encode(
+        text="text:N",
+        color=alt.condition("datum.accuracy < 0.2 || datum.accuracy > 0.85", alt.value("white"), alt.value("#222")),
+    )
+    return (cells + text).properties(width=alt.Step(90), height=alt.Step(26))  # a step per cell: labels never overlap

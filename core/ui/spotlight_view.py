@@ -15,13 +15,15 @@ import pandas as pd
 import streamlit as st
 from sklearn.base import clone
 
+from core.cohorts import equals_filter
 from core.methods import Spotlight, SpotlightFit
 from core.stats import bootstrap_ci
 from core.store import Store
 from core.subsets import expand, scope_digest
-from core.summary import attribute_enrichment, project_2d, weighted_shares
+from core.summary import attribute_enrichment, project_2d, stored_value, weighted_shares
 from core.ui import cache
 from core.ui.charts import show
+from core.ui.cohort_link import open_cohort
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
@@ -278,12 +280,23 @@ def spotlight_panel(
         show(enrichment_chart, enrichment)
         how_to_read("lift = an attribute value's share inside the spotlight ÷ its share in the dataset; right of the dashed line (1) it is over-represented.")
         with st.expander("All attribute values"):
-            st.dataframe(
+            event = st.dataframe(
                 enrichment, hide_index=True,
                 column_config={
                     "inside": st.column_config.NumberColumn("share in spotlight", format="percent"),
                     "overall": st.column_config.NumberColumn("share in dataset", format="percent"),
                     "lift": st.column_config.NumberColumn(format="%.2f"),
                 },
+                on_select="rerun", selection_mode="single-row",
+                key=state_key("spotlight", "lift_pick", ctx.key, fit.index),
             )
+            picked = list(((event or {}).get("selection") or {}).get("rows") or [])
+            if picked and picked[0] < len(enrichment):
+                choice = enrichment.iloc[picked[0]]
+                where = equals_filter({choice["attribute"]: stored_value(meta[choice["attribute"]], choice["value"])})
+                st.code(where, language="sql")
+                if st.button("Open as cohort", key=state_key("spotlight", "lift_open", ctx.key, fit.index)):
+                    open_cohort(ctx, where)
+            else:
+                st.caption("Select a row to open its attribute value as a cohort.")
     _save_subset(ctx, meta, fit, result, detail)

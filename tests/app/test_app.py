@@ -30,7 +30,7 @@ def test_overview_on_tiny_workspace(app):
     assert 0 <= float(metrics["Accuracy"].rstrip("%")) <= 100
     # the CSV's missing file is reported, not fatal
     assert any("skipped" in e.label for e in at.expander)
-    assert [t.label for t in at.tabs] == ["Classes", "Attributes", "Gallery"]
+    assert [t.label for t in at.tabs] == ["Classes", "Attributes", "Intersections", "Gallery"]
     assert any(m.value == "**tint**" for m in at.markdown)  # accuracy per attribute value
     assert len(at.image) > 0 and any("✗" in c or "✓" in c for im in at.image for c in im.captions)  # gallery
     assert not any(s.value == "Planted slices" for s in at.subheader)
