@@ -107,45 +107,33 @@ def default_workspaces_file() -> Path:
     return Path(os.environ.get("BIASLENS_WORKSPACES", "workspaces.toml"))
 
 
-class HostedSetting(NamedTuple):
-    """Whether hosted mode is on, and the problem that forced it on (fail closed), if any."""
+class ModeSwitch(NamedTuple):
+    """Whether a mode (hosted, workshop) is on, and the problem that forced it on, if any."""
 
     on: bool
     problem: str = ""
 
 
-def hosted_from_env() -> HostedSetting:
-    """Hosted mode from ``BIASLENS_HOSTED``: ``1``/``true`` on; unset, empty, ``0``/``false`` off.
-
-    Any other value is an error, and an error means ON: a typo never leaves a public server
-    in trusted mode.
-    """
-    raw = os.environ.get("BIASLENS_HOSTED")
+def _switch_from_env(variable: str, mode: str) -> ModeSwitch:
+    """A mode from an environment variable: ``1``/``true`` on; unset, empty, ``0``/``false``
+    off. Any other value is an error, and an error means ON (fail closed)."""
+    raw = os.environ.get(variable)
     value = (raw or "").strip().lower()
     if value in {"1", "true"}:
-        return HostedSetting(True)
+        return ModeSwitch(True)
     if value in {"", "0", "false"}:
-        return HostedSetting(False)
-    return HostedSetting(
-        True,
-        f"BIASLENS_HOSTED={raw!r} is not 1, true, 0 or false: hosted mode is on until it is fixed.",
-    )
+        return ModeSwitch(False)
+    return ModeSwitch(True, f"{variable}={raw!r} is not 1, true, 0 or false: {mode} mode is on until it is fixed.")
 
 
-def workshop_from_env() -> HostedSetting:
-    """Workshop mode from ``BIASLENS_WORKSHOP``, read like ``BIASLENS_HOSTED``: ``1``/``true``
-    on; unset, empty, ``0``/``false`` off; anything else is an error that means ON (the
-    ground truth stays hidden until it is fixed)."""
-    raw = os.environ.get("BIASLENS_WORKSHOP")
-    value = (raw or "").strip().lower()
-    if value in {"1", "true"}:
-        return HostedSetting(True)
-    if value in {"", "0", "false"}:
-        return HostedSetting(False)
-    return HostedSetting(
-        True,
-        f"BIASLENS_WORKSHOP={raw!r} is not 1, true, 0 or false: workshop mode is on until it is fixed.",
-    )
+def hosted_from_env() -> ModeSwitch:
+    """Hosted mode from ``BIASLENS_HOSTED``: a typo never leaves a public server in trusted mode."""
+    return _switch_from_env("BIASLENS_HOSTED", "hosted")
+
+
+def workshop_from_env() -> ModeSwitch:
+    """Workshop mode from ``BIASLENS_WORKSHOP``: a typo keeps the ground truth hidden."""
+    return _switch_from_env("BIASLENS_WORKSHOP", "workshop")
 
 
 def passphrase_from_env() -> str:
