@@ -33,20 +33,17 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from common import ROOT, demo_parts, machine_figures
+from common import ROOT, demo_parts, machine_figures, start_server, stop_server
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
@@ -122,10 +119,6 @@ def cohort_threads(meta: pd.DataFrame) -> dict[str, object]:
 # --------------------------------------------------------------------------- server and its memory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -177,40 +170,8 @@ def browser_processes(server_pid: int) -> list[int]:
     return [p for p in process_tree(os.getpid()) if p not in server and p != os.getpid()]
 
 
-def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` headless on a free loopback port; returns it once /_stcore/health answers."""
-    port = free_port()
-    with log_path.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                return server, url
-        except OSError:
-            time.sleep(0.3)
-    stop_server(server)
-    raise RuntimeError(f"streamlit did not start: {log_path.read_text()[-2000:]}")
 
 
-def stop_server(server: subprocess.Popen) -> None:
-    """Terminate the server's process group (it was started in its own session); kill it if it lingers."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
 
 
 # --------------------------------------------------------------------------- one visitor
