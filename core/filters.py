@@ -127,7 +127,10 @@ def _reduce(grads: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _is_scripted(module: nn.Module) -> bool:
-    return isinstance(module, torch.jit.ScriptModule)
+    """TorchScript, raw or wrapped by ``load_model`` (whose hooks cannot replace outputs)."""
+    from core.torchscript import ScriptedModel
+
+    return isinstance(module, (torch.jit.ScriptModule, ScriptedModel))
 
 
 def loop_profiles(module: nn.Module, x: torch.Tensor, y: torch.Tensor, index: FilterIndex) -> torch.Tensor:

@@ -3,6 +3,8 @@ and the dataset statistics against numpy and hand-computed values."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from core.filters import (
     resolve_method,
     standardise,
 )
+from core.models import ModelSpec, load_model
 from tests.support import make_tiny_cnn
 
 
@@ -103,13 +106,17 @@ def test_a_conv_used_twice_falls_back_to_vmap() -> None:
     assert _relative(filter_profiles(model, x, y, index), loop_profiles(model, x, y, index)) <= 1e-4
 
 
-def test_torchscript_uses_the_loop_and_matches() -> None:
+def test_torchscript_uses_the_loop_and_matches(tmp_path: Path) -> None:
     model = make_tiny_cnn().eval()
-    scripted = torch.jit.script(model)
-    index = conv_filters(scripted)
-    assert resolve_method(scripted, index) == "loop"
     x, y = _batch(3, 16)
-    assert torch.allclose(filter_profiles(scripted, x, y, index), loop_profiles(model, x, y, conv_filters(model)))
+    expected = loop_profiles(model, x, y, conv_filters(model))
+    scripted = torch.jit.script(model)
+    scripted.save(str(tmp_path / "tiny.pt"))
+    loaded = load_model(ModelSpec(kind="torchscript", weights=str(tmp_path / "tiny.pt"), input_size=16), "cpu")
+    for module in (scripted, loaded.module):  # raw, and as load_model wraps it (hooks cannot replace outputs)
+        index = conv_filters(module)
+        assert resolve_method(module, index) == "loop"
+        assert torch.allclose(filter_profiles(module, x, y, index), expected, atol=1e-6)
 
 
 def test_profiles_use_eval_mode_and_restore_the_mode() -> None:
