@@ -21,13 +21,20 @@ PAGES = [
     st.Page("pages/cohorts.py", title="Cohorts & subsets", icon=":material/filter_alt:"),
     st.Page("pages/spotlight.py", title="Spotlight", icon=":material/highlight:"),
     st.Page("pages/subgroups.py", title="Subgroups", icon=":material/groups:"),
+    st.Page("pages/saliency.py", title="Filter saliency", icon=":material/tune:"),
 ]
 
 # Workshop mode (core/ui/workshop.py) adds the "Check my finding" page and the sidebar's steps.
 WORKSHOP_PAGE = st.Page(workshop.PAGE_PATH, title="Workshop: check my finding", icon=":material/school:")
 listing = workspace_list()
-navigation = st.navigation(PAGES + ([WORKSHOP_PAGE] if workshop.workshop_on(listing) else []))
+pages = PAGES + ([WORKSHOP_PAGE] if workshop.workshop_on(listing) else [])
+# Streamlit's own sidebar menu is off (.streamlit/config.toml: showSidebarNavigation): before
+# this script first runs it would list the files of pages/ by their raw names for the ~10 s
+# of the first import. The menu is drawn here instead, with the pages' titles.
+navigation = st.navigation(pages, position="hidden")
 st.sidebar.title(":material/center_focus_strong: BiasLens")
 st.sidebar.caption("Where does the classifier fail, and why?")
+for entry in pages:
+    st.sidebar.page_link(entry)
 sidebar_picker()
 navigation.run()

@@ -205,7 +205,7 @@ async def exception_texts(page: Page) -> list[str]:
 
 
 async def navigate(page: Page, title: str) -> None:
-    await page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title).click()
+    await page.locator("[data-testid='stSidebar']").get_by_role("link", name=title).click()
 
 
 async def overview(page: Page, url: str) -> None:

@@ -111,7 +111,7 @@ def timed(page: Page, action, expect: str | None = None) -> float:
 
 
 def navigate(page: Page, title: str) -> None:
-    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title, exact=True).click()
+    page.locator("[data-testid='stSidebar']").get_by_role("link", name=title, exact=True).click()
 
 
 def wait_ready(page: Page, text: str) -> None:

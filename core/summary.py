@@ -159,3 +159,44 @@ def project_2d(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
         neighbours = max(2, min(15, x.shape[0] - 1))
         return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x).astype(np.float32)
     raise ValueError(f"Unknown map method '{method}'; use 'pca' or 'umap'.")
+
+
+def subset_vs_rest(groups: dict[str, np.ndarray], subset: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
+    """How a saved subset sits in the groups a method found ("compare it with the rest").
+
+    For each group (name -> store rows): its size, how many of its images are in the subset,
+    the subset's share of the group against its share of all images (``lift`` > 1: the subset
+    is over-represented there), and the group's accuracy on the subset's images and on the
+    rest, with 95% bootstrap intervals. The first row, "all images", is the baseline.
+    """
+    n = len(correct)
+    member = np.zeros(n, dtype=bool)
+    member[np.asarray(subset, dtype=np.int64)] = True
+    overall_share = member.mean() if n else np.nan
+    names, sizes, inside, acc_in_k, n_in, acc_out_k, n_out = [], [], [], [], [], [], []
+    for name, rows in {"all images": np.arange(n), **groups}.items():
+        rows = np.asarray(rows, dtype=np.int64)
+        mine = member[rows]
+        names.append(name)
+        sizes.append(len(rows))
+        inside.append(int(mine.sum()))
+        acc_in_k.append(int(correct[rows[mine]].sum()))
+        n_in.append(int(mine.sum()))
+        acc_out_k.append(int(correct[rows[~mine]].sum()))
+        n_out.append(int((~mine).sum()))
+    sizes_a, inside_a = np.asarray(sizes), np.asarray(inside)
+    k_in, k_out, n_in_a, n_out_a = map(np.asarray, (acc_in_k, acc_out_k, n_in, n_out))
+    low_in, high_in = binary_bootstrap_ci(k_in, n_in_a)
+    low_out, high_out = binary_bootstrap_ci(k_out, n_out_a)
+    share = np.divide(inside_a, sizes_a, out=np.full(len(sizes_a), np.nan), where=sizes_a > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame(
+            {
+                "group": names, "images": sizes_a, "in subset": inside_a, "subset share": share,
+                "lift": share / overall_share if overall_share else np.nan,
+                "accuracy (subset)": np.where(n_in_a > 0, k_in / np.maximum(n_in_a, 1), np.nan),
+                "subset low": low_in, "subset high": high_in,
+                "accuracy (rest)": np.where(n_out_a > 0, k_out / np.maximum(n_out_a, 1), np.nan),
+                "rest low": low_out, "rest high": high_out,
+            }
+        )

@@ -1,9 +1,10 @@
 """Cohorts & subsets: filter images with a SQL WHERE expression, save and export subsets."""
 
+import numpy as np
 import streamlit as st
 
 from core.cohorts import CohortError
-from core.ui import cache, subset_view
+from core.ui import cache, cohort_link, subset_view
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, save_subset_form
@@ -29,14 +30,17 @@ example = "correct = false"
 if "label" in meta and store.attribute_columns:
     first = store.attribute_columns[0]
     example = f"label = '{meta['label'].iloc[0]}' AND \"{first}\" = '{meta[first].iloc[0]}'"
+within_name, within_rows = cohort_link.within_select(ctx, registry)
 where = st.text_input("WHERE", placeholder=example, **kept(state_key("cohorts", "where", ctx.key), ""))
 
-if where.strip():
+if where.strip() or within_rows is not None:
     try:
-        rows = view.rows(where)
+        rows = view.rows(where) if where.strip() else list(range(len(meta)))
     except CohortError as exc:
         st.error(f"The filter was refused; fix the expression and press Enter.\n\n```\n{exc}\n```")
         rows = None
+    if rows is not None and within_rows is not None:
+        rows = [int(r) for r in np.intersect1d(rows, within_rows)]
     if rows is not None and not rows:
         st.warning("No image matches this filter.")
     elif rows:
@@ -49,8 +53,11 @@ if where.strip():
         c3.metric("Mean loss", f"{cohort['loss'].mean():.3f}")
         st.caption(f"95% bootstrap interval of the cohort's accuracy: {percent(low)} – {percent(high)}")
         sample = cohort.sort_values("loss", ascending=False).head(16)
-        gallery(ctx, meta, sample["row"].to_numpy())
+        gallery(ctx, meta, sample["row"].to_numpy(), origin="cohort")
         how_to_read("the cohort's 16 highest-loss images; red frames are misclassified.")
-        save_subset_form(ctx, rows, where.strip()[:60], "cohort", where.strip(), key=state_key("cohorts", "save", ctx.key))
+        detail = where.strip() if not within_name else " AND ".join(
+            [f"within '{within_name}'"] + ([f"({where.strip()})"] if where.strip() else [])
+        )
+        save_subset_form(ctx, rows, detail[:60], "cohort", detail, key=state_key("cohorts", "save", ctx.key))
 
 subset_view.subsets_section(ctx, meta, registry)

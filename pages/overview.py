@@ -136,5 +136,5 @@ with gallery_tab:
     label = g2.selectbox("Class", ["(all classes)", *store.classes], key=state_key("overview", "gallery_class"))
     seed = int(g3.number_input("Sample seed", 0, 10_000, 0, key=state_key("overview", "gallery_seed")))
     rows = gallery_rows(meta, show, None if label == "(all classes)" else label, 24, seed)
-    gallery(ctx, meta, rows["row"].to_numpy(), extra=[f"loss {v:.2f}" for v in rows["loss"]])
+    gallery(ctx, meta, rows["row"].to_numpy(), extra=[f"loss {v:.2f}" for v in rows["loss"]], origin="overview")
     how_to_read("a random sample; misclassified images have a red frame and cross, captioned with the prediction.")

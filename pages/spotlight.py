@@ -6,12 +6,12 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
+from core.ui import cohort_link, image_detail, subset_view
 from core.ui import spotlight_view as view
-from core.ui import subset_view
-from core.ui.charts import show
+from core.ui.charts import show, show_selectable
 from core.ui.context import page_context
 from core.ui.keys import state_key
-from core.ui.method_page import gallery, remember_settings, scorecard_section
+from core.ui.method_page import gallery, remember_settings, save_subset_form, scorecard_section
 from core.ui.widgets import how_to_read, percent
 
 MAP_POINTS = 4000
@@ -31,6 +31,7 @@ st.caption(
 )
 
 scope_name, scope_rows = subset_view.scope_select(ctx, PAGE)  # all images, or a saved subset's
+compare_name, compare_rows = subset_view.compare_select(ctx, PAGE)  # a subset to compare with the rest
 representations = list(store.representations())  # the embedding first, then layer:pool
 # The form's widgets keep their values in session state, seeded from the last run, so that
 # coming back to the page shows the settings of the results below.
@@ -132,6 +133,11 @@ with c2:
         help="One row per image: id, label, prediction, loss and each spotlight's weight.",
     )
 
+if compare_name:
+    subset_view.compare_panel(meta, compare_name, compare_rows,
+                              {f"Spotlight {fit.index + 1}": fit.top_rows(result.size_) for fit in result.spotlights_},
+                              f"spotlight (its top S = {result.size_:,} images by weight)")
+
 # --------------------------------------------------------------------------- planted slices
 scorecard_section(
     store, meta, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
@@ -152,11 +158,11 @@ if shown_panel in names:
     view.spotlight_panel(ctx, meta, result, result.spotlights_[names.index(shown_panel)], store.attribute_columns, detail)
 elif shown_panel == "Highest loss":
     by_loss = np.argsort(-meta["loss"].to_numpy(), kind="stable")[: view.GALLERY]
-    gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]])
+    gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]], origin="spotlight-loss")
     how_to_read("the images with the highest loss, for comparison: usually a diffuse mix of causes, unlike a spotlight.")
 else:
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(view.GALLERY, n), replace=False))
-    gallery(ctx, meta, sample)
+    gallery(ctx, meta, sample, origin="spotlight-random")
     how_to_read("a random sample of the dataset (fixed seed), for comparison with the spotlights.")
 
 # --------------------------------------------------------------------------- map
@@ -183,8 +189,26 @@ frame = pd.DataFrame(
     }
 )
 first, second = ("PC 1", "PC 2") if method == "PCA" else ("UMAP 1", "UMAP 2")
-show(view.map_chart, frame, first, second)
+event = show_selectable(view.map_chart, frame, first, second, key=state_key(PAGE, "map_select", ctx.key))
 how_to_read(
     f"each point is an image ({len(rows):,} shown) placed by a 2-D {method} of the representation; darker = "
-    "higher weight in the chosen spotlight, crosses are misclassified. A spotlight is one region of the full space, so it may look spread out in 2-D."
+    "higher weight in the chosen spotlight, crosses are misclassified. A spotlight is one region of the full space, so it may look spread out in 2-D. "
+    "Drag a box to select images; click a point to open its details."
 )
+boxed, clicked = view.map_selection(frame, event)
+last_click = state_key(PAGE, "map_clicked", ctx.key)
+if clicked is not None and clicked != st.session_state.get(last_click):  # a new click, not the same selection on a rerun
+    image_detail.request("spotlight-map", clicked)
+st.session_state[last_click] = clicked
+image_detail.show_requested(ctx, meta, "spotlight-map")
+if len(boxed):
+    acc = float(meta["correct"].to_numpy()[boxed].mean())
+    st.markdown(f"**{len(boxed):,} images in the box** · accuracy {percent(acc)} · mean weight {frame.set_index('row').loc[boxed, 'weight'].mean():.3f}")
+    gallery(ctx, meta, boxed[:24], origin="spotlight-box")
+    how_to_read("the selected images with the highest weight first (up to 24 shown).")
+    b1, b2 = st.columns([2, 1])
+    with b1:
+        save_subset_form(ctx, boxed, f"map box of {len(boxed)}", "spotlight map", f"box on the {method} map of {representation}",
+                         key=state_key(PAGE, "save_box", ctx.key))
+    if b2.button("Open as cohort", icon=":material/filter_alt:", key=state_key(PAGE, "box_cohort", ctx.key)):
+        cohort_link.open_group(ctx, f"map box of {len(boxed)}", boxed)

@@ -11,7 +11,7 @@ from core.methods import (
     subgroups_csv,
     top_loss_rows,
 )
-from core.ui import cache, subset_view
+from core.ui import cache, cohort_link, subset_view
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
 from core.ui.keys import state_key
@@ -36,6 +36,7 @@ st.caption(
     "which neurons and image concepts drive it (Park et al., *VisCUIT*; Krishnakumar et al., *UDIS*)."
 )
 scope_name, scope_rows = subset_view.scope_select(ctx, PAGE)  # all images, or a saved subset's
+compare_name, compare_rows = subset_view.compare_select(ctx, PAGE)  # a subset to compare with the rest
 
 SETTINGS = ("min_size", "max_size", "silhouette_sample", "max_cuts", "exact_limit", "micro_clusters", "stop_at_perfect", "seed")
 defaults = {name: value for name, value in UDIS().get_params().items() if name in SETTINGS}
@@ -97,6 +98,10 @@ if under.empty:
     )
     st.stop()
 
+if compare_name:
+    subset_view.compare_panel(meta, compare_name, compare_rows, {f"#{int(g)}": result.rows(int(g)) for g in under["subgroup"]},
+                              "under-performing subgroup")
+
 # --------------------------------------------------------------------------- subgroup panel
 st.subheader("Under-performing subgroups")
 ids = [int(g) for g in under["subgroup"]]
@@ -144,6 +149,9 @@ target = selected if which == "under-performing" or similar < 0 else similar
 with c2:
     save_subset_form(ctx, result.rows(target), f"subgroup {target}", "subgroup", view.subgroup_label(table, target),
                      key=state_key(PAGE, "save", ctx.key, target), params={**udis.get_params(), "subgroup": int(target)})
+if c1.button("Open as cohort", icon=":material/filter_alt:", key=state_key(PAGE, "open_cohort", ctx.key, target),
+             help="Filter within this subgroup on *Cohorts & subsets* (its accuracy, loss and images by any WHERE)."):
+    cohort_link.open_group(ctx, f"subgroup {target}", result.rows(target))
 
 # --------------------------------------------------------------------------- neuron panel
 st.subheader("Neuron activation panel")

@@ -1,13 +1,13 @@
 """One naming scheme for session-state and widget keys: ``<page>.<name>[:<scope>...]``.
 
-``page`` is the page (or ``app`` for the sidebar) that owns the value, ``name`` what it
+``page`` is the page (``app`` for the sidebar, ``detail`` for the image-detail dialog) that owns the value, ``name`` what it
 holds, and the optional scopes what it depends on (a workspace key, a subgroup id...), so
 two workspaces or two subgroups never share a value by accident.
 """
 
 from __future__ import annotations
 
-PAGES = ("app", "overview", "cohorts", "spotlight", "subgroups", "store", "workshop")
+PAGES = ("app", "overview", "cohorts", "spotlight", "subgroups", "saliency", "store", "workshop", "detail")
 
 
 def state_key(page: str, name: str, *scope: object) -> str:

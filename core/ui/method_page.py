@@ -7,6 +7,7 @@ holding its cached runs and charts, and one thin page that strings these pieces 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import streamlit as st
 from core.errors import BiasLensError
 from core.scorecard import scorecard
 from core.store import Store
-from core.ui import cache
+from core.ui import cache, image_detail
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.widgets import how_to_read, image_grid
@@ -75,13 +76,22 @@ def gallery(
     columns: int = 8,
     size: int = GALLERY_THUMB,
     below: Callable[[Any, dict[str, Any]], None] | None = None,
+    origin: str | None = None,
+    details: bool = True,
 ) -> None:
-    """Thumbnails of these store rows, captioned with label / prediction, errors marked in red."""
+    """Thumbnails of these store rows, captioned with label / prediction, errors marked in red,
+    with an "Image details" select that opens the image-detail dialog (core/ui/image_detail.py).
+
+    ``origin`` names the gallery for that dialog and its select's key (default: from its rows;
+    give one where two galleries of a page may show the same rows); ``details=False``
+    leaves the select out for galleries that open the dialog their own way.
+    """
     part = meta.iloc[np.asarray(rows, dtype=np.int64)]
-    pngs = cache.thumbnail_pngs(
-        ctx.dataset, ctx.key, tuple(int(r) for r in part["row"]), size, tuple(not c for c in part["correct"])
-    )
+    shown = tuple(int(r) for r in part["row"])
+    pngs = cache.thumbnail_pngs(ctx.dataset, ctx.key, shown, size, tuple(not c for c in part["correct"]))
     image_grid(pngs, part, columns=columns, extra=extra, below=below)
+    if details:
+        image_detail.details_picker(ctx, meta, shown, origin or f"gallery-{zlib.crc32(np.asarray(shown).tobytes()):08x}")
 
 
 def save_subset_form(

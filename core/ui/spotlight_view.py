@@ -188,9 +188,18 @@ def enrichment_chart(enrichment: pd.DataFrame, top: int = 12) -> alt.Chart:
     return (bars + rule).properties(height=max(120, 26 * len(data)))
 
 
+MAP_BRUSH, MAP_PICK = "brush", "pick"  # the map's named selections: a dragged box, a clicked point
+
+
 def map_chart(frame: pd.DataFrame, x_title: str, y_title: str) -> alt.Chart:
-    """Scatter of the 2-D map coloured by spotlight weight; errors drawn as crosses."""
+    """Scatter of the 2-D map coloured by spotlight weight; errors drawn as crosses.
+
+    Selectable: drag a box (``brush``, over x and y) to select images, click a point
+    (``pick``, by its store row) to open its details.
+    """
     data = frame.sort_values("weight")  # high weights drawn last, on top
+    brush = alt.selection_interval(name=MAP_BRUSH, encodings=["x", "y"])
+    pick = alt.selection_point(name=MAP_PICK, fields=["row"], on="click")
     return (
         alt.Chart(data)
         .mark_point(filled=True, size=28, opacity=0.8)
@@ -204,8 +213,25 @@ def map_chart(frame: pd.DataFrame, x_title: str, y_title: str) -> alt.Chart:
             ),
             tooltip=["row", "label", "pred", "outcome", alt.Tooltip("weight:Q", format=".3f"), alt.Tooltip("loss:Q", format=".3f")],
         )
+        .add_params(brush, pick)
         .properties(height=460)
     )
+
+
+def map_selection(frame: pd.DataFrame, event: dict[str, Any] | None) -> tuple[np.ndarray, int | None]:
+    """(store rows inside the dragged box, ordered by weight; the clicked point's row or None)
+    from the map chart's selection event."""
+    selection = (event or {}).get("selection") or {}
+    box = selection.get(MAP_BRUSH) or {}
+    inside = np.zeros(len(frame), dtype=bool)
+    if "x" in box and "y" in box:
+        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+        x, y = frame["x"].to_numpy(), frame["y"].to_numpy()
+        inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    chosen = frame[inside].sort_values("weight", ascending=False)
+    points = selection.get(MAP_PICK) or []
+    clicked = int(points[0]["row"]) if points and "row" in points[0] else None
+    return chosen["row"].to_numpy(dtype=np.int64), clicked
 
 
 def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result: Spotlight, detail: str) -> None:
@@ -261,7 +287,7 @@ def spotlight_panel(
     m3.caption(f"95% bootstrap interval: {percent(low)} – {percent(high)}")
 
     st.markdown(f"**Top-weighted images** (of {result.size_:,} in the top S)")
-    gallery(ctx, meta, top[:GALLERY], extra=[f"w {fit.weights[r]:.2f}" for r in top[:GALLERY]])
+    gallery(ctx, meta, top[:GALLERY], extra=[f"w {fit.weights[r]:.2f}" for r in top[:GALLERY]], origin=f"spotlight-{fit.index}")
     how_to_read("the spotlight's highest-weighted images, highest first; red frames and ✗ mark misclassified images (prediction, then true label).")
 
     left, right = st.columns(2)

@@ -12,38 +12,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 from sklearn.base import clone
 
 from core.datasets import ImageDataset
 from core.errors import BiasLensError
-from core.images import thumbnail
 from core.methods import (
     CLUSTER_THRESHOLD,
     UDIS,
     ConceptPatches,
     ConceptPatchFinder,
-    GradCAM,
     Neuron,
     NeuronClusters,
     NeuronSelector,
-    overlay,
     panel_neurons,
     subgroup_confusion,
 )
-from core.models import LoadedModel, model_view
+from core.models import LoadedModel
 from core.store import Store
 from core.subsets import expand, scope_digest
-from core.ui import cache
+from core.ui import cache, image_detail
 from core.ui.charts import confusion_matrix, show
 from core.ui.context import PageContext
+from core.ui.image_detail import enlarged
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
 from core.ui.widgets import how_to_read, percent
 
 THUMB = 96
 PATCH_VIEW = 96
-CAM_VIEW = 192
 CLUSTER_THRESHOLD_KEY = state_key("subgroups", "cluster_threshold")
 
 # --------------------------------------------------------------------------- cached runs
@@ -109,14 +105,6 @@ def concept_patches_for(
         return {n: slot["patches"][n] for n in neurons}
 
 
-def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
-    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
-    return cache.computed_once(
-        "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM",
-        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets),
-    )
-
-
 # --------------------------------------------------------------------------- rendering
 
 
@@ -129,43 +117,18 @@ def subgroup_label(table: pd.DataFrame, subgroup: int) -> str:
 
 @st.fragment
 def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key: str, columns: int = 6) -> None:
-    """Thumbnails (errors framed and crossed in red), each with a button that opens its Grad-CAM window.
+    """Thumbnails (errors framed and crossed in red), each with a button that opens its detail
+    dialog (core/ui/image_detail.py: scores, attributes and the Grad-CAM window).
 
-    A fragment: pressing CAM reruns only these thumbnails (and opens the window), not the page.
+    A fragment: pressing CAM reruns only these thumbnails (and opens the dialog), not the page.
     """
 
     def cam_button(col: Any, rec: dict[str, Any]) -> None:
-        if col.button("CAM", key=f"{key}:{rec['row']}", help="Open the Grad-CAM window of this image", width="stretch"):
-            gradcam_window(ctx, meta, int(rec["row"]))
+        if col.button("CAM", key=f"{key}:{rec['row']}", help="Open this image's details and Grad-CAM", width="stretch"):
+            image_detail.request(key, int(rec["row"]))
 
-    gallery(ctx, meta, rows, columns=columns, size=THUMB, below=cam_button)
-
-
-@st.dialog("Grad-CAM window", width="large")
-def gradcam_window(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
-    """VisCUIT's Grad-CAM window: the image, its label and prediction, Grad-CAM for both classes."""
-    rec = meta.iloc[row]
-    layers = ctx.model.conv_layers
-    st.markdown(
-        f"**{rec['id']}** · label **{rec['label']}** · predicted **{rec['pred']}** "
-        f"with confidence {percent(rec['confidence'])}" + (" ✓" if rec["correct"] else " ✗ misclassified")
-    )
-    if not layers:
-        st.info("Grad-CAM does not apply: the model has no convolutional layers.")
-        return
-    layer = st.selectbox("Layer", layers, index=len(layers) - 1, key=state_key("subgroups", "gradcam_layer", row), help="Grad-CAM is usually taken at the last conv block.")
-    targets = (int(rec["pred_idx"]), int(rec["label_idx"]))
-    try:
-        result = grad_cam_for(ctx, row, GradCAM(layer=layer), targets)
-    except BiasLensError as exc:
-        st.error(f"Grad-CAM failed: {exc}")
-        return
-    image = model_view(ctx.model, ctx.dataset.load_image(row))
-    c1, c2, c3 = st.columns(3)
-    c1.image(_enlarged(image, CAM_VIEW), caption="Image (as the model sees it)", width="stretch")
-    c2.image(_enlarged(overlay(image, result.maps_[0]), CAM_VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities_[targets[0]])})", width="stretch")
-    c3.image(_enlarged(overlay(image, result.maps_[1]), CAM_VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities_[targets[1]])})", width="stretch")
-    how_to_read("red = regions that raise that class's score most at this layer (Grad-CAM), blue = little or none; each map is scaled to its own maximum.")
+    gallery(ctx, meta, rows, columns=columns, size=THUMB, below=cam_button, details=False)
+    image_detail.show_requested(ctx, meta, key)
 
 
 def confusion_panel(subgroups: UDIS, meta: pd.DataFrame, classes: list[str], subgroup: int, title: str) -> None:
@@ -209,7 +172,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     st.markdown("**Concept patches** — the 10 patches of its top images that activate it most")
     cols = st.columns(10)
     for col, picture, value in zip(cols, mine.patch_images, mine.patch_activations, strict=False):
-        col.image(_enlarged(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
+        col.image(enlarged(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
     if mine.ties:
         st.caption(
             f"{mine.ties} of these {len(mine.patch_activations)} patches tie with another one's activation: the neuron "
@@ -231,6 +194,3 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     how_to_read("the numbers under the patches are the neuron's activation (max over space) on the image masked to that square.")
 
 
-def _enlarged(picture: np.ndarray, side: int) -> np.ndarray:
-    """Small pictures blown up with sharp pixels (the shared thumbnail rule)."""
-    return thumbnail(Image.fromarray(picture), max(side, *picture.shape[:2]))

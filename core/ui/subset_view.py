@@ -14,6 +14,7 @@ from core.errors import BiasLensError
 from core.report import SubsetFigures, build_report, subset_figures
 from core.store import Store
 from core.subsets import SubsetRegistry
+from core.summary import subset_vs_rest
 from core.ui import cache
 from core.ui.context import PageContext
 from core.ui.keys import state_key
@@ -43,6 +44,45 @@ def scope_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray | 
     if choice == ALL_IMAGES:
         return None, None
     return choice, np.asarray(ctx.subsets().get(choice).rows, dtype=np.int64)
+
+
+NO_COMPARISON = "(none)"
+
+
+def compare_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray | None]:
+    """The "Compare a subset with the rest" select of a method page: (name, store rows) of the
+    subset whose place in the method's groups the page shows (compare_panel), or (None, None)."""
+    names = ctx.subsets().names()
+    if not names:
+        return None, None
+    key = state_key(page, "compare", ctx.key)
+    if st.session_state.get(f"{key}:kept", NO_COMPARISON) not in [NO_COMPARISON, *names]:
+        st.session_state[f"{key}:kept"] = NO_COMPARISON
+    choice = st.selectbox(
+        "Compare a subset with the rest", [NO_COMPARISON, *names], **kept(key, NO_COMPARISON),
+        help="The method runs on its scope as usual; a table then shows, for each group it found, how many of "
+        "the subset's images fall in it against the rest, and their accuracy on each side.",
+    )
+    if choice == NO_COMPARISON:
+        return None, None
+    return choice, np.asarray(ctx.subsets().get(choice).rows, dtype=np.int64)
+
+
+def compare_panel(meta: pd.DataFrame, name: str, rows: np.ndarray, groups: dict[str, np.ndarray], what: str) -> None:
+    """The subset-versus-rest table over the method's groups (core.summary.subset_vs_rest)."""
+    st.subheader(f"Subset '{name}' versus the rest")
+    table = subset_vs_rest(groups, rows, meta["correct"].to_numpy())
+    percent_columns = ["subset share", "accuracy (subset)", "subset low", "subset high", "accuracy (rest)", "rest low", "rest high"]
+    st.dataframe(
+        table, hide_index=True,
+        column_config={c: st.column_config.NumberColumn(format="percent") for c in percent_columns}
+        | {"lift": st.column_config.NumberColumn(format="%.2f")},
+    )
+    how_to_read(
+        f"one row per {what}; 'subset share' is the share of its images that are in the subset, 'lift' that share "
+        "over the subset's share of all images (> 1: the subset is over-represented there); the accuracies are of "
+        "its subset images and of its other images, with 95% bootstrap intervals."
+    )
 
 
 def open_key(ctx: PageContext) -> str:
@@ -139,7 +179,7 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
     c3.metric("Mean loss", f"{f.mean_loss:.3f}")
     st.caption(f"95% bootstrap interval of the subset's accuracy: {percent(f.low)} – {percent(f.high)}")
     worst = meta.iloc[list(subset.rows)].sort_values("loss", ascending=False).head(16)
-    gallery(ctx, meta, worst["row"].to_numpy())
+    gallery(ctx, meta, worst["row"].to_numpy(), origin="subset-view")
     how_to_read("the subset's 16 highest-loss images; red frames are misclassified.")
     left, right = st.columns([2, 3])
     with left:

@@ -223,10 +223,19 @@ def test_grad_cam_window(tiny):
     assert any(c.startswith("Predicted: ") for c in captions)
     assert any(c.startswith("True: ") for c in captions)
     assert len(at.image) == images_before + 3
-    layer = at.selectbox(key=f"subgroups.gradcam_layer:{row}")
+    layer = at.selectbox(key=f"detail.gradcam_layer:{row}")
     assert layer.options == ["block1", "block2", "block3"] and layer.value == "block3"
     assert not at.error
-    # the dialog closes on the next run (no click)
+    # the details: top scores and attributes beside the image
+    tables = [t.value for t in at.dataframe]
+    assert any(list(t.columns[:2]) == ["class", "score"] and len(t) == 5 for t in tables)
+    assert any(list(t.columns) == ["attribute", "value"] for t in tables)
+    # another layer: the dialog stays open and redraws its maps
+    layer.set_value("block1").run()
+    no_exception(at)
+    assert any(c.startswith("Predicted: ") for im in at.image for c in im.captions)
+    # dismissing it (Escape or the close button clears the request) closes it
+    del at.session_state["detail.open"]
     at.run()
     no_exception(at)
     assert not [m for m in at.markdown if " · label **" in m.value]

@@ -33,7 +33,7 @@ def test_subgroups_page_select_and_grad_cam(app_url, page):
     page.goto(app_url)  # Overview builds the demo store on first open; metrics show once it exists
     page.locator("[data-testid='stMetric']").first.wait_for(timeout=240_000)
     wait_idle(page)
-    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name="Subgroups").click()
+    page.locator("[data-testid='stSidebar']").get_by_role("link", name="Subgroups").click()
     page.get_by_text("Under-performing subgroups").first.wait_for(timeout=240_000)
     wait_idle(page)
     no_exception_box(page)
@@ -60,7 +60,7 @@ def test_subgroups_page_select_and_grad_cam(app_url, page):
     # the Grad-CAM window of one image of the selected subgroup
     page.get_by_role("button", name="CAM", exact=True).first.click()
     dialog = page.locator("[data-testid='stDialog']")
-    dialog.get_by_text("Grad-CAM window").first.wait_for(timeout=120_000)
+    dialog.get_by_text("Image details").first.wait_for(timeout=120_000)
     dialog.get_by_text("Predicted:").first.wait_for(timeout=120_000)
     wait_idle(page)
     assert dialog.get_by_text("True:").count() >= 1

@@ -1,0 +1,150 @@
+"""One image-detail dialog for every gallery and map: the image as the model sees it, its id,
+label, prediction, top scores, loss, attributes, and Grad-CAM at a chosen layer.
+
+A gallery (or a map click) asks for it with ``request(origin, row)``; the gallery whose
+``origin`` matches draws it with ``show_requested(ctx, meta, origin)``, so a page with
+several galleries opens one dialog only. The request lives in session state until the dialog
+is dismissed (a dialog opened by a button loses its widgets' clicks under AppTest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+from sklearn.base import clone
+
+from core.errors import BiasLensError
+from core.images import thumbnail
+from core.methods import GradCAM, overlay
+from core.models import model_view
+from core.ui import cache
+from core.ui.context import PageContext
+from core.ui.keys import state_key
+from core.ui.widgets import how_to_read, percent
+
+REQUEST = state_key("detail", "open")  # (origin, store row) of the image whose dialog is open
+VIEW = 192
+TOP_SCORES = 5
+
+
+def request(origin: str, row: int) -> None:
+    """Open the detail dialog of store row ``row`` for the gallery or map ``origin`` (callback-safe)."""
+    st.session_state[REQUEST] = (origin, int(row))
+
+
+def _dismissed() -> None:
+    st.session_state.pop(REQUEST, None)
+
+
+def details_picker(ctx: PageContext, meta: pd.DataFrame, rows: Sequence[int] | np.ndarray, origin: str) -> None:
+    """A compact "Image details" select under a gallery (one widget, not one per image)."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return
+    key = state_key("detail", "pick", origin)
+    ids, labels, preds = meta["id"].to_numpy(), meta["label"].to_numpy(), meta["pred"].to_numpy()
+
+    def picked() -> None:
+        row = st.session_state.get(key)
+        if row is not None:
+            request(origin, row)
+            st.session_state[key] = None  # the select is a trigger, not a setting
+
+    st.selectbox(
+        "Image details", rows, index=None, key=key, on_change=picked, placeholder="Open an image's details...",
+        format_func=lambda r: f"{ids[r]} · {labels[r]}" + ("" if labels[r] == preds[r] else f" → {preds[r]} ✗"),
+        help="Id, label, prediction, scores, loss, attributes and Grad-CAM of one image of this gallery.",
+        label_visibility="collapsed",
+    )
+    show_requested(ctx, meta, origin)
+
+
+def show_requested(ctx: PageContext, meta: pd.DataFrame, origin: str) -> None:
+    """Draw the dialog when ``origin`` asked for one (and the row still exists)."""
+    wanted = st.session_state.get(REQUEST)
+    if wanted and wanted[0] == origin and 0 <= wanted[1] < len(meta):
+        image_detail(ctx, meta, wanted[1])
+
+
+def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
+    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
+    return cache.computed_once(
+        "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM",
+        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets),
+    )
+
+
+def enlarged(picture: np.ndarray, side: int) -> np.ndarray:
+    """Small pictures blown up with sharp pixels (the shared thumbnail rule)."""
+    return thumbnail(Image.fromarray(picture), max(side, *picture.shape[:2]))
+
+
+def _facts(ctx: PageContext, meta: pd.DataFrame, row: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(top class scores, attributes) of one image, from the store."""
+    store = ctx.store
+    classes = store.classes
+    logits = np.asarray(store.logits()[row], dtype=np.float64)  # one row of the memmap
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    top = np.argsort(-probabilities)[:TOP_SCORES]
+    rec = meta.iloc[row]
+    scores = pd.DataFrame(
+        {
+            "class": [classes[i] for i in top], "score": probabilities[top],
+            "": ["true" if i == rec["label_idx"] else "" for i in top],
+        }
+    )
+    from core.ui import workshop  # late: workshop imports the context module
+
+    columns = workshop.visible_columns(list(store.attribute_columns) + list(store.slice_columns))
+    attributes = pd.DataFrame({"attribute": columns, "value": [str(rec[c]) for c in columns]})
+    return scores, attributes
+
+
+@st.dialog("Image details", width="large", on_dismiss=_dismissed)
+def image_detail(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
+    """The detail dialog of one store row."""
+    rec = meta.iloc[row]
+    st.markdown(
+        f"**{rec['id']}** (row {row}) · label **{rec['label']}** · predicted **{rec['pred']}** with "
+        f"confidence {percent(rec['confidence'])}" + (" ✓" if rec["correct"] else " ✗ misclassified")
+        + f" · loss {rec['loss']:.3f}"
+    )
+    scores, attributes = _facts(ctx, meta, row)
+    image = model_view(ctx.model, ctx.dataset.load_image(row))
+    left, right = st.columns([1, 2])
+    left.image(enlarged(image, VIEW), caption="Image (as the model sees it)", width="stretch")
+    right.dataframe(
+        scores, hide_index=True, width="stretch",
+        column_config={"score": st.column_config.ProgressColumn("score", min_value=0, max_value=1, format="%.3f")},
+    )
+    if len(attributes):
+        right.dataframe(attributes, hide_index=True, width="stretch")
+    _grad_cam(ctx, rec, row, image)
+
+
+def _grad_cam(ctx: PageContext, rec: Any, row: int, image: np.ndarray) -> None:
+    st.markdown("**Grad-CAM** (where the layer saw evidence for the class)")
+    layers = ctx.model.conv_layers
+    if not layers:
+        st.info("Grad-CAM does not apply: the model has no convolutional layers.")
+        return
+    layer = st.selectbox(
+        "Layer", layers, index=len(layers) - 1, key=state_key("detail", "gradcam_layer", row),
+        help="Grad-CAM is usually taken at the last conv block.",
+    )
+    targets = (int(rec["pred_idx"]), int(rec["label_idx"]))
+    try:
+        result = grad_cam_for(ctx, row, GradCAM(layer=layer), targets)
+    except BiasLensError as exc:
+        st.error(f"Grad-CAM failed: {exc}")
+        return
+    c1, c2 = st.columns(2)
+    c1.image(enlarged(overlay(image, result.maps_[0]), VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities_[targets[0]])})", width="stretch")
+    c2.image(enlarged(overlay(image, result.maps_[1]), VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities_[targets[1]])})", width="stretch")
+    how_to_read("red = regions that raise that class's score most at this layer (Grad-CAM), blue = little or none; each map is scaled to its own maximum.")
