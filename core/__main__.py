@@ -1,7 +1,8 @@
 """BiasLens command line: ``python -m core --help``.
 
 Lists workspaces, shows a workspace's layers, builds activation stores ahead of time
-(e.g. on a GPU machine, so a hosted app only reads) and trains the demo model. User errors
+(e.g. on a GPU machine, so a hosted app only reads), computes the dataset's saliency
+profiles beside a store and trains the demo model. User errors
 print a one-line message and exit with status 2, never a traceback.
 """
 
@@ -91,6 +92,50 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_saliency(args: argparse.Namespace) -> int:
+    """Compute a workspace's dataset saliency profiles (kept with its store) with a tqdm bar."""
+    from tqdm import tqdm
+
+    from core.filters import conv_filters
+    from core.models import load_model
+    from core.saliency_store import build_profiles, size_message
+    from core.sources import build_dataset
+    from core.store import find_store
+
+    listing = _workspaces(args)
+    ws = _pick(listing, args.workspace)
+    dataset = build_dataset(ws.dataset)
+    model = load_model(ws.model, args.device, hosted=listing.hosted)
+    store = find_store(ws.name, model, dataset, Path(args.cache) if args.cache else None)
+    if store is None:
+        raise BiasLensError(
+            f"Workspace '{ws.name}' has no activation store yet: run `python -m core build {ws.name}` first."
+        )
+    layers = [ly.strip() for ly in args.layers.split(",") if ly.strip()] if args.layers else None
+    index = conv_filters(model.module, layers)
+    print(size_message(store.n, index))
+    if not args.yes and sys.stdin.isatty() and input("Build them? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("cancelled")
+        return 1
+    bar = tqdm(total=store.n, unit="img", desc=f"{ws.name} saliency")
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    try:
+        profiles = build_profiles(
+            store, model, dataset, layers, batch_size=args.batch_size or min(ws.batch_size, 32),
+            progress=progress, notice=lambda message: bar.write(f"note: {message}", file=sys.stderr),
+        )
+    finally:
+        bar.close()
+    m = profiles.manifest
+    print(f"profiles: {profiles.path} ({profiles.n} images x {profiles.n_filters} filters over "
+          f"{len(profiles.index.layers)} conv layers, method {profiles.method}, {m.get('seconds', 0):.1f} s)")
+    return 0
+
+
 def cmd_demo_train(args: argparse.Namespace) -> int:
     """Train the demo CNN on a slices file with the fixed-seed recipe."""
     from core.demo.train import train_demo
@@ -126,6 +171,15 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     build.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
     build.set_defaults(func=cmd_build)
+
+    saliency = sub.add_parser("saliency", help="compute a workspace's dataset saliency profiles (after build)")
+    saliency.add_argument("workspace")
+    saliency.add_argument("--layers", default=None, help="comma-separated conv layers or block prefixes (default: all)")
+    saliency.add_argument("--batch-size", type=int, default=None)
+    saliency.add_argument("--yes", action="store_true", help="build without asking after the size estimate")
+    saliency.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    saliency.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    saliency.set_defaults(func=cmd_saliency)
 
     demo = sub.add_parser("demo", help="the planted-bias demo").add_subparsers(dest="demo_command", required=True)
     train = demo.add_parser("train", help="train the demo CNN on a slices file")

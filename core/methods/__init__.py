@@ -27,6 +27,20 @@ from core.methods.neurons import (
     neuron_columns,
     panel_neurons,
 )
+from core.methods.saliency import (
+    FilterSaliency,
+    FilterTurnOff,
+    FineTuneCheck,
+    MaskingExperiment,
+    marker_mass_ratio,
+    postprocess,
+)
+from core.methods.saliency_search import (
+    FailureMode,
+    FailureModes,
+    confusion_cell_groups,
+    failure_mode_scorecard,
+)
 from core.methods.spotlight import (
     KERNELS,
     PRECISIONS,
@@ -56,7 +70,13 @@ __all__ = [
     "VISCUIT_THRESHOLD",
     "ConceptPatchFinder",
     "ConceptPatches",
+    "FilterSaliency",
+    "FilterTurnOff",
+    "FineTuneCheck",
+    "FailureMode",
+    "FailureModes",
     "GradCAM",
+    "MaskingExperiment",
     "Neuron",
     "NeuronClusters",
     "NeuronSelector",
@@ -69,7 +89,11 @@ __all__ = [
     "neuron_columns",
     "panel_neurons",
     "CLUSTER_THRESHOLD",
+    "confusion_cell_groups",
+    "failure_mode_scorecard",
+    "marker_mass_ratio",
     "overlay",
+    "postprocess",
     "subgroup_confusion",
     "subgroups_csv",
     "summary",
