@@ -4,7 +4,6 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import (
-    CLUSTER_THRESHOLD,
     UDIS,
     UDIS_THRESHOLD,
     VISCUIT_THRESHOLD,
@@ -19,7 +18,6 @@ from core.ui.method_page import remember_settings, save_subset_form, scorecard_s
 from core.ui.widgets import how_to_read, kept, percent
 
 SHOWN_IMAGES = 12
-MAX_NEURONS_PER_CELL = 24
 PAGE = "subgroups"
 
 ctx = page_context()
@@ -163,37 +161,7 @@ elif similar < 0:
 elif not conv_layers:
     st.warning("None of the model's conv blocks is in the activation store: add layers on the Overview page (store panel).")
 else:
-    c1, c2, c3 = st.columns(3)
-    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, step=0.05, **kept(state_key(PAGE, "neuron_threshold"), 0.5),
-                                 help="A neuron shows when its activation score reaches this in either subgroup.")
-    mass = c2.slider("Mass rule (%)", 0.5, 20.0, step=0.5, **kept(state_key(PAGE, "mass"), 3.0),
-                     help="Per image and layer, the top neurons whose activations sum past this share of the layer's total are 'highly activated' (VisCUIT: 3%).")
-    c3.slider("Concept cluster threshold", 0.5, 1.0, step=0.01, **kept(view.CLUSTER_THRESHOLD_KEY, CLUSTER_THRESHOLD),
-              help="Neurons join one concept cluster when their concept patches' embeddings have cosine similarity above this.")
-    frame = view.neuron_panel(store, tuple(conv_layers), mass / 100, result.rows(selected), result.rows(similar), neuron_threshold)
-    highlight = set(map(tuple, st.session_state.get(view.highlight_key(ctx, (selected, similar)), [])))
-    shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]
-    heads = st.columns([1, 3, 3, 3])
-    for col, text in zip(heads, ["Layer", f"Under-performing #{selected} only", "Both", f"Well-performing #{similar} only"], strict=True):
-        col.markdown(f"**{text}**")
-    for layer in conv_layers:
-        cells = st.columns([1, 3, 3, 3])
-        cells[0].markdown(f"`{layer}`")
-        part = frame[frame["layer"] == layer]
-        for col, column in zip(cells[1:], ["under only", "both", "well only"], strict=True):
-            here = part[part["column"] == column].head(MAX_NEURONS_PER_CELL)
-            if here.empty:
-                col.caption("—")
-            inner = col.columns(2)
-            for i, r in enumerate(here.itertuples()):
-                neuron = (layer, int(r.neuron))
-                if inner[i % 2].button(view.neuron_button_label(neuron, r.under, r.well), key=f"neuron:{layer}:{r.neuron}",
-                                       type="primary" if neuron in highlight else "secondary", width="stretch"):
-                    view.concept_window(ctx, neuron, (float(r.under), float(r.well)), shown, (selected, similar))
-    how_to_read(
-        "each button is a neuron (channel) with its activation scores under / well: the share of each subgroup's images "
-        "for which it is highly activated. Rows follow the network; press a neuron for its concepts (afterwards its concept cluster shows as filled buttons)."
-    )
+    view.neuron_panel_section(ctx, store, tuple(conv_layers), result, selected, similar)
 
 # --------------------------------------------------------------------------- scorecard
 losses = meta["loss"].to_numpy()

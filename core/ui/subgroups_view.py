@@ -36,9 +36,10 @@ from core.ui.context import PageContext
 from core.ui.image_detail import enlarged
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
-from core.ui.widgets import how_to_read, percent
+from core.ui.widgets import how_to_read, kept, percent
 
 THUMB = 96
+MAX_NEURONS_PER_CELL = 24  # neuron buttons per cell of the panel
 PATCH_VIEW = 96
 CLUSTER_THRESHOLD_KEY = state_key("subgroups", "cluster_threshold")
 
@@ -194,3 +195,41 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     how_to_read("the numbers under the patches are the neuron's activation (max over space) on the image masked to that square.")
 
 
+@st.fragment
+def neuron_panel_section(
+    ctx: PageContext, store: Store, conv_layers: tuple[str, ...], result: UDIS, selected: int, similar: int
+) -> None:
+    """VisCUIT's neuron activation panel for the selected subgroup and its well-performing
+    neighbour: sliders, then one button per neuron (under only / both / well only) that opens
+    its concept window. A fragment: its sliders and buttons rerun only the panel."""
+    c1, c2, c3 = st.columns(3)
+    neuron_threshold = c1.slider("Activation score threshold", 0.5, 1.0, step=0.05, **kept(state_key("subgroups", "neuron_threshold"), 0.5),
+                                 help="A neuron shows when its activation score reaches this in either subgroup.")
+    mass = c2.slider("Mass rule (%)", 0.5, 20.0, step=0.5, **kept(state_key("subgroups", "mass"), 3.0),
+                     help="Per image and layer, the top neurons whose activations sum past this share of the layer's total are 'highly activated' (VisCUIT: 3%).")
+    c3.slider("Concept cluster threshold", 0.5, 1.0, step=0.01, **kept(CLUSTER_THRESHOLD_KEY, CLUSTER_THRESHOLD),
+              help="Neurons join one concept cluster when their concept patches' embeddings have cosine similarity above this.")
+    frame = neuron_panel(store, conv_layers, mass / 100, result.rows(selected), result.rows(similar), neuron_threshold)
+    highlight = set(map(tuple, st.session_state.get(highlight_key(ctx, (selected, similar)), [])))
+    shown = [(r.layer, int(r.neuron)) for r in frame.itertuples()]
+    heads = st.columns([1, 3, 3, 3])
+    for col, text in zip(heads, ["Layer", f"Under-performing #{selected} only", "Both", f"Well-performing #{similar} only"], strict=True):
+        col.markdown(f"**{text}**")
+    for layer in conv_layers:
+        cells = st.columns([1, 3, 3, 3])
+        cells[0].markdown(f"`{layer}`")
+        part = frame[frame["layer"] == layer]
+        for col, column in zip(cells[1:], ["under only", "both", "well only"], strict=True):
+            here = part[part["column"] == column].head(MAX_NEURONS_PER_CELL)
+            if here.empty:
+                col.caption("—")
+            inner = col.columns(2)
+            for i, r in enumerate(here.itertuples()):
+                neuron = (layer, int(r.neuron))
+                if inner[i % 2].button(neuron_button_label(neuron, r.under, r.well), key=f"neuron:{layer}:{r.neuron}",
+                                       type="primary" if neuron in highlight else "secondary", width="stretch"):
+                    concept_window(ctx, neuron, (float(r.under), float(r.well)), shown, (selected, similar))
+    how_to_read(
+        "each button is a neuron (channel) with its activation scores under / well: the share of each subgroup's images "
+        "for which it is highly activated. Rows follow the network; press a neuron for its concepts (afterwards its concept cluster shows as filled buttons)."
+    )
