@@ -37,3 +37,29 @@ def test_spotlight_page_runs_on_the_demo(app_url, page):
     wait_idle(page)
     page.get_by_text("Effective size (sum of weights)").first.wait_for()
     assert page.locator("[data-testid='stException']").count() == 0
+    # the map: drag a box over its middle to select images, then open one image's details
+    chart = page.locator("[data-testid='stVegaLiteChart']").last
+    chart.scroll_into_view_if_needed()
+    wait_idle(page)
+    box = chart.locator("canvas, svg").first.bounding_box()
+    assert box is not None
+    x0, y0 = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.8, steps=8)
+    page.mouse.up()
+    page.get_by_text("images in the box").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    screenshot(page, "spotlight-map-box")
+    picker = page.get_by_role("combobox", name="Image details").last
+    picker.scroll_into_view_if_needed()
+    picker.click()
+    page.get_by_role("option").first.click()
+    dialog = page.locator("[data-testid='stDialog']")
+    dialog.get_by_text("Image details").first.wait_for(timeout=120_000)
+    dialog.get_by_text("Predicted:").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    assert dialog.locator("[data-testid='stImage']").count() == 3
+    assert page.locator("[data-testid='stException']").count() == 0
+    screenshot(page, "spotlight-image-details")
