@@ -208,7 +208,7 @@ if len(boxed):
     how_to_read("the selected images with the highest weight first (up to 24 shown).")
     b1, b2 = st.columns([2, 1])
     with b1:
-        save_subset_form(ctx, boxed, f"map box of {len(boxed)}", "spotlight map", f"box on the {method} map of {representation}",
+        save_subset_form(ctx, boxed, f"map box of {len(boxed)}", "spotlight", f"box on the {method} map of {representation}",
                          key=state_key(PAGE, "save_box", ctx.key))
     if b2.button("Open as cohort", icon=":material/filter_alt:", key=state_key(PAGE, "box_cohort", ctx.key)):
         cohort_link.open_group(ctx, f"map box of {len(boxed)}", boxed)

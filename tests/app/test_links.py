@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.ui.spotlight_view import MAP_BRUSH, MAP_PICK, map_selection
 from core.workspace import load_workspaces
 from tests.app.test_app import build_tiny, no_exception
+from tests.app.test_spotlight_page import open_spotlight, run_spotlights
 from tests.app.test_subgroups_page import CHOICE, buttons, open_subgroups
 from tests.app.test_subsets_page import save_cohort
 
@@ -104,3 +105,24 @@ def test_a_subset_is_compared_with_the_rest_in_the_subgroups(app):
     # the subset is the errors: inside it accuracy is 0, outside it 1, in every group
     assert (table["accuracy (subset)"].dropna() == 0).all() and (table["accuracy (rest)"].dropna() == 1).all()
     assert (table["group"].iloc[1:].str.startswith("#")).all()
+
+
+def test_a_spotlight_map_box_is_saved_and_a_click_opens_details(app):
+    at = open_spotlight(build_tiny(app))
+    run_spotlights(at, 1, steps=50, size=10.0)
+    key = f"spotlight.map_select:{tiny_key()}"
+    at.session_state[key] = {"selection": {MAP_BRUSH: {"x": [-1e9, 1e9], "y": [-1e9, 1e9]}, MAP_PICK: []}}
+    at.run()
+    no_exception(at)
+    assert any(m.value.startswith("**200 images in the box**") for m in at.markdown)  # every point of the tiny map
+    [b for b in at.button if b.label == "Save as subset" and "save_box" in (b.key or "")][0].click().run()
+    no_exception(at)
+    assert not at.error
+    at.switch_page(COHORTS).run()
+    within = at.selectbox(key=f"cohorts.within:{tiny_key()}")
+    assert "map box of 200" in within.options
+    at.switch_page("pages/spotlight.py").run()
+    at.session_state[key] = {"selection": {MAP_BRUSH: {}, MAP_PICK: [{"row": 7}]}}
+    at.run()
+    no_exception(at)
+    assert any(h.startswith("**") and "(row 7)" in h for h in detail_headers(at))

@@ -1,0 +1,354 @@
+"""The Filter saliency page's cached runs and charts (parameter-space saliency, Levin et al.).
+
+The dataset's profiles live on disk with the store (core/saliency_store.py); everything
+computed from them, or from the model for one image, is run once per inputs with
+``cache.computed_once``, keyed by the store's fingerprint, the profiles' key, the reference
+set and the estimator's ``get_params()``, so a rerun never calls the model again. Cached
+objects are fitted clones, never the caller's estimator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+from sklearn.base import clone
+
+from core.filters import FilterIndex, conv_filters, resolve_method
+from core.methods import (
+    FailureModes,
+    FilterSaliency,
+    FilterTurnOff,
+    FineTuneCheck,
+    MaskingExperiment,
+)
+from core.methods.saliency import curves_summary
+from core.models import make_transform
+from core.saliency_store import SaliencyProfiles, build_profiles, find_profiles, nearest, row_norms
+from core.store import Store
+from core.subsets import scope_digest
+from core.ui import cache
+from core.ui.context import PageContext
+
+ORIGIN = "saliency"  # the subset origin of groups found here
+MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many points
+LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
+
+# --------------------------------------------------------------------------- the profiles
+
+
+def layer_choices(ctx: PageContext) -> list[str]:
+    """What the build's layer picker offers: the model's conv blocks, else its conv layers.
+    Raises ModelError (with what the method needs) for a model without conv layers."""
+    index = conv_filters(ctx.model.module)
+    return list(ctx.model.conv_layers) or list(index.layers)
+
+
+def requested_layers(chosen: Sequence[str], choices: Sequence[str]) -> list[str] | None:
+    """The ``layers`` argument of the build: None when every choice is taken (the CLI's default)."""
+    return None if not chosen or set(chosen) == set(choices) else [c for c in choices if c in chosen]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _opened() -> dict[tuple, SaliencyProfiles]:
+    """Profiles opened once per (store, layers); only complete ones are kept."""
+    return {}
+
+
+def profiles_for(ctx: PageContext, layers: list[str] | None) -> SaliencyProfiles | None:
+    """The store's complete profiles over ``layers``, or None while they are not built."""
+    store = ctx.store
+    assert store is not None
+    slot = (store.fingerprint, tuple(store.layers), None if layers is None else tuple(layers))
+    opened = _opened()
+    if slot not in opened:
+        found = find_profiles(store, layers, model=ctx.model)
+        if found is None:
+            return None
+        opened[slot] = found
+    return opened[slot]
+
+
+def uses_loop(ctx: PageContext, index: FilterIndex, profiles: SaliencyProfiles | None = None) -> bool:
+    """Whether per-sample gradients run one image at a time (TorchScript)."""
+    return (profiles is not None and profiles.method == "loop") or resolve_method(ctx.model.module, index) == "loop"
+
+
+def build(ctx: PageContext, layers: list[str] | None, progress: Callable[[int, int, str], None],
+          notice: Callable[[str], None]) -> SaliencyProfiles:
+    """Compute (or resume) the dataset's profiles, then keep them opened."""
+    store = ctx.store
+    assert store is not None
+    built = build_profiles(
+        store, ctx.model, ctx.dataset, layers, batch_size=32,
+        progress=lambda done, total: progress(done, total, "Per-sample gradients"), notice=notice,
+    )
+    _opened()[(store.fingerprint, tuple(store.layers), None if layers is None else tuple(layers))] = built
+    return built
+
+
+def profile_id(profiles: SaliencyProfiles) -> str:
+    return str(profiles.manifest.get("key", profiles.path.name))
+
+
+def reference_stats(store: Store, profiles: SaliencyProfiles, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(mu, sigma, reference id): the whole dataset's, or a subset's (computed once)."""
+    if rows is None:
+        return profiles.mu, profiles.sigma, "all"
+    ref = scope_digest(np.unique(rows))
+    mu, sigma = cache.computed_once(
+        "saliency-reference", store.fingerprint, cache.run_key(profile_id(profiles), ref),
+        "The reference statistics", lambda: profiles.reference_stats(rows),
+    )
+    return mu, sigma, ref
+
+
+# --------------------------------------------------------------------------- Fig. 1 and 2
+
+
+def mean_profiles(store: Store, profiles: SaliencyProfiles, correct: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
+    """Mean raw profile s over the correctly classified and the misclassified images (one pass)."""
+
+    def compute() -> dict[str, np.ndarray]:
+        f = profiles.n_filters
+        sums = {"correct": np.zeros(f), "misclassified": np.zeros(f)}
+        counts = {"correct": 0, "misclassified": 0}
+        for start in range(0, profiles.n, chunk):
+            block = profiles.rows(slice(start, start + chunk)).astype(np.float64)
+            right = correct[start : start + len(block)]
+            sums["correct"] += block[right].sum(axis=0)
+            sums["misclassified"] += block[~right].sum(axis=0)
+            counts["correct"] += int(right.sum())
+            counts["misclassified"] += int((~right).sum())
+        return {g: sums[g] / counts[g] for g in sums if counts[g]}
+
+    return cache.computed_once("saliency-means", store.fingerprint, cache.run_key(profile_id(profiles)),
+                               "The mean profiles", compute)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def profile_frame(means: dict[str, np.ndarray], index: FilterIndex, mu: np.ndarray, sigma: np.ndarray,
+                  standardised: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, layer boundaries) of the profile figure: per group, each layer's filters
+    sorted by value (descending), layers left to right; wide layers thinned evenly."""
+    records = []
+    for group, mean in means.items():
+        values = (mean - mu) / sigma if standardised else mean
+        for layer, (name, start, count) in enumerate(zip(index.layers, index.offsets, index.counts, strict=True)):
+            part = np.sort(values[start : start + count])[::-1]
+            ranks = np.arange(count)
+            if count > MAX_POINTS_PER_LAYER:
+                ranks = np.unique(np.linspace(0, count - 1, MAX_POINTS_PER_LAYER).round().astype(int))
+            for r in ranks:
+                records.append({"position": int(start + r), "value": float(part[r]), "group": group,
+                                "layer": name, "layer_no": layer, "rank": int(r)})
+    bounds = pd.DataFrame({"position": [int(o) for o in index.offsets[1:]]})
+    return pd.DataFrame(records), bounds
+
+
+def profile_chart(points: pd.DataFrame, bounds: pd.DataFrame, y_title: str, log: bool = False) -> alt.LayerChart:
+    """Lines of the mean profile per group, with a dashed rule at each layer boundary (``log``:
+    a log y axis, for raw saliency, which spans orders of magnitude; zeros are left out)."""
+    if log:
+        points = points[points["value"] > 0]
+    lines = alt.Chart(points).mark_line(strokeWidth=1.2).encode(
+        x=alt.X("position:Q", title="Filters (sorted within each layer; layers left to right)", axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log else alt.Undefined),
+        color=alt.Color("group:N", scale=alt.Scale(domain=["correct", "misclassified"], range=["#1f77b4", "#d62728"]), title="images"),
+        detail="layer:N",
+        tooltip=["layer:N", alt.Tooltip("rank:Q", title="rank in layer"), "group:N", alt.Tooltip("value:Q", format=".3g")],
+    )
+    rules = alt.Chart(bounds).mark_rule(strokeDash=[3, 3], color="#999").encode(x="position:Q")
+    return (rules + lines).properties(height=260)
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def image_tensor(ctx: PageContext, rows: Sequence[int]) -> torch.Tensor:
+    """(B, 3, S, S) normalised images of these store rows, as the model takes them."""
+    model = ctx.model
+    transform = make_transform(model.input_size, model.mean, model.std)
+    return torch.stack([transform(ctx.dataset.load_image(int(r))) for r in rows])
+
+
+def _image_key(profiles: SaliencyProfiles, ref: str, row: int, params: dict[str, Any], *more: Any) -> str:
+    return cache.run_key(profile_id(profiles), ref, int(row), params, *more)
+
+
+def saliency_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, stats: tuple[np.ndarray, np.ndarray, str],
+                 estimator: FilterSaliency) -> FilterSaliency:
+    """FilterSaliency of one image (profile, top filters, input map), fitted once (a clone)."""
+    mu, sigma, ref = stats
+    return cache.computed_once(
+        "saliency-image", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "The input-space map",
+        lambda: clone(estimator).fit(ctx.model, ctx.dataset.load_image(row), label, mu, sigma, profiles.index),
+    )
+
+
+def turn_off_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, z: np.ndarray, ref: str,
+                 estimator: FilterTurnOff) -> FilterTurnOff:
+    """Turning-off curves of one image, fitted once (a clone)."""
+    return cache.computed_once(
+        "saliency-turnoff", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "Turning filters off",
+        lambda: clone(estimator).fit(ctx.model, image_tensor(ctx, [row]), np.array([label]), z[None], profiles.index),
+    )
+
+
+def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, fitted: FilterSaliency,
+                stats: tuple[np.ndarray, np.ndarray, str], estimator: MaskingExperiment) -> MaskingExperiment:
+    """The masking experiment on one image's input map, fitted once (a clone)."""
+    mu, sigma, ref = stats
+    key = _image_key(profiles, ref, row, estimator.get_params(), fitted.get_params())
+    return cache.computed_once(
+        "saliency-masking", ctx.store.fingerprint, key, "The masking experiment",
+        lambda: clone(estimator).fit(ctx.model, ctx.dataset.load_image(row), label, fitted.map_, mu, sigma,
+                                     profiles.index, fitted.top_),
+    )
+
+
+def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, z: np.ndarray, ref: str,
+                  neighbours: np.ndarray, labels: np.ndarray, estimator: FineTuneCheck) -> FineTuneCheck:
+    """The one-step fine-tuning check on one image and its neighbours, fitted once (a clone)."""
+    key = _image_key(profiles, ref, row, estimator.get_params(), [int(r) for r in neighbours])
+    return cache.computed_once(
+        "saliency-finetune", ctx.store.fingerprint, key, "The fine-tuning check",
+        lambda: clone(estimator).fit(ctx.model, image_tensor(ctx, [row]), label, z, profiles.index,
+                                     image_tensor(ctx, neighbours) if len(neighbours) else None,
+                                     np.asarray(labels, dtype=np.int64) if len(neighbours) else None),
+    )
+
+
+def layer_columns(index: FilterIndex, span: tuple[str, str]) -> np.ndarray:
+    """The profile columns of the conv layers from ``span[0]`` to ``span[1]`` (network order)."""
+    names = list(index.layers)
+    first, last = sorted((names.index(span[0]), names.index(span[1])))
+    return index.columns(names[first : last + 1])
+
+
+def neighbours_for(store: Store, profiles: SaliencyProfiles, row: int, stats: tuple[np.ndarray, np.ndarray, str],
+                   k: int, columns: np.ndarray, candidates: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest images in saliency space (cosine of z over ``columns``), computed once."""
+    mu, sigma, ref = stats
+    pid = profile_id(profiles)
+    affine = profiles.z_affine(mu, sigma)
+    cols_key = scope_digest(columns)
+    norms = cache.computed_once(
+        "saliency-norms", store.fingerprint, cache.run_key(pid, ref, cols_key), "The saliency-space norms",
+        lambda: row_norms(profiles.profiles, columns, affine),
+    )
+    cand_key = None if candidates is None else scope_digest(candidates)
+    return cache.computed_once(
+        "saliency-neighbours", store.fingerprint, cache.run_key(pid, ref, cols_key, cand_key, int(row), int(k)),
+        "The saliency-space neighbours",
+        lambda: nearest(profiles.profiles, profiles.z([row], mu, sigma)[0], k=k, columns=columns, rows=candidates,
+                        query_row=row, affine=affine, norms=norms),
+    )
+
+
+# --------------------------------------------------------------------------- sets of images
+
+
+def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.ndarray, labels: np.ndarray,
+                       stats: tuple[np.ndarray, np.ndarray, str], estimator: FilterTurnOff,
+                       progress: Callable[[int, int, str], None] | None = None, batch: int = 10) -> pd.DataFrame:
+    """``FilterTurnOff.summary()`` over these images (bootstrap intervals over images),
+    fitted in batches of ``batch`` images so the page can show progress; computed once."""
+    mu, sigma, ref = stats
+
+    def compute() -> pd.DataFrame:
+        parts = []
+        for start in range(0, len(rows), batch):
+            part = rows[start : start + batch]
+            if progress:
+                progress(start, len(rows), "Turning filters off")
+            fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, part), labels[start : start + batch],
+                                          profiles.z(part, mu, sigma), profiles.index)
+            curves = fitted.curves_.copy()
+            curves["image"] += start
+            parts.append(curves)
+        if progress:
+            progress(len(rows), len(rows), "Turning filters off")
+        return curves_summary(pd.concat(parts, ignore_index=True), seed=estimator.seed)
+
+    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
+    return cache.computed_once("saliency-aggregate", ctx.store.fingerprint, key, "Turning filters off over many images", compute)
+
+
+def cached_aggregate(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, ref: str, estimator: FilterTurnOff) -> pd.DataFrame | None:
+    """The aggregate already computed for these inputs, or None (nothing is computed)."""
+    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
+    return cache.cached_result("saliency-aggregate", store.fingerprint, key)
+
+
+def failure_modes_for(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, stats: tuple[np.ndarray, np.ndarray, str],
+                      columns: np.ndarray, estimator: FailureModes) -> FailureModes:
+    """FailureModes over these misclassified images' z (on ``columns``), fitted once (a clone)."""
+    mu, sigma, ref = stats
+    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows), scope_digest(columns))
+    return cache.computed_once(
+        "saliency-modes", store.fingerprint, key, "The failure modes",
+        lambda: clone(estimator).fit(profiles.z(rows, mu, sigma), rows, profiles.index, columns),
+    )
+
+
+# --------------------------------------------------------------------------- charts and tables
+
+
+def curves_frame(curves: pd.DataFrame) -> pd.DataFrame:
+    """One image's turning-off curves, long: order, k, measure, value (low = high = value)."""
+    long = curves.melt(id_vars=["order", "k"], value_vars=["true_confidence", "wrong_confidence"], var_name="measure")
+    long["measure"] = long["measure"].map({"true_confidence": "true class (solid)", "wrong_confidence": "predicted class (dashed)"})
+    long["low"] = long["high"] = long["value"]
+    return long[["order", "k", "measure", "value", "low", "high"]]
+
+
+def summary_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """``FilterTurnOff.summary()`` long: order, k, measure, value, low, high."""
+    parts = []
+    for column, name in (("true_confidence", "true class (solid)"), ("wrong_confidence", "predicted class (dashed)")):
+        part = summary[["order", "k", column, f"{column}_low", f"{column}_high"]].copy()
+        part.columns = ["order", "k", "value", "low", "high"]
+        part["measure"] = name
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)[["order", "k", "measure", "value", "low", "high"]]
+
+
+def turn_off_chart(frame: pd.DataFrame, bands: bool) -> alt.LayerChart:
+    """Confidence vs filters turned off, one colour per order (salient, random, least), solid
+    for the true class and dashed for the wrong one; with ``bands`` the 95% intervals."""
+    colour = alt.Color("order:N", scale=alt.Scale(domain=["salient", "random", "least"], range=["#d62728", "#7f7f7f", "#2ca02c"]),
+                       title="filters turned off")
+    x = alt.X("k:Q", title="Filters turned off (k)")
+    lines = alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=14)).encode(
+        x=x, y=alt.Y("value:Q", title="Softmax confidence", scale=alt.Scale(domain=[0, 1])), color=colour,
+        strokeDash=alt.StrokeDash("measure:N", title="confidence of",
+                                  scale=alt.Scale(domain=["true class (solid)", "predicted class (dashed)"], range=[[1, 0], [5, 3]]),
+                                  legend=alt.Legend(symbolOpacity=0)),  # the labels say which dash
+        tooltip=["order:N", "k:Q", "measure:N", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("low:Q", format=".3f", title="95% low"), alt.Tooltip("high:Q", format=".3f", title="95% high")],
+    )
+    chart = lines
+    if bands:
+        area = alt.Chart(frame).mark_area(opacity=0.15).encode(x=x, y="low:Q", y2="high:Q", color=colour, detail="measure:N")
+        chart = area + lines
+    return chart.properties(height=280)
+
+
+def top_filters_table(fitted: FilterSaliency) -> pd.DataFrame:
+    """The picked image's top filters: rank, layer, filter, z."""
+    table = pd.DataFrame(fitted.top_filters_)[["layer", "filter", "z"]]
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table
+
+
+def masked_view(view: np.ndarray, mask: np.ndarray, mean: Sequence[float]) -> np.ndarray:
+    """The image as the model sees it with the masked pixels set to the dataset mean colour."""
+    out = view.copy()
+    out[mask] = (np.asarray(mean) * 255).round().astype(np.uint8)
+    return out

@@ -1,0 +1,362 @@
+"""Filter saliency: which filters malfunction on an error (Levin et al., parameter-space saliency)."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import BiasLensError
+from core.filters import conv_filters
+from core.methods import (
+    FailureModes,
+    FilterSaliency,
+    FilterTurnOff,
+    FineTuneCheck,
+    MaskingExperiment,
+    confusion_cell_groups,
+    overlay,
+)
+from core.saliency_store import size_message
+from core.scorecard import scorecard
+from core.ui import cache
+from core.ui import saliency_view as view
+from core.ui.charts import show
+from core.ui.context import page_context
+from core.ui.image_detail import enlarged
+from core.ui.keys import state_key
+from core.ui.method_page import gallery, run_with_progress, save_subset_form
+from core.ui.widgets import how_to_read, kept, percent
+from core.ui.workshop import ground_truth_hidden, hidden_notice
+
+PAGE = "saliency"
+VIEW = 224
+PICK_SHOWN = 16
+NEIGHBOURS = 10
+WHOLE = "Whole dataset"
+
+ctx = page_context()
+store, meta = ctx.store, ctx.meta()
+classes = store.classes
+labels_idx = meta["label_idx"].to_numpy()
+correct = meta["correct"].to_numpy()
+losses = meta["loss"].to_numpy()
+wrong_rows = meta.loc[~meta["correct"]].sort_values("loss", ascending=False)["row"].to_numpy()
+ROW = state_key(PAGE, "row", ctx.key)
+ROW_WIDGET = state_key(PAGE, "row_id", ctx.key)
+
+st.title("Filter saliency")
+st.caption(
+    "Parameter-space saliency ranks the network's conv filters by how much the loss of one image "
+    "would change them (the mean absolute gradient of each filter's weights, standardised against the dataset): "
+    "the filters most salient for an error are the ones that malfunction (Levin et al., "
+    "*Where do models go wrong? Parameter-space saliency maps for explainability*)."
+)
+
+# --------------------------------------------------------------------------- 1. the dataset's profiles
+st.subheader("Profiles of the dataset")
+try:
+    choices = view.layer_choices(ctx)
+except BiasLensError as exc:
+    st.info(str(exc))
+    st.stop()
+if store.n < 2:
+    st.error(f"The dataset has {store.n} image(s); saliency profiles are standardised over the dataset and need at least 2.")
+    st.stop()
+chosen = st.multiselect(
+    "Conv layers profiled", choices, **kept(state_key(PAGE, "layers", ctx.key), choices),
+    help="The filters of these conv layers (or blocks) make up each image's profile. Default: all of them.",
+)
+if not chosen:
+    st.warning("Pick at least one conv layer.")
+    st.stop()
+layers = view.requested_layers(chosen, choices)
+try:
+    index = conv_filters(ctx.model.module, layers)
+except BiasLensError as exc:
+    st.error(str(exc))
+    st.stop()
+profiles = view.profiles_for(ctx, layers)
+if profiles is None:
+    before = st.empty()  # the size and the button, cleared once the build starts
+    with before.container():
+        st.info(size_message(store.n, index))
+        if view.uses_loop(ctx, index):
+            st.info(view.LOOP_NOTE)
+        command = f"python -m core saliency {ctx.workspace.name}" + (f" --layers {','.join(layers)}" if layers else "")
+        if ctx.hosted:
+            st.info(f"The saliency profiles of this workspace are not computed on this server. Visitors cannot start "
+                    f"the computation; the server's operator runs `{command}`.")
+            st.stop()
+        st.caption(f"Or from a terminal: `{command}` (resumes where it stopped).")
+        clicked = st.button("Compute saliency profiles", type="primary", icon=":material/tune:", key=state_key(PAGE, "build"))
+    if not clicked:
+        st.stop()
+    before.empty()
+    try:
+        with cache.queued("The saliency profiles"):
+            profiles = run_with_progress(
+                "Computing saliency profiles...",
+                lambda progress: view.build(ctx, layers, progress, notice=st.info),
+                lambda p: f"Saliency profiles of {p.n:,} images over {p.n_filters:,} filters",
+                unit="image",
+            )
+    except BiasLensError as exc:
+        st.error(f"The saliency profiles cannot be computed: {exc}")
+        st.stop()
+m = profiles.manifest
+st.caption(f"{profiles.n:,} images × {profiles.n_filters:,} filters over {len(index.layers)} conv layer(s), "
+           f"computed in {float(m.get('seconds', 0)):.0f} s.")
+if view.uses_loop(ctx, index, profiles):
+    st.info(view.LOOP_NOTE)
+
+# --------------------------------------------------------------------------- 2. reference set
+names = ctx.subsets().names()
+ref_key = state_key(PAGE, "reference", ctx.key)
+if st.session_state.get(f"{ref_key}:kept", WHOLE) not in [WHOLE, *names]:
+    st.warning(f"The reference subset '{st.session_state[f'{ref_key}:kept']}' no longer exists: the whole dataset is used.")
+    st.session_state[f"{ref_key}:kept"] = WHOLE
+reference = st.selectbox(
+    "Reference set", [WHOLE, *names], **kept(ref_key, WHOLE),
+    help="Profiles are standardised (z = (s − μ) / σ) against this set's mean and standard deviation per filter.",
+)
+ref_rows = None if reference == WHOLE else np.asarray(ctx.subsets().get(reference).rows, dtype=np.int64)
+try:
+    stats = view.reference_stats(store, profiles, ref_rows)
+except BiasLensError as exc:
+    st.error(f"{exc}")
+    stats = view.reference_stats(store, profiles, None)
+mu, sigma, ref = stats
+
+# --------------------------------------------------------------------------- 3. Fig. 1 and 2
+means = view.mean_profiles(store, profiles, correct)
+left, right = st.columns(2)
+with left:
+    st.markdown("**Raw saliency profile** (mean over images)")
+    points, bounds = view.profile_frame(means, index, mu, sigma, standardised=False)
+    show(view.profile_chart, points, bounds, "mean |∂L/∂W| per filter (log)", log=True)
+with right:
+    st.markdown("**Standardised profile** (mean z against the reference set)")
+    points, bounds = view.profile_frame(means, index, mu, sigma, standardised=True)
+    show(view.profile_chart, points, bounds, "mean z per filter")
+how_to_read("each layer's filters sorted by value, layers left to right between dashed lines; misclassified images "
+            "(red) have higher saliency than correct ones (blue), most visibly once standardised.")
+
+# --------------------------------------------------------------------------- 4. pick an image
+st.subheader("Pick an image")
+modes = ["Misclassified images", "A saved subset", "By row"]
+mode = st.segmented_control("From", modes, **kept(state_key(PAGE, "pick_mode"), modes[0])) or modes[0]
+if st.session_state.get(ROW) is None or not 0 <= int(st.session_state[ROW]) < store.n:
+    st.session_state[ROW] = int(wrong_rows[0]) if len(wrong_rows) else 0
+
+
+def select_button(col, rec) -> None:
+    row = int(rec["row"])
+    col.button("Select", key=state_key(PAGE, "select", row), width="stretch",
+               type="primary" if row == st.session_state[ROW] else "secondary",
+               on_click=st.session_state.__setitem__, args=(ROW, row))
+
+
+if mode == "By row":
+    st.session_state[ROW_WIDGET] = int(st.session_state[ROW])
+    st.number_input("Row", 0, store.n - 1, step=1, key=ROW_WIDGET, help="The image's store row (0-based).",
+                    on_change=lambda: st.session_state.__setitem__(ROW, int(st.session_state[ROW_WIDGET])))
+elif mode == "A saved subset":
+    if not names:
+        st.info("No saved subsets yet: save one on *Cohorts & subsets* or below.")
+    else:
+        subset_key = state_key(PAGE, "pick_subset", ctx.key)
+        if st.session_state.get(f"{subset_key}:kept") not in names:
+            st.session_state[f"{subset_key}:kept"] = names[0]
+        subset = st.selectbox("Subset", names, **kept(subset_key, names[0]))
+        rows = np.asarray(ctx.subsets().get(subset).rows, dtype=np.int64)
+        rows = rows[np.argsort(-losses[rows], kind="stable")][:PICK_SHOWN]
+        gallery(ctx, meta, rows, below=select_button, origin="saliency-pick-subset")
+        how_to_read("the subset's highest-loss images; press Select under one.")
+elif not len(wrong_rows):
+    st.info("The model classifies every image correctly: pick one by row.")
+else:
+    gallery(ctx, meta, wrong_rows[:PICK_SHOWN], below=select_button, origin="saliency-pick")
+    how_to_read(f"the {min(PICK_SHOWN, len(wrong_rows))} misclassified images of highest loss (of {len(wrong_rows):,}); press Select under one.")
+
+# --------------------------------------------------------------------------- 5. the picked image
+row = int(st.session_state[ROW])
+rec = meta.iloc[row]
+label = int(rec["label_idx"])
+st.subheader(f"Image {rec['id']} (row {row})")
+st.markdown(f"Label **{rec['label']}** · predicted **{rec['pred']}** ({percent(rec['confidence'])})"
+            + (" ✓" if rec["correct"] else " ✗ misclassified") + f" · loss {rec['loss']:.3f}")
+if rec["correct"]:
+    st.info("This image is classified correctly. The paper studies errors: the salient filters of a correct image "
+            "show what it relies on, and turning them off lowers the true class's confidence.")
+k = int(st.number_input("Top filters (k)", 1, 100_000, **kept(state_key(PAGE, "k"), 10),
+                        help="The paper's F: the k filters of highest z, boosted for the input-space map (eq. 3)."))
+try:
+    with st.spinner("Computing the image's saliency (cached afterwards)..."):
+        fitted = view.saliency_for(ctx, profiles, row, label, stats, FilterSaliency(k=k))
+except BiasLensError as exc:
+    st.error(f"The image's saliency cannot be computed: {exc}")
+    st.stop()
+for note in fitted.notes_:
+    st.caption(note)
+left, middle, right = st.columns([1, 1, 2])
+left.image(enlarged(fitted.view_, VIEW), caption="Image (as the model sees it)", width="stretch")
+middle.image(enlarged(overlay(fitted.view_, fitted.map_), VIEW), caption=f"Input-space saliency of the top {len(fitted.top_)} filters",
+             width="stretch")
+right.dataframe(view.top_filters_table(fitted), hide_index=True, height=260,
+                column_config={"z": st.column_config.NumberColumn("z", format="%.2f")})
+how_to_read("the map shows the pixels that drive the top filters' saliency (red = most; eq. 4); the table lists "
+            "the filters with the highest z for this image: the candidates for the error.")
+
+z = profiles.z([row], mu, sigma)[0]
+st.markdown("**Turning the salient filters off**")
+max_k = min(30, index.n_filters)
+turned = view.turn_off_for(ctx, profiles, row, label, z, ref, FilterTurnOff(max_k=max_k))
+show(view.turn_off_chart, view.curves_frame(turned.curves_), False)
+how_to_read("zeroing the most salient filters (red) should lower the wrong class's confidence (dashed) and raise the "
+            "true class's (solid) faster than random (grey) or least salient (green) filters.")
+
+st.markdown("**Masking the salient pixels**")
+c1, c2 = st.columns([2, 1])
+threshold = c1.slider("Mask pixels with map ≥", 0.05, 0.95, step=0.05, **kept(state_key(PAGE, "threshold"), 0.5))
+least = c2.toggle("least salient (control)", **kept(state_key(PAGE, "least"), False),
+                  help="Mask as many pixels, but those of lowest saliency instead.")
+masking = view.masking_for(ctx, profiles, row, label, fitted, stats, MaskingExperiment(threshold=threshold, least=least))
+left, right = st.columns([1, 2])
+left.image(enlarged(view.masked_view(fitted.view_, masking.mask_, ctx.model.mean), VIEW),
+           caption=f"Masked: {percent(masking.masked_share_)} of the pixels", width="stretch")
+pred = int(rec["pred_idx"])
+shown = list(dict.fromkeys([label, pred, int(np.argmax(masking.probabilities_after_))]))
+right.dataframe(pd.DataFrame({
+    "class": [classes[c] + (" (true)" if c == label else "") for c in shown],
+    "before": [masking.probabilities_before_[c] for c in shown],
+    "after masking": [masking.probabilities_after_[c] for c in shown],
+}), hide_index=True, column_config={c: st.column_config.ProgressColumn(c, min_value=0, max_value=1, format="%.3f")
+                                    for c in ("before", "after masking")})
+right.metric("Top filters' mean z", f"{masking.top_saliency_after_:.2f}", f"{-masking.saliency_drop_:+.2f} after masking",
+             delta_color="inverse")
+how_to_read("masking the most salient pixels should lower the top filters' saliency (and change the output) more "
+            "than masking the same number of least salient pixels (the control).")
+
+# saliency-space neighbours (used by the fine-tuning check and shown below it)
+all_neighbours, _ = view.neighbours_for(store, profiles, row, stats, NEIGHBOURS, np.arange(index.n_filters), None)
+
+st.markdown("**Fine-tuning check**")
+check = view.fine_tune_for(ctx, profiles, row, label, z, ref, all_neighbours, labels_idx[all_neighbours], FineTuneCheck())
+st.dataframe(check.results_, hide_index=True, column_config={
+    "image_corrected": st.column_config.NumberColumn("image corrected", format="percent"),
+    "image_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (image)", format="%+.4f"),
+    "neighbours_corrected_share": st.column_config.NumberColumn("neighbours corrected", format="percent"),
+    "neighbours_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (neighbours)", format="%+.4f"),
+})
+st.caption(f"One normalised gradient step on this image through {check.k_} filter(s) only (1% of them), chosen as the most "
+           f"salient, random or least salient; measured on the image and its {len(all_neighbours)} saliency-space neighbours. "
+           "The step is applied to copies of the weights: the model in the app is never modified. " + " ".join(check.notes_))
+how_to_read("if the salient filters cause the error, updating them corrects the image and helps its neighbours more than random or least salient filters do.")
+
+st.markdown("**Saliency-space neighbours**")
+c1, c2 = st.columns([1, 2])
+scope = c1.radio("Among", ["All images", "Misclassified only"], horizontal=True, **kept(state_key(PAGE, "nb_scope"), "All images"))
+names_l = list(index.layers)
+span_key = state_key(PAGE, "nb_layers", ctx.key)
+if st.session_state.get(f"{span_key}:kept") is None or any(x not in names_l for x in st.session_state[f"{span_key}:kept"]):
+    st.session_state[f"{span_key}:kept"] = (names_l[0], names_l[-1])
+if len(names_l) > 1:
+    span = c2.select_slider("Layer range", names_l, **kept(span_key, (names_l[0], names_l[-1])),
+                            help="Early layers find images alike in low-level ways (colour), deep ones in abstract ways (Fig. 5).")
+else:
+    span = (names_l[0], names_l[0])
+columns = view.layer_columns(index, tuple(span))
+candidates = wrong_rows if scope == "Misclassified only" else None
+near, similarity = view.neighbours_for(store, profiles, row, stats, NEIGHBOURS, columns, candidates)
+gallery(ctx, meta, near, extra=[f"cos {s:.2f}" for s in similarity], origin="saliency-neighbours")
+how_to_read("the images whose standardised profiles (over the chosen layers) point the same way as this one's (cosine); "
+            "the paper finds they are often misclassified for the same reason.")
+save_subset_form(ctx, np.concatenate([[row], near]), f"saliency neighbours of {rec['id']}", view.ORIGIN,
+                 f"row {row} and its {len(near)} saliency-space neighbours ({scope.lower()}, layers {span[0]}..{span[1]})",
+                 key=state_key(PAGE, "save_neighbours", ctx.key, row), params={"row": row, "layers": list(span), "scope": scope})
+
+# --------------------------------------------------------------------------- 6. aggregate turning-off
+st.subheader("Turning filters off over many errors")
+sources = ["All misclassified images", *names]
+source_key = state_key(PAGE, "agg_source", ctx.key)
+if st.session_state.get(f"{source_key}:kept", sources[0]) not in sources:
+    st.session_state[f"{source_key}:kept"] = sources[0]
+c1, c2 = st.columns([2, 1])
+source = c1.selectbox("Images", sources, **kept(source_key, sources[0]), help="Only the misclassified images of a subset are used.")
+cap = int(c2.number_input("At most (highest loss first)", 2, 5000, **kept(state_key(PAGE, "agg_cap"), 100)))
+pool = wrong_rows if source == sources[0] else wrong_rows[np.isin(wrong_rows, np.asarray(ctx.subsets().get(source).rows))]
+agg_rows = pool[:cap]
+turn_off = FilterTurnOff(max_k=max_k)
+summary = view.cached_aggregate(store, profiles, agg_rows, ref, turn_off) if len(agg_rows) else None
+if not len(agg_rows):
+    st.info("No misclassified images in this set.")
+elif summary is None and st.button(f"Turn filters off on {len(agg_rows):,} images", key=state_key(PAGE, "aggregate")):
+    try:
+        summary = run_with_progress(
+            "Turning filters off...",
+            lambda progress: view.aggregate_turn_off(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, turn_off, progress),
+            lambda s: f"Turned filters off on {int(s['n'].max()):,} images", unit="image",
+        )
+    except BiasLensError as exc:
+        st.error(f"The aggregate cannot be computed: {exc}")
+if summary is not None:
+    show(view.turn_off_chart, view.summary_frame(summary), True)
+    how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
+                "(bands); the salient order should separate from random and least salient.")
+
+# --------------------------------------------------------------------------- 7. failure modes
+st.subheader("Failure modes")
+if len(wrong_rows) < 2:
+    st.info("Failure modes group misclassified images: this dataset has fewer than 2.")
+    st.stop()
+c1, c2 = st.columns([1, 2])
+n_groups = int(c1.number_input("Groups", 2, 50, **kept(state_key(PAGE, "fm_groups"), 8)))
+fm_key = state_key(PAGE, "fm_layers", ctx.key)
+if st.session_state.get(f"{fm_key}:kept") is None or any(x not in names_l for x in st.session_state[f"{fm_key}:kept"]):
+    st.session_state[f"{fm_key}:kept"] = (names_l[0], names_l[-1])
+fm_span = c2.select_slider("Layer range", names_l, **kept(fm_key, (names_l[0], names_l[-1]))) if len(names_l) > 1 else (names_l[0],) * 2
+modes_est = FailureModes(n_groups=n_groups, min_size=min(5, max(1, len(wrong_rows) // 10)))
+try:
+    with st.spinner("Grouping the errors by their salient filters (cached afterwards)..."):
+        modes_fit = view.failure_modes_for(store, profiles, np.sort(wrong_rows), stats, view.layer_columns(index, tuple(fm_span)), modes_est)
+except BiasLensError as exc:
+    st.error(f"The failure modes cannot be computed: {exc}")
+    st.stop()
+st.caption(f"{len(modes_fit.groups_)} failure mode(s) among {len(wrong_rows):,} misclassified images (k-means in cosine "
+           "geometry of z). " + " ".join(modes_fit.notes_))
+for g in modes_fit.groups_:
+    with st.container(border=True):
+        members = meta.iloc[g.rows]
+        cells = members.groupby(["label", "pred"]).size().sort_values(ascending=False).head(2)
+        common = ", ".join(f"{t} → {p} ({n})" for (t, p), n in cells.items())
+        st.markdown(f"**Mode #{g.index}** · {g.size} images · most common: {common}")
+        st.caption("Shared top filters: " + ", ".join(f"{f['layer']}[{f['filter']}] (z̄ {f['mean_z']:.1f})" for f in g.top_filters[:6]))
+        gallery(ctx, meta, g.rows[:8], origin=f"saliency-mode-{g.index}", details=False)
+        save_subset_form(ctx, g.rows, f"failure mode {g.index}", view.ORIGIN, f"failure mode {g.index} of {len(modes_fit.groups_)} "
+                         f"(saliency, layers {fm_span[0]}..{fm_span[1]})",
+                         key=state_key(PAGE, "save_mode", ctx.key, g.index), params={**modes_est.get_params(), "mode": g.index})
+how_to_read("each box is a group of errors whose salient filters agree; its most typical images come first.")
+
+if store.slice_columns:
+    st.subheader("Scorecard: planted slices")
+    if ground_truth_hidden():
+        hidden_notice("The scorecard against the planted slices")
+    else:
+        truth = meta[store.slice_columns].to_numpy(dtype=bool)
+        slice_names = [c.removeprefix("slice_") for c in store.slice_columns]
+        baseline = confusion_cell_groups(labels_idx, meta["pred_idx"].to_numpy(), losses, meta["row"].to_numpy())
+        left, right = st.columns(2)
+        config = {"P@10": st.column_config.NumberColumn("P@10", format="%.1f"),  # narrow: two tables side by side
+                  "recall": st.column_config.NumberColumn(format="percent")}
+        with left:
+            st.markdown("**Failure modes** (saliency)")
+            groups = [g.rows for g in modes_fit.groups_]
+            st.dataframe(scorecard(truth, groups, slice_names=slice_names, group_names=[f"#{g.index}" for g in modes_fit.groups_],
+                                   members=groups), hide_index=True, column_config=config)
+        with right:
+            st.markdown("**Baseline: confusion cells** (true → predicted, by loss)")
+            cells = list(baseline["rows"])
+            st.dataframe(scorecard(truth, cells, slice_names=slice_names,
+                                   group_names=[f"{classes[t]} → {classes[p]}" for t, p in zip(baseline["true"], baseline["predicted"], strict=True)],
+                                   members=cells), hide_index=True, column_config=config)
+        how_to_read("for each planted slice, the group whose 10 first images hold most slice images (P@10; ≥ 0.8 = identified) "
+                    "and its share of the slice (recall); the failure modes show skill only where they beat the baseline.")

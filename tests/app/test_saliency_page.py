@@ -1,0 +1,198 @@
+"""AppTest of the Filter saliency page on the tiny workspace: building the profiles, every
+panel (figures, picking an image, top filters and k, the input map, turning off, masking,
+fine-tuning, neighbours saved as a subset, the aggregate, failure modes), hosted mode and a
+model without conv layers."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.workspace import load_workspaces
+from tests.app.conftest import REPO, write_workspaces
+from tests.app.test_app import build_tiny, no_exception
+from tests.app.test_hosted import _app, _scripted_workspace
+from tests.app.test_subgroups_page import MLP_MODEL
+
+PAGE = "pages/saliency.py"
+BUILD = "saliency.build"
+
+
+def open_saliency(at: AppTest) -> AppTest:
+    at.switch_page(PAGE).run()
+    no_exception(at)
+    assert at.title[0].value == "Filter saliency"
+    return at
+
+
+def ws_key(name: str = "tiny") -> str:
+    return load_workspaces().workspaces[name].key()
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in (at.markdown, at.caption, at.warning, at.info, at.error, at.subheader) for e in kind]
+    return "\n".join(str(p) for p in parts)
+
+
+def images(at: AppTest) -> list[str]:
+    return [c for im in at.image for c in im.captions]
+
+
+@pytest.fixture
+def built(app) -> AppTest:
+    """The tiny workspace's page with its profiles built from the page."""
+    at = open_saliency(build_tiny(app))
+    assert not at.error
+    assert any("Saliency profiles of 200 images over 40 conv filters" in i.value for i in at.info)  # the size, first
+    assert not at.subheader or "Pick an image" not in [s.value for s in at.subheader]
+    at.button(key=BUILD).click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    return at.run()
+
+
+def test_build_and_every_panel(built):
+    at = built
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert not [b for b in at.button if b.key == BUILD]  # built: no button any more
+    heads = [s.value for s in at.subheader]
+    for head in ("Profiles of the dataset", "Pick an image", "Turning filters off over many errors", "Failure modes"):
+        assert head in heads
+    assert len(at.get("vega_lite_chart")) >= 3  # Fig. 1, Fig. 2, this image's turning-off curves
+    assert any("Input-space saliency of the top 10 filters" in c for c in images(at))
+    assert any(c.startswith("Masked: ") for c in images(at))
+    text = texts(at)
+    assert "the model in the app is never modified" in text
+    assert "Mode #0" in text
+    assert all(c.value.startswith("How to read this") or c.value for c in at.caption)
+
+    # choose another misclassified image from the gallery
+    row_key = f"saliency.row:{ws_key()}"
+    first = at.session_state[row_key]
+    selects = [b for b in at.button if (b.key or "").startswith("saliency.select:")]
+    assert len(selects) >= 2
+    selects[1].click().run()
+    no_exception(at)
+    assert at.session_state[row_key] != first
+    assert f"(row {at.session_state[row_key]})" in texts(at)
+
+    # k: more than the model's 40 filters is clamped, with the estimator's note
+    at.number_input(key="saliency.k").set_value(60).run()
+    no_exception(at)
+    assert "k = 60 is more than the model's 40 filters" in texts(at)
+    assert len(at.dataframe[0].value) == 40
+    at.number_input(key="saliency.k").set_value(5).run()
+    assert len(at.dataframe[0].value) == 5
+
+    # the masking threshold and the control
+    at.slider(key="saliency.threshold").set_value(0.8).run()
+    no_exception(at)
+    at.toggle(key="saliency.least").set_value(True).run()
+    no_exception(at)
+    assert not at.error
+
+    # neighbours: misclassified only, then saved as a subset
+    at.radio(key="saliency.nb_scope").set_value("Misclassified only").run()
+    no_exception(at)
+    row = at.session_state[row_key]
+    form = f"saliency.save_neighbours:{ws_key()}:{row}"
+    at.button(key=f"FormSubmitter:{form}-Save as subset").click().run()
+    no_exception(at)
+    assert not at.error
+    name = at.text_input(key=f"{form}:name").value
+    at.run()
+    # the saved subset is offered as a reference set and on the Cohorts page
+    assert name in at.selectbox(key=f"saliency.reference:{ws_key()}").options
+    at.switch_page("pages/cohorts.py").run()
+    no_exception(at)
+    assert name in at.selectbox(key=f"cohorts.open:{ws_key()}").options
+
+
+def test_pick_by_row_and_a_correct_image(built):
+    at = built
+    at.segmented_control(key="saliency.pick_mode").set_value("By row").run()
+    no_exception(at)
+    meta_correct = None
+    for row in range(200):
+        at.number_input(key=f"saliency.row_id:{ws_key()}").set_value(row).run()
+        no_exception(at)
+        if "✓" in " ".join(m.value for m in at.markdown if m.value.startswith("Label **")):
+            meta_correct = row
+            break
+    assert meta_correct is not None
+    assert "The paper studies errors" in texts(at)
+    assert not at.error
+
+
+def test_aggregate_and_reference_subset(built):
+    at = built
+    at.number_input(key="saliency.agg_cap").set_value(6).run()
+    button = next(b for b in at.button if b.key == "saliency.aggregate")
+    button.click().run()
+    no_exception(at)
+    assert not at.error
+    assert "mean confidence over 6 misclassified images" in texts(at)
+    at.run()  # a rerun shows the cached aggregate without the button
+    assert "mean confidence over 6 misclassified images" in texts(at)
+    assert not [b for b in at.button if b.key == "saliency.aggregate"]
+
+
+def test_hosted_shows_the_command_not_the_button(tmp_path, tiny_files, monkeypatch):
+    at = _app(monkeypatch, tmp_path, _scripted_workspace(tmp_path, tiny_files), None)
+    at.session_state["app.workspace"] = "scripted"
+    at.run()
+    at.button[0].click().run()  # build the store (not hosted yet)
+    no_exception(at)
+    monkeypatch.setenv("BIASLENS_HOSTED", "1")
+    st.cache_data.clear()  # the workspace list (and its hosted flag) is cached
+    st.cache_resource.clear()
+    hosted = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+    hosted.session_state["app.workspace"] = "scripted"
+    hosted.run()
+    open_saliency(hosted)
+    assert not [b for b in hosted.button if b.key == BUILD]
+    assert "python -m core saliency scripted" in texts(hosted)
+    assert "one image at a time (slower)" in texts(hosted)  # TorchScript
+
+
+def test_model_without_conv_layers(tmp_path, tiny_files, monkeypatch):
+    extra = f"""
+[workspace.mlp]
+model = {MLP_MODEL}
+dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
+"""
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    at = open_saliency(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240), "mlp"))
+    assert not at.error
+    assert any("Filter saliency needs convolutional layers" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == BUILD]
+
+
+def test_warm_rerun_calls_no_model(built, monkeypatch):
+    """A rerun reads every result from the cache: the estimators are never fitted again."""
+    import core.methods.saliency as saliency
+    import core.methods.saliency_search as search
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rerun fitted an estimator again")
+
+    for cls in (saliency.FilterSaliency, saliency.FilterTurnOff, saliency.FineTuneCheck, saliency.MaskingExperiment,
+                search.FailureModes):
+        monkeypatch.setattr(cls, "fit", refuse)
+    built.run()
+    no_exception(built)
+    assert not built.error
+
+
+def test_deleted_reference_subset_falls_back(built):
+    at = built
+    at.session_state[f"saliency.reference:{ws_key()}:kept"] = "a subset deleted since"
+    at.run()
+    no_exception(at)
+    assert any("no longer exists: the whole dataset is used" in w.value for w in at.warning)
+    assert at.selectbox(key=f"saliency.reference:{ws_key()}").value == "Whole dataset"
+    assert not at.error
