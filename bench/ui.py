@@ -13,7 +13,8 @@ stayed idle for 0.5 s (and, where named, once an expected element is visible).
 - rerun_s: page -> median of 5 reruns by a widget that needs no new computation: Overview
   the confusion matrix's "as shares" toggle; Cohorts & subsets a rerun (the `r` key) with a
   WHERE filter shown; Spotlight the panel switch between Spotlight 1 and 2; Subgroups the
-  threshold switch between 0.5 and 0.66.
+  threshold switch between 0.5 and 0.66; Filter saliency the masking panel's control toggle
+  (both variants computed in the warm-up, which also builds the demo's saliency profiles).
 - switch_s: page -> median of 5 arrivals on the page through the sidebar navigation.
 - cam_open_s: median of 5 Grad-CAM windows (5 images, each computed on first open), from
   the CAM click until the window shows its maps; subgroup_select_s: median of 5 "Select"
@@ -47,7 +48,7 @@ BROWSER_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups"]
+PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency"]
 COHORT = "label = 'Sandal' AND marker = 'square'"
 TARGET_S, CAM_TARGET_S = 1.0, 2.0
 # Records every script-state change with the page's clock, across in-app navigation.
@@ -123,7 +124,9 @@ def wait_ready(page: Page, text: str) -> None:
 
 
 READY = {"Overview": "Planted slices", "Cohorts & subsets": "Columns you can filter on",
-         "Spotlight": "Spotlights found", "Subgroups": "Under-performing subgroups"}
+         "Spotlight": "Spotlights found", "Subgroups": "Under-performing subgroups",
+         "Filter saliency": "Masking the salient pixels"}
+SALIENCY_TOGGLE = "least salient (control)"
 
 
 def warm_up(page: Page, url: str) -> None:
@@ -153,6 +156,13 @@ def warm_up(page: Page, url: str) -> None:
     for choice in ("0.66 (UDIS code)", "0.5 (VisCUIT paper)"):
         page.get_by_role("radio", name=choice, exact=True).click()
         wait_ready(page, READY["Subgroups"])
+    navigate(page, "Filter saliency")
+    wait_ready(page, "Profiles of the dataset")
+    page.get_by_role("button", name="Compute saliency profiles").click()  # the demo's 10k profiles
+    wait_ready(page, READY["Filter saliency"])
+    for _ in range(2):  # both masking variants computed once
+        page.get_by_text(SALIENCY_TOGGLE, exact=True).click()
+        wait_ready(page, READY["Filter saliency"])
     for title in PAGES:  # a second pass: every page's own caches are filled
         navigate(page, title)
         wait_ready(page, READY[title])
@@ -168,6 +178,8 @@ def rerun_action(page: Page, title: str, i: int):
         return rerun
     if title == "Spotlight":
         return lambda: page.get_by_role("radio", name=f"Spotlight {2 - i % 2}", exact=True).first.click()
+    if title == "Filter saliency":
+        return lambda: page.get_by_text(SALIENCY_TOGGLE, exact=True).click()
     choice = "0.66 (UDIS code)" if i % 2 == 0 else "0.5 (VisCUIT paper)"
     return lambda: page.get_by_role("radio", name=choice, exact=True).click()
 
@@ -207,7 +219,9 @@ def measure(url: str, repeats: int, shot: Path) -> dict[str, object]:
             rerun[title] = [timed(page, rerun_action(page, title, i)) for i in range(repeats)]
             log(f"rerun {title}: {rerun[title]}")
 
-        # Subgroups is open: select other subgroups, then open Grad-CAM windows
+        # on Subgroups: select other subgroups, then open Grad-CAM windows
+        navigate(page, "Subgroups")
+        wait_ready(page, READY["Subgroups"])
         select: list[float] = []
         buttons = page.get_by_role("button", name="Select", exact=True)
         secondary = "[data-testid='stBaseButton-secondary']"

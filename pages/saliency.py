@@ -31,6 +31,7 @@ PAGE = "saliency"
 VIEW = 224
 PICK_SHOWN = 16
 NEIGHBOURS = 10
+MODE_SHOWN = 10
 WHOLE = "Whole dataset"
 
 ctx = page_context()
@@ -240,14 +241,22 @@ how_to_read("masking the most salient pixels should lower the top filters' salie
 all_neighbours, _ = view.neighbours_for(store, profiles, row, stats, NEIGHBOURS, np.arange(index.n_filters), None)
 
 st.markdown("**Fine-tuning check**")
-check = view.fine_tune_for(ctx, profiles, row, label, z, ref, all_neighbours, labels_idx[all_neighbours], FineTuneCheck())
+f1, f2 = st.columns(2)
+one_percent = max(1, index.n_filters // 100)
+tuned = int(f1.number_input("Filters updated (k ≤ 1% of them)", 1, one_percent, **kept(state_key(PAGE, "tune_k", ctx.key, index.n_filters), one_percent),
+                            help="The paper restricts the update to at most 1% of the filters."))
+step = float(f2.number_input("Step (share of their weight norm)", 0.01, 2.0, step=0.05, format="%.2f",
+                             **kept(state_key(PAGE, "tune_step"), 0.1),
+                             help="A normalised gradient step whose length is this share of the chosen filters' weight norm."))
+check = view.fine_tune_for(ctx, profiles, row, label, z, ref, all_neighbours, labels_idx[all_neighbours],
+                           FineTuneCheck(k=tuned, step=step))
 st.dataframe(check.results_, hide_index=True, column_config={
     "image_corrected": st.column_config.NumberColumn("image corrected", format="percent"),
     "image_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (image)", format="%+.4f"),
     "neighbours_corrected_share": st.column_config.NumberColumn("neighbours corrected", format="percent"),
     "neighbours_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (neighbours)", format="%+.4f"),
 })
-st.caption(f"One normalised gradient step on this image through {check.k_} filter(s) only (1% of them), chosen as the most "
+st.caption(f"One normalised gradient step on this image through {check.k_} filter(s) only, chosen as the most "
            f"salient, random or least salient; measured on the image and its {len(all_neighbours)} saliency-space neighbours. "
            "The step is applied to copies of the weights: the model in the app is never modified. " + " ".join(check.notes_))
 how_to_read("if the salient filters cause the error, updating them corrects the image and helps its neighbours more than random or least salient filters do.")
@@ -330,11 +339,20 @@ for g in modes_fit.groups_:
         common = ", ".join(f"{t} → {p} ({n})" for (t, p), n in cells.items())
         st.markdown(f"**Mode #{g.index}** · {g.size} images · most common: {common}")
         st.caption("Shared top filters: " + ", ".join(f"{f['layer']}[{f['filter']}] (z̄ {f['mean_z']:.1f})" for f in g.top_filters[:6]))
-        gallery(ctx, meta, g.rows[:8], origin=f"saliency-mode-{g.index}", details=False)
-        save_subset_form(ctx, g.rows, f"failure mode {g.index}", view.ORIGIN, f"failure mode {g.index} of {len(modes_fit.groups_)} "
-                         f"(saliency, layers {fm_span[0]}..{fm_span[1]})",
-                         key=state_key(PAGE, "save_mode", ctx.key, g.index), params={**modes_est.get_params(), "mode": g.index})
-how_to_read("each box is a group of errors whose salient filters agree; its most typical images come first.")
+        shown = tuple(int(r) for r in g.rows[:MODE_SHOWN])  # one strip per mode: one image element, not eight
+        st.image(cache.strip_png(ctx.dataset, ctx.key, shown, 64, tuple(bool(not correct[r]) for r in shown), MODE_SHOWN),
+                 width="stretch", output_format="PNG")
+how_to_read("each box is a group of errors whose salient filters agree; its most typical images come first "
+            "(errors framed and crossed in red).")
+if modes_fit.groups_:  # one save form for the chosen mode, not one per mode (fewer widgets: faster pages)
+    c1, c2 = st.columns([1, 3])
+    chosen = c1.selectbox("Save failure mode", [g.index for g in modes_fit.groups_], format_func=lambda i: f"#{i}",
+                          key=state_key(PAGE, "save_mode_pick", ctx.key))
+    mode = next(g for g in modes_fit.groups_ if g.index == chosen)
+    with c2:
+        save_subset_form(ctx, mode.rows, f"failure mode {mode.index}", view.ORIGIN,
+                         f"failure mode {mode.index} of {len(modes_fit.groups_)} (saliency, layers {fm_span[0]}..{fm_span[1]})",
+                         key=state_key(PAGE, "save_mode", ctx.key, mode.index), params={**modes_est.get_params(), "mode": mode.index})
 
 if store.slice_columns:
     st.subheader("Scorecard: planted slices")

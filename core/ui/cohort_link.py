@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.ui.charts import CELL_SELECTION, cell_text
 from core.ui.keys import state_key
-from core.ui.widgets import kept
+from core.ui.widgets import group_select
 
 COHORTS_PAGE = "pages/cohorts.py"
 ALL_IMAGES = "All images"
@@ -55,26 +55,17 @@ def open_group(ctx: Any, name: str, rows: Any) -> None:
 def within_select(ctx: Any, registry: Any) -> tuple[str | None, np.ndarray | None]:
     """The "Within" select: all images, a saved subset, or the group another page linked here.
 
-    Returns (name, its store rows) or (None, None) for all images. A choice whose subset was
-    renamed or deleted falls back to all images.
+    Returns (name, its store rows) or (None, None) for all images.
     """
-    linked = st.session_state.get(linked_key(ctx.key))
     groups = {name: registry.get(name).rows for name in registry.names()}
+    linked = st.session_state.get(linked_key(ctx.key))
     if linked:
         groups[linked[0]] = linked[1]
-    if not groups:
-        return None, None
-    key = within_key(ctx.key)
-    if st.session_state.get(f"{key}:kept", ALL_IMAGES) not in [ALL_IMAGES, *groups]:
-        st.session_state[f"{key}:kept"] = ALL_IMAGES
-    choice = st.selectbox(
-        "Within", [ALL_IMAGES, *groups], **kept(key, ALL_IMAGES),
-        help="Filter every image, or only a saved subset's, or the group opened from another page "
+    return group_select(
+        "Within", within_key(ctx.key), groups, ALL_IMAGES,
+        "Filter every image, or only a saved subset's, or the group opened from another page "
         "(a subgroup has no attribute filter that describes it).",
     )
-    if choice == ALL_IMAGES:
-        return None, None
-    return choice, np.asarray(groups[choice], dtype=np.int64)
 
 
 def selected_cell(table: pd.DataFrame, event: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -16,34 +16,29 @@ from core.store import Store
 from core.subsets import SubsetRegistry
 from core.summary import subset_vs_rest
 from core.ui import cache
+from core.ui.cohort_link import ALL_IMAGES
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
-from core.ui.widgets import how_to_read, kept, percent
+from core.ui.widgets import group_select, how_to_read, percent
 
 MESSAGE = state_key("cohorts", "subset_message")
-ALL_IMAGES = "All images"
+
+
+def _saved(ctx: PageContext) -> dict[str, Any]:
+    registry = ctx.subsets()
+    return {name: registry.get(name).rows for name in registry.names()}
 
 
 def scope_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray | None]:
     """The "Scope" select of a method page: all images, or a saved subset's images only.
 
-    Returns (subset name, its store rows), or (None, None) for all images. A scope whose
-    subset was renamed or deleted falls back to all images.
+    Returns (subset name, its store rows), or (None, None) for all images.
     """
-    names = ctx.subsets().names()
-    if not names:  # nothing to scope to: no select
-        return None, None
-    key = state_key(page, "scope", ctx.key)
-    if st.session_state.get(f"{key}:kept", ALL_IMAGES) not in [ALL_IMAGES, *names]:
-        st.session_state[f"{key}:kept"] = ALL_IMAGES  # renamed or deleted
-    choice = st.selectbox(
-        "Scope", [ALL_IMAGES, *names], **kept(key, ALL_IMAGES),
-        help="Run on every image, or only on the images of a subset saved on *Cohorts & subsets*.",
+    return group_select(
+        "Scope", state_key(page, "scope", ctx.key), _saved(ctx), ALL_IMAGES,
+        "Run on every image, or only on the images of a subset saved on *Cohorts & subsets*.",
     )
-    if choice == ALL_IMAGES:
-        return None, None
-    return choice, np.asarray(ctx.subsets().get(choice).rows, dtype=np.int64)
 
 
 NO_COMPARISON = "(none)"
@@ -52,20 +47,11 @@ NO_COMPARISON = "(none)"
 def compare_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray | None]:
     """The "Compare a subset with the rest" select of a method page: (name, store rows) of the
     subset whose place in the method's groups the page shows (compare_panel), or (None, None)."""
-    names = ctx.subsets().names()
-    if not names:
-        return None, None
-    key = state_key(page, "compare", ctx.key)
-    if st.session_state.get(f"{key}:kept", NO_COMPARISON) not in [NO_COMPARISON, *names]:
-        st.session_state[f"{key}:kept"] = NO_COMPARISON
-    choice = st.selectbox(
-        "Compare a subset with the rest", [NO_COMPARISON, *names], **kept(key, NO_COMPARISON),
-        help="The method runs on its scope as usual; a table then shows, for each group it found, how many of "
+    return group_select(
+        "Compare a subset with the rest", state_key(page, "compare", ctx.key), _saved(ctx), NO_COMPARISON,
+        "The method runs on its scope as usual; a table then shows, for each group it found, how many of "
         "the subset's images fall in it against the rest, and their accuracy on each side.",
     )
-    if choice == NO_COMPARISON:
-        return None, None
-    return choice, np.asarray(ctx.subsets().get(choice).rows, dtype=np.int64)
 
 
 def compare_panel(meta: pd.DataFrame, name: str, rows: np.ndarray, groups: dict[str, np.ndarray], what: str) -> None:

@@ -72,3 +72,22 @@ def kept(key: str, default: Any) -> dict[str, Any]:
 
 def _keep(key: str, mirror: str) -> None:
     st.session_state[mirror] = st.session_state[key]
+
+
+def group_select(
+    label: str, key: str, groups: dict[str, Sequence[int]], nothing: str, help: str
+) -> tuple[str | None, np.ndarray | None]:
+    """A select of named groups of store rows (saved subsets, a linked group) with a first
+    "nothing" choice, kept across pages (``kept``). Returns (name, its rows) or (None, None).
+
+    Drawn only when there is a group; a kept choice that no longer exists (renamed or
+    deleted) falls back to ``nothing``.
+    """
+    if not groups:
+        return None, None
+    if st.session_state.get(f"{key}:kept", nothing) not in [nothing, *groups]:
+        st.session_state[f"{key}:kept"] = nothing
+    choice = st.selectbox(label, [nothing, *groups], **kept(key, nothing), help=help)
+    if choice == nothing:
+        return None, None
+    return choice, np.asarray(groups[choice], dtype=np.int64)

@@ -68,6 +68,17 @@ def test_build_and_every_panel(built):
     assert "Mode #0" in text
     assert all(c.value.startswith("How to read this") or c.value for c in at.caption)
 
+    # save a failure mode as a subset through the one save form
+    pick = at.selectbox(key=f"saliency.save_mode_pick:{ws_key()}")
+    last = pick.options[-1]
+    pick.set_value(int(last.removeprefix("#"))).run()
+    no_exception(at)
+    saves = [b for b in at.button if b.label == "Save as subset" and f"save_mode:{ws_key()}:{last.removeprefix('#')}" in (b.key or "")]
+    assert len(saves) == 1
+    saves[0].click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+
     # choose another misclassified image from the gallery
     row_key = f"saliency.row:{ws_key()}"
     first = at.session_state[row_key]
