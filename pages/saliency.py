@@ -312,6 +312,26 @@ if summary is not None:
     how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
                 "(bands); the salient order should separate from random and least salient.")
 
+tune_all = FineTuneCheck(k=tuned, step=step)  # the settings of the single-image check above
+tuned_summary = view.cached_aggregate(store, profiles, agg_rows, ref, tune_all) if len(agg_rows) else None
+if len(agg_rows) and tuned_summary is None and st.button(
+    f"Fine-tuning check on {len(agg_rows):,} images", key=state_key(PAGE, "aggregate_tune"),
+    help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
+    "neighbours in saliency space.",
+):
+    try:
+        tuned_summary = run_with_progress(
+            "Fine-tuning check...",
+            lambda progress: view.aggregate_fine_tune(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, tune_all, progress),
+            lambda t: f"Checked {int(t['n'].max()):,} images", unit="image",
+        )
+    except BiasLensError as exc:
+        st.error(f"The fine-tuning check cannot be computed: {exc}")
+if tuned_summary is not None:
+    st.dataframe(view.fine_tune_table(tuned_summary), hide_index=True)
+    how_to_read(f"mean over {int(tuned_summary['n'].max()):,} misclassified images with a 95% bootstrap interval; "
+                "salient filters should correct more images, and more of their neighbours, than random or least salient ones.")
+
 # --------------------------------------------------------------------------- 7. failure modes
 st.subheader("Failure modes")
 if len(wrong_rows) < 2:

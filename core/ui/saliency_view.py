@@ -280,10 +280,45 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
     return cache.computed_once("saliency-aggregate", ctx.store.fingerprint, key, "Turning filters off over many images", compute)
 
 
-def cached_aggregate(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, ref: str, estimator: FilterTurnOff) -> pd.DataFrame | None:
+def cached_aggregate(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, ref: str,
+                     estimator: FilterTurnOff | FineTuneCheck) -> pd.DataFrame | None:
     """The aggregate already computed for these inputs, or None (nothing is computed)."""
+    kind = "saliency-aggregate" if isinstance(estimator, FilterTurnOff) else "saliency-finetune-aggregate"
     key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
-    return cache.cached_result("saliency-aggregate", store.fingerprint, key)
+    return cache.cached_result(kind, store.fingerprint, key)
+
+
+def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.ndarray, labels: np.ndarray,
+                        stats: tuple[np.ndarray, np.ndarray, str], estimator: FineTuneCheck,
+                        progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    """``FineTuneCheck.aggregate`` over these misclassified images (Fig. 6 on the dataset level):
+    each image's check against its nearest misclassified neighbours in saliency space (all
+    layers), as the paper restricts the neighbours to errors; computed once."""
+    mu, sigma, ref = stats
+    columns = np.arange(profiles.index.n_filters)
+    store = ctx.store
+    errors = np.flatnonzero(~cache.meta_for(store)["correct"].to_numpy())
+
+    def compute() -> pd.DataFrame:  # runs inside one queued run: no nested computed_once
+        affine = profiles.z_affine(mu, sigma)
+        norms = row_norms(profiles.profiles, columns, affine)
+        frames = []
+        for i, row in enumerate(rows):
+            if progress:
+                progress(i, len(rows), "Fine-tuning check")
+            near, _ = nearest(profiles.profiles, profiles.z([int(row)], mu, sigma)[0], k=estimator.n_neighbours,
+                              columns=columns, rows=errors, query_row=int(row), affine=affine, norms=norms)
+            fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, [int(row)]), int(labels[i]),
+                                          profiles.z([int(row)], mu, sigma)[0], profiles.index,
+                                          image_tensor(ctx, near) if len(near) else None,
+                                          cache.meta_for(store)["label_idx"].to_numpy()[near] if len(near) else None)
+            frames.append(fitted.results_)
+        if progress:
+            progress(len(rows), len(rows), "Fine-tuning check")
+        return FineTuneCheck.aggregate(frames, seed=estimator.seed)
+
+    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
+    return cache.computed_once("saliency-finetune-aggregate", store.fingerprint, key, "The fine-tuning check over many images", compute)
 
 
 def failure_modes_for(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, stats: tuple[np.ndarray, np.ndarray, str],
@@ -352,3 +387,25 @@ def masked_view(view: np.ndarray, mask: np.ndarray, mean: Sequence[float]) -> np
     out = view.copy()
     out[mask] = (np.asarray(mean) * 255).round().astype(np.uint8)
     return out
+
+
+def fine_tune_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """``FineTuneCheck.aggregate`` as one readable row per variant: each metric's mean with
+    its 95% interval, e.g. '27% (13-40%)' or '+0.031 (+0.010 to +0.052)'."""
+
+    def share(mean: float, low: float, high: float) -> str:
+        return "—" if not np.isfinite(mean) else f"{mean:.0%} ({low:.0%}–{high:.0%})"
+
+    def change(mean: float, low: float, high: float) -> str:
+        return "—" if not np.isfinite(mean) else f"{mean:+.3f} ({low:+.3f} to {high:+.3f})"
+
+    names = {"image_corrected": ("image corrected", share), "image_true_confidence_change": ("Δ true conf. (image)", change),
+             "neighbours_corrected_share": ("neighbours corrected", share),
+             "neighbours_true_confidence_change": ("Δ true conf. (neighbours)", change)}
+    rows = []
+    for record in summary.to_dict("records"):
+        row = {"variant": record["variant"], "images": int(record["n"])}
+        for metric, (title, fmt) in names.items():
+            row[title] = fmt(float(record[metric]), float(record[f"{metric}_low"]), float(record[f"{metric}_high"]))
+        rows.append(row)
+    return pd.DataFrame(rows)

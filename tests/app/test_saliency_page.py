@@ -148,6 +148,15 @@ def test_aggregate_and_reference_subset(built):
     at.run()  # a rerun shows the cached aggregate without the button
     assert "mean confidence over 6 misclassified images" in texts(at)
     assert not [b for b in at.button if b.key == "saliency.aggregate"]
+    # the fine-tuning check over the same 6 errors, with intervals, then cached
+    next(b for b in at.button if b.key == "saliency.aggregate_tune").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "neighbours corrected" in d.value.columns and "images" in d.value.columns)
+    assert table["variant"].tolist() == ["salient", "random", "least"] and (table["images"] == 6).all()
+    assert all("(" in v for v in table["image corrected"])  # mean (low–high)
+    at.run()
+    assert not [b for b in at.button if b.key == "saliency.aggregate_tune"]
 
 
 def test_hosted_shows_the_command_not_the_button(tmp_path, tiny_files, monkeypatch):
