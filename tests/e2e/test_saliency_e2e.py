@@ -72,7 +72,7 @@ def test_saliency_page_build_pick_and_map(app_url, page):
     page.get_by_text("Masking the salient pixels").first.scroll_into_view_if_needed()
     screenshot(page, "saliency-masking")
     page.get_by_text("Saliency-space neighbours").first.scroll_into_view_if_needed()
-    assert page.get_by_text("Fine-tuning check").count() == 1
+    assert page.get_by_text("Fine-tuning check", exact=True).count() == 1
     screenshot(page, "saliency-neighbours")
     page.get_by_text("Failure modes", exact=True).first.scroll_into_view_if_needed()
     assert page.get_by_text(re.compile(r"^Mode #0 · ")).count() == 1
