@@ -17,6 +17,14 @@ case in tests/unit/test_methods.py.
 """
 
 from core.methods.gradcam import GradCAM, overlay
+from core.methods.naps import (
+    NAPs,
+    TopographicLayout,
+    map_scale,
+    nap_similarity,
+    relaxation_step,
+    topomap,
+)
 from core.methods.neurons import (
     CLUSTER_THRESHOLD,
     ConceptPatches,
@@ -27,6 +35,7 @@ from core.methods.neurons import (
     neuron_columns,
     panel_neurons,
 )
+from core.methods.probes import LinearProbes
 from core.methods.saliency import (
     FilterSaliency,
     FilterTurnOff,
@@ -76,7 +85,9 @@ __all__ = [
     "FailureMode",
     "FailureModes",
     "GradCAM",
+    "LinearProbes",
     "MaskingExperiment",
+    "NAPs",
     "Neuron",
     "NeuronClusters",
     "NeuronSelector",
@@ -86,17 +97,22 @@ __all__ = [
     "SpotlightError",
     "SpotlightFit",
     "SubgroupError",
+    "TopographicLayout",
     "neuron_columns",
     "panel_neurons",
     "CLUSTER_THRESHOLD",
     "confusion_cell_groups",
     "failure_mode_scorecard",
+    "map_scale",
     "marker_mass_ratio",
+    "nap_similarity",
     "overlay",
     "postprocess",
+    "relaxation_step",
     "subgroup_confusion",
     "subgroups_csv",
     "summary",
+    "topomap",
     "top_loss_rows",
     "weights_table",
 ]

@@ -37,10 +37,13 @@ from core.methods import (
     FilterTurnOff,
     FineTuneCheck,
     GradCAM,
+    LinearProbes,
     MaskingExperiment,
+    NAPs,
     NeuronClusters,
     NeuronSelector,
     Spotlight,
+    TopographicLayout,
 )
 from tests.support import digits_dataset, tiny_model
 
@@ -130,6 +133,10 @@ CASES: dict[type, tuple[dict[str, Any], Callable[[], tuple]]] = {
     FineTuneCheck: ({"n_random": 1}, _fine_tune_data),
     MaskingExperiment: ({"threshold": 0.9}, _masking_data),
     FailureModes: ({"n_groups": 2, "min_size": 2}, lambda: (np.random.default_rng(0).normal(size=(12, 6)), np.arange(12))),
+    LinearProbes: ({"epochs": 2, "n_seeds": 2}, lambda: (
+        {"l": np.random.default_rng(0).normal(size=(30, 4))}, np.arange(30) % 3, ["a", "b", "c"])),
+    NAPs: ({"chunk": 5}, lambda: (np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 3)),
+    TopographicLayout: ({"iterations": 5}, lambda: (np.random.default_rng(0).normal(size=(3, 20)),)),
 }
 
 

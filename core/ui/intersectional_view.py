@@ -1,0 +1,266 @@
+"""The Intersectional page's cached runs, charts and maps (Krug & Stober: linear probes per
+layer, and NAP topographic maps of intersectional groups).
+
+Groups are built from the store's metadata (core/groups.py); probes train on reduced
+activations kept with the store (core/probe_store.py); NAPs read the store's mean-pooled
+channels. Every heavy run goes through ``cache.computed_once``, keyed by the store's
+fingerprint, the groups and the estimator's ``get_params()``, so a rerun recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+from sklearn.base import clone
+
+from core.groups import Groups, build_groups, groups_from_subsets
+from core.methods import LinearProbes, NAPs, TopographicLayout, topomap
+from core.probe_store import reduced_activations
+from core.store import Store
+from core.subsets import scope_digest
+from core.ui import cache
+from core.ui.context import PageContext
+
+MIN_LAYOUT_CHANNELS = 16  # the paper lays out layers of more than 15 channels
+MAP_SIZE = 100
+MAP_VIEW = 120  # pixels per drawn map
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=cache.STORE_HASH)
+def groups_for(store: Store, columns: tuple[str, ...], min_size: int) -> Groups:
+    """Groups of every combination of these attribute columns' values, built once."""
+    return build_groups(cache.meta_for(store), columns, min_size=min_size)
+
+
+def subset_groups(ctx: PageContext, names: Sequence[str], min_size: int) -> Groups:
+    """Saved subsets as groups (they must not overlap)."""
+    registry = ctx.subsets()
+    return groups_from_subsets(ctx.store.n, {name: registry.get(name).rows for name in names}, min_size=min_size)
+
+
+def groups_key(groups: Groups) -> str:
+    """A short key of a grouping (its columns, names and membership)."""
+    return cache.run_key(groups.columns, groups.names, scope_digest(np.flatnonzero(groups.labels >= 0)),
+                         scope_digest(groups.labels[groups.labels >= 0]))
+
+
+def counts_chart(table: pd.DataFrame, columns: Sequence[str], title: str) -> alt.Chart:
+    """The paper's Fig. 1: a heatmap of group sizes, rows and columns the first two variables
+    (the third as panels), with row and column totals."""
+    data = table.copy()
+    row, column = columns[0], (columns[1] if len(columns) > 1 else None)
+    if column is None:
+        data["_column"] = "count"
+        column = "_column"
+    panel = columns[2] if len(columns) > 2 else None
+    keys = [panel] if panel else []
+    totals_row = data.groupby([*keys, column], as_index=False)["count"].sum().assign(**{row: "total"})
+    totals_column = data.groupby([*keys, row], as_index=False)["count"].sum().assign(**{column: "total"})
+    full = pd.concat([data, totals_row, totals_column], ignore_index=True)
+    full["total"] = (full[row] == "total") | (full[column] == "total")
+    base = alt.Chart(full).encode(
+        x=alt.X(f"{column}:N", title=None if column == "_column" else column, sort=None),
+        y=alt.Y(f"{row}:N", title=row, sort=None),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.condition("datum.total", alt.value("#eeeeee"), alt.Color("count:Q", scale=alt.Scale(scheme="greens"), title="images")),
+        tooltip=[row, column, "count"] + ([panel] if panel else []),
+    )
+    text = base.mark_text(fontSize=10).encode(text="count:Q")
+    chart = (cells + text).properties(title=title, width=alt.Step(44), height=alt.Step(22))
+    return chart.facet(column=alt.Column(f"{panel}:N", title=panel)) if panel else chart
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def probes_for(ctx: PageContext, groups: Groups, rows: np.ndarray, layers: tuple[str, ...], mode: str,
+               probes: LinearProbes, progress: Callable[[int, int, str], None] | None = None) -> LinearProbes:
+    """Linear probes of these groups on each layer's reduced activations, fitted once (a clone).
+    The reduced activations themselves are kept on disk with the store."""
+    store = ctx.store
+
+    def compute() -> LinearProbes:
+        features = reduced_activations(store, ctx.model, ctx.dataset, rows, list(layers), mode=mode, progress=progress)
+        labels = groups.labels[rows]
+        return clone(probes).fit(features, labels, list(groups.names), progress=progress,
+                                 group_values=list(groups.values), columns=list(groups.columns))
+
+    key = cache.run_key(groups_key(groups), scope_digest(rows), layers, mode, probes.get_params())
+    return cache.computed_once("probes", store.fingerprint, key, "The linear probes", compute)
+
+
+def cached_probes(store: Store, groups: Groups, rows: np.ndarray, layers: tuple[str, ...], mode: str,
+                  probes: LinearProbes) -> LinearProbes | None:
+    """The probes already fitted for these inputs, or None (nothing is computed)."""
+    key = cache.run_key(groups_key(groups), scope_digest(rows), layers, mode, probes.get_params())
+    return cache.cached_result("probes", store.fingerprint, key)
+
+
+def accuracy_chart(summary: pd.DataFrame) -> alt.LayerChart:
+    """Fig. 2 and the controls: validation accuracy per layer with its 95% interval over
+    seeds, train accuracy, the shuffled-labels control and the chance level."""
+    order = list(summary["layer"])
+    long = pd.concat(
+        [
+            summary.assign(measure="validation", value=summary["val_accuracy"]),
+            summary.assign(measure="train", value=summary["train_accuracy"]),
+            summary.assign(measure="shuffled labels (validation)", value=summary["shuffled_val_accuracy"]),
+        ],
+        ignore_index=True,
+    )
+    colour = alt.Color("measure:N", scale=alt.Scale(domain=["validation", "train", "shuffled labels (validation)"],
+                                                     range=["#d62728", "#1f77b4", "#7f7f7f"]), title=None)
+    x = alt.X("layer:N", sort=order, title="Layer (network order)")
+    lines = alt.Chart(long).mark_line(point=True).encode(
+        x=x, y=alt.Y("value:Q", title="Probe accuracy", scale=alt.Scale(domain=[0, 1])), color=colour,
+        tooltip=["layer", "measure", alt.Tooltip("value:Q", format=".3f")],
+    )
+    bars = alt.Chart(summary).mark_errorbar(color="#d62728").encode(x=x, y="val_low:Q", y2="val_high:Q")
+    chance = alt.Chart(summary).mark_line(strokeDash=[4, 4], color="black").encode(x=x, y="chance:Q")
+    return (lines + bars + chance).properties(height=300)
+
+
+def curves_chart(curves: pd.DataFrame) -> alt.Chart:
+    """Fig. 3: train and validation accuracy per epoch of one layer, one line per seed."""
+    long = curves.melt(id_vars=["seed", "epoch"], value_vars=["train_accuracy", "val_accuracy"], var_name="split",
+                       value_name="accuracy")
+    long["split"] = long["split"].str.replace("_accuracy", "")
+    return alt.Chart(long).mark_line(opacity=0.7).encode(
+        x=alt.X("epoch:Q", title="Epoch"), y=alt.Y("accuracy:Q", title="Accuracy", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("split:N", title=None), detail="seed:N",
+        tooltip=["seed", "epoch", "split", alt.Tooltip("accuracy:Q", format=".3f")],
+    ).properties(height=260)
+
+
+# --------------------------------------------------------------------------- NAPs and maps
+
+
+def naps_for(store: Store, groups: Groups, rows: np.ndarray, layer: str) -> NAPs:
+    """NAPs of the groups in one layer over these rows (the store's mean-pooled channels), once."""
+
+    def compute() -> NAPs:
+        labels = np.full(store.n, -1, dtype=np.int64)
+        labels[rows] = groups.labels[rows]
+        return NAPs().fit(store.representation(f"{layer}:mean"), labels, list(groups.values), list(groups.columns))
+
+    key = cache.run_key(groups_key(groups), scope_digest(rows), layer)
+    return cache.computed_once("naps", store.fingerprint, key, "The NAPs", compute)
+
+
+def layout_for(store: Store, groups: Groups, rows: np.ndarray, layer: str, naps: NAPs, seed: int) -> TopographicLayout:
+    """The layer's topographic layout (UMAP then the particle relaxation), computed once."""
+    layout = TopographicLayout(seed=seed)
+    key = cache.run_key(groups_key(groups), scope_digest(rows), layer, layout.get_params())
+    return cache.computed_once("topomap", store.fingerprint, key, "The topographic layout",
+                               lambda: clone(layout).fit(naps.naps_))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def maps_for(positions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(G, 100, 100) interpolated maps of each row of ``values`` (channels' NAPs) on the layout."""
+    return np.stack([topomap(positions, v, MAP_SIZE) for v in values])
+
+
+def colourise(grid: np.ndarray, limit: float) -> np.ndarray:
+    """Blue-white-red, symmetric around 0 with one limit for every map: uint8 RGB."""
+    t = np.clip(grid / limit, -1.0, 1.0) if limit > 0 else np.zeros_like(grid)
+    red = np.where(t < 0, 1.0 + t, 1.0)
+    blue = np.where(t > 0, 1.0 - t, 1.0)
+    green = 1.0 - np.abs(t)
+    rgb = np.stack([red, green, blue], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def map_png(grid: np.ndarray, limit: float) -> bytes:
+    """One map as a PNG of MAP_VIEW pixels (nearest resampling keeps it crisp)."""
+    image = Image.fromarray(colourise(grid, limit)[::-1])  # y up, as the layout
+    out = io.BytesIO()
+    image.resize((MAP_VIEW, MAP_VIEW), Image.NEAREST).save(out, format="PNG")
+    return out.getvalue()
+
+
+def similarity_chart(names: Sequence[str], similarity: np.ndarray, order: np.ndarray) -> alt.LayerChart:
+    """The group-by-group cosine similarity of NAPs, ordered by hierarchical clustering."""
+    ordered = [names[i] for i in order]
+    grid = pd.DataFrame(
+        [{"a": names[i], "b": names[j], "cosine": float(similarity[i, j])} for i in order for j in order]
+    )
+    base = alt.Chart(grid).encode(x=alt.X("b:N", sort=ordered, title=None), y=alt.Y("a:N", sort=ordered, title=None))
+    cells = base.mark_rect().encode(
+        color=alt.Color("cosine:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True), title="cosine"),
+        tooltip=["a", "b", alt.Tooltip("cosine:Q", format=".2f")],
+    )
+    side = max(220, min(700, 22 * len(names)))
+    return cells.properties(width=side, height=side)
+
+
+CHANNEL_PICK = "channel"  # the channel chart's point selection
+
+
+def channel_chart(positions: np.ndarray, values: np.ndarray, limit: float, group: str) -> alt.Chart:
+    """The layer's channels at their layout positions, coloured by one group's NAP; hover for
+    the index and value, click to pick a channel."""
+    data = pd.DataFrame({"x": positions[:, 0], "y": positions[:, 1], "channel": np.arange(len(values)), "nap": values})
+    pick = alt.selection_point(name=CHANNEL_PICK, fields=["channel"], on="click")
+    return alt.Chart(data).mark_circle(size=40, stroke="black", strokeWidth=0.3).encode(
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None),
+        color=alt.Color("nap:Q", scale=alt.Scale(scheme="redblue", domain=[-limit, limit], reverse=True), title=f"NAP ({group})"),
+        tooltip=["channel", alt.Tooltip("nap:Q", format=".4f")],
+    ).add_params(pick).properties(height=320)
+
+
+def top_rows(store: Store, layer: str, channel: int, k: int = 8) -> np.ndarray:
+    """The store rows whose mean activation of one channel is highest."""
+    values = np.asarray(store.representation(f"{layer}:mean")[:, channel], dtype=np.float64)
+    return np.argsort(-values, kind="stable")[:k]
+
+
+def _union_maps(naps: NAPs, positions: np.ndarray, over: list[str]) -> dict[tuple[str, ...], np.ndarray]:
+    """Maps of the unions of groups that share the values of ``over`` (same expectation),
+    keyed by those values."""
+    union_names, union_naps = naps.unions(over)
+    grids = maps_for(positions, union_naps)
+    return {tuple(n.split(", ")): grid for n, grid in zip(union_names, grids, strict=True)}
+
+
+def draw_map_grid(groups: Groups, naps: NAPs, positions: np.ndarray, maps: np.ndarray, limit: float,
+                  panel: tuple[str, ...]) -> None:
+    """One panel of group maps in the counts table's grid (rows: the first variable's values,
+    columns: the second's; ``panel``: the third's value), the unions as margins."""
+    variables = list(groups.columns)
+    index = {tuple(v): g for g, v in enumerate(groups.values)}
+    values0 = sorted({v[0] for v in groups.values})
+    values1: list[str | None] = sorted({v[1] for v in groups.values}) if len(variables) > 1 else [None]
+    row_margin = _union_maps(naps, positions, [variables[0], *variables[2:]]) if len(variables) > 1 else {}
+    column_margin = _union_maps(naps, positions, [variables[1], *variables[2:]]) if len(variables) > 1 else {}
+    header = st.columns(len(values1) + 2)
+    header[0].markdown(f"**{variables[0]}** × **{variables[1]}**" if len(variables) > 1 else f"**{variables[0]}**")
+    for col, v1 in zip(header[1:], values1, strict=False):
+        col.markdown(f"**{v1}**" if v1 is not None else "")
+    if row_margin:
+        header[-1].markdown("**all** (union)")
+    for v0 in values0:
+        cells = st.columns(len(values1) + 2)
+        cells[0].markdown(f"**{v0}**")
+        for col, v1 in zip(cells[1:], values1, strict=False):
+            key = tuple(x for x in (v0, v1, *panel) if x is not None)
+            if key in index:
+                col.image(map_png(maps[index[key]], limit), caption=f"n={int(naps.sizes_[index[key]])}")
+        if (v0, *panel) in row_margin:
+            cells[-1].image(map_png(row_margin[(v0, *panel)], limit), caption="union")
+    if column_margin:
+        cells = st.columns(len(values1) + 2)
+        cells[0].markdown("**all** (union)")
+        for col, v1 in zip(cells[1:], values1, strict=False):
+            if (v1, *panel) in column_margin:
+                col.image(map_png(column_margin[(v1, *panel)], limit), caption="union")

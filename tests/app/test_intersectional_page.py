@@ -1,0 +1,86 @@
+"""AppTest of the Intersectional page: groups of two attributes with their counts, probes per
+layer with the errors table, NAP maps with unions, a difference map, the similarity matrix, a
+picked channel, and the bad inputs (no attribute columns, too few groups)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.workspace import load_workspaces
+from tests.app.conftest import REPO, write_workspaces
+from tests.app.test_app import build_tiny, no_exception
+from tests.support import digits_arrays
+
+PAGE = "pages/intersectional.py"
+
+
+@pytest.fixture
+def app2(tmp_path, tiny_files, monkeypatch) -> AppTest:
+    """The tiny workspaces plus "inter": the same digits with two attributes, tint and parity."""
+    _, labels, attributes = digits_arrays(200)
+    lines = ["path,label,tint,parity"] + [
+        f"images/{label}/{i:04d}.png,{label},{attributes.loc[i, 'tint']},{attributes.loc[i, 'parity']}"
+        for i, label in enumerate(labels)
+    ]
+    (tiny_files / "inter.csv").write_text("\n".join(lines) + "\n")
+    model = '{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", input_size = 16, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }'
+    extra = f'\n[workspace.inter]\ntitle = "Two attributes"\nmodel = {model}\ndataset = {{ kind = "csv", csv = "{tiny_files / "inter.csv"}" }}\n'
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    return AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+
+
+def key(name: str) -> str:
+    return load_workspaces().workspaces[name].key()
+
+
+def open_page(at: AppTest) -> AppTest:
+    at.switch_page(PAGE).run()
+    no_exception(at)
+    assert at.title[0].value == "Intersectional"
+    return at
+
+
+def test_groups_probes_maps_and_a_channel(app2):
+    at = open_page(build_tiny(app2, "inter"))
+    assert not at.error, [e.value for e in at.error]
+    assert at.multiselect(key=f"intersectional.columns:{key('inter')}").value == ["tint", "parity"]
+    assert any("4 groups over 200 images" in c.value for c in at.caption)
+    # probes: two seeds, a few epochs
+    at.number_input(key="intersectional.probe_seeds").set_value(2)
+    at.number_input(key="intersectional.probe_epochs").set_value(5)
+    [b for b in at.button if b.label == "Train the probes"][0].click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    errors = next(d.value for d in at.dataframe if "differs" in d.value.columns)
+    assert len(errors) >= 1
+    heads = [m.value for m in at.markdown]
+    assert any(h.startswith("**Most frequent errors**") for h in heads)
+    # NAP maps: 4 groups and their unions (2 rows + 2 columns), then the difference map
+    captions = [c for im in at.image for c in im.captions]
+    assert sum(c.startswith("n=") for c in captions) == 4
+    assert captions.count("union") == 4
+    at.selectbox(key="intersectional.compare_b").set_value(at.selectbox(key="intersectional.compare_b").options[-1]).run()
+    no_exception(at)
+    assert any(" − " in c for im in at.image for c in im.captions)
+    # a picked channel shows the images that activate it most
+    layer = at.selectbox(key=f"intersectional.nap_layer:{key('inter')}").value
+    at.session_state[f"intersectional.channel_pick:{key('inter')}:{layer}"] = {"selection": {"channel": [{"channel": 3}]}}
+    at.run()
+    no_exception(at)
+    assert any(m.value.startswith(f"**Channel 3 of `{layer}`**") for m in at.markdown)
+
+
+def test_no_attribute_columns_says_which_datasets_have_them(app):
+    at = build_tiny(app, "folder")
+    open_page(at)
+    assert any("no attribute columns" in i.value for i in at.info)
+
+
+def test_too_few_groups_is_an_error_not_a_traceback(app2):
+    at = open_page(build_tiny(app2, "inter"))
+    at.number_input(key="intersectional.min_size").set_value(5000).run()
+    no_exception(at)
+    assert at.error and "cannot be built" in at.error[0].value

@@ -1,0 +1,151 @@
+"""Linear probes on synthetic features, the errors table, and the probe activation store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+
+from core.errors import DataError, StoreError
+from core.extract import build_store, image_batches
+from core.methods import LinearProbes
+from core.probe_store import default_probe_layers, reduced_activations
+from tests.support import digits_dataset, tiny_model
+
+# --------------------------------------------------------------------------- probes
+
+
+def _blobs(n_per: int = 60, g: int = 3, d: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(g), n_per)
+    centres = rng.normal(size=(g, d)) * 4
+    return (centres[labels] + rng.normal(size=(len(labels), d))).astype(np.float32), labels
+
+
+def test_separable_probe_and_shuffled_control():
+    x, y = _blobs()
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    probes = LinearProbes(epochs=30, n_seeds=3).fit({"blobs": x, "noise": noise}, y, ["a", "b", "c"])
+    summary = probes.summary().set_index("layer")
+    assert list(summary.index) == ["blobs", "noise"]
+    assert summary.loc["blobs", "val_accuracy"] >= 0.95
+    assert summary.loc["blobs", "shuffled_val_accuracy"] <= probes.chance_ + 0.15
+    assert summary.loc["noise", "val_accuracy"] <= probes.chance_ + 0.2
+    assert summary.loc["blobs", "val_low"] <= summary.loc["blobs", "val_accuracy"] <= summary.loc["blobs", "val_high"]
+    assert probes.uniform_chance_ == pytest.approx(1 / 3) and probes.chance_ == pytest.approx(1 / 3)
+    assert probes.scores_.shape == (6, 5) and probes.curves_.shape == (2 * 3 * 30, 6)
+    assert probes.confusions_["blobs"].sum() == 3 * probes.n_val_ == 3 * 18
+
+
+def test_fit_is_deterministic():
+    x, y = _blobs(n_per=20)
+    a = LinearProbes(epochs=3, n_seeds=2).fit({"l": x}, y, ["a", "b", "c"]).curves_
+    b = LinearProbes(epochs=3, n_seeds=2).fit({"l": x}, y, ["a", "b", "c"]).curves_
+    assert a.equals(b)
+
+
+def test_errors_table_by_hand():
+    probes = LinearProbes()
+    probes.layers_ = ["l"]
+    probes.group_names_ = ["f, young", "m, young", "f, old"]
+    probes.group_values_ = [("f", "young"), ("m", "young"), ("f", "old")]
+    probes.columns_ = ["gender", "age"]
+    probes.confusions_ = {"l": np.array([[6, 3, 1], [0, 10, 0], [4, 4, 2]])}
+    probes.scores_ = None
+    table = probes.errors("l", top=3)
+    assert table.to_dict("records") == [
+        {"true": "f, old", "predicted": "f, young", "count": 4, "error_rate": 0.4, "differs": "age"},
+        {"true": "f, old", "predicted": "m, young", "count": 4, "error_rate": 0.4, "differs": "gender, age"},
+        {"true": "f, young", "predicted": "m, young", "count": 3, "error_rate": 0.3, "differs": "gender"},
+    ]
+    with pytest.raises(DataError, match="No probe"):
+        probes.errors("other")
+
+
+def test_not_fitted_and_bad_input():
+    with pytest.raises(NotFittedError):
+        LinearProbes().summary()
+    with pytest.raises(NotFittedError):
+        LinearProbes().errors("l")
+    x, y = _blobs(n_per=20)
+    y[0] = 2  # group 0 keeps 19; group 1 of one image is too few to split
+    y[20:39] = 0
+    with pytest.raises(DataError, match=r"fewer than 2 images.*'b' \(1\)"):
+        LinearProbes().fit({"l": x}, y, ["a", "b", "c"])
+    with pytest.raises(DataError, match="NaN"):
+        bad = x.copy()
+        bad[3, 2] = np.nan
+        LinearProbes(epochs=1).fit({"l": bad}, np.repeat(np.arange(3), 20), ["a", "b", "c"])
+    with pytest.raises(DataError, match="at least 2 groups"):
+        LinearProbes().fit({"l": x}, np.zeros(60, dtype=int), ["a"])
+
+
+# --------------------------------------------------------------------------- the store
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return digits_dataset(N)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, model, dataset):
+    return build_store("probes", model, dataset, ["block1", "block3"], batch_size=64, root=tmp_path_factory.mktemp("s"))
+
+
+def test_default_layers(store, model):
+    assert default_probe_layers(store, model) == ["input", "block1", "block3", "embedding"]
+
+
+@pytest.mark.parametrize("mode", ["subsample", "avgpool"])
+def test_reduced_shapes_and_values(store, model, dataset, mode):
+    rows = np.array([5, 1, 30, 7, 12])
+    out = reduced_activations(store, model, dataset, rows, ["input", "block1", "block2", "embedding"], mode=mode)
+    # input 3x16x16 -> 3x8x8; block1 8x8x8 stays 8x8; block2 16x8x8; embedding 12
+    assert {k: v.shape for k, v in out.items()} == {
+        "input": (5, 192), "block1": (5, 512), "block2": (5, 1024), "embedding": (5, 12)
+    }
+    assert all(v.dtype == np.float32 for v in out.values())
+    np.testing.assert_allclose(out["embedding"], store.representation("embedding")[rows])
+    small = reduced_activations(store, model, dataset, rows, ["block1"], size=4, mode=mode)["block1"]
+    maps = np.asarray(out["block1"]).reshape(5, 8, 8, 8)
+    expected = maps[:, :, ::2, ::2] if mode == "subsample" else maps.reshape(5, 8, 4, 2, 4, 2).mean((3, 5))
+    np.testing.assert_allclose(small, expected.reshape(5, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_saved_and_resumed(store, model, dataset, monkeypatch, tmp_path):
+    rows = np.arange(0, N, 2)
+    calls = {"n": 0}
+    real_forward = model.module.forward
+
+    def failing(x):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("interrupted")
+        return real_forward(x)
+
+    monkeypatch.setattr(model.module, "forward", failing)
+    with pytest.raises(StoreError, match="resumes"):
+        reduced_activations(store, model, dataset, rows, ["block3"], batch_size=8)
+    monkeypatch.setattr(model.module, "forward", real_forward)
+    first = reduced_activations(store, model, dataset, rows, ["block3"], batch_size=8)["block3"]
+    monkeypatch.setattr(model.module, "forward", lambda x: (_ for _ in ()).throw(AssertionError("forward ran")))
+    again = reduced_activations(store, model, dataset, rows, ["block3"], batch_size=8)["block3"]
+    np.testing.assert_array_equal(first, again)
+    monkeypatch.setattr(model.module, "forward", real_forward)
+    x = torch.cat(list(image_batches(dataset, model, 0, 64, 0)))[torch.from_numpy(rows)]
+    with torch.no_grad():
+        m = model.module
+        expected = m.block3(m.block2(m.block1(x))).flatten(1).numpy()  # 16 x 8 x 8: nothing to reduce
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+    assert len(list((store.path / "probes").iterdir())) >= 1
+    with pytest.raises(StoreError, match="do not exist"):
+        reduced_activations(store, model, dataset, rows, ["nope"])
