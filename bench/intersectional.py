@@ -13,6 +13,14 @@ Keys (CPU):
   to a temporary folder and deleted after; the page cache holds it, as it would a store
   read twice) with 126 groups and a tenth of the rows left out. Target <= 10 s.
 
+- ``probes_s_demo``: seconds of the probes on the demo grouped by tint x brightness (at most
+  128 per group): the reduced activations of every default layer (a forward pass, then kept
+  with the store) and ``LinearProbes`` (5 seeds, 50 epochs, with the shuffled control) on
+  each. Target <= 120 s.
+- ``demo_marker_probe_margin``: the demo grouped by ``marker`` (4 values): the best layer's
+  mean validation accuracy minus chance (the majority share), with the layer, and the
+  largest shuffled-labels accuracy minus chance over the layers (should stay near 0).
+
     .venv/bin/python bench/intersectional.py [--quick]
 
 ``--quick`` shrinks the memmap to 100,000 rows. Prints a summary, then, last, one JSON line.
@@ -33,8 +41,14 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
 from bench.common import machine_figures  # noqa: E402
-from core.methods import NAPs, TopographicLayout  # noqa: E402
+from core.extract import build_store  # noqa: E402
+from core.groups import build_groups, capped_rows  # noqa: E402
+from core.methods import LinearProbes, NAPs, TopographicLayout  # noqa: E402
+from core.models import ModelSpec, load_model  # noqa: E402
+from core.probe_store import default_probe_layers, reduced_activations  # noqa: E402
+from core.sources import DatasetSpec, build_dataset  # noqa: E402
 
 N_GROUPS = 126  # FairFace: 7 races x 9 ages x 2 genders
 
@@ -104,12 +118,41 @@ def nap_figures(rows: int, channels: int = 2048) -> dict:
     return {key: round(seconds, 2), "nap_memmap_gb": round(gb, 2)}
 
 
+def probe_figures() -> dict:
+    """The probes on the demo: their time (tint x brightness) and the marker's margin."""
+    model = load_model(ModelSpec(kind="demo"), "cpu")
+    dataset = build_dataset(DatasetSpec(kind="demo", split="test"))
+    figures: dict = {}
+    with tempfile.TemporaryDirectory() as root:
+        store = build_store("bench", model, dataset, list(model.default_layers), batch_size=256, root=Path(root))
+        meta, layers = store.meta(), default_probe_layers(store, model)
+        for columns, key in ((["tint", "brightness"], "probes"), (["marker"], "marker")):
+            groups = build_groups(meta, columns)
+            rows = capped_rows(groups, 128, 0)
+            start = time.perf_counter()
+            features = reduced_activations(store, model, dataset, rows, layers)
+            summary = LinearProbes().fit(features, groups.labels[rows], list(groups.names)).summary()
+            seconds = time.perf_counter() - start
+            best = summary.loc[(summary["val_accuracy"] - summary["chance"]).idxmax()]
+            print(f"probes over {' x '.join(columns)} ({len(groups.names)} groups, {len(rows)} images, {len(layers)} "
+                  f"layers x 5 seeds): {seconds:.1f} s; best {best['layer']} {best['val_accuracy']:.3f} vs chance "
+                  f"{best['chance']:.3f}")
+            if key == "probes":
+                figures["probes_s_demo"] = round(seconds, 1)
+            else:
+                figures["demo_marker_probe_margin"] = round(float(best["val_accuracy"] - best["chance"]), 3)
+                figures["demo_marker_probe_layer"] = str(best["layer"])
+                figures["demo_marker_shuffled_margin_max"] = round(float((summary["shuffled_val_accuracy"] - summary["chance"]).max()), 3)
+    return figures
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     figures: dict = {}
     figures.update(umap_cold_figures())
     figures.update(layout_figures())
     figures.update(nap_figures(100_000 if quick else 1_000_000))
+    figures.update(probe_figures())
     figures.update(machine_figures("cpu"))
     figures["quick"] = quick
     print(json.dumps(figures))

@@ -2,16 +2,17 @@
 and whether their activations look alike (Krug & Stober: linear probes and NAP maps)."""
 
 import streamlit as st
-from core.probe_store import default_probe_layers
 
 from core.errors import BiasLensError
 from core.groups import capped_rows, counts_table
 from core.methods import LinearProbes, map_scale, nap_similarity
+from core.probe_store import default_probe_layers
 from core.ui import intersectional_view as view
 from core.ui.charts import show, show_selectable
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress
+from core.ui.subgroups_view import concept_patches_for, show_concept_patches
 from core.ui.widgets import how_to_read, kept
 
 PAGE = "intersectional"
@@ -124,7 +125,7 @@ else:
     with c2:
         st.markdown(f"**Most frequent errors** at `{shown}` (Table 1)")
         st.dataframe(fitted.errors(shown), hide_index=True, column_config={
-            "rate": st.column_config.NumberColumn("error rate", format="percent")})
+            "error_rate": st.column_config.NumberColumn("error rate", format="percent")})
         how_to_read("the true group, the group the probe predicted instead, the share of the true group's validation "
                     "images it went to, and the variables whose values differ between the two.")
 
@@ -187,5 +188,13 @@ if points and "channel" in points[0]:
     channel = int(points[0]["channel"])
     st.markdown(f"**Channel {channel} of `{layer}`**: the images that activate it most (mean over space)")
     gallery(ctx, meta, view.top_rows(store, layer, channel), origin=f"intersectional-channel-{layer}-{channel}")
+    try:
+        with st.spinner("Concept patches of the channel..."):
+            patches = concept_patches_for(ctx.model, ctx.dataset, store, ((layer, channel),))
+        show_concept_patches(patches[(layer, channel)])
+        how_to_read("the squares of its top images (by max over space) that activate the channel most, as on the "
+                    "Subgroups page's concept window; the numbers are its activation on the image masked to that square.")
+    except BiasLensError as exc:
+        st.warning(f"The concept patches cannot be shown: {exc}")
 else:
     st.caption("Hover a channel for its index and NAP; click one to see the images that activate it most.")

@@ -125,7 +125,9 @@ def accuracy_chart(summary: pd.DataFrame) -> alt.LayerChart:
         x=x, y=alt.Y("value:Q", title="Probe accuracy", scale=alt.Scale(domain=[0, 1])), color=colour,
         tooltip=["layer", "measure", alt.Tooltip("value:Q", format=".3f")],
     )
-    bars = alt.Chart(summary).mark_errorbar(color="#d62728").encode(x=x, y="val_low:Q", y2="val_high:Q")
+    bars = alt.Chart(summary).mark_errorbar(color="#d62728").encode(
+        x=x, y=alt.Y("val_low:Q", title="Probe accuracy"), y2="val_high:Q"
+    )
     chance = alt.Chart(summary).mark_line(strokeDash=[4, 4], color="black").encode(x=x, y="chance:Q")
     return (lines + bars + chance).properties(height=300)
 
@@ -195,10 +197,13 @@ def similarity_chart(names: Sequence[str], similarity: np.ndarray, order: np.nda
     grid = pd.DataFrame(
         [{"a": names[i], "b": names[j], "cosine": float(similarity[i, j])} for i in order for j in order]
     )
-    base = alt.Chart(grid).encode(x=alt.X("b:N", sort=ordered, title=None), y=alt.Y("a:N", sort=ordered, title=None))
+    # inline values: G x G cells pass Altair's 5,000-row guard for data frames (72 groups make 5,184)
+    base = alt.Chart(alt.InlineData(values=grid.to_dict("records"))).encode(
+        x=alt.X("b:N", sort=ordered, title=None), y=alt.Y("a:N", sort=ordered, title=None)
+    )
     cells = base.mark_rect().encode(
         color=alt.Color("cosine:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True), title="cosine"),
-        tooltip=["a", "b", alt.Tooltip("cosine:Q", format=".2f")],
+        tooltip=["a:N", "b:N", alt.Tooltip("cosine:Q", format=".2f")],
     )
     side = max(220, min(700, 22 * len(names)))
     return cells.properties(width=side, height=side)

@@ -151,6 +151,19 @@ def neuron_button_label(neuron: Neuron, under: float, well: float) -> str:
     return f"{neuron[1]}: {under:.2f}/{well:.2f}"
 
 
+def show_concept_patches(mine: ConceptPatches) -> None:
+    """A neuron's 10 concept patches in a row, with their activations (and a word on ties)."""
+    st.markdown("**Concept patches** — the 10 patches of its top images that activate it most")
+    cols = st.columns(10)
+    for col, picture, value in zip(cols, mine.patch_images, mine.patch_activations, strict=False):
+        col.image(enlarged(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
+    if mine.ties:
+        st.caption(
+            f"{mine.ties} of these {len(mine.patch_activations)} patches tie with another one's activation: the neuron "
+            "responds the same to them. Among tied patches, other images and positions are shown first."
+        )
+
+
 @st.dialog("Neuron concept window", width="large", on_dismiss="rerun")
 def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float], shown: list[Neuron], pair: tuple[int, int]) -> None:
     """A neuron's activation scores for both subgroups, its concept patches and its cluster."""
@@ -170,15 +183,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     mates = [n for n in shown if clusters[n] == clusters[neuron] and n != neuron]
     st.session_state[highlight_key(ctx, pair)] = [neuron, *mates]
     mine = patches[neuron]
-    st.markdown("**Concept patches** — the 10 patches of its top images that activate it most")
-    cols = st.columns(10)
-    for col, picture, value in zip(cols, mine.patch_images, mine.patch_activations, strict=False):
-        col.image(enlarged(picture, PATCH_VIEW), caption=f"{value:.2f}", width="stretch")
-    if mine.ties:
-        st.caption(
-            f"{mine.ties} of these {len(mine.patch_activations)} patches tie with another one's activation: the neuron "
-            "responds the same to them. Among tied patches, other images and positions are shown first."
-        )
+    show_concept_patches(mine)
     st.markdown("**Top images** — the dataset images that activate it most")
     thumbs = cache.thumbnails(ctx.dataset, ctx.key, tuple(int(r) for r in mine.image_rows), THUMB)
     cols = st.columns(10)

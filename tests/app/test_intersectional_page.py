@@ -71,6 +71,8 @@ def test_groups_probes_maps_and_a_channel(app2):
     at.run()
     no_exception(at)
     assert any(m.value.startswith(f"**Channel 3 of `{layer}`**") for m in at.markdown)
+    assert any(m.value.startswith("**Concept patches**") for m in at.markdown)  # as on the Subgroups page
+    assert not at.error and not at.warning
 
 
 def test_no_attribute_columns_says_which_datasets_have_them(app):
@@ -84,3 +86,21 @@ def test_too_few_groups_is_an_error_not_a_traceback(app2):
     at.number_input(key="intersectional.min_size").set_value(5000).run()
     no_exception(at)
     assert at.error and "cannot be built" in at.error[0].value
+
+
+@pytest.mark.slow
+def test_three_variables_on_the_demo(demo_app):
+    at = demo_app.run()  # the demo's store (built on first open, shared by the session)
+    no_exception(at)
+    demo = load_workspaces().workspaces["demo"].key()
+    at.session_state[f"intersectional.columns:{demo}:kept"] = ["tint", "brightness", "marker"]
+    open_page(at)
+    assert not at.error, [e.value for e in at.error]
+    groups = next(c.value for c in at.caption if "groups over" in c.value)
+    assert groups.startswith("72 groups over 10,000 images")  # 6 tints x 3 brightness levels x 4 markers
+    # one panel per marker, each a tint x brightness grid with its unions as margins
+    assert len(at.tabs) >= 3 + 4  # the counts tabs, then the four marker panels
+    captions = [c for im in at.image for c in im.captions]
+    assert sum(c.startswith("n=") for c in captions) == 72
+    assert captions.count("union") == 4 * (6 + 3)
+    assert any(" − " in c for c in captions)  # the difference map
