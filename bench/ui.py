@@ -14,7 +14,8 @@ stayed idle for 0.5 s (and, where named, once an expected element is visible).
   the confusion matrix's "as shares" toggle; Cohorts & subsets a rerun (the `r` key) with a
   WHERE filter shown; Spotlight the panel switch between Spotlight 1 and 2; Subgroups the
   threshold switch between 0.5 and 0.66; Filter saliency the masking panel's control toggle
-  (both variants computed in the warm-up, which also builds the demo's saliency profiles).
+  (both variants computed in the warm-up, which also builds the demo's saliency profiles);
+  Intersectional the maps' colour-scale clip toggle (tint x pattern, block3).
 - switch_s: page -> median of 5 arrivals on the page through the sidebar navigation.
 - cam_open_s: median of 5 Grad-CAM windows (5 images, each computed on first open), from
   the CAM click until the window shows its maps; subgroup_select_s: median of 5 "Select"
@@ -48,7 +49,7 @@ BROWSER_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency"]
+PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional"]
 COHORT = "label = 'Sandal' AND marker = 'square'"
 TARGET_S, CAM_TARGET_S = 1.0, 2.0
 # Records every script-state change with the page's clock, across in-app navigation.
@@ -125,8 +126,9 @@ def wait_ready(page: Page, text: str) -> None:
 
 READY = {"Overview": "Planted slices", "Cohorts & subsets": "Columns you can filter on",
          "Spotlight": "Spotlights found", "Subgroups": "Under-performing subgroups",
-         "Filter saliency": "Masking the salient pixels"}
+         "Filter saliency": "Masking the salient pixels", "Intersectional": "Compare two groups"}
 SALIENCY_TOGGLE = "least salient (control)"
+CLIP_TOGGLE = "Clip the colour scale to the 0.5–99.5th percentile"
 
 
 def warm_up(page: Page, url: str) -> None:
@@ -163,6 +165,11 @@ def warm_up(page: Page, url: str) -> None:
     for _ in range(2):  # both masking variants computed once
         page.get_by_text(SALIENCY_TOGGLE, exact=True).click()
         wait_ready(page, READY["Filter saliency"])
+    navigate(page, "Intersectional")
+    wait_ready(page, READY["Intersectional"])  # the first layout compiles UMAP
+    for _ in range(2):  # both colour scales drawn once
+        page.get_by_text(CLIP_TOGGLE, exact=True).click()
+        wait_ready(page, READY["Intersectional"])
     for title in PAGES:  # a second pass: every page's own caches are filled
         navigate(page, title)
         wait_ready(page, READY[title])
@@ -180,6 +187,8 @@ def rerun_action(page: Page, title: str, i: int):
         return lambda: page.get_by_role("radio", name=f"Spotlight {2 - i % 2}", exact=True).first.click()
     if title == "Filter saliency":
         return lambda: page.get_by_text(SALIENCY_TOGGLE, exact=True).click()
+    if title == "Intersectional":
+        return lambda: page.get_by_text(CLIP_TOGGLE, exact=True).click()
     choice = "0.66 (UDIS code)" if i % 2 == 0 else "0.5 (VisCUIT paper)"
     return lambda: page.get_by_role("radio", name=choice, exact=True).click()
 
