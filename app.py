@@ -22,7 +22,7 @@ PAGES = [
     st.Page("pages/spotlight.py", title="Spotlight", icon=":material/highlight:"),
     st.Page("pages/subgroups.py", title="Subgroups", icon=":material/groups:"),
     st.Page("pages/saliency.py", title="Filter saliency", icon=":material/tune:"),
-    st.Page("pages/intersectional.py", title="Intersectional", icon=":material/grid_view:"),
+    st.Page("pages/intersectional.py", title="Intersectional", icon=":material/category:"),
 ]
 
 # Workshop mode (core/ui/workshop.py) adds the "Check my finding" page and the sidebar's steps.

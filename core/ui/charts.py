@@ -106,7 +106,9 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = T
         text=alt.Text(f"{value}:Q", format=".0%" if normalise else "d"),
         color=alt.condition(alt.datum[value] > middle, alt.value("white"), alt.value("black")),
     )
-    side = max(240, 34 * len(classes))
+    # Streamlit fits the whole chart (axes and legend included) into this size: leave room
+    # for them beside about 50 px per cell, or the cells' text overlaps (10 classes -> 660 px)
+    side = max(320, 50 * len(classes) + 160)
     return (cells + text).properties(width=side, height=side)
 
 

@@ -55,3 +55,11 @@ def test_random_sample_gallery_keeps_its_random_order():
     pool = meta[~meta["correct"]]
     assert rows["row"].tolist() == pool.sample(n=24, random_state=3)["row"].tolist()
     assert not rows["loss"].is_monotonic_increasing and not rows["loss"].is_monotonic_decreasing
+
+
+def test_the_confusion_matrix_leaves_each_cell_room_for_its_text():
+    # Streamlit fits the whole chart, axes and legend included, into the spec's size: 10
+    # classes in 340 px left 19 px cells whose "12%" labels ran into each other
+    classes = [f"class {i}" for i in range(10)]
+    spec = charts.confusion_matrix(np.eye(10, dtype=int) * 7, classes, normalise=True).to_dict()
+    assert spec["width"] == spec["height"] and spec["width"] - 160 >= 45 * len(classes)
