@@ -12,11 +12,9 @@ from core.methods import (
     FilterTurnOff,
     FineTuneCheck,
     MaskingExperiment,
-    confusion_cell_groups,
     overlay,
 )
 from core.saliency_store import size_message
-from core.scorecard import scorecard
 from core.ui import cache
 from core.ui import saliency_view as view
 from core.ui.charts import show
@@ -24,7 +22,7 @@ from core.ui.context import page_context
 from core.ui.image_detail import enlarged
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
-from core.ui.widgets import how_to_read, kept, percent
+from core.ui.widgets import group_select, how_to_read, kept, percent
 from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 PAGE = "saliency"
@@ -285,48 +283,37 @@ save_subset_form(ctx, np.concatenate([[row], near]), f"saliency neighbours of {r
 
 # --------------------------------------------------------------------------- 6. aggregate turning-off
 st.subheader("Turning filters off over many errors")
-sources = ["All misclassified images", *names]
-source_key = state_key(PAGE, "agg_source", ctx.key)
-if st.session_state.get(f"{source_key}:kept", sources[0]) not in sources:
-    st.session_state[f"{source_key}:kept"] = sources[0]
 c1, c2 = st.columns([2, 1])
-source = c1.selectbox("Images", sources, **kept(source_key, sources[0]), help="Only the misclassified images of a subset are used.")
+with c1:
+    _, subset_rows = group_select("Images", state_key(PAGE, "agg_source", ctx.key),
+                                  {n: ctx.subsets().get(n).rows for n in names}, "All misclassified images",
+                                  "Only the misclassified images of a subset are used.")
 cap = int(c2.number_input("At most (highest loss first)", 2, 5000, **kept(state_key(PAGE, "agg_cap"), 100)))
-pool = wrong_rows if source == sources[0] else wrong_rows[np.isin(wrong_rows, np.asarray(ctx.subsets().get(source).rows))]
+pool = wrong_rows if subset_rows is None else wrong_rows[np.isin(wrong_rows, subset_rows)]
 agg_rows = pool[:cap]
 turn_off = FilterTurnOff(max_k=max_k)
-summary = view.cached_aggregate(store, profiles, agg_rows, ref, turn_off) if len(agg_rows) else None
 if not len(agg_rows):
     st.info("No misclassified images in this set.")
-elif summary is None and st.button(f"Turn filters off on {len(agg_rows):,} images", key=state_key(PAGE, "aggregate")):
-    try:
-        summary = run_with_progress(
-            "Turning filters off...",
-            lambda progress: view.aggregate_turn_off(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, turn_off, progress),
-            lambda s: f"Turned filters off on {int(s['n'].max()):,} images", unit="image",
-        )
-    except BiasLensError as exc:
-        st.error(f"The aggregate cannot be computed: {exc}")
+summary = view.run_on_demand(
+    view.cached_aggregate(store, profiles, agg_rows, ref, turn_off) if len(agg_rows) else None, len(agg_rows) > 0,
+    f"Turn filters off on {len(agg_rows):,} images", state_key(PAGE, "aggregate"), "Turning filters off...",
+    lambda progress: view.aggregate_turn_off(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, turn_off, progress),
+    lambda s: f"Turned filters off on {int(s['n'].max()):,} images", "The aggregate",
+)
 if summary is not None:
     show(view.turn_off_chart, view.summary_frame(summary), True)
     how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
                 "(bands); the salient order should separate from random and least salient.")
 
 tune_all = FineTuneCheck(k=tuned, step=step)  # the settings of the single-image check above
-tuned_summary = view.cached_aggregate(store, profiles, agg_rows, ref, tune_all) if len(agg_rows) else None
-if len(agg_rows) and tuned_summary is None and st.button(
-    f"Fine-tuning check on {len(agg_rows):,} images", key=state_key(PAGE, "aggregate_tune"),
+tuned_summary = view.run_on_demand(
+    view.cached_aggregate(store, profiles, agg_rows, ref, tune_all) if len(agg_rows) else None, len(agg_rows) > 0,
+    f"Fine-tuning check on {len(agg_rows):,} images", state_key(PAGE, "aggregate_tune"), "Fine-tuning check...",
+    lambda progress: view.aggregate_fine_tune(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, tune_all, progress),
+    lambda t: f"Checked {int(t['n'].max()):,} images", "The fine-tuning check",
     help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
     "neighbours in saliency space.",
-):
-    try:
-        tuned_summary = run_with_progress(
-            "Fine-tuning check...",
-            lambda progress: view.aggregate_fine_tune(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, tune_all, progress),
-            lambda t: f"Checked {int(t['n'].max()):,} images", unit="image",
-        )
-    except BiasLensError as exc:
-        st.error(f"The fine-tuning check cannot be computed: {exc}")
+)
 if tuned_summary is not None:
     st.dataframe(view.fine_tune_table(tuned_summary), hide_index=True)
     how_to_read(f"mean over {int(tuned_summary['n'].max()):,} misclassified images with a 95% bootstrap interval; "
@@ -352,16 +339,7 @@ except BiasLensError as exc:
     st.stop()
 st.caption(f"{len(modes_fit.groups_)} failure mode(s) among {len(wrong_rows):,} misclassified images (k-means in cosine "
            "geometry of z). " + " ".join(modes_fit.notes_))
-for g in modes_fit.groups_:
-    with st.container(border=True):
-        members = meta.iloc[g.rows]
-        cells = members.groupby(["label", "pred"]).size().sort_values(ascending=False).head(2)
-        common = ", ".join(f"{t} → {p} ({n})" for (t, p), n in cells.items())
-        st.markdown(f"**Mode #{g.index}** · {g.size} images · most common: {common}")
-        st.caption("Shared top filters: " + ", ".join(f"{f['layer']}[{f['filter']}] (z̄ {f['mean_z']:.1f})" for f in g.top_filters[:6]))
-        shown = tuple(int(r) for r in g.rows[:MODE_SHOWN])  # one strip per mode: one image element, not eight
-        st.image(cache.strip_png(ctx.dataset, ctx.key, shown, 64, tuple(bool(not correct[r]) for r in shown), MODE_SHOWN),
-                 width="stretch", output_format="PNG")
+view.mode_boxes(ctx, meta, modes_fit, MODE_SHOWN)
 how_to_read("each box is a group of errors whose salient filters agree; its most typical images come first "
             "(errors framed and crossed in red).")
 if modes_fit.groups_:  # one save form for the chosen mode, not one per mode (fewer widgets: faster pages)
@@ -379,22 +357,4 @@ if store.slice_columns:
     if ground_truth_hidden():
         hidden_notice("The scorecard against the planted slices")
     else:
-        truth = meta[store.slice_columns].to_numpy(dtype=bool)
-        slice_names = [c.removeprefix("slice_") for c in store.slice_columns]
-        baseline = confusion_cell_groups(labels_idx, meta["pred_idx"].to_numpy(), losses, meta["row"].to_numpy())
-        left, right = st.columns(2)
-        config = {"P@10": st.column_config.NumberColumn("P@10", format="%.1f"),  # narrow: two tables side by side
-                  "recall": st.column_config.NumberColumn(format="percent")}
-        with left:
-            st.markdown("**Failure modes** (saliency)")
-            groups = [g.rows for g in modes_fit.groups_]
-            st.dataframe(scorecard(truth, groups, slice_names=slice_names, group_names=[f"#{g.index}" for g in modes_fit.groups_],
-                                   members=groups), hide_index=True, column_config=config)
-        with right:
-            st.markdown("**Baseline: confusion cells** (true → predicted, by loss)")
-            cells = list(baseline["rows"])
-            st.dataframe(scorecard(truth, cells, slice_names=slice_names,
-                                   group_names=[f"{classes[t]} → {classes[p]}" for t, p in zip(baseline["true"], baseline["predicted"], strict=True)],
-                                   members=cells), hide_index=True, column_config=config)
-        how_to_read("for each planted slice, the group whose 10 first images hold most slice images (P@10; ≥ 0.8 = identified) "
-                    "and its share of the slice (recall); the failure modes show skill only where they beat the baseline.")
+        view.scorecards(store, meta, modes_fit)

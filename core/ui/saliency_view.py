@@ -10,7 +10,7 @@ objects are fitted clones, never the caller's estimator.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import altair as alt
 import numpy as np
@@ -19,6 +19,7 @@ import streamlit as st
 import torch
 from sklearn.base import clone
 
+from core.errors import BiasLensError
 from core.filters import FilterIndex, conv_filters, resolve_method
 from core.methods import (
     FailureModes,
@@ -26,15 +27,21 @@ from core.methods import (
     FilterTurnOff,
     FineTuneCheck,
     MaskingExperiment,
+    confusion_cell_groups,
+    failure_mode_scorecard,
 )
 from core.methods.saliency import curves_summary
 from core.models import make_transform
 from core.saliency_store import SaliencyProfiles, build_profiles, find_profiles, nearest, row_norms
+from core.scorecard import scorecard
 from core.store import Store
 from core.subsets import scope_digest
 from core.ui import cache
 from core.ui.context import PageContext
+from core.ui.method_page import run_with_progress
+from core.ui.widgets import how_to_read
 
+T = TypeVar("T")
 ORIGIN = "saliency"  # the subset origin of groups found here
 MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many points
 LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
@@ -409,3 +416,54 @@ def fine_tune_table(summary: pd.DataFrame) -> pd.DataFrame:
             row[title] = fmt(float(record[metric]), float(record[f"{metric}_low"]), float(record[f"{metric}_high"]))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def run_on_demand(cached: T | None, possible: bool, button: str, key: str, label: str, work: Callable[[Any], T],
+                  done: Callable[[T], str], what: str, help: str | None = None) -> T | None:
+    """A slow run that starts only on its button: the cached result if there is one, else,
+    when the button is pressed, the run with progress (a failure shown as an error)."""
+    if cached is not None or not possible or not st.button(button, key=key, help=help):
+        return cached
+    try:
+        return run_with_progress(label, work, done, unit="image")
+    except BiasLensError as exc:
+        st.error(f"{what} cannot be computed: {exc}")
+        return None
+
+
+def mode_boxes(ctx: PageContext, meta: pd.DataFrame, modes: FailureModes, shown: int) -> None:
+    """Each failure mode in a box: its size, its commonest confusions, its shared top filters
+    and its most typical images as one strip (one image element, not one per image)."""
+    correct = meta["correct"].to_numpy()
+    for g in modes.groups_:
+        with st.container(border=True):
+            cells = meta.iloc[g.rows].groupby(["label", "pred"]).size().sort_values(ascending=False).head(2)
+            common = ", ".join(f"{t} → {p} ({n})" for (t, p), n in cells.items())
+            st.markdown(f"**Mode #{g.index}** · {g.size} images · most common: {common}")
+            st.caption("Shared top filters: " + ", ".join(f"{f['layer']}[{f['filter']}] (z̄ {f['mean_z']:.1f})" for f in g.top_filters[:6]))
+            rows = tuple(int(r) for r in g.rows[:shown])
+            st.image(cache.strip_png(ctx.dataset, ctx.key, rows, 64, tuple(bool(not correct[r]) for r in rows), shown),
+                     width="stretch", output_format="PNG")
+
+
+def scorecards(store: Store, meta: pd.DataFrame, modes: FailureModes) -> None:
+    """The planted-slice scorecard of the failure modes beside the trivial baseline's (the
+    misclassified images grouped by confusion cell, by loss)."""
+    classes = store.classes
+    baseline = confusion_cell_groups(meta["label_idx"].to_numpy(), meta["pred_idx"].to_numpy(), meta["loss"].to_numpy(),
+                                     meta["row"].to_numpy())
+    cells = list(baseline["rows"])
+    config = {"P@10": st.column_config.NumberColumn("P@10", format="%.1f"),  # narrow: two tables side by side
+              "recall": st.column_config.NumberColumn(format="percent")}
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Failure modes** (saliency)")
+        st.dataframe(failure_mode_scorecard(modes, meta[store.slice_columns]), hide_index=True, column_config=config)
+    with right:
+        st.markdown("**Baseline: confusion cells** (true → predicted, by loss)")
+        st.dataframe(scorecard(meta[store.slice_columns].to_numpy(dtype=bool), cells,
+                               slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
+                               group_names=[f"{classes[t]} → {classes[p]}" for t, p in zip(baseline["true"], baseline["predicted"], strict=True)],
+                               members=cells), hide_index=True, column_config=config)
+    how_to_read("for each planted slice, the group whose 10 first images hold most slice images (P@10; ≥ 0.8 = identified) "
+                "and its share of the slice (recall); the failure modes show skill only where they beat the baseline.")
