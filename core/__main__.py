@@ -46,9 +46,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     model = load_model(ws.model, args.device)
     print(f"model: {model.description} on {model.device}")
     print(f"embedding: input of '{model.embedding_layer}' ({model.embedding_dim}-d)")
-    for name in model.conv_layers:
+    for name in model.storable_layers:
         mark = "*" if name in model.default_layers else " "
-        print(f" {mark} {name}")
+        kind = "" if name in model.conv_layers else "  (linear)"
+        print(f" {mark} {name}{kind}")
     print("(* = stored by default)")
     return 0
 

@@ -123,10 +123,11 @@ def build_store(
     """
     dataset.validate()
     layers = list(model.default_layers if layers is None else layers)
-    unknown = [ly for ly in layers if ly not in model.conv_layers]
+    unknown = [ly for ly in layers if ly not in model.storable_layers]
     if unknown:
         raise StoreError(
-            f"Unknown layer(s) {', '.join(unknown)}; pick from: {', '.join(model.conv_layers) or 'none (no conv layers)'}."
+            f"Unknown layer(s) {', '.join(unknown)}; pick from: "
+            f"{', '.join(model.storable_layers) or 'none (no conv blocks or hidden linear layers)'}."
         )
     if not model.embedding_layer:
         raise StoreError("The model has no final linear layer or conv block to take an embedding from.")
@@ -163,7 +164,7 @@ def build_store(
         want_core = existing is None
         if want_core or new_layers:
             _extract(directory, fingerprint, model, dataset, new_layers, want_core, batch_size, num_workers, progress)
-        all_layers = [ly for ly in model.conv_layers if ly in set(stored_layers) | set(new_layers)]
+        all_layers = [ly for ly in model.storable_layers if ly in set(stored_layers) | set(new_layers)]
         if want_core or stale_meta:
             try:
                 _write_meta(directory, model, dataset)

@@ -35,6 +35,7 @@ class Layers(NamedTuple):
     embedding_layer: str
     embedding_dim: int
     embedding_is_output: bool
+    linear_layers: list[str]
 
 
 @dataclass
@@ -96,7 +97,19 @@ def find_layers(
         default_layers = _spread(conv_layers)
     else:
         default_layers = _checked_layers(model, probe, conv_layers, layers)
-    return Layers(conv_layers, default_layers, name, dim, is_output)
+    return Layers(conv_layers, default_layers, name, dim, is_output, _hidden_linears(model, probe))
+
+
+def _hidden_linears(model: nn.Module, probe: Probe) -> list[str]:
+    """The executed nn.Linear layers with an (N, D) output, in execution order, except the
+    final one (its output is the logits, which the store always keeps): a store can add them
+    beside the conv blocks (ActiVis compares the hidden layers of an MLP head)."""
+    modules = dict(model.named_modules())
+    final = _final_linear(model, probe)
+    return [
+        n for n in probe.order
+        if n != final and _is_a(modules[n], nn.Linear) and len(probe.outputs.get(n, ())) == 2
+    ]
 
 
 def find_final_linear(model: nn.Module, input_size: int = DEFAULT_INPUT_SIZE) -> str:

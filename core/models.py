@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,13 @@ class LoadedModel:
     weights_fingerprint: str
     device: torch.device
     embedding_is_output: bool = False
+    linear_layers: list[str] = field(default_factory=list)
+
+    @property
+    def storable_layers(self) -> list[str]:
+        """Every layer a store can hold: the conv blocks, then the hidden nn.Linear layers
+        (which run after them in a CNN), each list in execution order."""
+        return list(self.conv_layers) + [ly for ly in self.linear_layers if ly not in self.conv_layers]
 
 
 # --------------------------------------------------------------------------- loading
@@ -137,6 +144,7 @@ def load_model(
         weights_fingerprint=weights_fingerprint(module),
         device=dev,
         embedding_is_output=layers.embedding_is_output,
+        linear_layers=layers.linear_layers,
     )
 
 

@@ -84,13 +84,13 @@ def store_panel(ctx: PageContext) -> Store | None:
         else:
             layers = st.multiselect(
                 "Block layers to store (mean- and max-pooled per channel)",
-                model.conv_layers,
+                model.storable_layers,
                 default=model.default_layers,
                 key=state_key("store", "layers", ctx.key),
                 help="The last hidden layer (embedding), logits and losses are always stored.",
             )
-        if not model.conv_layers:
-            st.caption("The model has no convolutional blocks: only the embedding and logits are stored.")
+        if not model.storable_layers:
+            st.caption("The model has no convolutional blocks or hidden linear layers: only the embedding and logits are stored.")
         if ctx.workspace.is_demo or st.button("Build the activation store", type="primary"):
             _run_build(ctx, layers, f"Building the store of {len(ctx.dataset):,} images...")
         return None
@@ -104,7 +104,7 @@ def store_panel(ctx: PageContext) -> Store | None:
             f"- **Built**: {store.manifest['created']} on {store.manifest['device']}\n"
             f"- **Fingerprint**: `{store.fingerprint[:16]}`" + ("" if ctx.hosted else f" · `{store.path}`")
         )
-        missing = [ly for ly in model.conv_layers if ly not in store.layers]
+        missing = [ly for ly in model.storable_layers if ly not in store.layers]
         if missing and ctx.hosted:
             st.caption(
                 f"Layers not stored: {', '.join(f'`{ly}`' for ly in missing)}. On a hosted server only "

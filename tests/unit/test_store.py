@@ -127,6 +127,23 @@ def test_adding_a_layer_extracts_only_that_layer(tmp_path, model, dataset):
     assert bigger.pooled("block2").shape == (240, 16)
 
 
+def test_a_hidden_linear_layer_can_be_stored(tmp_path, model, dataset):
+    """ActiVis compares a hidden linear layer with the blocks: its (N, D) output is stored as it is
+    (mean and max over no space are the values), after the blocks in network order."""
+    assert model.linear_layers == ["fc1"] and model.storable_layers[-1] == "fc1"
+    store = build_store("t", model, dataset, ["fc1", "block1"], root=tmp_path)
+    assert store.layers == ["block1", "fc1"] and store.manifest["layer_channels"]["fc1"] == 12
+    rows = [3, 100]
+    captured = {}
+    handle = model.module.fc1.register_forward_hook(lambda m, a, o: captured.__setitem__("fc1", o))
+    _reference(model, dataset, rows)
+    handle.remove()
+    for pool in ("mean", "max"):
+        np.testing.assert_allclose(store.pooled("fc1", pool)[rows], captured["fc1"].numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(StoreError, match="pick from: block1, block2, block3, fc1"):
+        build_store("t", model, dataset, ["head"], root=tmp_path)  # the final linear: its output is the logits
+
+
 def test_fingerprint_follows_weights_and_data(model, dataset):
     base = store_fingerprint(model, dataset)
     assert store_fingerprint(model, digits_dataset(240)) == base
