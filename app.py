@@ -23,6 +23,7 @@ PAGES = [
     st.Page("pages/subgroups.py", title="Subgroups", icon=":material/groups:"),
     st.Page("pages/saliency.py", title="Filter saliency", icon=":material/tune:"),
     st.Page("pages/intersectional.py", title="Intersectional", icon=":material/category:"),
+    st.Page("pages/activis.py", title="ActiVis", icon=":material/hub:"),
 ]
 
 # Workshop mode (core/ui/workshop.py) adds the "Check my finding" page and the sidebar's steps.

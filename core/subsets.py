@@ -35,7 +35,7 @@ from filelock import FileLock
 
 from core.errors import BiasLensError
 
-ORIGINS = ("cohort", "spotlight", "subgroup", "saliency", "class", "manual")
+ORIGINS = ("cohort", "spotlight", "subgroup", "saliency", "activis", "class", "manual")
 FILE_NAME = "subsets.json"
 FORMAT_VERSION = 1
 MAX_NAME = 120

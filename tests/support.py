@@ -64,3 +64,9 @@ def digits_arrays(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray, 
 def digits_dataset(n: int = 240, seed: int = 0) -> ArrayDataset:
     images, labels, attributes = digits_arrays(n, seed)
     return ArrayDataset(images, labels, [str(d) for d in range(10)], attributes=attributes, name="digits")
+
+
+def make_single_linear() -> nn.Module:
+    """Entry-point factory of a model with one layer: flatten, then one nn.Linear to 10 logits."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 10))

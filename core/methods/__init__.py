@@ -16,6 +16,13 @@ case in tests/unit/test_methods.py.
     udis.under_performing(0.5)
 """
 
+from core.methods.activis import (
+    ActivationMatrix,
+    Projection,
+    instance_grid,
+    membership_matrix,
+    pages_for,
+)
 from core.methods.gradcam import GradCAM, overlay
 from core.methods.naps import (
     NAPs,
@@ -72,6 +79,11 @@ from core.methods.udis import (
 )
 
 __all__ = [
+    "ActivationMatrix",
+    "Projection",
+    "instance_grid",
+    "membership_matrix",
+    "pages_for",
     "KERNELS",
     "PRECISIONS",
     "UDIS",

@@ -116,12 +116,14 @@ CELL_SELECTION = "cell"  # the name of the intersection heatmap's point selectio
 
 
 def show_selectable(builder: Callable[..., alt.TopLevelMixin], *args: Any, key: str, width: str | int = "stretch",
-                    **kwargs: Any) -> dict[str, Any]:
+                    modes: tuple[str, ...] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Like ``show``, for a chart with named selections: draw it clickable (a click reruns the
-    page) and return Streamlit's event, ``{"selection": {param: ...}}``."""
+    page) and return Streamlit's event, ``{"selection": {param: ...}}``. ``modes`` names the
+    selections that rerun (default all; leave out a zoom bound to the scales)."""
     name = f"{builder.__module__}.{builder.__qualname__}"
     _BUILDERS[name] = builder
-    event = st.vega_lite_chart(_spec(name, args, kwargs), width=width, on_select="rerun", key=key)
+    event = st.vega_lite_chart(_spec(name, args, kwargs), width=width, on_select="rerun", key=key,
+                               selection_mode=list(modes) if modes else None)
     return dict(event) if event is not None else {}
 
 

@@ -17,14 +17,14 @@ from core.ui.keys import state_key
 from core.ui.method_page import Progress, run_with_progress
 
 
-def _cli_hint(ctx: PageContext, layers: list[str] | None = None) -> str:
+def cli_hint(ctx: PageContext, layers: list[str] | None = None) -> str:
     command = f"python -m core build {ctx.workspace.name}"
     if layers:
         command += " --layers " + " ".join(layers)
     return command
 
 
-def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
+def run_build(ctx: PageContext, layers: list[str], label: str) -> None:
     """Build or extend the store with progress; rerun when done.
 
     A failure is shown open, below the status box, with what to do.
@@ -43,7 +43,7 @@ def _run_build(ctx: PageContext, layers: list[str], label: str) -> None:
             f"**The activation store could not be built.** {failure}\n\n"
             "Fix the problem named above (the work already done is kept and the next build "
             "resumes from it), then build again here or with "
-            f"`{_cli_hint(ctx, layers)}`.",
+            f"`{cli_hint(ctx, layers)}`.",
             icon=":material/error:",
         )
         st.stop()
@@ -69,7 +69,7 @@ def store_panel(ctx: PageContext) -> Store | None:
         st.warning(
             "This workspace has no activation store on this server yet. This is a hosted server: "
             "visitors cannot build stores. Whoever runs it builds the store ahead of time with "
-            f"`{_cli_hint(ctx)}` (see \"Host the demo\" in the README)."
+            f"`{cli_hint(ctx)}` (see \"Host the demo\" in the README)."
         )
         return None
     if ctx.store is None:
@@ -92,7 +92,7 @@ def store_panel(ctx: PageContext) -> Store | None:
         if not model.storable_layers:
             st.caption("The model has no convolutional blocks or hidden linear layers: only the embedding and logits are stored.")
         if ctx.workspace.is_demo or st.button("Build the activation store", type="primary"):
-            _run_build(ctx, layers, f"Building the store of {len(ctx.dataset):,} images...")
+            run_build(ctx, layers, f"Building the store of {len(ctx.dataset):,} images...")
         return None
     store = ctx.store
     channels = store.manifest["layer_channels"]
@@ -108,10 +108,10 @@ def store_panel(ctx: PageContext) -> Store | None:
         if missing and ctx.hosted:
             st.caption(
                 f"Layers not stored: {', '.join(f'`{ly}`' for ly in missing)}. On a hosted server only "
-                f"whoever runs it can add them: `{_cli_hint(ctx, store.layers + missing)}`."
+                f"whoever runs it can add them: `{cli_hint(ctx, store.layers + missing)}`."
             )
         elif missing:
             extra = st.multiselect("Add layers", missing, key=state_key("store", "add_layers", ctx.key))
             if st.button("Add the selected layers", disabled=not extra):
-                _run_build(ctx, store.layers + extra, f"Adding {len(extra)} layer(s)...")
+                run_build(ctx, store.layers + extra, f"Adding {len(extra)} layer(s)...")
     return store

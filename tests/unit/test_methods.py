@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 import core.methods
 from core.methods import (
     UDIS,
+    ActivationMatrix,
     ConceptPatches,
     ConceptPatchFinder,
     FailureModes,
@@ -42,6 +43,7 @@ from core.methods import (
     NAPs,
     NeuronClusters,
     NeuronSelector,
+    Projection,
     Spotlight,
     TopographicLayout,
 )
@@ -137,6 +139,8 @@ CASES: dict[type, tuple[dict[str, Any], Callable[[], tuple]]] = {
         {"l": np.random.default_rng(0).normal(size=(30, 4))}, np.arange(30) % 3, ["a", "b", "c"])),
     NAPs: ({"chunk": 5}, lambda: (np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 3)),
     TopographicLayout: ({"iterations": 5}, lambda: (np.random.default_rng(0).normal(size=(3, 20)),)),
+    ActivationMatrix: ({"chunk": 5, "top_n": 3}, lambda: (np.random.default_rng(0).normal(size=(12, 4)), [np.arange(6), np.array([2, 9])])),
+    Projection: ({"method": "pca"}, lambda: (np.random.default_rng(0).normal(size=(12, 4)),)),
 }
 
 
