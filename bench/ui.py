@@ -15,7 +15,8 @@ stayed idle for 0.5 s (and, where named, once an expected element is visible).
   WHERE filter shown; Spotlight the panel switch between Spotlight 1 and 2; Subgroups the
   threshold switch between 0.5 and 0.66; Filter saliency the masking panel's control toggle
   (both variants computed in the warm-up, which also builds the demo's saliency profiles);
-  Intersectional the maps' colour-scale clip toggle (tint x pattern, block3).
+  Intersectional the maps' colour-scale clip toggle (tint x pattern, block3); ActiVis the
+  graph's detail switch between Blocks and Sub-blocks (both traced in the warm-up).
 - switch_s: page -> median of 5 arrivals on the page through the sidebar navigation.
 - cam_open_s: median of 5 Grad-CAM windows (5 images, each computed on first open), from
   the CAM click until the window shows its maps; subgroup_select_s: median of 5 "Select"
@@ -49,7 +50,7 @@ BROWSER_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional"]
+PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional", "ActiVis"]
 COHORT = "label = 'Sandal' AND marker = 'square'"
 TARGET_S, CAM_TARGET_S = 1.0, 2.0
 # Records every script-state change with the page's clock, across in-app navigation.
@@ -126,7 +127,8 @@ def wait_ready(page: Page, text: str) -> None:
 
 READY = {"Overview": "Planted slices", "Cohorts & subsets": "Columns you can filter on",
          "Spotlight": "Spotlights found", "Subgroups": "Under-performing subgroups",
-         "Filter saliency": "Masking the salient pixels", "Intersectional": "Compare two groups"}
+         "Filter saliency": "Masking the salient pixels", "Intersectional": "Compare two groups",
+         "ActiVis": "t-SNE of"}
 SALIENCY_TOGGLE = "least salient (control)"
 CLIP_TOGGLE = "Clip the colour scale to the 0.5–99.5th percentile"
 
@@ -170,6 +172,11 @@ def warm_up(page: Page, url: str) -> None:
     for _ in range(2):  # both colour scales drawn once
         page.get_by_text(CLIP_TOGGLE, exact=True).click()
         wait_ready(page, READY["Intersectional"])
+    navigate(page, "ActiVis")
+    wait_ready(page, READY["ActiVis"])
+    for detail in ("Blocks", "Sub-blocks"):  # both graphs traced once
+        page.get_by_role("button", name=detail, exact=True).click()
+        wait_ready(page, READY["ActiVis"])
     for title in PAGES:  # a second pass: every page's own caches are filled
         navigate(page, title)
         wait_ready(page, READY[title])
@@ -189,6 +196,8 @@ def rerun_action(page: Page, title: str, i: int):
         return lambda: page.get_by_text(SALIENCY_TOGGLE, exact=True).click()
     if title == "Intersectional":
         return lambda: page.get_by_text(CLIP_TOGGLE, exact=True).click()
+    if title == "ActiVis":
+        return lambda: page.get_by_role("button", name="Blocks" if i % 2 == 0 else "Sub-blocks", exact=True).click()
     choice = "0.66 (UDIS code)" if i % 2 == 0 else "0.5 (VisCUIT paper)"
     return lambda: page.get_by_role("radio", name=choice, exact=True).click()
 

@@ -166,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="build a workspace's activation store")
     build.add_argument("workspace")
-    build.add_argument("--layers", nargs="+", default=None, help="block layers to store (default: the model's default set)")
+    build.add_argument("--layers", nargs="+", default=None, help="layers to store: conv blocks or hidden linear layers (default: the model's default set; see `layers`)")
     build.add_argument("--batch-size", type=int, default=None)
     build.add_argument("--num-workers", type=int, default=None)
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -96,7 +96,7 @@ class Store:
 
     @property
     def layers(self) -> list[str]:
-        """Stored block layers, in network order."""
+        """Stored layers (conv blocks, then hidden linear layers), in network order."""
         return list(self.manifest["layers"])
 
     @property

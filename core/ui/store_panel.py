@@ -97,7 +97,7 @@ def store_panel(ctx: PageContext) -> Store | None:
     store = ctx.store
     channels = store.manifest["layer_channels"]
     layer_list = ", ".join(f"`{ly}` ({channels[ly]} ch)" for ly in store.layers) or "none"
-    with st.expander(f"Activation store: {store.n:,} images, {len(store.layers)} block layers"):
+    with st.expander(f"Activation store: {store.n:,} images, {len(store.layers)} stored layers"):
         st.markdown(
             f"- **Embedding**: input of `{store.embedding_layer}` ({store.manifest['embedding_dim']}-d)\n"
             f"- **Layers**: {layer_list}\n"

@@ -133,6 +133,21 @@ def test_an_instance_click_adds_and_a_second_click_removes(page):
     assert all(r["kind"] != "instance" for r in rows_of(at))
 
 
+def test_a_box_on_the_projection_is_saved_as_a_subset(page, tmp_path):
+    at = page
+    at.session_state[f"activis.projection_chart:{key()}:embedding"] = {
+        "selection": {"box": {"x": [-1e9, 1e9], "y": [-1e9, 1e9]}, "point": []}}
+    at.run()
+    no_exception(at)
+    assert any("200 images in the box" in m.value for m in at.markdown)  # every projected image (200 in all)
+    widget(at.text_input, "Subset name").input("all projected")
+    widget(at.button, "Save as subset").click().run()
+    no_exception(at)
+    store_path = next((tmp_path / "cache").rglob("manifest.json")).parent
+    saved = SubsetRegistry.in_folder(store_path).get("all projected")
+    assert len(saved) == 200 and saved.origin == "activis"
+
+
 def test_sorting_by_a_row_and_stacked_nodes(page):
     at = page
     widget(at.selectbox, "Sort neurons by").set_value("class 2").run()
@@ -231,8 +246,32 @@ def test_a_single_layer_model(tmp_path, tiny_files, monkeypatch):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
     build_tiny(at, "flat")
     open_page(at)
-    assert any("of 768 neurons" in c.value for c in at.caption) or any("neurons" in c.value for c in at.caption)
+    # the embedding is the linear layer's input, the 768 flattened pixels: a wide layer shows its top 200
+    assert any("200 of 768 neurons (the top 200 by the sorting row)" in c.value for c in at.caption)
+    widget(at.radio, "Top neurons by").set_value("variance").run()
+    assert any("200 of 768 neurons (the top 200 by variance across rows)" in c.value for c in at.caption)
     widget(at.multiselect, "Open panels (or click the graph's tensors)").select("logits").run()
     no_exception(at)
     assert any("of 10 neurons" in c.value for c in at.caption)
+    assert not errors(at)
+
+
+def test_hosted_torchscript_model_draws_its_module_tree_and_says_how_to_add_a_layer(tmp_path, tiny_files, monkeypatch):
+    """TorchScript cannot be traced by torch.fx: the page draws the module tree with a note; a
+    hosted visitor cannot extend the store and is told the command the server's owner runs."""
+    from core.__main__ import main
+    from tests.app.test_hosted import _app, _scripted_workspace
+
+    workspaces = _scripted_workspace(tmp_path, tiny_files)
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    assert main(["--file", str(workspaces), "build", "scripted", "--layers", "block1"]) == 0
+    at = _app(monkeypatch, tmp_path, workspaces, "1")
+    at.session_state["app.workspace"] = "scripted"
+    at.run()
+    open_page(at)
+    assert any("module tree" in i.value for i in at.info)
+    widget(at.multiselect, "Open panels (or click the graph's tensors)").select("block2").run()
+    no_exception(at)
+    assert any("python -m core build scripted --layers block1 block2" in i.value for i in at.info)
+    assert not [b for b in at.button if b.label.startswith("Add `")]
     assert not errors(at)

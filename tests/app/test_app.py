@@ -134,14 +134,14 @@ def test_store_layers_can_be_chosen_and_added(app):
     [b for b in at.button if b.label == "Build the activation store"][0].click().run()
     at.run()
     no_exception(at)
-    assert any("1 block layers" in e.label for e in at.expander)
+    assert any("1 stored layers" in e.label for e in at.expander)
     adder = [m for m in at.multiselect if m.label == "Add layers"][0]
-    assert adder.options == ["block2", "block3"]
+    assert adder.options == ["block2", "block3", "fc1"]  # the conv blocks, then the hidden linear layer
     adder.set_value(["block3"]).run()
     [b for b in at.button if b.label == "Add the selected layers"][0].click().run()
     at.run()
     no_exception(at)
-    assert any("2 block layers" in e.label for e in at.expander)
+    assert any("2 stored layers" in e.label for e in at.expander)
 
 
 def test_one_subset_per_class(app):

@@ -145,7 +145,7 @@ def test_demo_build_offers_no_layer_picker_it_would_ignore(demo_app, monkeypatch
     from core.ui import cache
 
     built = []
-    monkeypatch.setattr(panel, "_run_build", lambda ctx, layers, label: built.append(list(layers)))
+    monkeypatch.setattr(panel, "run_build", lambda ctx, layers, label: built.append(list(layers)))
     monkeypatch.setattr(cache, "store_for", lambda *args, **kwargs: None)  # as on an empty cache
     at = demo_app.run()
     no_exception(at)
