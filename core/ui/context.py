@@ -87,8 +87,26 @@ class PageContext:
         return SubsetRegistry.in_folder(self.store.path)
 
 
+def through_app() -> None:
+    """Make a page opened by its own URL run through app.py.
+
+    Streamlit routes by the ``pages/`` folder (its first multipage mode) until a script calls
+    ``st.navigation``, once per server process. So on a fresh server a visitor who opens a
+    page's URL (a bookmark, a shared link) before anyone opened the root runs that page file
+    alone: no page config (a narrow layout), no sidebar (menu, workspace picker, workshop
+    steps), for every visitor until the root is opened. Leaving that mode and rerunning sends
+    the run through app.py, whose ``st.navigation`` then opens the page asked for.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_context(require_store: bool = True) -> PageContext:
     """Load the current workspace; on a user error show it and stop the page."""
+    through_app()
     listing = workspace_list()
     name = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)
     workspace = listing.workspaces.get(name, listing.workspaces[DEMO_NAME])

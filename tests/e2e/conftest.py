@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -29,14 +30,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory) -> Iterator[str]:
-    """Start the app (the demo; its store is built on first open) and yield its URL."""
+@contextlib.contextmanager
+def running_app(folder: Path) -> Iterator[str]:
+    """A fresh Streamlit server of the app (the demo only; its store is built on first open),
+    logging to ``folder``; yields its URL and stops it afterwards."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make test installs it)")
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "BIASLENS_WORKSPACES": str(tmp_path_factory.mktemp("ws") / "none.toml")}
+    log = folder / "streamlit.log"
+    env = {**os.environ, "BIASLENS_WORKSPACES": str(folder / "none.toml")}
     with log.open("w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
@@ -58,6 +60,13 @@ def app_url(tmp_path_factory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory) -> Iterator[str]:
+    """Start the app (the demo; its store is built on first open) and yield its URL."""
+    with running_app(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

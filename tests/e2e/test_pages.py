@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.e2e.conftest import screenshot, wait_idle
@@ -47,3 +49,23 @@ def test_cohort_query_and_subset(app_url, page):
     page.get_by_text("The filter was refused").wait_for()
     assert page.locator("[data-testid='stException']").count() == 0
     screenshot(page, "cohorts")
+
+
+def test_a_page_opened_by_its_url_on_a_fresh_server_has_the_sidebar_and_wide_layout(tmp_path, browser):
+    """Before anyone opens the root, Streamlit routes by the pages/ folder and would run the
+    page file alone (no sidebar, a narrow layout); core.ui.context.through_app sends it through app.py."""
+    from tests.e2e.conftest import running_app
+
+    with running_app(tmp_path) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1200})
+        page = context.new_page()
+        page.goto(f"{url}/cohorts")
+        sidebar = page.locator("[data-testid='stSidebar']")
+        sidebar.wait_for(timeout=240_000)
+        wait_idle(page)
+        # the Cohorts page itself ran (its heading, or, before the demo's store exists, its note)
+        main = page.locator("[data-testid='stMain']")
+        main.get_by_text(re.compile("Cohorts & subsets|no activation store yet")).first.wait_for(timeout=60_000)
+        assert sidebar.count() == 1 and sidebar.get_by_role("link", name="ActiVis", exact=True).count() == 1
+        assert page.locator("[data-testid='stMainBlockContainer']").bounding_box()["width"] > 900  # wide, not centered
+        context.close()
