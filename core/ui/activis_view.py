@@ -229,7 +229,7 @@ def matrix_chart(frame: pd.DataFrame, row_names: list[str], width: int, scale: t
         stroke=alt.condition(pick, alt.value("#d62728"), alt.value(None)),
         tooltip=[alt.Tooltip("row:N"), alt.Tooltip("neuron:Q", title="neuron (channel)"),
                  alt.Tooltip("value:Q", format=".4g", title="mean activation")],
-    ).add_params(pick).properties(height=alt.Step(18), width=alt.Step(max(2, min(24, 380 // max(width, 1)))))
+    ).add_params(pick).properties(height=alt.Step(18), width=alt.Step(max(1, min(16, 440 // max(width, 1)))))
 
 
 def projection_chart(frame: pd.DataFrame, classes: list[str], highlighted: str) -> alt.Chart:
@@ -458,7 +458,7 @@ def node_panel(ctx: PageContext, store: Store, meta: pd.DataFrame, graph: ModelG
     and the projected view of its instance activations."""
     node = graph.tensor_for_layer(layer)
     with st.container(border=True):
-        head, close = st.columns([8, 1])
+        head, close = st.columns([6, 1])
         shape = "×".join(str(s) for s in node.shape) if node is not None and node.shape else ""
         head.markdown(f"#### `{layer}`" + (f" · {shape}" if shape else ""))
         if close.button("Close", key=_key("close", ctx, layer), icon=":material/close:"):
@@ -467,15 +467,14 @@ def node_panel(ctx: PageContext, store: Store, meta: pd.DataFrame, graph: ModelG
         if layer not in ("embedding", "logits") and layer not in store.layers:
             not_stored(ctx, store, layer)
             return
-        side, matrix, projected = st.columns([1, 5, 3])
+        side, body = st.columns([1, 6])
         with side:
             if node is not None:
                 st.markdown(neighbour_text(graph, node.id))
             spatial = layer in store.layers and (node is None or node.shape is None or len(node.shape) == 3)
             pool = st.radio("Pool over space", POOLS, key=_key("pool", ctx, layer), horizontal=True) if spatial else "mean"
-        with matrix:
+        with body:
             _matrix(ctx, store, layer, pool, names, members)
-        with projected:
             _projection(ctx, store, meta, layer, pool, names, members)
 
 
@@ -512,10 +511,10 @@ def _matrix(ctx: PageContext, store: Store, layer: str, pool: str, names: list[s
 def _projection(ctx: PageContext, store: Store, meta: pd.DataFrame, layer: str, pool: str, names: list[str],
                 members: list[np.ndarray]) -> None:
     methods = {"t-SNE": "tsne", "UMAP": "umap", "PCA": "pca"}
-    c1, c2 = st.columns([2, 1])
-    method = c1.segmented_control("Projection", list(methods), default="t-SNE", key=_key("method", ctx, layer)) or "t-SNE"
-    points = int(c2.number_input("Sample", 100, 5000, 1000, step=100, key=_key("points", ctx, layer),
-                                 help="Images projected: a seeded random sample of at most this many."))
+    chart, controls = st.columns([3, 2])
+    method = controls.segmented_control("Projection", list(methods), default="t-SNE", key=_key("method", ctx, layer)) or "t-SNE"
+    points = int(controls.number_input("Sample", 100, 5000, 1000, step=100, key=_key("points", ctx, layer),
+                                       help="Images projected: a seeded random sample of at most this many."))
     params = {"method": methods[method], "max_points": points, "seed": 0}
     label = "Projecting" + (" (UMAP compiles on its first use: about a minute)..." if method == "UMAP" else "...")
     try:
@@ -530,17 +529,19 @@ def _projection(ctx: PageContext, store: Store, meta: pd.DataFrame, layer: str, 
         st.session_state[highlight_key] = picked[0]["row"]
     if st.session_state.get(highlight_key) not in ["(none)", *names]:
         st.session_state[highlight_key] = "(none)"
-    highlight = st.selectbox("Highlight the images of", ["(none)", *names], key=highlight_key,
-                             help="Or click a row of the matrix.")
+    highlight = controls.selectbox("Highlight the images of", ["(none)", *names], key=highlight_key,
+                                   help="Or click a row of the matrix.")
     chosen = members[names.index(highlight)] if highlight in names else None
     frame = projection_frame(fitted, meta, chosen)
-    event = show_selectable(projection_chart, frame, store.classes, highlight if chosen is not None else "",
-                            key=projection_key(ctx, layer), modes=(POINT_BOX, POINT_PICK))
-    st.caption(f"{method} of {len(fitted.rows_):,} images" + (f" (a random sample of {store.n:,}, seed 0)" if fitted.sampled_ else "")
-               + (f"; {fitted.dropped_} left out for NaN activations" if fitted.dropped_ else "")
-               + ". Colour = true class. Drag a box to select images; click one to add it as a row.")
+    with chart:
+        event = show_selectable(projection_chart, frame, store.classes, highlight if chosen is not None else "",
+                                key=projection_key(ctx, layer), modes=(POINT_BOX, POINT_PICK))
+    controls.caption(f"{method} of {len(fitted.rows_):,} images" + (f" (a random sample of {store.n:,}, seed 0)" if fitted.sampled_ else "")
+                     + (f"; {fitted.dropped_} left out for NaN activations" if fitted.dropped_ else "")
+                     + ". Colour = true class. Drag a box to select images; click one to add it as a row.")
     boxed = boxed_rows(event, frame)
     if len(boxed):
-        st.markdown(f"**{len(boxed):,} images in the box**")
-        save_subset_form(ctx, boxed, f"{layer} {method} box", "activis", f"{method} of `{layer}` ({pool}), box",
-                         _key("save_box", ctx, layer))
+        controls.markdown(f"**{len(boxed):,} images in the box**")
+        with controls:
+            save_subset_form(ctx, boxed, f"{layer} {method} box", "activis", f"{method} of `{layer}` ({pool}), box",
+                             _key("save_box", ctx, layer))
