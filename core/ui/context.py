@@ -21,6 +21,7 @@ from core.ui.keys import state_key
 from core.workspace import DEMO_NAME, Workspace, WorkspaceList, default_workspaces_file
 
 WORKSPACE_KEY = state_key("app", "workspace")
+ROUTED_KEY = state_key("app", "routed")  # set by a session's first run (see through_app)
 
 
 def workspace_list() -> WorkspaceList:
@@ -96,10 +97,17 @@ def through_app() -> None:
     alone: no page config (a narrow layout), no sidebar (menu, workspace picker, workshop
     steps), for every visitor until the root is opened. Leaving that mode and rerunning sends
     the run through app.py, whose ``st.navigation`` then opens the page asked for.
+
+    Only a session's first run checks: once any run has called ``st.navigation`` the mode is
+    off for the whole process, so a later run cannot find it on, except under AppTest, which
+    turns it back on before every run and runs a switched page alone (the page tests are
+    written for that).
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    first = not st.session_state.get(ROUTED_KEY)
+    st.session_state[ROUTED_KEY] = True
+    if first and PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
 
