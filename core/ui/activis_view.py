@@ -302,6 +302,7 @@ def instance_frame(ctx: PageContext, store: Store, meta: pd.DataFrame, per_class
     classes = store.classes
     grid["label_name"] = [classes[i] for i in grid["label"]]
     grid["pred_name"] = [classes[i] for i in grid["pred"]]
+    grid["p_true"] = meta["p_true"].to_numpy()[grid["row"].to_numpy()]
     shown = tuple(int(r) for r in grid["row"])
     pngs = cache.thumbnail_pngs(ctx.dataset, ctx.key, shown, 48, tuple(not c for c in grid["correct"]))
     grid["image"] = ["data:image/png;base64," + base64.b64encode(p).decode() for p in pngs]
@@ -323,7 +324,8 @@ def instance_chart(frame: pd.DataFrame, classes: list[str], chosen: list[int]) -
         opacity=alt.condition("datum.chosen", alt.value(1), alt.value(0.75)),
         shape=alt.condition("datum.chosen", alt.value("diamond"), alt.value("square")),
         tooltip=[alt.Tooltip("image:N"), alt.Tooltip("row:Q", title="image"), alt.Tooltip("label_name:N", title="true"),
-                 alt.Tooltip("pred_name:N", title="predicted"), alt.Tooltip("score:Q", format=".3f", title="score")],
+                 alt.Tooltip("pred_name:N", title="predicted"), alt.Tooltip("score:Q", format=".3f", title="score (predicted)"),
+                 alt.Tooltip("p_true:Q", format=".3f", title="score (true class)")],
     ).add_params(pick).properties(height=int(14 * (data["y"].max() + 1)), width=int(14 * (data["x"].max() + 1)))
 
 
