@@ -25,8 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
-from core.extract import build_store, image_batches  # noqa: E402
+from core.extract import build_store  # noqa: E402
 from core.models import ModelSpec, load_model  # noqa: E402
+from core.pipeline import image_batches  # noqa: E402
 from core.sources import DatasetSpec, build_dataset  # noqa: E402
 
 

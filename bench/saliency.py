@@ -48,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
 from bench.common import machine_figures  # noqa: E402
-from core.extract import build_store, image_batches  # noqa: E402
+from core.extract import build_store  # noqa: E402
 from core.filters import ProfileStats, conv_filters, eval_mode, filter_profiles, loop_profiles  # noqa: E402
 from core.methods import (  # noqa: E402
     FailureModes,
@@ -60,6 +60,7 @@ from core.methods import (  # noqa: E402
 )
 from core.methods.saliency import marker_mass_ratio  # noqa: E402
 from core.models import ModelSpec, load_model  # noqa: E402
+from core.pipeline import image_batches  # noqa: E402
 from core.saliency_store import build_profiles, nearest, row_norms  # noqa: E402
 from core.scorecard import scorecard  # noqa: E402
 from core.sources import DatasetSpec, build_dataset  # noqa: E402

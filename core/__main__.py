@@ -9,6 +9,7 @@ print a one-line message and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from core.extract import build_store
     from core.models import load_model
+    from core.pipeline import StageTimes
     from core.sources import build_dataset
 
     listing = _workspaces(args)
@@ -76,6 +78,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
+    times = StageTimes()
     try:
         store = build_store(
             ws.name,
@@ -83,14 +86,28 @@ def cmd_build(args: argparse.Namespace) -> int:
             dataset,
             args.layers,
             batch_size=args.batch_size or ws.batch_size,
-            num_workers=ws.num_workers if args.num_workers is None else args.num_workers,
+            num_workers=_workers(args.num_workers, ws.num_workers, model.device.type),
             root=Path(args.cache) if args.cache else None,
             progress=progress,
+            precision=args.precision,
+            times=times,
         )
     finally:
         bar.close()
     print(f"store: {store.path} ({store.n} images, layers: {', '.join(store.layers) or 'none'})")
+    if times.images:
+        print(f"extraction: {times.text()}")
     return 0
+
+
+def _workers(asked: int | None, configured: int, device: str) -> int:
+    """Loader processes: as asked, else the workspace's, else on CUDA the machine's cores (the
+    GPU waits for decoding otherwise); on a CPU the workers would compete with the model."""
+    if asked is not None:
+        return asked
+    if configured or device != "cuda":
+        return configured
+    return os.cpu_count() or 1
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:
@@ -168,7 +185,10 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("workspace")
     build.add_argument("--layers", nargs="+", default=None, help="layers to store: conv blocks or hidden linear layers (default: the model's default set; see `layers`)")
     build.add_argument("--batch-size", type=int, default=None)
-    build.add_argument("--num-workers", type=int, default=None)
+    build.add_argument("--num-workers", type=int, default=None,
+                       help="loader processes (default: the workspace's num_workers; on CUDA, when it sets none, the machine's cores)")
+    build.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="autocast the forward pass (stored outputs stay float32; see the README for the measured tolerance)")
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     build.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
     build.set_defaults(func=cmd_build)

@@ -28,8 +28,8 @@ from filelock import FileLock, Timeout
 
 from core.datasets import ImageDataset
 from core.errors import BiasLensError, DataError, StoreError
-from core.hooks import ActivationRecorder
-from core.models import LoadedModel, make_transform
+from core.models import LoadedModel
+from core.pipeline import LocalSource, OrderedWriter, OutputSource, StageTimes
 from core.store import (
     FORMAT_VERSION,
     POOLS,
@@ -45,33 +45,6 @@ from core.store import (
 CHECKPOINT_SECONDS = 2.0
 
 Progress = Callable[[int, int, str], None]
-
-
-class _TransformedImages(torch.utils.data.Dataset):
-    """Rows [start, N) of an ImageDataset, transformed to model input tensors."""
-
-    def __init__(self, dataset: ImageDataset, transform: Callable[[Any], torch.Tensor], start: int) -> None:
-        self.dataset, self.transform, self.start = dataset, transform, start
-
-    def __len__(self) -> int:
-        return len(self.dataset) - self.start
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.dataset.load_image(self.start + i))
-
-
-def image_batches(
-    dataset: ImageDataset, model: LoadedModel, start: int, batch_size: int, num_workers: int
-) -> Iterator[torch.Tensor]:
-    """Model-ready batches of rows [start, N): shared by the store and the bare-forward benchmark."""
-    loader = torch.utils.data.DataLoader(
-        _TransformedImages(dataset, make_transform(model.input_size, model.mean, model.std), start),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=model.device.type == "cuda",
-    )
-    yield from loader
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -115,11 +88,18 @@ def build_store(
     root: Path | None = None,
     progress: Progress | None = None,
     lock_timeout: float | None = None,
+    precision: str = "fp32",
+    source: OutputSource | None = None,
+    times: StageTimes | None = None,
 ) -> Store:
     """Build (or resume, or extend with more layers) the store and return it opened.
 
-    Runs batched under ``torch.inference_mode()`` on the model's device. Safe to call from
-    several processes at once: one extracts, the others wait and then open its result.
+    Runs batched under ``torch.inference_mode()`` on the model's device (``LocalSource``), or
+    takes its outputs from ``source`` (core/ray_extract.py's ``RaySource`` on a Ray cluster);
+    either way the same files, rows and fingerprint. ``precision`` bf16/fp16 autocasts the
+    local forward pass. ``times`` collects img/s and the seconds per stage (the manifest keeps
+    them as ``last_build``). Safe to call from several processes at once: one extracts, the
+    others wait and then open its result.
     """
     dataset.validate()
     layers = list(model.default_layers if layers is None else layers)
@@ -162,8 +142,11 @@ def build_store(
         if existing is not None and not new_layers and not stale_meta:
             return open_store(directory)
         want_core = existing is None
+        times = times if times is not None else StageTimes()
         if want_core or new_layers:
-            _extract(directory, fingerprint, model, dataset, new_layers, want_core, batch_size, num_workers, progress)
+            if source is None:
+                source = LocalSource(model, dataset, batch_size, num_workers, precision, times)
+            _extract(directory, fingerprint, dataset, new_layers, want_core, source, times, progress)
         all_layers = [ly for ly in model.storable_layers if ly in set(stored_layers) | set(new_layers)]
         if want_core or stale_meta:
             try:
@@ -195,6 +178,7 @@ def build_store(
             "device": str(model.device),
             "torch": torch.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "last_build": {**times.summary(), "precision": precision, "source": type(source).__name__ if source else "none"},
         }
         (directory / "progress.json").unlink(missing_ok=True)
         _atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2))
@@ -276,15 +260,15 @@ def _targets(layers: list[str], want_core: bool) -> dict[str, str]:
 def _extract(
     directory: Path,
     fingerprint: str,
-    model: LoadedModel,
     dataset: ImageDataset,
     layers: list[str],
     want_core: bool,
-    batch_size: int,
-    num_workers: int,
+    source: OutputSource,
+    times: StageTimes,
     progress: Progress | None,
 ) -> None:
-    """One batched pass writing the target arrays; resumes from progress.json if it matches."""
+    """One pass of ``source`` over the rows not yet on disk, written by an ``OrderedWriter``;
+    resumes from progress.json if it matches."""
     n = len(dataset)
     files = _targets(layers, want_core)
     (directory / "layers").mkdir(exist_ok=True)
@@ -302,46 +286,41 @@ def _extract(
     )
     if not resume:
         progress_path.unlink(missing_ok=True)
-    recorder = ActivationRecorder(model, layers, want_embedding=want_core)
-    last_checkpoint = time.monotonic()
-    row = start
+
+    def checkpoint(written: dict[str, np.ndarray], rows: int) -> None:
+        _checkpoint(written, progress_path, fingerprint, files, rows)
+
+    writer = OrderedWriter(directory, files, n, start, arrays, times, checkpoint, CHECKPOINT_SECONDS)
+    began = time.perf_counter()
     if progress:
-        progress(row, n, "Resuming extraction" if resume and row else "Extracting activations")
+        progress(start, n, "Resuming extraction" if resume and start else "Extracting activations")
+    last, reported = start, start
     try:
-        with torch.inference_mode():
-            for batch in image_batches(dataset, model, start, batch_size, num_workers):
-                batch = batch.to(model.device, non_blocking=True)
-                recorder.captured.clear()
-                logits = model.module(batch)
-                outputs = dict(recorder.captured)
-                outputs["logits"] = logits.float()
-                end = row + batch.shape[0]
-                for key, rel in files.items():
-                    value = outputs[key].detach().cpu().numpy()
-                    if key not in arrays:
-                        arrays[key] = np.lib.format.open_memmap(
-                            directory / rel, mode="w+", dtype=np.float32, shape=(n, value.shape[1])
-                        )
-                    arrays[key][row:end] = value
-                row = end
-                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS or row == n:
-                    _checkpoint(arrays, progress_path, fingerprint, files, row)
-                    last_checkpoint = time.monotonic()
-                if progress:
-                    progress(row, n, "Extracting activations")
+        for row, outputs in source(layers, want_core, start):
+            last = row
+            writer.put(row, outputs)
+            if progress:
+                reported = writer.prefix()
+                progress(reported, n, "Extracting activations")
+        writer.close()
     except BaseException as exc:
-        if arrays:  # rows before `row` are fully written: keep them for the resume
-            _checkpoint(arrays, progress_path, fingerprint, files, row)
+        with contextlib.suppress(BaseException):
+            writer.close()  # rows before the writer's prefix are fully written: kept for the resume
+        row = writer.prefix()
         if isinstance(exc, BiasLensError):
             raise type(exc)(
                 f"{exc} The store build stopped at image {row} of {n}; the work done so far is "
                 "kept and the next build resumes from it."
             ) from None
         if isinstance(exc, (RuntimeError, ValueError)):
-            raise StoreError(f"The model failed on images {row}..{row + batch_size - 1}: {exc}") from None
+            raise StoreError(f"The model failed on the batch from image {last}: {exc}") from None
         raise
     finally:
-        recorder.close()
+        times.wall += time.perf_counter() - began
+    row = writer.prefix()
+    times.images += row - start
+    if progress and row != reported:  # the last batches, written after their progress call
+        progress(row, n, "Extracting activations")
     if row == 0 and n > 0:
         raise DataError("The dataset yielded no images.")
     if row < n:

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from core.datasets import ImageDataset
 from core.errors import BiasLensError, DataError, StoreError
-from core.extract import _atomic_write_text, _locked, _read_json, image_batches
+from core.extract import _atomic_write_text, _locked, _read_json
 from core.models import LoadedModel
+from core.pipeline import image_batches
 from core.store import Store, layer_file_stem, store_fingerprint
 
 PROBE_VERSION = 1  # bump when the reduction or the file layout changes

@@ -42,7 +42,7 @@ import torch
 
 from core.datasets import ImageDataset
 from core.errors import BiasLensError, DataError, StoreError
-from core.extract import _atomic_write_text, _locked, _read_json, image_batches
+from core.extract import _atomic_write_text, _locked, _read_json
 from core.filters import (
     FilterIndex,
     ProfileStats,
@@ -52,6 +52,7 @@ from core.filters import (
     standardise,
 )
 from core.models import LoadedModel
+from core.pipeline import image_batches
 from core.store import Store, store_fingerprint
 
 PROFILE_VERSION = 1  # bump when the profile definition or the file layout changes

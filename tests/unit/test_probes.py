@@ -8,8 +8,9 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from core.errors import DataError, StoreError
-from core.extract import build_store, image_batches
+from core.extract import build_store
 from core.methods import LinearProbes
+from core.pipeline import image_batches
 from core.probe_store import default_probe_layers, reduced_activations
 from tests.support import digits_dataset, tiny_model
 

@@ -14,8 +14,9 @@ from filelock import FileLock
 
 from core.__main__ import main
 from core.errors import DataError, ModelError, StoreError
-from core.extract import build_store, image_batches
+from core.extract import build_store
 from core.filters import FilterIndex, conv_filters, filter_profiles
+from core.pipeline import image_batches
 from core.saliency_store import (
     build_profiles,
     find_profiles,

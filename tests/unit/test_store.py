@@ -174,12 +174,14 @@ def test_interrupted_build_resumes(tmp_path, model, dataset):
     assert not (directory / "manifest.json").exists()  # never looks complete
     with pytest.raises(StoreError):
         open_store(directory)
-    assert json.loads((directory / "progress.json").read_text())["rows_done"] == 96
+    # the writer thread finishes the batches already handed to it: 96 rows or one batch more
+    done = json.loads((directory / "progress.json").read_text())["rows_done"]
+    assert done in (96, 128)
     starts = []
     store = build_store(
         "t", model, dataset, ["block1"], batch_size=32, root=tmp_path, progress=lambda d, t, m: starts.append(d)
     )
-    assert starts[0] == 96  # resumed, not restarted
+    assert starts[0] == done  # resumed, not restarted
     fresh = build_store("t", model, dataset, ["block1"], batch_size=32, root=tmp_path / "fresh")
     np.testing.assert_array_equal(store.embedding(), fresh.embedding())
     np.testing.assert_array_equal(store.pooled("block1", "max"), fresh.pooled("block1", "max"))

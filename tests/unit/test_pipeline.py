@@ -1,0 +1,121 @@
+"""The extraction pipeline: the uint8 + device-normalise path equals the CPU transform, the writer
+thread keeps row order under any completion order, bf16 stays within its stated tolerance, and a
+build reports where its time went."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.extract import build_store
+from core.hooks import ActivationRecorder
+from core.models import make_transform
+from core.pipeline import (
+    LocalSource,
+    OrderedWriter,
+    StageTimes,
+    device_normalise,
+    forward_outputs,
+    uint8_transform,
+)
+from tests.support import digits_dataset, tiny_model
+
+BF16_TOLERANCE = 0.05  # max |logit difference| bf16 vs fp32, relative to the logits' range (tiny CNN)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    shapes = [(16, 16), (40, 30), (31, 57), (224, 300)]  # up, down, odd sizes, both orientations
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+@pytest.mark.parametrize("size", [16, 32, 224])
+def test_uint8_then_device_normalise_equals_the_cpu_transform(size):
+    """The GPU path's preprocessing (uint8 across the bus, scale and normalise on the device),
+    run here on CPU tensors, gives the CPU path's floats up to float rounding."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    cpu = make_transform(size, mean, std)
+    small = uint8_transform(size)
+    for image in _images():
+        expected = cpu(image)
+        got = device_normalise(small(image)[None], mean, std)[0]
+        assert small(image).dtype == torch.uint8
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+
+
+def test_the_writer_keeps_row_order_under_any_completion_order(tmp_path):
+    n, width, batch = 100, 3, 7
+    values = np.arange(n * width, dtype=np.float32).reshape(n, width)
+    starts = list(range(0, n, batch))
+    rng = np.random.default_rng(1)
+    rng.shuffle(starts)
+    checkpoints = []
+    files = {"logits": "logits.npy"}
+    arrays: dict[str, np.ndarray] = {}
+    writer = OrderedWriter(tmp_path, files, n, 0, arrays, checkpoint=lambda a, rows: checkpoints.append(rows), every=0.0)
+    seen_prefixes = []
+    for start in starts:
+        writer.put(start, {"logits": values[start:start + batch]})
+        seen_prefixes.append(writer.prefix())
+    writer.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), values)
+    assert writer.prefix() == n and checkpoints[-1] == n
+    assert checkpoints == sorted(checkpoints)  # the recorded prefix only grows
+    # the prefix never claims a row whose batch has not been written
+    assert all(p % batch == 0 or p == n for p in checkpoints)
+
+
+def test_the_prefix_stops_at_the_first_missing_batch(tmp_path):
+    arrays: dict[str, np.ndarray] = {}
+    writer = OrderedWriter(tmp_path, {"logits": "logits.npy"}, 30, 0, arrays)
+    for start in (0, 20):  # rows 10..19 never arrive
+        writer.put(start, {"logits": np.ones((10, 2), dtype=np.float32)})
+    writer.close()
+    assert writer.prefix() == 10
+
+
+def test_a_writer_failure_reaches_the_producer(tmp_path):
+    writer = OrderedWriter(tmp_path, {"logits": "logits.npy"}, 10, 0, {})
+    writer.put(0, {"embedding": np.ones((5, 2), dtype=np.float32)})  # no "logits": the write fails
+    with pytest.raises(KeyError):
+        writer.close()
+
+
+def test_bf16_autocast_stays_within_its_tolerance_and_outputs_are_float32(model):
+    dataset = digits_dataset(64)
+    recorder = ActivationRecorder(model, ["block1"], want_embedding=True)
+    transform = make_transform(model.input_size, model.mean, model.std)
+    batch = torch.stack([transform(dataset.load_image(i)) for i in range(64)])
+    try:
+        with torch.inference_mode():
+            full = forward_outputs(model, recorder, batch, "fp32")
+            half = forward_outputs(model, recorder, batch, "bf16")
+    finally:
+        recorder.close()
+    assert all(v.dtype == np.float32 for v in half.values())
+    spread = float(full["logits"].max() - full["logits"].min())
+    assert float(np.abs(half["logits"] - full["logits"]).max()) <= BF16_TOLERANCE * spread
+    assert (half["logits"].argmax(1) == full["logits"].argmax(1)).mean() >= 0.95
+
+
+def test_a_build_reports_its_throughput_and_stages(tmp_path, model):
+    times = StageTimes()
+    store = build_store("t", model, digits_dataset(96), ["block1"], batch_size=32, root=tmp_path, times=times)
+    summary = times.summary()
+    assert summary["images"] == 96 and summary["img_per_s"] > 0
+    assert set(summary["stages_s"]) == {"load", "transfer", "forward", "write"}
+    assert all(v >= 0 for v in summary["stages_s"].values())
+    assert store.manifest["last_build"]["images"] == 96 and store.manifest["last_build"]["precision"] == "fp32"
+    assert "img/s" in times.text()
+
+
+def test_an_unknown_precision_is_refused(model):
+    with pytest.raises(ValueError, match="bf16"):
+        LocalSource(model, digits_dataset(8), precision="int4")
