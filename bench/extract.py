@@ -9,6 +9,17 @@ which keeps the ratio steady when other processes share the CPU.
 
 Prints a summary, then a JSON line: demo_ratio, resnet18_ratio (store images/s divided by
 bare-forward images/s; target >= 0.85) and the raw throughputs.
+
+On a CUDA machine it also measures the store against the GPU's own speed (issue 14), for
+resnet50 and resnet18 (torchvision, random weights, 224 px, batch 256, ``--precision``, fp32 by
+default): ``gpu_forward_ips_<arch>`` is the forward pass alone on a preloaded batch already on
+the GPU; ``store_ips_<arch>`` a complete store build (the default layers, workers = the
+machine's cores) over a JPEG ImageFolder of 8,192 images the script writes (the demo's test
+images rendered at 256 px); ``store_over_gpu_<arch>`` their ratio (targets on one H100:
+resnet50 >= 0.8, resnet18 >= 0.5), and ``stages_<arch>`` where the build's time went. Without
+CUDA these keys say "no cuda".
+
+    .venv/bin/python bench/extract.py [--precision bf16]
 """
 
 from __future__ import annotations
@@ -66,7 +77,70 @@ def compare(name: str, model, dataset, batch_size: int) -> dict:
             "ratio": round(store_ips / bare_ips, 3)}
 
 
+GPU_ARCHS = ("resnet50", "resnet18")
+GPU_TARGETS = {"resnet50": 0.8, "resnet18": 0.5}
+JPEG_IMAGES = 8192
+
+
+def jpeg_folder(root: Path, count: int = JPEG_IMAGES) -> Path:
+    """An ImageFolder of ``count`` JPEGs: the demo's test images (cycled) rendered at 256 px."""
+    demo = build_dataset(DatasetSpec(kind="demo", split="test"))
+    for i in range(count):
+        row = i % len(demo)
+        folder = root / demo.classes[int(demo.labels[row])].replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        demo.load_image(row).convert("RGB").resize((256, 256)).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def gpu_forward_ips(model, batch_size: int, precision: str, seconds: float = 10.0) -> float:
+    """Images/s of the forward pass alone on one preloaded batch on the GPU (the ceiling)."""
+    from core.pipeline import PRECISIONS
+
+    batch = torch.randn(batch_size, 3, 224, 224, device="cuda")
+    dtype = PRECISIONS[precision]
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        for _ in range(3):
+            model.module(batch)
+        torch.cuda.synchronize()
+        start, done = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            model.module(batch)
+            done += batch_size
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def gpu_figures(precision: str) -> dict:
+    """Store build vs the GPU's own forward, per architecture (issue 14's keys)."""
+    if not torch.cuda.is_available():
+        return {f"{key}_{arch}": "no cuda" for arch in GPU_ARCHS for key in ("gpu_forward_ips", "store_ips", "store_over_gpu")}
+    import os
+
+    from core.pipeline import StageTimes
+
+    figures: dict = {"precision": precision}
+    with tempfile.TemporaryDirectory() as folder:
+        images = build_dataset(DatasetSpec(kind="imagefolder", root=str(jpeg_folder(Path(folder) / "jpeg"))))
+        for arch in GPU_ARCHS:
+            model = load_model(ModelSpec(kind="torchvision", arch=arch, num_classes=len(images.classes), input_size=224), "cuda")
+            forward = gpu_forward_ips(model, 256, precision)
+            times = StageTimes()
+            with tempfile.TemporaryDirectory() as root:
+                build_store("bench", model, images, model.default_layers, batch_size=256, num_workers=os.cpu_count() or 1,
+                            root=Path(root), precision=precision, times=times)
+            store = times.summary()["img_per_s"]
+            figures[f"gpu_forward_ips_{arch}"] = round(forward, 1)
+            figures[f"store_ips_{arch}"] = store
+            figures[f"store_over_gpu_{arch}"] = round(store / forward, 3)
+            figures[f"stages_{arch}"] = times.summary()["stages_s"]
+            print(f"{arch}: GPU forward {forward:,.0f} img/s, store {store:,.0f} img/s "
+                  f"(ratio {store / forward:.2f}, target {GPU_TARGETS[arch]}); {times.text()}")
+    return figures
+
+
 def main() -> None:
+    precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "fp32"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     demo_data = build_dataset(DatasetSpec(kind="demo", split="test"))
     demo = compare("demo", load_model(ModelSpec(kind="demo"), device), demo_data, 256)
@@ -78,6 +152,7 @@ def main() -> None:
         "resnet18_ratio": rn18["ratio"],
         "demo": demo,
         "resnet18": rn18,
+        **gpu_figures(precision),
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "machine": platform.node(),
         "date": time.strftime("%Y-%m-%d"),
