@@ -19,7 +19,7 @@ setup: $(STAMP) demo-data
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,scale]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -79,6 +79,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         bar.refresh()
 
     times = StageTimes()
+    source = None
+    if args.ray is not None:
+        from core.ray_extract import RaySource
+
+        source = RaySource(ws, address=args.ray or None, batch_size=args.batch_size or ws.batch_size,
+                           precision=args.precision, hosted=listing.hosted)
     try:
         store = build_store(
             ws.name,
@@ -91,6 +97,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress=progress,
             precision=args.precision,
             times=times,
+            source=source,
         )
     finally:
         bar.close()
@@ -187,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, default=None)
     build.add_argument("--num-workers", type=int, default=None,
                        help="loader processes (default: the workspace's num_workers; on CUDA, when it sets none, the machine's cores)")
+    build.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="extract on a Ray cluster (HEAD:6379), or on a local Ray without an address; needs pip install -e '.[scale]'")
     build.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                        help="autocast the forward pass (stored outputs stay float32; see the README for the measured tolerance)")
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

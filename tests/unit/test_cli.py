@@ -54,6 +54,22 @@ def test_layers_and_build(tmp_path, capsys, monkeypatch):
     store_dirs = list((cache / "stores").iterdir())
     assert len(store_dirs) == 1 and (store_dirs[0] / "manifest.json").exists()
     assert np.load(store_dirs[0] / "layers" / "block1.max.npy").shape[0] == 60
+    assert "extraction: 60 images in" in captured.out and "img/s" in captured.out and "forward" in captured.out
+
+
+def test_build_with_ray_but_no_ray_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import core.ray_extract
+    from core.errors import StoreError
+
+    def missing():
+        raise StoreError(core.ray_extract._INSTALL)
+
+    monkeypatch.setattr(core.ray_extract, "_import_ray", missing)
+    path = _workspace_file(tmp_path)
+    assert main(["--file", str(path), "build", "tiny", "--ray", "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install -e '.[scale]'" in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "stores").exists() or not list((tmp_path / "c" / "stores").rglob("manifest.json"))
 
 
 def test_corrupt_torchscript_is_one_line(tmp_path, capsys):
