@@ -11,7 +11,13 @@ from core.ui import spotlight_view as view
 from core.ui.charts import show, show_selectable
 from core.ui.context import page_context
 from core.ui.keys import state_key
-from core.ui.method_page import gallery, remember_settings, save_subset_form, scorecard_section
+from core.ui.method_page import (
+    gallery,
+    remember_settings,
+    save_subset_form,
+    scorecard_section,
+    significance_section,
+)
 from core.ui.widgets import how_to_read, percent
 
 MAP_POINTS = 4000
@@ -138,7 +144,9 @@ if compare_name:
                               {f"Spotlight {fit.index + 1}": fit.top_rows(result.size_) for fit in result.spotlights_},
                               f"spotlight (its top S = {result.size_:,} images by weight)")
 
-# --------------------------------------------------------------------------- planted slices
+# --------------------------------------------------------------------------- significance and planted slices
+significance_section(meta, [fit.top_rows(result.size_) for fit in result.spotlights_],
+                     [f"Spotlight {fit.index + 1}" for fit in result.spotlights_], "spotlights (each its top S images)")
 scorecard_section(
     store, meta, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
     "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "

@@ -14,7 +14,12 @@ from core.ui import cache, cohort_link, subset_view
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
 from core.ui.keys import state_key
-from core.ui.method_page import remember_settings, save_subset_form, scorecard_section
+from core.ui.method_page import (
+    remember_settings,
+    save_subset_form,
+    scorecard_section,
+    significance_section,
+)
 from core.ui.widgets import how_to_read, kept, percent
 
 SHOWN_IMAGES = 12
@@ -163,7 +168,10 @@ elif not conv_layers:
 else:
     view.neuron_panel_section(ctx, store, tuple(conv_layers), result, selected, similar)
 
-# --------------------------------------------------------------------------- scorecard
+# --------------------------------------------------------------------------- significance and scorecard
+every = [int(g) for g in result.subgroups_["subgroup"]]
+significance_section(meta, [result.rows(g) for g in every], [f"#{g}" for g in every],
+                     "subgroups (every cluster, not only the under-performing ones)")
 losses = meta["loss"].to_numpy()
 scorecard_section(
     store, meta, [top_loss_rows(result.rows(g), losses) for g in ids], [f"#{g}" for g in ids],

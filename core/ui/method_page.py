@@ -16,7 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.scorecard import scorecard
+from core.scorecard import baseline_groups, compare_with_baseline, domino_scorecard
+from core.significance import group_tests
 from core.store import Store
 from core.ui import cache, image_detail
 from core.ui.context import PageContext
@@ -118,21 +119,61 @@ def scorecard_section(
     how: str,
     members: Sequence[np.ndarray] | None = None,
 ) -> None:
-    """The planted-slice scorecard (P@10 of each slice's best group, and its recall when
-    ``members`` are given), for workspaces whose dataset has ground truth."""
+    """The planted-slice scorecard, for workspaces whose dataset has ground truth: per slice,
+    the method's best group with Domino's measures (P@10, P@25, P@100, recall when the groups
+    are sets, AUROC), beside the trivial baseline (the 10 highest-loss images of each
+    confusion-matrix cell) measured the same way, so a method is seen to find what the
+    confusion matrix does not already show."""
     if not store.slice_columns:
         return
     st.subheader("Scorecard: planted slices")
     if ground_truth_hidden():
         hidden_notice("The scorecard against the planted slices")
         return
-    card = scorecard(
-        meta[store.slice_columns].to_numpy(dtype=bool), rankings,
-        slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
-        group_names=list(group_names), members=members,
-    )
-    config = {"P@10": st.column_config.ProgressColumn("P@10", min_value=0, max_value=1, format="%.1f")}
-    if members is not None:
-        config["recall"] = st.column_config.NumberColumn(format="percent")
+    truth = meta[store.slice_columns].to_numpy(dtype=bool)
+    slices = [c.removeprefix("slice_") for c in store.slice_columns]
+    card = domino_scorecard(truth, rankings, slices, list(group_names), members=members)
+    names, cells, cell_members = baseline_groups(meta)
+    base = domino_scorecard(truth, cells, slices, names, members=cell_members)
+    versus = compare_with_baseline(truth, rankings, cells, slices, list(group_names), names)
+    bar = {f"P@{k}": st.column_config.ProgressColumn(f"P@{k}", min_value=0, max_value=1, format="%.2f") for k in (10, 25, 100)}
+    config = {**bar, "recall": st.column_config.NumberColumn(format="percent"),
+              "AUROC": st.column_config.NumberColumn(format="%.2f")}
+    st.markdown("**This method**")
     st.dataframe(card, hide_index=True, column_config=config)
-    how_to_read(how)
+    st.markdown("**Baseline: the 10 highest-loss images of each confusion cell (true → predicted)**")
+    st.dataframe(base, hide_index=True, column_config=config)
+    beaten = versus[versus["beats_baseline"]]["slice"].tolist()
+    st.caption(
+        "The method beats the baseline by ≥ 0.3 in P@10 on: " + ", ".join(beaten) + "." if beaten else
+         "The method beats the baseline by ≥ 0.3 in P@10 on no slice: what it found, the confusion matrix already shows."
+    )
+    how_to_read(how + " P@25 and P@100 rank deeper into the same group; recall is the share of the slice the group "
+                "holds; AUROC how well the group's score separates the slice from the rest (0.5 = chance).")
+
+
+def significance_section(meta: pd.DataFrame, members: Sequence[np.ndarray], names: Sequence[str], what: str) -> None:
+    """Is each discovered group's accuracy gap evidence or chance? Fisher's exact test of the
+    group against the rest, Newcombe's 95% interval of the gap, and Benjamini-Hochberg q-values
+    over every candidate of the run (core/significance.py)."""
+    with st.expander(f"Significance of the {len(names)} {what}", icon=":material/functions:"):
+        table = cache_group_tests(meta, members, names)
+        st.dataframe(table, hide_index=True, column_config={
+            "accuracy": st.column_config.NumberColumn(format="percent"),
+            "rest accuracy": st.column_config.NumberColumn(format="percent"),
+            "gap": st.column_config.NumberColumn(format="%+.3f"),
+            "low": st.column_config.NumberColumn("gap 95% low", format="%+.3f"),
+            "high": st.column_config.NumberColumn("gap 95% high", format="%+.3f"),
+            "p": st.column_config.NumberColumn(format="%.2g"), "q": st.column_config.NumberColumn(format="%.2g"),
+        })
+        how_to_read(
+            "gap = the group's accuracy minus the rest's, with Newcombe's 95% interval; p = Fisher's exact test of "
+            "\"same accuracy as the rest\"; q = Benjamini-Hochberg over all the groups listed (many candidates make "
+            "some small p certain by chance); significant = q < 0.05. A threshold on the gap alone is not evidence."
+        )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cache_group_tests(meta: pd.DataFrame, members: Sequence[np.ndarray], names: Sequence[str]) -> pd.DataFrame:
+    """group_tests once per groups (hashing the metadata and the rows)."""
+    return group_tests(meta["correct"].to_numpy(dtype=bool), [np.asarray(m) for m in members], list(names))

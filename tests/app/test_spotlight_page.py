@@ -110,5 +110,13 @@ def test_spotlight_page_on_the_demo(demo_app):
     assert "Scorecard: planted slices" in [s.value for s in at.subheader]
     card = next(d.value for d in at.dataframe if "P@10" in d.value.columns)
     assert len(card) >= 3 and card["P@10"].between(0, 1).all()
+    assert {"P@25", "P@100", "AUROC"} <= set(card.columns)
+    # beside it, the confusion-cell baseline measured the same way, and which slices the method beats it on
+    cards = [d.value for d in at.dataframe if "P@10" in d.value.columns]
+    assert len(cards) == 2 and cards[1]["best group"].str.contains("→").all()
+    assert any("beats the baseline" in c.value for c in at.caption)
+    # every spotlight's accuracy gap with its interval, p and BH q
+    tests = next(d.value for d in at.dataframe if "q" in d.value.columns)
+    assert list(tests["group"]) == ["Spotlight 1", "Spotlight 2"] and tests["q"].between(0, 1).all()
     [b for b in at.button if b.label == "Save as subset"][0].click().run()
     no_exception(at)

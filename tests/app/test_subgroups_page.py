@@ -443,4 +443,7 @@ def test_subgroups_page_on_the_demo(demo_app):
     assert set(slices.index) == {"marked_sandals", "dark_pullovers", "striped_trousers"}
     assert (card["P@10"] >= 0.8).all() and card["identified"].all()  # every planted slice found
     assert card["recall"].between(0, 1).all()
+    # the significance of every cluster: the under-performing ones are far from chance
+    tests = next(d.value for d in at.dataframe if "q" in d.value.columns)
+    assert len(tests) > count and tests["significant"].sum() >= count
     assert neuron_buttons(at)
