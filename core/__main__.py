@@ -161,6 +161,35 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Run the discovery methods with their defaults on a workspace with ground truth; print
+    each one's scorecard beside the confusion-cell baseline, then a JSON line."""
+    import json
+
+    from core.errors import StoreError
+    from core.models import load_model
+    from core.score import figures, score_store
+    from core.sources import build_dataset
+    from core.store import find_store
+
+    listing = _workspaces(args)
+    ws = _pick(listing, args.workspace)
+    store = find_store(ws.name, load_model(ws.model, "cpu", hosted=listing.hosted), build_dataset(ws.dataset),
+                       Path(args.cache) if args.cache else None)
+    if store is None:
+        raise StoreError(f"Workspace '{ws.name}' has no activation store yet: run `python -m core build {ws.name}` first.")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    result = score_store(store, methods)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(result["table"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"significant groups (q < 0.05): {result['significance']}")
+    print(f"slices where a method beats the baseline by >= 0.3 in P@10: {', '.join(result['beats_baseline']) or 'none'}")
+    print(json.dumps(figures(result)))
+    return 0
+
+
 def cmd_demo_train(args: argparse.Namespace) -> int:
     """Train the demo CNN on a slices file with the fixed-seed recipe."""
     from core.demo.train import train_demo
@@ -210,6 +239,12 @@ def parser() -> argparse.ArgumentParser:
     saliency.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     saliency.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
     saliency.set_defaults(func=cmd_saliency)
+
+    score = sub.add_parser("score", help="score the discovery methods against a workspace's planted slices (after build)")
+    score.add_argument("workspace")
+    score.add_argument("--methods", default="spotlight,udis", help="comma-separated: spotlight, udis")
+    score.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    score.set_defaults(func=cmd_score)
 
     demo = sub.add_parser("demo", help="the planted-bias demo").add_subparsers(dest="demo_command", required=True)
     train = demo.add_parser("train", help="train the demo CNN on a slices file")

@@ -55,6 +55,10 @@ def test_layers_and_build(tmp_path, capsys, monkeypatch):
     assert len(store_dirs) == 1 and (store_dirs[0] / "manifest.json").exists()
     assert np.load(store_dirs[0] / "layers" / "block1.max.npy").shape[0] == 60
     assert "extraction: 60 images in" in captured.out and "img/s" in captured.out and "forward" in captured.out
+    # score needs ground truth: this workspace has none, and says so in one line
+    assert main(["--file", str(path), "score", "tiny", "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert "no ground truth" in err and "Traceback" not in err
 
 
 def test_build_with_ray_but_no_ray_says_how_to_install(tmp_path, capsys, monkeypatch):
