@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from core.errors import DataError
 from core.methods import UDIS, Spotlight, top_loss_rows
 from core.scorecard import baseline_groups, domino_scorecard
-from core.significance import group_tests
+from core.significance import group_tests, split_half
 from core.store import Store
 
 Groups = tuple[list[str], list[np.ndarray], list[np.ndarray]]  # names, rankings, members
@@ -41,6 +42,28 @@ def udis_groups(store: Store, meta: pd.DataFrame) -> Groups:
     losses = meta["loss"].to_numpy()
     ids = [int(g) for g in fitted.subgroups_["subgroup"]]
     return [f"subgroup {g}" for g in ids], [top_loss_rows(fitted.rows(g), losses, 100) for g in ids], [fitted.rows(g) for g in ids]
+
+
+def udis_held_out(x: np.ndarray, correct: np.ndarray, udis: UDIS, threshold: float, seed: int = 0) -> pd.DataFrame:
+    """Split-half confirmation of UDIS's under-performing subgroups (core.significance.split_half):
+    UDIS is fitted on a random half; an image of the other half joins the subgroup whose mean
+    embedding (centroid) is nearest, so each subgroup's gap can be measured again on images
+    that played no part in finding it."""
+    x = np.asarray(x, dtype=np.float32)
+
+    def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        fitted = clone(udis).fit(x[rows], correct[rows])
+        centroids = fitted.centroids_.astype(np.float32)
+        ids = [int(g) for g in fitted.under_performing(threshold)["subgroup"]]
+
+        def nearest(r: np.ndarray) -> np.ndarray:
+            points = x[r]
+            distances = (points**2).sum(1)[:, None] - 2 * points @ centroids.T + (centroids**2).sum(1)[None, :]
+            return distances.argmin(1)
+
+        return {f"#{g}": (lambda r, g=g: nearest(r) == g) for g in ids}
+
+    return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
 
 
 METHODS: dict[str, Callable[[Store, pd.DataFrame], Groups]] = {"spotlight": spotlight_groups, "udis": udis_groups}

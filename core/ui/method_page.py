@@ -152,11 +152,17 @@ def scorecard_section(
                 "holds; AUROC how well the group's score separates the slice from the rest (0.5 = chance).")
 
 
-def significance_section(meta: pd.DataFrame, members: Sequence[np.ndarray], names: Sequence[str], what: str) -> None:
+def significance_section(
+    meta: pd.DataFrame, members: Sequence[np.ndarray], names: Sequence[str], what: str,
+    held_out: tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]] | None = None,
+) -> None:
     """Is each discovered group's accuracy gap evidence or chance? Fisher's exact test of the
     group against the rest, Newcombe's 95% interval of the gap, and Benjamini-Hochberg q-values
-    over every candidate of the run (core/significance.py)."""
+    over every candidate of the run (core/significance.py). ``held_out`` (a cached table or
+    None, and the run that computes it) adds the split-half confirmation on a button."""
     with st.expander(f"Significance of the {len(names)} {what}", icon=":material/functions:"):
+        if held_out is not None:
+            _held_out_table(*held_out)
         table = cache_group_tests(meta, members, names)
         st.dataframe(table, hide_index=True, column_config={
             "accuracy": st.column_config.NumberColumn(format="percent"),
@@ -171,6 +177,23 @@ def significance_section(meta: pd.DataFrame, members: Sequence[np.ndarray], name
             "\"same accuracy as the rest\"; q = Benjamini-Hochberg over all the groups listed (many candidates make "
             "some small p certain by chance); significant = q < 0.05. A threshold on the gap alone is not evidence."
         )
+
+
+def _held_out_table(cached: pd.DataFrame | None, run: Callable[[], pd.DataFrame]) -> None:
+    table = cached
+    if table is None and st.button("Confirm on a held-out half", icon=":material/call_split:",
+                                   help="Find the groups again on a random half of the images, then measure them on the other half."):
+        with st.spinner("Finding the groups on one half, measuring them on the other..."):
+            table = run()
+    if table is None:
+        return
+    st.markdown("**Held-out confirmation** (found on one random half, measured on the other)")
+    shown = ["group", "discovery n", "discovery gap", "held-out n", "held-out gap", "held-out low", "held-out high", "held-out q", "note"]
+    st.dataframe(table[[c for c in shown if c in table.columns]], hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%+.3f") for c in ("discovery gap", "held-out gap", "held-out low", "held-out high")
+    } | {"held-out q": st.column_config.NumberColumn(format="%.2g")})
+    how_to_read("the gap on the half that found the group is optimistic (it was picked there); a real failure keeps its "
+                "gap on the held-out half (interval away from 0), one selected by chance shrinks towards 0.")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -7,6 +7,7 @@ clones, never the caller's estimator.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from core.methods import (
     subgroup_confusion,
 )
 from core.models import LoadedModel
+from core.score import udis_held_out
 from core.store import Store
 from core.subsets import expand, scope_digest
 from core.ui import cache, image_detail
@@ -62,6 +64,26 @@ def subgroups_for(store: Store, udis: UDIS, scope: np.ndarray | None = None) -> 
 
     key = cache.run_key(udis.get_params()) if scope is None else cache.run_key(udis.get_params(), "scope", scope_digest(scope))
     return cache.computed_once("subgroups", store.fingerprint, key, "The clustering", compute)
+
+
+def held_out_for(
+    store: Store, udis: UDIS, threshold: float, scope: np.ndarray | None = None
+) -> tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]]:
+    """The split-half confirmation of the under-performing subgroups (core.score.udis_held_out):
+    (its cached table or None, the run that computes it once)."""
+    key = cache.run_key(udis.get_params(), threshold, None if scope is None else scope_digest(scope))
+
+    def compute() -> pd.DataFrame:
+        correct = cache.meta_for(store)["correct"].to_numpy()
+        x = store.representation("embedding")
+        if scope is not None:
+            x, correct = np.asarray(x[scope]), correct[scope]
+        return udis_held_out(x, correct, udis, threshold)
+
+    def run() -> pd.DataFrame:
+        return cache.computed_once("split-half", store.fingerprint, key, "The held-out confirmation", compute)
+
+    return cache.cached_result("split-half", store.fingerprint, key), run
 
 
 @st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)

@@ -446,4 +446,9 @@ def test_subgroups_page_on_the_demo(demo_app):
     # the significance of every cluster: the under-performing ones are far from chance
     tests = next(d.value for d in at.dataframe if "q" in d.value.columns)
     assert len(tests) > count and tests["significant"].sum() >= count
+    # found on one half, measured on the other: the planted failures keep a clearly negative gap
+    [b for b in at.button if b.label == "Confirm on a held-out half"][0].click().run()
+    no_exception(at)
+    held = next(d.value for d in at.dataframe if "held-out gap" in d.value.columns)
+    assert len(held) >= 3 and (held["held-out gap"] < -0.2).sum() >= 3
     assert neuron_buttons(at)
