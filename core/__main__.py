@@ -98,6 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             precision=args.precision,
             times=times,
             source=source,
+            decode=args.decode,
         )
     finally:
         bar.close()
@@ -225,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
                        help="loader processes (default: the workspace's num_workers; on CUDA, when it sets none, the machine's cores)")
     build.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                        help="extract on a Ray cluster (HEAD:6379), or on a local Ray without an address; needs pip install -e '.[scale]'")
+    build.add_argument("--decode", choices=["auto", "pil", "torchcodec"], default="auto",
+                       help="where JPEGs are decoded: torchcodec in batches where the model runs (nvJPEG on CUDA; auto picks it there), pil in the workers")
     build.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                        help="autocast the forward pass (stored outputs stay float32; see the README for the measured tolerance)")
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

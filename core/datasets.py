@@ -55,6 +55,11 @@ class ImageDataset(abc.ABC):
     def load_image(self, index: int) -> Image.Image:
         """Return image ``index`` as an 8-bit RGB PIL image; raise DataError if unreadable."""
 
+    def image_path(self, index: int) -> Path | None:
+        """The file image ``index`` is read from, for decoders that read files themselves
+        (the GPU JPEG path); None for images that are not files (arrays, generated)."""
+        return None
+
     @abc.abstractmethod
     def content_key(self) -> str:
         """A string that changes whenever the images, labels or attributes change.

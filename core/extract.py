@@ -91,13 +91,15 @@ def build_store(
     precision: str = "fp32",
     source: OutputSource | None = None,
     times: StageTimes | None = None,
+    decode: str = "auto",
 ) -> Store:
     """Build (or resume, or extend with more layers) the store and return it opened.
 
     Runs batched under ``torch.inference_mode()`` on the model's device (``LocalSource``), or
     takes its outputs from ``source`` (core/ray_extract.py's ``RaySource`` on a Ray cluster);
     either way the same files, rows and fingerprint. ``precision`` bf16/fp16 autocasts the
-    local forward pass. ``times`` collects img/s and the seconds per stage (the manifest keeps
+    local forward pass; ``decode`` "torchcodec" decodes JPEGs in batches where the model runs
+    (nvJPEG on CUDA; "auto" picks it on CUDA), "pil" in the loader workers. ``times`` collects img/s and the seconds per stage (the manifest keeps
     them as ``last_build``). Safe to call from several processes at once: one extracts, the
     others wait and then open its result.
     """
@@ -145,7 +147,7 @@ def build_store(
         times = times if times is not None else StageTimes()
         if want_core or new_layers:
             if source is None:
-                source = LocalSource(model, dataset, batch_size, num_workers, precision, times)
+                source = LocalSource(model, dataset, batch_size, num_workers, precision, times, decode)
             _extract(directory, fingerprint, dataset, new_layers, want_core, source, times, progress)
         all_layers = [ly for ly in model.storable_layers if ly in set(stored_layers) | set(new_layers)]
         if want_core or stale_meta:
@@ -178,7 +180,8 @@ def build_store(
             "device": str(model.device),
             "torch": torch.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "last_build": {**times.summary(), "precision": precision, "source": type(source).__name__ if source else "none"},
+            "last_build": {**times.summary(), "precision": precision, "source": type(source).__name__ if source else "none",
+                           "decode": getattr(source, "decode", None)},
         }
         (directory / "progress.json").unlink(missing_ok=True)
         _atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2))

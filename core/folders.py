@@ -104,6 +104,9 @@ class ImageFolderDataset(ImageDataset):
     def load_image(self, index: int) -> Image.Image:
         return load_rgb(self.root / self.ids[index])
 
+    def image_path(self, index: int) -> Path:
+        return self.root / self.ids[index]
+
     def content_key(self) -> str:
         return stat_key([(i, self.root / i) for i in self.ids])
 

@@ -126,6 +126,86 @@ def image_batches(
     yield from loader
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+DECODES = ("auto", "pil", "torchcodec")
+
+
+def torchcodec_available() -> bool:
+    try:
+        from torchcodec.decoders import decode_jpeg  # noqa: F401
+    except Exception:  # not installed, or its native library does not load here
+        return False
+    return True
+
+
+def resolve_decode(decode: str, dataset: ImageDataset, device: torch.device) -> str:
+    """"torchcodec" (batched JPEG decoding where the model runs: nvJPEG on CUDA) or "pil" (the
+    loader workers decode). "auto" picks torchcodec on CUDA for file datasets when it loads."""
+    if decode not in DECODES:
+        raise ValueError(f"Unknown decode '{decode}'; use one of {', '.join(DECODES)}.")
+    files = len(dataset) > 0 and dataset.image_path(0) is not None
+    if decode == "auto":
+        return "torchcodec" if device.type == "cuda" and files and torchcodec_available() else "pil"
+    if decode == "torchcodec" and not (files and torchcodec_available()):
+        return "pil"  # arrays or generated images, or no torchcodec: the workers decode
+    return decode
+
+
+class _EncodedImages(torch.utils.data.Dataset):
+    """Rows [start, N) as the workers hand them to the decoder: a JPEG's raw bytes (decoded
+    later, in a batch, where the model runs), or any other file already decoded by PIL to a
+    uint8 (3, H, W) tensor (PNG, BMP... and JPEGs the batch decoder refuses)."""
+
+    def __init__(self, dataset: ImageDataset, start: int) -> None:
+        self.dataset, self.start = dataset, start
+
+    def __len__(self) -> int:
+        return len(self.dataset) - self.start
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor, int]:
+        row = self.start + i
+        path = self.dataset.image_path(row)
+        data = path.read_bytes() if path is not None else b""
+        if data[:3] == JPEG_MAGIC:
+            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8), row
+        return "pixels", transforms.functional.pil_to_tensor(self.dataset.load_image(row)), row
+
+
+def _as_list(batch: list[tuple[str, torch.Tensor, int]]) -> list[tuple[str, torch.Tensor, int]]:
+    return batch
+
+
+def decoded_images(dataset: ImageDataset, items: list[tuple[str, torch.Tensor, int]], device: torch.device) -> list[torch.Tensor]:
+    """uint8 (3, H, W) images on ``device``: the JPEGs decoded in one batched call (nvJPEG on
+    CUDA); if the batch fails (one corrupt or unusual file fails all), each one alone, and a
+    JPEG the decoder refuses is read by PIL instead (which names the file if it is broken)."""
+    from torchcodec.decoders import decode_jpeg
+
+    images: list[torch.Tensor | None] = [t.to(device) if kind == "pixels" else None for kind, t, _ in items]
+    jpegs = [i for i, (kind, _, _) in enumerate(items) if kind == "jpeg"]
+    try:
+        decoded = decode_jpeg([items[i][1] for i in jpegs], mode="RGB", device=device) if jpegs else []
+        for i, image in zip(jpegs, decoded, strict=True):
+            images[i] = image
+    except Exception:
+        for i in jpegs:
+            try:
+                images[i] = decode_jpeg(items[i][1], mode="RGB", device=device)
+            except Exception:
+                images[i] = transforms.functional.pil_to_tensor(dataset.load_image(items[i][2])).to(device)
+    return [image for image in images if image is not None]
+
+
+def tensor_preprocess(images: Sequence[torch.Tensor], size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``make_transform`` on uint8 tensors where they are (the GPU): resize the shorter side to
+    ``size`` (bilinear, antialiased), centre-crop, scale and normalise. Resampling differs from
+    PIL's by a few grey levels (measured in tests/unit/test_pipeline.py and the README)."""
+    from torchvision.transforms.v2 import functional as F
+
+    batch = torch.stack([F.center_crop(F.resize(image, size, antialias=True), [size, size]) for image in images])
+    return device_normalise(batch, mean, std)
+
+
 def forward_outputs(model: LoadedModel, recorder: ActivationRecorder, batch: torch.Tensor, precision: str = "fp32") -> Outputs:
     """One model-ready batch through the model with the recorder's hooks: float32 numpy outputs
     (logits, embedding, pooled layers). ``precision`` bf16/fp16 autocasts the forward pass."""
@@ -143,12 +223,13 @@ class LocalSource:
     """Outputs of rows [start, N) computed in this process, on the model's device."""
 
     def __init__(self, model: LoadedModel, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
-                 precision: str = "fp32", times: StageTimes | None = None) -> None:
+                 precision: str = "fp32", times: StageTimes | None = None, decode: str = "auto") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}.")
         self.model, self.dataset = model, dataset
         self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
         self.times = times or StageTimes()
+        self.decode = resolve_decode(decode, dataset, model.device)
 
     def __call__(self, layers: list[str], want_core: bool, start: int) -> Iterator[tuple[int, Outputs]]:
         model = self.model
@@ -157,16 +238,27 @@ class LocalSource:
         row = start
         try:
             with torch.inference_mode():
-                batches = image_batches(self.dataset, model, start, self.batch_size, self.num_workers, uint8=on_gpu)
+                if self.decode == "torchcodec":
+                    batches: Iterator[Any] = iter(torch.utils.data.DataLoader(
+                        _EncodedImages(self.dataset, start), batch_size=self.batch_size, shuffle=False,
+                        num_workers=self.num_workers, collate_fn=_as_list,
+                        prefetch_factor=2 if self.num_workers > 0 else None,
+                    ))
+                else:
+                    batches = image_batches(self.dataset, model, start, self.batch_size, self.num_workers, uint8=on_gpu)
                 while True:
                     with self.times.stage("load"):
                         batch = next(batches, None)
                     if batch is None:
                         return
                     with self.times.stage("transfer"):
-                        batch = batch.to(model.device, non_blocking=True)
-                        if on_gpu:
-                            batch = device_normalise(batch, model.mean, model.std)
+                        if self.decode == "torchcodec":  # decode, resize, crop and normalise on the device
+                            images = decoded_images(self.dataset, batch, model.device)
+                            batch = tensor_preprocess(images, model.input_size, model.mean, model.std)
+                        else:
+                            batch = batch.to(model.device, non_blocking=True)
+                            if on_gpu:
+                                batch = device_normalise(batch, model.mean, model.std)
                     with self.times.stage("forward"):
                         outputs = forward_outputs(model, recorder, batch, self.precision)
                     yield row, outputs

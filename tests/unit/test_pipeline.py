@@ -119,3 +119,61 @@ def test_a_build_reports_its_throughput_and_stages(tmp_path, model):
 def test_an_unknown_precision_is_refused(model):
     with pytest.raises(ValueError, match="bf16"):
         LocalSource(model, digits_dataset(8), precision="int4")
+
+
+def _jpeg_folder(root, n: int = 48, side: int = 40, png_every: int = 7):
+    """Digits saved as JPEG files (a few as PNG) in an ImageFolder, larger than the model's input."""
+    from core.sources import DatasetSpec, build_dataset
+    from tests.support import digits_arrays
+
+    images, labels, _ = digits_arrays(n)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(image).resize((side, side + 6))
+        picture.save(folder / (f"{i:03d}.png" if i % png_every == 0 else f"{i:03d}.jpg"), quality=90)
+    return build_dataset(DatasetSpec(kind="imagefolder", root=str(root)))
+
+
+def _logits(source) -> np.ndarray:
+    return np.concatenate([outputs["logits"] for _, outputs in source([], True, 0)])
+
+
+def test_torchcodec_decoding_equals_the_pil_path_within_its_tolerance(tmp_path, model):
+    """The GPU path (batched JPEG decoding, then resize/crop/normalise as tensors), run on the
+    CPU: JPEG decoding is identical to PIL's; tensor resampling differs slightly from PIL's."""
+    pytest.importorskip("torchcodec")
+    dataset = _jpeg_folder(tmp_path / "jpeg")
+    pil = LocalSource(model, dataset, batch_size=16, decode="pil")
+    codec = LocalSource(model, dataset, batch_size=16, decode="torchcodec")
+    assert (pil.decode, codec.decode) == ("pil", "torchcodec")
+    a, b = _logits(pil), _logits(codec)
+    assert float(np.abs(a - b).max()) <= 0.01 * float(a.max() - a.min())
+    assert (a.argmax(1) == b.argmax(1)).all()
+    # at the model's own size nothing is resampled: the two paths agree exactly
+    same = _jpeg_folder(tmp_path / "native", side=model.input_size - 6)
+    native = [_logits(LocalSource(model, same, batch_size=16, decode=d)) for d in ("pil", "torchcodec")]
+    np.testing.assert_allclose(native[0], native[1], rtol=0, atol=1e-5)
+
+
+def test_a_corrupt_jpeg_in_a_batch_is_named_and_the_others_decode(tmp_path, model):
+    pytest.importorskip("torchcodec")
+    from core.errors import DataError
+    from core.pipeline import _EncodedImages, decoded_images
+
+    dataset = _jpeg_folder(tmp_path / "jpeg", n=8, png_every=100)
+    broken = dataset.image_path(3)
+    broken.write_bytes(broken.read_bytes()[:40])  # the JPEG header survives, the data does not
+    items = [_EncodedImages(dataset, 0)[i] for i in range(8)]
+    assert items[3][0] == "jpeg"
+    with pytest.raises(DataError, match=broken.name):
+        decoded_images(dataset, items, torch.device("cpu"))
+    images = decoded_images(dataset, items[:3] + items[4:], torch.device("cpu"))
+    assert len(images) == 7 and all(im.dtype == torch.uint8 and im.shape[0] == 3 for im in images)
+
+
+def test_arrays_and_unknown_decoders_fall_back_or_are_refused(model):
+    assert LocalSource(model, digits_dataset(8), decode="torchcodec").decode == "pil"  # no files to read
+    assert LocalSource(model, digits_dataset(8), decode="auto").decode == "pil"  # a CPU model
+    with pytest.raises(ValueError, match="torchcodec"):
+        LocalSource(model, digits_dataset(8), decode="nvjpeg")
