@@ -145,10 +145,10 @@ if compare_name:
                               f"spotlight (its top S = {result.size_:,} images by weight)")
 
 # --------------------------------------------------------------------------- significance and planted slices
-significance_section(meta, [fit.top_rows(result.size_) for fit in result.spotlights_],
+significance_section(store, [fit.top_rows(result.size_) for fit in result.spotlights_],
                      [f"Spotlight {fit.index + 1}" for fit in result.spotlights_], "spotlights (each its top S images)")
 scorecard_section(
-    store, meta, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
+    store, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
     "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "
     "members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8.",
 )

@@ -170,12 +170,12 @@ else:
 
 # --------------------------------------------------------------------------- significance and scorecard
 every = [int(g) for g in result.subgroups_["subgroup"]]
-significance_section(meta, [result.rows(g) for g in every], [f"#{g}" for g in every],
+significance_section(store, [result.rows(g) for g in every], [f"#{g}" for g in every],
                      "subgroups (every cluster, not only the under-performing ones)",
                      held_out=view.held_out_for(store, udis, threshold, scope_rows))
 losses = meta["loss"].to_numpy()
 scorecard_section(
-    store, meta, [top_loss_rows(result.rows(g), losses) for g in ids], [f"#{g}" for g in ids],
+    store, [top_loss_rows(result.rows(g), losses) for g in ids], [f"#{g}" for g in ids],
     "for each planted slice, the under-performing subgroup whose 10 highest-loss images hold most slice images "
     "(P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall).",
     members=[result.rows(g) for g in ids],

@@ -113,7 +113,6 @@ def save_subset_form(
 
 def scorecard_section(
     store: Store,
-    meta: pd.DataFrame,
     rankings: Sequence[np.ndarray],
     group_names: Sequence[str],
     how: str,
@@ -130,12 +129,7 @@ def scorecard_section(
     if ground_truth_hidden():
         hidden_notice("The scorecard against the planted slices")
         return
-    truth = meta[store.slice_columns].to_numpy(dtype=bool)
-    slices = [c.removeprefix("slice_") for c in store.slice_columns]
-    card = domino_scorecard(truth, rankings, slices, list(group_names), members=members)
-    names, cells, cell_members = baseline_groups(meta)
-    base = domino_scorecard(truth, cells, slices, names, members=cell_members)
-    versus = compare_with_baseline(truth, rankings, cells, slices, list(group_names), names)
+    card, base, versus = _scorecards(store, list(rankings), list(group_names), None if members is None else list(members))
     bar = {f"P@{k}": st.column_config.ProgressColumn(f"P@{k}", min_value=0, max_value=1, format="%.2f") for k in (10, 25, 100)}
     config = {**bar, "recall": st.column_config.NumberColumn(format="percent"),
               "AUROC": st.column_config.NumberColumn(format="%.2f")}
@@ -153,7 +147,7 @@ def scorecard_section(
 
 
 def significance_section(
-    meta: pd.DataFrame, members: Sequence[np.ndarray], names: Sequence[str], what: str,
+    store: Store, members: Sequence[np.ndarray], names: Sequence[str], what: str,
     held_out: tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]] | None = None,
 ) -> None:
     """Is each discovered group's accuracy gap evidence or chance? Fisher's exact test of the
@@ -163,7 +157,7 @@ def significance_section(
     with st.expander(f"Significance of the {len(names)} {what}", icon=":material/functions:"):
         if held_out is not None:
             _held_out_table(*held_out)
-        table = cache_group_tests(meta, members, names)
+        table = _group_tests(store, list(members), list(names))
         st.dataframe(table, hide_index=True, column_config={
             "accuracy": st.column_config.NumberColumn(format="percent"),
             "rest accuracy": st.column_config.NumberColumn(format="percent"),
@@ -196,7 +190,31 @@ def _held_out_table(cached: pd.DataFrame | None, run: Callable[[], pd.DataFrame]
                 "gap on the held-out half (interval away from 0), one selected by chance shrinks towards 0.")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cache_group_tests(meta: pd.DataFrame, members: Sequence[np.ndarray], names: Sequence[str]) -> pd.DataFrame:
-    """group_tests once per groups (hashing the metadata and the rows)."""
-    return group_tests(meta["correct"].to_numpy(dtype=bool), [np.asarray(m) for m in members], list(names))
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=cache.STORE_HASH)
+def _baseline(store: Store) -> tuple[list[str], list[np.ndarray], pd.DataFrame]:
+    """The confusion-cell baseline's groups and scorecard, once per store (about 0.7 s on the demo)."""
+    meta = cache.meta_for(store)
+    truth = meta[store.slice_columns].to_numpy(dtype=bool)
+    names, cells, members = baseline_groups(meta)
+    slices = [c.removeprefix("slice_") for c in store.slice_columns]
+    return names, cells, domino_scorecard(truth, cells, slices, names, members=members)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
+def _scorecards(
+    store: Store, rankings: list[np.ndarray], group_names: list[str], members: list[np.ndarray] | None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(the method's scorecard, the baseline's, the comparison), once per store and groups, so
+    a rerun of the page does not score again."""
+    meta = cache.meta_for(store)
+    truth = meta[store.slice_columns].to_numpy(dtype=bool)
+    slices = [c.removeprefix("slice_") for c in store.slice_columns]
+    names, cells, base = _baseline(store)
+    card = domino_scorecard(truth, rankings, slices, group_names, members=members)
+    return card, base, compare_with_baseline(truth, rankings, cells, slices, group_names, names)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
+def _group_tests(store: Store, members: list[np.ndarray], names: list[str]) -> pd.DataFrame:
+    """group_tests once per store and groups."""
+    return group_tests(cache.meta_for(store)["correct"].to_numpy(dtype=bool), [np.asarray(m) for m in members], names)
