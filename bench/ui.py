@@ -175,7 +175,7 @@ def warm_up(page: Page, url: str) -> None:
     navigate(page, "ActiVis")
     wait_ready(page, READY["ActiVis"])
     for detail in ("Blocks", "Sub-blocks"):  # both graphs traced once
-        page.get_by_role("button", name=detail, exact=True).click()
+        page.locator("[data-testid='stButtonGroup']").get_by_text(detail, exact=True).click()
         wait_ready(page, READY["ActiVis"])
     for title in PAGES:  # a second pass: every page's own caches are filled
         navigate(page, title)
@@ -197,7 +197,7 @@ def rerun_action(page: Page, title: str, i: int):
     if title == "Intersectional":
         return lambda: page.get_by_text(CLIP_TOGGLE, exact=True).click()
     if title == "ActiVis":
-        return lambda: page.get_by_role("button", name="Blocks" if i % 2 == 0 else "Sub-blocks", exact=True).click()
+        return lambda: page.locator("[data-testid='stButtonGroup']").get_by_text("Blocks" if i % 2 == 0 else "Sub-blocks", exact=True).click()
     choice = "0.66 (UDIS code)" if i % 2 == 0 else "0.5 (VisCUIT paper)"
     return lambda: page.get_by_role("radio", name=choice, exact=True).click()
 
