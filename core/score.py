@@ -66,6 +66,26 @@ def udis_held_out(x: np.ndarray, correct: np.ndarray, udis: UDIS, threshold: flo
     return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
 
 
+def spotlight_held_out(
+    x: np.ndarray, losses: np.ndarray, correct: np.ndarray, spotlight: Spotlight, seed: int = 0
+) -> pd.DataFrame:
+    """Split-half confirmation of the spotlights (core.significance.split_half): they are
+    searched on a random half; an image of the other half belongs to a spotlight when its
+    kernel weight reaches that of the spotlight's S-th highest-weighted image of the
+    discovery half, i.e. when it falls in the region the spotlight's top S covered there."""
+    x = np.asarray(x, dtype=np.float32)
+    losses = np.asarray(losses, dtype=np.float64)
+
+    def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        fitted = clone(spotlight).fit(x[rows], losses[rows])
+        found = fitted.weights_for(x[rows])  # the same arithmetic as on the held-out rows
+        thresholds = -np.sort(-found, axis=1)[:, fitted.size_ - 1]  # each spotlight's S-th weight
+        return {f"Spotlight {j + 1}": (lambda r, j=j, t=t: fitted.weights_for(x[r])[j] >= t)
+                for j, t in enumerate(thresholds)}
+
+    return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
+
+
 METHODS: dict[str, Callable[[Store, pd.DataFrame], Groups]] = {"spotlight": spotlight_groups, "udis": udis_groups}
 
 

@@ -146,7 +146,8 @@ if compare_name:
 
 # --------------------------------------------------------------------------- significance and planted slices
 significance_section(store, [fit.top_rows(result.size_) for fit in result.spotlights_],
-                     [f"Spotlight {fit.index + 1}" for fit in result.spotlights_], "spotlights (each its top S images)")
+                     [f"Spotlight {fit.index + 1}" for fit in result.spotlights_], "spotlights (each its top S images)",
+                     held_out=view.held_out_for(store, representation, Spotlight(**params), scope_rows))
 scorecard_section(
     store, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
     "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "

@@ -225,8 +225,9 @@ class Spotlight(BaseEstimator):
     ``size_`` (S as a count of images), ``n_images_`` (N), ``mean_loss_`` (the dataset's mean
     loss, what a spotlight's weighted mean loss compares to), ``search_dims_`` (principal
     directions the spherical centre was searched in, plus the starts; None: all),
-    ``explained_variance_`` (share kept by the optional PCA, else None), ``seconds_``,
-    ``device_`` and ``notes_``.
+    ``explained_variance_`` (share kept by the optional PCA, else None), ``projection_``
+    (the optional PCA's mean and components, else None), ``n_features_in_``, ``seconds_``,
+    ``device_`` and ``notes_``. ``weights_for(X)`` applies the fitted kernels to new images.
     """
 
     def __init__(
@@ -288,8 +289,10 @@ class Spotlight(BaseEstimator):
         s = resolve_size(self.size, n)
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with _cpu_threads(self.threads if device.type == "cpu" else None):
-            fits, search_dims, explained, notes = self._fit(x_np, loss_np, s, device, progress)
+            fits, search_dims, explained, projection, notes = self._fit(x_np, loss_np, s, device, progress)
         self.spotlights_ = fits
+        self.projection_ = projection
+        self.n_features_in_ = d
         self.size_ = s
         self.n_images_ = n
         self.mean_loss_ = float(loss_np.mean())
@@ -299,6 +302,28 @@ class Spotlight(BaseEstimator):
         self.device_ = str(device)
         self.notes_ = notes
         return self
+
+    def weights_for(self, X: Any) -> np.ndarray:
+        """k_i of new images under each fitted spotlight, (n_spotlights, M) float32.
+
+        The kernel of each spotlight (centre mu, precision tau) applied to representations the
+        fit never saw, e.g. a held-out half: on the fitted images it gives back ``weights``.
+        """
+        if not hasattr(self, "spotlights_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("This Spotlight is not fitted yet; call fit first.")
+        x = np.asarray(X, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_features_in_:
+            raise SpotlightError(f"Expected images x {self.n_features_in_} features, got shape {x.shape}.")
+        if self.projection_ is not None:
+            mean, components = self.projection_
+            x = (x - mean) @ components
+        out = np.zeros((len(self.spotlights_), len(x)), dtype=np.float32)
+        for j, fit in enumerate(self.spotlights_):
+            quad = torch.from_numpy((((x - fit.centre) ** 2) * fit.precision).sum(1))  # q_i = (x_i - mu)^T tau (x_i - mu)
+            out[j] = self._kernel(quad).numpy()
+        return out
 
     def first(self, k: int) -> Spotlight:
         """A fitted copy holding only the first ``k`` spotlights, with ``n_spotlights = k``.
@@ -322,19 +347,20 @@ class Spotlight(BaseEstimator):
 
     def _fit(
         self, x_np: np.ndarray, loss_np: np.ndarray, s: int, device: torch.device, progress: Progress | None
-    ) -> tuple[list[SpotlightFit], int | None, float | None, list[str]]:
-        """The spotlights, the search dimensions, the PCA's explained variance and notes."""
+    ) -> tuple[list[SpotlightFit], int | None, float | None, tuple[np.ndarray, np.ndarray] | None, list[str]]:
+        """The spotlights, the search dimensions, the PCA's explained variance, its projection and notes."""
         n, d = x_np.shape
         notes: list[str] = []
 
         x = torch.tensor(x_np, device=device)  # one writable copy (the store's arrays are read-only)
-        explained = None
+        explained, projection = None, None
         if self.pca is not None and int(self.pca) < d:
             # optional PCA: the representation becomes its top components (the rest is dropped)
             mean = x.mean(0)
             components, variances = _pca_basis(x - mean, int(self.pca), self.seed, max_rows=n)
             total = ((x - mean) ** 2).sum() / max(1, n - 1)
             explained = float(variances.sum() / total) if total > 0 else 1.0
+            projection = (mean.double().cpu().numpy(), components.double().cpu().numpy())
             x = (x - mean) @ components
             d = x.shape[1]
         # centre and scale once (x = m + scale * y): Adam's step then means the same on any data
@@ -379,7 +405,7 @@ class Spotlight(BaseEstimator):
             current = (1 - k / k.max().clamp_min(1e-12)) * current  # l_i <- (1 - k_i / max_j k_j) l_i
         if progress is not None:
             progress(total_steps, total_steps, "Done")
-        return fits, search_dims, explained, notes
+        return fits, search_dims, explained, projection, notes
 
     # ------------------------------------------------------------------ one spotlight
 

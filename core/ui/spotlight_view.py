@@ -6,6 +6,7 @@ estimator's ``get_params()``; the cached object is a fitted clone, never the cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from sklearn.base import clone
 
 from core.cohorts import equals_filter
 from core.methods import Spotlight, SpotlightFit
+from core.score import spotlight_held_out
 from core.stats import bootstrap_ci
 from core.store import Store
 from core.subsets import expand, scope_digest
@@ -83,6 +85,26 @@ def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scop
         "Shining the spotlights...", work, lambda fitted: f"{len(fitted.spotlights_)} spotlight(s) in {fitted.seconds_:.1f} s",
         unit=None,  # the estimator's message names the spotlight and its own step count
     )
+
+
+def held_out_for(
+    store: Store, representation: str, spotlight: Spotlight, scope: np.ndarray | None = None
+) -> tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]]:
+    """The split-half confirmation of the spotlights (core.score.spotlight_held_out): (its
+    cached table or None, the run that computes it once)."""
+    key = _run_key(representation, spotlight, scope)
+
+    def compute() -> pd.DataFrame:
+        meta = cache.meta_for(store)
+        x, losses, correct = store.representation(representation), meta["loss"].to_numpy(), meta["correct"].to_numpy()
+        if scope is not None:
+            x, losses, correct = np.asarray(x[scope]), losses[scope], correct[scope]
+        return spotlight_held_out(x, losses, correct, spotlight)
+
+    def run() -> pd.DataFrame:
+        return cache.computed_once("spotlight-split-half", store.fingerprint, key, "The held-out confirmation", compute)
+
+    return cache.cached_result("spotlight-split-half", store.fingerprint, key), run
 
 
 def _larger_cached_run(

@@ -44,6 +44,11 @@ def test_run_two_spotlights_and_save_a_subset(app):
     assert any("How to read this" in c.value for c in at.caption)
     # no planted slices on this workspace: no scorecard
     assert "Scorecard: planted slices" not in [s.value for s in at.subheader]
+    # found on one half, measured on the other (one row per spotlight)
+    [b for b in at.button if b.label == "Confirm on a held-out half"][0].click().run()
+    no_exception(at)
+    held = next(d.value for d in at.dataframe if "held-out gap" in d.value.columns)
+    assert list(held["group"]) == ["Spotlight 1", "Spotlight 2"] and (held["discovery n"] >= 10).all()
     # a rerun (another widget) reuses the cached result: no new status box
     at.selectbox(key="spotlight.map_spotlight").set_value("Spotlight 2").run()
     no_exception(at)
@@ -118,5 +123,10 @@ def test_spotlight_page_on_the_demo(demo_app):
     # every spotlight's accuracy gap with its interval, p and BH q
     tests = next(d.value for d in at.dataframe if "q" in d.value.columns)
     assert list(tests["group"]) == ["Spotlight 1", "Spotlight 2"] and tests["q"].between(0, 1).all()
+    # on the demo the spotlights are real failures: their gap holds on the held-out half
+    [b for b in at.button if b.label == "Confirm on a held-out half"][0].click().run()
+    no_exception(at)
+    held = next(d.value for d in at.dataframe if "held-out gap" in d.value.columns)
+    assert (held["held-out gap"] < -0.2).all() and (held["held-out high"] < 0).all()
     [b for b in at.button if b.label == "Save as subset"][0].click().run()
     no_exception(at)

@@ -264,3 +264,49 @@ def test_progress_names_the_spotlight_and_its_own_steps(blobs):
     assert all(total == 150 for _, total, _ in calls)
     assert any(msg.startswith("Spotlight 2 of 3: step ") and msg.endswith(" of 50") for _, _, msg in calls)
     assert not any("of 150" in msg for _, _, msg in calls)
+
+
+@pytest.mark.parametrize(("kernel", "precision", "pca"), [("gaussian", "spherical", None), ("compact", "diagonal", None),
+                                                          ("gaussian", "spherical", 4)])
+def test_weights_for_new_images_apply_the_fitted_kernel(blobs, kernel, precision, pca):
+    """On the fitted images weights_for gives back each spotlight's weights (PCA applied too);
+    a new image at a spotlight's centre weighs 1 (in the representation's own units)."""
+    x, losses, _, _ = blobs
+    result = Spotlight(n_spotlights=2, kernel=kernel, precision=precision, pca=pca, steps=200).fit(x, losses)
+    again = result.weights_for(x)
+    assert again.shape == (2, len(x)) and again.dtype == np.float32
+    for j, fit in enumerate(result.spotlights_):
+        np.testing.assert_allclose(again[j], fit.weights, atol=2e-4)
+    if pca is None:
+        centre = result.spotlights_[0].centre[None, :]
+        assert result.weights_for(centre)[0, 0] == pytest.approx(1.0)
+    with pytest.raises(SpotlightError, match="features"):
+        result.weights_for(x[:, :3])
+
+
+def test_weights_for_needs_a_fit(blobs):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        Spotlight().weights_for(blobs[0])
+
+
+def test_held_out_half_confirms_a_planted_blob_and_not_noise():
+    """Split-half: the high-loss blob found on one half keeps its accuracy gap on the other;
+    spotlights on losses independent of the images keep no gap there."""
+    from core.score import spotlight_held_out
+
+    x, losses, blob_a, blob_b = planted(n=4000)
+    correct = np.ones(len(x), dtype=bool)
+    correct[np.concatenate([blob_a, blob_b])] = False  # the blobs are the failures
+    table = spotlight_held_out(x, losses, correct, Spotlight(n_spotlights=2, steps=STEPS))
+    assert list(table["group"]) == ["Spotlight 1", "Spotlight 2"]
+    for _, row in table.iterrows():
+        assert row["held-out n"] >= 20
+        assert row["held-out gap"] < -0.8 and row["held-out high"] < -0.5 and row["held-out q"] < 1e-6
+
+    rng = np.random.default_rng(1)
+    noise_losses = rng.exponential(0.3, size=len(x))
+    noise_correct = rng.random(len(x)) < 0.8
+    null = spotlight_held_out(x, noise_losses, noise_correct, Spotlight(n_spotlights=2, steps=STEPS))
+    assert ((null["held-out low"] < 0) & (null["held-out high"] > 0)).all() and (null["held-out q"] > 0.05).all()
