@@ -187,6 +187,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(result["table"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"significant groups (q < 0.05): {result['significance']}")
     print(f"slices where a method beats the baseline by >= 0.3 in P@10: {', '.join(result['beats_baseline']) or 'none'}")
+    if args.held_out:
+        from core.score import held_out_tables
+
+        shown = ["group", "discovery n", "discovery gap", "held-out n", "held-out gap", "held-out low", "held-out high", "held-out q"]
+        for method, table in held_out_tables(store, methods).items():
+            print(f"\n{method}: found on a random half, measured on the other")
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(table) else "  no groups")
     print(json.dumps(figures(result)))
     return 0
 
@@ -247,6 +255,8 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("workspace")
     score.add_argument("--methods", default="spotlight,udis", help="comma-separated: spotlight, udis")
     score.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    score.add_argument("--held-out", action="store_true",
+                       help="also find each method's groups on a random half and measure them on the other")
     score.set_defaults(func=cmd_score)
 
     demo = sub.add_parser("demo", help="the planted-bias demo").add_subparsers(dest="demo_command", required=True)

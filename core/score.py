@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from core.errors import DataError
-from core.methods import UDIS, Spotlight, top_loss_rows
+from core.methods import UDIS, VISCUIT_THRESHOLD, Spotlight, top_loss_rows
 from core.scorecard import baseline_groups, domino_scorecard
 from core.significance import group_tests, split_half
 from core.store import Store
@@ -87,6 +87,22 @@ def spotlight_held_out(
 
 
 METHODS: dict[str, Callable[[Store, pd.DataFrame], Groups]] = {"spotlight": spotlight_groups, "udis": udis_groups}
+
+
+def held_out_tables(store: Store, methods: Sequence[str] = tuple(METHODS), seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Each method's split-half confirmation with its page's defaults: spotlights
+    (``spotlight_held_out``) and UDIS's under-performing subgroups at VisCUIT's threshold
+    (``udis_held_out``). Needs no ground truth."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DataError(f"Unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}.")
+    meta = store.meta()
+    x, correct = np.asarray(store.representation("embedding")), meta["correct"].to_numpy(dtype=bool)
+    runs = {
+        "spotlight": lambda: spotlight_held_out(x, meta["loss"].to_numpy(), correct, Spotlight(size=0.02, n_spotlights=5), seed),
+        "udis": lambda: udis_held_out(x, correct, UDIS(), VISCUIT_THRESHOLD, seed),
+    }
+    return {m: runs[m]() for m in methods}
 
 
 def score_store(store: Store, methods: Sequence[str] = tuple(METHODS)) -> dict[str, Any]:

@@ -47,3 +47,16 @@ def test_refusals(store, tmp_path):
     plain = build_store("plain", tiny_model(), ArrayDataset(images, labels, [str(d) for d in range(10)]), [], root=tmp_path)
     with pytest.raises(DataError, match="no ground truth"):
         score_store(plain)
+
+
+@pytest.mark.slow
+def test_held_out_tables_per_method(store):
+    from core.score import held_out_tables
+
+    tables = held_out_tables(store, ["spotlight", "udis"])
+    assert set(tables) == {"spotlight", "udis"}
+    spot = tables["spotlight"]
+    assert list(spot["group"]) == [f"Spotlight {i}" for i in range(1, 6)]
+    assert (spot["discovery n"] >= 2).all() and spot["held-out n"].between(0, 120).all()  # S = 2% of a 120-image half
+    with pytest.raises(DataError, match="Unknown method"):
+        held_out_tables(store, ["magic"])
