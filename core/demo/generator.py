@@ -155,7 +155,7 @@ def render(
 
     'test': every attribute uniform and independent, labels untouched. 'train': attributes
     drawn from ``train_tables`` (the plants), then each slice with a ``flip`` relabels its
-    matching images to ``flip.to`` with probability ``flip.p``. Deterministic in ``seed``.
+    matching images with probability ``flip.p`` to ``flip.to`` (one of its classes, uniformly). Deterministic in ``seed``.
     """
     if split not in SPLITS:
         raise WorkspaceError(f"Unknown split '{split}': use 'train' or 'test'.")
@@ -179,9 +179,12 @@ def render(
     for s in spec.slices:
         member = _membership(spec, s, clean, codes)
         truth[s.column] = member
-        if split == "train" and s.flip_to is not None:
+        if split == "train" and s.flip_to:
             flip = member & (rng.random(n) < s.flip_p)
-            noisy[flip] = spec.classes.index(s.flip_to)
+            targets = np.array([spec.classes.index(c) for c in s.flip_to], dtype=np.int64)
+            # one target: no draw, so a one-class flip relabels exactly as it always has
+            pick = rng.integers(0, len(targets), size=int(flip.sum())) if len(targets) > 1 else 0
+            noisy[flip] = targets[pick]
 
     attributes = pd.DataFrame(
         {a.name: np.array(a.values, dtype=object)[codes[a.name]] for a in spec.attributes}

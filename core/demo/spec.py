@@ -62,7 +62,7 @@ class Slice:
     description: str
     where: tuple[tuple[str, tuple[str, ...]], ...]
     plants: tuple[Plant, ...] = ()
-    flip_to: str | None = None
+    flip_to: tuple[str, ...] = ()  # each flipped image takes one of these classes, uniformly
     flip_p: float = 0.0
 
     @property
@@ -124,7 +124,7 @@ class DemoSpec:
 
     def unplanted(self) -> DemoSpec:
         """The same spec with every plant and label flip removed (the clean control)."""
-        clean = tuple(replace(s, plants=(), flip_to=None, flip_p=0.0) for s in self.slices)
+        clean = tuple(replace(s, plants=(), flip_to=(), flip_p=0.0) for s in self.slices)
         return replace(self, slices=clean)
 
 
@@ -321,17 +321,21 @@ def _parse_slice(
                 _probability(prob, f"{pwhat}.{attr}.{value}")
             plants.append(Plant(labels, attr, tuple((v, float(q)) for v, q in probs.items())))
 
-    flip_to, flip_p = None, 0.0
+    flip_to: tuple[str, ...] = ()
+    flip_p = 0.0
     if "flip" in entry:
         flip = _table(entry["flip"], f"{what}: flip")
         _check_keys(flip, {"to", "p"}, f"{what}: flip")
         if "to" not in flip or "p" not in flip:
-            raise WorkspaceError(f"{what}: flip needs 'to' (a class) and 'p' (a probability).")
-        (flip_to,) = _names(flip["to"], classes, f"{what}: flip.to")
-        flip_p = _probability(flip["p"], f"{what}: flip.p")
-        if flip_to in dict(where).get("label", ()):
             raise WorkspaceError(
-                f"{what}: flip.to '{flip_to}' is one of the classes the slice flips."
+                f"{what}: flip needs 'to' (a class or a list of classes) and 'p' (a probability)."
+            )
+        flip_to = _names(flip["to"], classes, f"{what}: flip.to")
+        flip_p = _probability(flip["p"], f"{what}: flip.p")
+        clash = set(flip_to) & set(dict(where).get("label", ()))
+        if clash:
+            raise WorkspaceError(
+                f"{what}: flip.to names '{sorted(clash)[0]}', one of the classes the slice flips."
             )
     return Slice(name, kind, description, tuple(where), tuple(plants), flip_to, flip_p)
 

@@ -12,7 +12,7 @@ from tests.app.test_app import no_exception
 PASSPHRASE = "tulip-42"
 # What a student must not see while the truth is hidden: slice names, ground-truth columns,
 # the slices' definitions and descriptions.
-SECRETS = ("marked_sandals", "dark_pullovers", "striped_trousers", "slice_", "Sandals with the white corner",
+SECRETS = ("marked_sandals", "dark_pullovers", "striped_trousers", "green_coats", "slice_", "Sandals with the white corner",
            "\"marker\" = 'square'", "best group")
 
 

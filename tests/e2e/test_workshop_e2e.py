@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.conftest import CHROMIUM, REPO, _free_port, screenshot, wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-SLICES = ("marked_sandals", "dark_pullovers", "striped_trousers")
+SLICES = ("marked_sandals", "dark_pullovers", "striped_trousers", "green_coats")
 
 
 @pytest.fixture(scope="module")

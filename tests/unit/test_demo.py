@@ -103,6 +103,20 @@ def test_train_split_plants_the_specified_proportions(small_spec: DemoSpec) -> N
     assert np.array_equal(clean, labels)
 
 
+def test_a_flip_to_several_classes_spreads_the_labels_evenly(tmp_path: Path) -> None:
+    path = tmp_path / "slices.toml"
+    path.write_text(SMALL.replace('to = "Shirt"', 'to = ["Shirt", "Pullover"]'))
+    spec = DemoSpec.from_toml(path)
+    images, labels = synthetic_base(20_000)
+    r = render(images, labels, spec, "train", seed=1)
+    noisy = r.ground_truth["slice_dark_striped_coats"].to_numpy()
+    to_shirt = share(r.labels[noisy] == CLASSES.index("Shirt"))
+    to_pullover = share(r.labels[noisy] == CLASSES.index("Pullover"))
+    assert to_shirt + to_pullover == pytest.approx(0.8, abs=0.05)
+    assert to_shirt == pytest.approx(0.4, abs=0.06) and to_pullover == pytest.approx(0.4, abs=0.06)
+    assert np.array_equal(r.labels[~noisy], r.clean_labels[~noisy])
+
+
 def test_test_split_is_uniform_independent_and_clean(small_spec: DemoSpec) -> None:
     images, labels = synthetic_base(20_000)
     r = render(images, labels, small_spec, "test", seed=1)
@@ -183,6 +197,8 @@ def test_shipped_slices_file_is_valid() -> None:
         ("p = 0.5 }", "p = 1.5 }", "1.5"),
         ("red = 0.02", "red = -0.1", "-0.1"),
         ('flip = { to = "Shirt"', 'flip = { to = "Shoe"', "unknown value 'Shoe'"),
+        ('flip = { to = "Shirt"', 'flip = { to = ["Shirt", "Coat"]', "names 'Coat', one of"),
+        ('flip = { to = "Shirt"', "flip = { to = []", "a name or a list of names"),
         ('brightness = ["dark"]', 'colour = "dark"', "unknown attribute 'colour'"),
         ("square = 0.9", "square = 0.9, dots = 0.1", "unknown value 'dots'"),
         ("square = 0.05 }", "square = 0.05, none = 0.99 }", "add up to"),

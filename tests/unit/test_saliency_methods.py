@@ -213,10 +213,12 @@ def test_marker_mass_ratio():
 
 @pytest.mark.slow
 def test_turning_off_salient_filters_corrects_more_errors_than_random_ones_on_the_demo():
-    """The paper's Fig. 3 on the demo's spurious slice (sandals with the corner square, mostly
-    called sneakers): zeroing each error's 10 most salient filters (by |z|) corrects more of
-    them than zeroing 10 random filters, and 10 least salient ones correct none or almost
-    none. Measured 2026-11-26: 18% (95% 10-28%) vs 6% (3-10%) vs 0% over 60 errors."""
+    """The paper's Fig. 3 on the demo's planted failures (the first 60 errors of each planted
+    slice, pooled): zeroing each error's 10 most salient filters (by |z|) corrects more of
+    them than zeroing 10 random filters, and 10 least salient ones correct fewer than random.
+    Measured 2026-12-06 per slice (salient vs random vs least, k = 10): marked_sandals 10% vs
+    7% vs 0%, dark_pullovers 57% vs 14% vs 2%, striped_trousers 13% vs 10% vs 7%,
+    green_coats 25% vs 4% vs 3%."""
     import core.demo  # noqa: F401  (registers the demo kinds)
     from core.demo.dataset import DemoDataset
     from core.models import ModelSpec, load_model
@@ -231,17 +233,21 @@ def test_turning_off_salient_filters_corrects_more_errors_than_random_ones_on_th
     stats = ProfileStats(index.n_filters).update(
         filter_profiles(model.module, x, torch.as_tensor(labels[reference]), index).numpy()
     )
-    members = np.flatnonzero(dataset.ground_truth["slice_marked_sandals"].to_numpy())
-    xm = torch.stack([transform(dataset.load_image(int(i))) for i in members])
-    with torch.inference_mode():
-        predicted = model.module(xm).argmax(1).numpy()
-    wrong = np.flatnonzero(predicted != labels[members])[:60]
-    assert len(wrong) >= 40, "the demo model should get many marked sandals wrong"
-    xw, yw = xm[wrong], torch.as_tensor(labels[members][wrong])
+    errors = []
+    for column in dataset.ground_truth.columns:
+        members = np.flatnonzero(dataset.ground_truth[column].to_numpy())
+        xm = torch.stack([transform(dataset.load_image(int(i))) for i in members])
+        with torch.inference_mode():
+            predicted = model.module(xm).argmax(1).numpy()
+        wrong = members[predicted != labels[members]][:60]
+        assert len(wrong) >= 40, f"the demo model should get many of {column} wrong"
+        errors.append(wrong)
+    rows = np.concatenate(errors)
+    xw = torch.stack([transform(dataset.load_image(int(i))) for i in rows])
+    yw = torch.as_tensor(labels[rows])
     z = standardise(filter_profiles(model.module, xw, yw, index).numpy(), stats.mu, stats.sigma)
     summary = FilterTurnOff(max_k=10, n_random=5).fit(model, xw, yw, z, index).summary()
     at_10 = summary[summary["k"] == 10].set_index("order")
-    assert at_10.loc["salient", "corrected"] > at_10.loc["random", "corrected_high"]
-    assert at_10.loc["salient", "corrected_low"] > at_10.loc["least", "corrected"]
-    assert at_10.loc["least", "corrected"] <= 0.05
+    assert at_10.loc["salient", "corrected_low"] > at_10.loc["random", "corrected_high"]
+    assert at_10.loc["least", "corrected"] < at_10.loc["random", "corrected"]
     assert at_10.loc["salient", "true_confidence"] > at_10.loc["random", "true_confidence"]
