@@ -7,7 +7,6 @@ import streamlit as st
 from core.errors import BiasLensError
 from core.filters import conv_filters
 from core.methods import (
-    FailureModes,
     FilterSaliency,
     FilterTurnOff,
     FineTuneCheck,
@@ -22,8 +21,7 @@ from core.ui.context import page_context
 from core.ui.image_detail import enlarged
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
-from core.ui.widgets import group_select, how_to_read, kept, percent
-from core.ui.workshop import ground_truth_hidden, hidden_notice
+from core.ui.widgets import how_to_read, kept, percent
 
 PAGE = "saliency"
 VIEW = 224
@@ -282,79 +280,7 @@ save_subset_form(ctx, np.concatenate([[row], near]), f"saliency neighbours of {r
                  key=state_key(PAGE, "save_neighbours", ctx.key, row), params={"row": row, "layers": list(span), "scope": scope})
 
 # --------------------------------------------------------------------------- 6. aggregate turning-off
-st.subheader("Turning filters off over many errors")
-c1, c2 = st.columns([2, 1])
-with c1:
-    _, subset_rows = group_select("Images", state_key(PAGE, "agg_source", ctx.key),
-                                  {n: ctx.subsets().get(n).rows for n in names}, "All misclassified images",
-                                  "Only the misclassified images of a subset are used.")
-cap = int(c2.number_input("At most (highest loss first)", 2, 5000, **kept(state_key(PAGE, "agg_cap"), 100)))
-pool = wrong_rows if subset_rows is None else wrong_rows[np.isin(wrong_rows, subset_rows)]
-agg_rows = pool[:cap]
-turn_off = FilterTurnOff(max_k=max_k)
-if not len(agg_rows):
-    st.info("No misclassified images in this set.")
-summary = view.run_on_demand(
-    view.cached_aggregate(store, profiles, agg_rows, ref, turn_off) if len(agg_rows) else None, len(agg_rows) > 0,
-    f"Turn filters off on {len(agg_rows):,} images", state_key(PAGE, "aggregate"), "Turning filters off...",
-    lambda progress: view.aggregate_turn_off(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, turn_off, progress),
-    lambda s: f"Turned filters off on {int(s['n'].max()):,} images", "The aggregate",
-)
-if summary is not None:
-    show(view.turn_off_chart, view.summary_frame(summary), True)
-    how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
-                "(bands); the salient order should separate from random and least salient.")
-
-tune_all = FineTuneCheck(k=tuned, step=step)  # the settings of the single-image check above
-tuned_summary = view.run_on_demand(
-    view.cached_aggregate(store, profiles, agg_rows, ref, tune_all) if len(agg_rows) else None, len(agg_rows) > 0,
-    f"Fine-tuning check on {len(agg_rows):,} images", state_key(PAGE, "aggregate_tune"), "Fine-tuning check...",
-    lambda progress: view.aggregate_fine_tune(ctx, profiles, agg_rows, labels_idx[agg_rows], stats, tune_all, progress),
-    lambda t: f"Checked {int(t['n'].max()):,} images", "The fine-tuning check",
-    help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
-    "neighbours in saliency space.",
-)
-if tuned_summary is not None:
-    st.dataframe(view.fine_tune_table(tuned_summary), hide_index=True)
-    how_to_read(f"mean over {int(tuned_summary['n'].max()):,} misclassified images with a 95% bootstrap interval; "
-                "salient filters should correct more images, and more of their neighbours, than random or least salient ones.")
+view.aggregate_section(ctx, profiles, ref, stats, wrong_rows, names, max_k, FineTuneCheck(k=tuned, step=step))
 
 # --------------------------------------------------------------------------- 7. failure modes
-st.subheader("Failure modes")
-if len(wrong_rows) < 2:
-    st.info("Failure modes group misclassified images: this dataset has fewer than 2.")
-    st.stop()
-c1, c2 = st.columns([1, 2])
-n_groups = int(c1.number_input("Groups", 2, 50, **kept(state_key(PAGE, "fm_groups"), 8)))
-fm_key = state_key(PAGE, "fm_layers", ctx.key)
-if st.session_state.get(f"{fm_key}:kept") is None or any(x not in names_l for x in st.session_state[f"{fm_key}:kept"]):
-    st.session_state[f"{fm_key}:kept"] = (names_l[0], names_l[-1])
-fm_span = c2.select_slider("Layer range", names_l, **kept(fm_key, (names_l[0], names_l[-1]))) if len(names_l) > 1 else (names_l[0],) * 2
-modes_est = FailureModes(n_groups=n_groups, min_size=min(5, max(1, len(wrong_rows) // 10)))
-try:
-    with st.spinner("Grouping the errors by their salient filters (cached afterwards)..."):
-        modes_fit = view.failure_modes_for(store, profiles, np.sort(wrong_rows), stats, view.layer_columns(index, tuple(fm_span)), modes_est)
-except BiasLensError as exc:
-    st.error(f"The failure modes cannot be computed: {exc}")
-    st.stop()
-st.caption(f"{len(modes_fit.groups_)} failure mode(s) among {len(wrong_rows):,} misclassified images (k-means in cosine "
-           "geometry of z). " + " ".join(modes_fit.notes_))
-view.mode_boxes(ctx, meta, modes_fit, MODE_SHOWN)
-how_to_read("each box is a group of errors whose salient filters agree; its most typical images come first "
-            "(errors framed and crossed in red).")
-if modes_fit.groups_:  # one save form for the chosen mode, not one per mode (fewer widgets: faster pages)
-    c1, c2 = st.columns([1, 3])
-    chosen = c1.selectbox("Save failure mode", [g.index for g in modes_fit.groups_], format_func=lambda i: f"#{i}",
-                          key=state_key(PAGE, "save_mode_pick", ctx.key))
-    mode = next(g for g in modes_fit.groups_ if g.index == chosen)
-    with c2:
-        save_subset_form(ctx, mode.rows, f"failure mode {mode.index}", view.ORIGIN,
-                         f"failure mode {mode.index} of {len(modes_fit.groups_)} (saliency, layers {fm_span[0]}..{fm_span[1]})",
-                         key=state_key(PAGE, "save_mode", ctx.key, mode.index), params={**modes_est.get_params(), "mode": mode.index})
-
-if store.slice_columns:
-    st.subheader("Scorecard: planted slices")
-    if ground_truth_hidden():
-        hidden_notice("The scorecard against the planted slices")
-    else:
-        view.scorecards(store, meta, modes_fit)
+view.failure_modes_section(ctx, profiles, stats, index, wrong_rows, MODE_SHOWN)

@@ -37,11 +37,15 @@ from core.scorecard import scorecard
 from core.store import Store
 from core.subsets import scope_digest
 from core.ui import cache
+from core.ui.charts import show
 from core.ui.context import PageContext
-from core.ui.method_page import run_with_progress
-from core.ui.widgets import how_to_read
+from core.ui.keys import state_key
+from core.ui.method_page import run_with_progress, save_subset_form
+from core.ui.widgets import group_select, how_to_read, kept
+from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 T = TypeVar("T")
+PAGE = "saliency"  # the page's state keys
 ORIGIN = "saliency"  # the subset origin of groups found here
 MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many points
 LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
@@ -467,3 +471,93 @@ def scorecards(store: Store, meta: pd.DataFrame, modes: FailureModes) -> None:
                                members=cells), hide_index=True, column_config=config)
     how_to_read("for each planted slice, the group whose 10 first images hold most slice images (P@10; ≥ 0.8 = identified) "
                 "and its share of the slice (recall); the failure modes show skill only where they beat the baseline.")
+
+
+# --------------------------------------------------------------------------- the page's last two sections
+
+
+def aggregate_section(ctx: PageContext, profiles: SaliencyProfiles, ref: str, stats: tuple[np.ndarray, np.ndarray, str],
+                      wrong_rows: np.ndarray, subset_names: Sequence[str], max_k: int, tune: FineTuneCheck) -> None:
+    """Turning filters off (Fig. 3) and the fine-tuning check (Fig. 6, with ``tune``'s settings)
+    over many misclassified images, each on its button, with 95% bootstrap intervals."""
+    st.subheader("Turning filters off over many errors")
+    store, labels_idx = ctx.store, ctx.meta()["label_idx"].to_numpy()
+    c1, c2 = st.columns([2, 1])
+    with c1:
+        _, subset_rows = group_select("Images", state_key(PAGE, "agg_source", ctx.key),
+                                      {n: ctx.subsets().get(n).rows for n in subset_names}, "All misclassified images",
+                                      "Only the misclassified images of a subset are used.")
+    cap = int(c2.number_input("At most (highest loss first)", 2, 5000, **kept(state_key(PAGE, "agg_cap"), 100)))
+    pool = wrong_rows if subset_rows is None else wrong_rows[np.isin(wrong_rows, subset_rows)]
+    rows = pool[:cap]
+    turn_off = FilterTurnOff(max_k=max_k)
+    if not len(rows):
+        st.info("No misclassified images in this set.")
+    summary = run_on_demand(
+        cached_aggregate(store, profiles, rows, ref, turn_off) if len(rows) else None, len(rows) > 0,
+        f"Turn filters off on {len(rows):,} images", state_key(PAGE, "aggregate"), "Turning filters off...",
+        lambda progress: aggregate_turn_off(ctx, profiles, rows, labels_idx[rows], stats, turn_off, progress),
+        lambda s: f"Turned filters off on {int(s['n'].max()):,} images", "The aggregate",
+    )
+    if summary is not None:
+        show(turn_off_chart, summary_frame(summary), True)
+        how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
+                    "(bands); the salient order should separate from random and least salient.")
+
+    tuned = run_on_demand(
+        cached_aggregate(store, profiles, rows, ref, tune) if len(rows) else None, len(rows) > 0,
+        f"Fine-tuning check on {len(rows):,} images", state_key(PAGE, "aggregate_tune"), "Fine-tuning check...",
+        lambda progress: aggregate_fine_tune(ctx, profiles, rows, labels_idx[rows], stats, tune, progress),
+        lambda t: f"Checked {int(t['n'].max()):,} images", "The fine-tuning check",
+        help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
+        "neighbours in saliency space.",
+    )
+    if tuned is not None:
+        st.dataframe(fine_tune_table(tuned), hide_index=True)
+        how_to_read(f"mean over {int(tuned['n'].max()):,} misclassified images with a 95% bootstrap interval; "
+                    "salient filters should correct more images, and more of their neighbours, than random or least salient ones.")
+
+
+def failure_modes_section(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.ndarray, np.ndarray, str],
+                          index: FilterIndex, wrong_rows: np.ndarray, shown: int) -> None:
+    """The misclassified images grouped by their salient filters (FailureModes over a layer
+    range), each group savable as a subset, and their scorecard beside the confusion-cell
+    baseline on a workspace with planted slices."""
+    st.subheader("Failure modes")
+    if len(wrong_rows) < 2:
+        st.info("Failure modes group misclassified images: this dataset has fewer than 2.")
+        return
+    store, meta, layers = ctx.store, ctx.meta(), list(index.layers)
+    c1, c2 = st.columns([1, 2])
+    n_groups = int(c1.number_input("Groups", 2, 50, **kept(state_key(PAGE, "fm_groups"), 8)))
+    span_key = state_key(PAGE, "fm_layers", ctx.key)
+    if st.session_state.get(f"{span_key}:kept") is None or any(x not in layers for x in st.session_state[f"{span_key}:kept"]):
+        st.session_state[f"{span_key}:kept"] = (layers[0], layers[-1])
+    span = c2.select_slider("Layer range", layers, **kept(span_key, (layers[0], layers[-1]))) if len(layers) > 1 else (layers[0],) * 2
+    estimator = FailureModes(n_groups=n_groups, min_size=min(5, max(1, len(wrong_rows) // 10)))
+    try:
+        with st.spinner("Grouping the errors by their salient filters (cached afterwards)..."):
+            modes = failure_modes_for(store, profiles, np.sort(wrong_rows), stats, layer_columns(index, tuple(span)), estimator)
+    except BiasLensError as exc:
+        st.error(f"The failure modes cannot be computed: {exc}")
+        return
+    st.caption(f"{len(modes.groups_)} failure mode(s) among {len(wrong_rows):,} misclassified images (k-means in cosine "
+               "geometry of z). " + " ".join(modes.notes_))
+    mode_boxes(ctx, meta, modes, shown)
+    how_to_read("each box is a group of errors whose salient filters agree; its most typical images come first "
+                "(errors framed and crossed in red).")
+    if modes.groups_:  # one save form for the chosen mode, not one per mode (fewer widgets: faster pages)
+        c1, c2 = st.columns([1, 3])
+        chosen = c1.selectbox("Save failure mode", [g.index for g in modes.groups_], format_func=lambda i: f"#{i}",
+                              key=state_key(PAGE, "save_mode_pick", ctx.key))
+        mode = next(g for g in modes.groups_ if g.index == chosen)
+        with c2:
+            save_subset_form(ctx, mode.rows, f"failure mode {mode.index}", ORIGIN,
+                             f"failure mode {mode.index} of {len(modes.groups_)} (saliency, layers {span[0]}..{span[1]})",
+                             key=state_key(PAGE, "save_mode", ctx.key, mode.index), params={**estimator.get_params(), "mode": mode.index})
+    if store.slice_columns:
+        st.subheader("Scorecard: planted slices")
+        if ground_truth_hidden():
+            hidden_notice("The scorecard against the planted slices")
+        else:
+            scorecards(store, meta, modes)
