@@ -10,8 +10,9 @@ gives the same store files and fingerprint.
 Each Ray actor rebuilds the model and dataset from the workspace (so every machine must
 see the same model weights and image paths), loads its rows' images with the local
 path's transform and runs the forward pass under ``torch.inference_mode()``. One actor
-per GPU when the cluster has GPUs; otherwise one CPU actor (on a 2-CPU machine two CPU
-actors starve the reads and hang).
+per GPU when the cluster has GPUs; otherwise one CPU actor per CPU but one: Ray Data's
+read tasks need a CPU as well, and actors holding every CPU starved them (a 2-CPU machine
+with two 1-CPU actors hung), so asking for more CPU actors makes them share the CPUs left.
 
 Ray is an optional extra (``pip install -e '.[scale]'``), imported only when used.
 """
@@ -136,7 +137,8 @@ class RaySource:
 
     ``address``: a running cluster ("HOST:6379" or "auto"); None starts a local Ray for
     the call (unless Ray is already initialised in this process) and stops it afterwards.
-    ``actors``: how many model actors (default: one per GPU, else 1 on CPU);
+    ``actors``: how many model actors (default: one per GPU, else one per CPU but one, which
+    Ray Data's read tasks keep; more CPU actors share the CPUs left);
     ``num_gpus_per_actor``: GPUs each actor holds (default 1 when the cluster has GPUs).
     """
 
@@ -197,7 +199,12 @@ class RaySource:
             per_actor = self.num_gpus_per_actor or 1.0
             size = self.actors or max(1, int(gpus // per_actor))
             return ray.data.ActorPoolStrategy(size=size), {"num_gpus": per_actor}
-        return ray.data.ActorPoolStrategy(size=self.actors or 1), {"num_cpus": 1}
+        # Ray Data's read tasks need a CPU too: actors holding every CPU would leave them none
+        # and the build would wait forever (seen with 2 actors on 2 CPUs). The actors share
+        # what is left, each at most one CPU.
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        size = self.actors or max(1, int(cpus) - 1)
+        return ray.data.ActorPoolStrategy(size=size), {"num_cpus": min(1.0, max(0.1, (cpus - 1) / size))}
 
     # --- the output source -------------------------------------------------------------
     def __call__(self, layers: list[str], want_core: bool, start: int) -> Iterator[tuple[int, Outputs]]:

@@ -108,6 +108,15 @@ def test_ray_outputs_equal_local(local_ray, ws, reference):
         np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.timeout(300)  # the bug was a hang: fail instead
+def test_as_many_cpu_actors_as_cpus_share_them_and_finish(local_ray, ws, reference):
+    """Two actors on a 2-CPU Ray used to take both CPUs and leave none to Ray Data's read
+    tasks: the build waited forever. They now share the CPU the reads leave."""
+    rows, by_key = _gather(RaySource(ws, batch_size=64, actors=2), start=0)
+    assert sorted(rows) == list(range(N))
+    np.testing.assert_allclose(np.stack([by_key["logits"][r] for r in range(N)]), reference["logits"], atol=1e-5)
+
+
 def test_ray_start_offset(local_ray, ws, reference):
     rows, by_key = _gather(RaySource(ws, batch_size=48), start=100)
     assert sorted(rows) == list(range(100, N))
