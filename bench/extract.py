@@ -19,7 +19,17 @@ images rendered at 256 px); ``store_over_gpu_<arch>`` their ratio (targets on on
 resnet50 >= 0.8, resnet18 >= 0.5), and ``stages_<arch>`` where the build's time went. Without
 CUDA these keys say "no cuda".
 
-    .venv/bin/python bench/extract.py [--precision bf16]
+Ray Data (issue 14): ``ray_over_single_cpu`` is the demo's 10k store built through a local Ray
+(``RaySource`` with its default CPU actors, as ``build --ray``) over the single-process build, in images/s, both on this
+machine's CPUs; ``ray_start_s`` is the local Ray's start, which the cold figure
+``ray_over_single_cpu_cold`` includes; ``ray_first_batch_s`` is how long the actors took to
+start (each a Python process that imports torch and rebuilds the model and the dataset)
+and ``ray_steady_over_single_cpu`` the throughput after that over the single process's;
+``ray_identical`` says whether the two stores hold the
+same rows, metadata, arrays (to 1e-5) and fingerprint. Without Ray installed these keys say
+so. ``--skip-ray`` leaves them out.
+
+    .venv/bin/python bench/extract.py [--precision bf16] [--skip-ray]
 """
 
 from __future__ import annotations
@@ -139,6 +149,65 @@ def gpu_figures(precision: str) -> dict:
     return figures
 
 
+def stores_identical(a, b) -> bool:
+    """Same fingerprint, metadata and every stored array (float tolerance 1e-5)."""
+    import numpy as np
+
+    if a.fingerprint != b.fingerprint or not a.meta().equals(b.meta()):
+        return False
+    names = ["logits", *a.representations()]
+    arrays = [(np.asarray(a.logits()), np.asarray(b.logits()))] + [
+        (np.asarray(a.representation(n)), np.asarray(b.representation(n))) for n in names[1:]]
+    return all(x.shape == y.shape and np.allclose(x, y, atol=1e-5, rtol=0) for x, y in arrays)
+
+
+def ray_figures() -> dict:
+    """The demo's store built by a local Ray vs in one process, on this machine's CPUs."""
+    try:
+        import ray
+
+        from core.ray_extract import RaySource, init_local_ray
+    except ImportError:
+        return {"ray_over_single_cpu": "ray not installed", "ray_identical": None}
+    from core.workspace import demo_workspace
+
+    ws = demo_workspace()
+    model = load_model(ws.model, "cpu")
+    dataset = build_dataset(ws.dataset)
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        single = build_store(ws.name, model, dataset, None, batch_size=ws.batch_size, root=Path(root) / "single")
+        single_s = time.perf_counter() - start
+        start = time.perf_counter()
+        init_local_ray()
+        started_s = time.perf_counter() - start
+        arrivals: list[tuple[float, int]] = []  # (time, rows) of every batch the actors return
+
+        def timed(layers: list[str], want_core: bool, first: int):
+            for item in RaySource(ws, batch_size=ws.batch_size)(layers, want_core, first):  # `build --ray`'s defaults
+                arrivals.append((time.perf_counter(), len(item[1]["logits"])))
+                yield item
+
+        try:
+            start = time.perf_counter()
+            built = build_store(ws.name, model, dataset, None, batch_size=ws.batch_size, root=Path(root) / "ray",
+                                source=timed)
+            ray_s = time.perf_counter() - start
+        finally:
+            ray.shutdown()
+        identical = stores_identical(single, built)
+    n = len(dataset)
+    first_s = arrivals[0][0] - start  # the actors' start: a Python process each, torch, the model, the dataset
+    steady_ips = (n - arrivals[0][1]) / (arrivals[-1][0] - arrivals[0][0])
+    print(f"ray: {n} images, single process {n / single_s:.0f} img/s, local Ray {n / ray_s:.0f} img/s "
+          f"(+ {started_s:.1f} s to start Ray; first batch after {first_s:.1f} s, then {steady_ips:.0f} img/s), "
+          f"identical {identical}")
+    return {"ray_over_single_cpu": round(single_s / ray_s, 3), "ray_over_single_cpu_cold": round(single_s / (ray_s + started_s), 3),
+            "ray_steady_over_single_cpu": round(steady_ips / (n / single_s), 3), "ray_first_batch_s": round(first_s, 1),
+            "ray_start_s": round(started_s, 1), "ray_ips": round(n / ray_s, 1), "single_ips": round(n / single_s, 1),
+            "ray_identical": identical}
+
+
 def main() -> None:
     precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "fp32"
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,6 +222,7 @@ def main() -> None:
         "demo": demo,
         "resnet18": rn18,
         **gpu_figures(precision),
+        **({} if "--skip-ray" in sys.argv else ray_figures()),
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "machine": platform.node(),
         "date": time.strftime("%Y-%m-%d"),

@@ -10,9 +10,10 @@ gives the same store files and fingerprint.
 Each Ray actor rebuilds the model and dataset from the workspace (so every machine must
 see the same model weights and image paths), loads its rows' images with the local
 path's transform and runs the forward pass under ``torch.inference_mode()``. One actor
-per GPU when the cluster has GPUs; otherwise one CPU actor per CPU but one: Ray Data's
-read tasks need a CPU as well, and actors holding every CPU starved them (a 2-CPU machine
-with two 1-CPU actors hung), so asking for more CPU actors makes them share the CPUs left.
+per GPU when the cluster has GPUs; otherwise one CPU actor per CPU. The row numbers are
+handed to Ray as in-memory blocks, not read by Ray Data read tasks: read tasks need a CPU
+of their own, and actors holding every CPU starved them (two 1-CPU actors on a 2-CPU
+machine waited forever).
 
 Ray is an optional extra (``pip install -e '.[scale]'``), imported only when used.
 """
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from core.errors import BiasLensError, StoreError
 from core.pipeline import PRECISIONS, Outputs, forward_outputs
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from core.workspace import Workspace
 
 _ROW = "row"
+BATCHES_PER_BLOCK = 4  # rows handed to an actor at a time, in batches
 _ACTOR_ERROR = re.compile(r"core\.errors\.\w+Error: (The Ray build failed on images [^\n]*)")
 _INSTALL = "Ray is not installed: pip install -e '.[scale]' (or pip install 'ray[data]==2.60.*')."
 
@@ -52,8 +55,7 @@ class _Extractor:
     """The Ray actor: model + dataset rebuilt from the workspace, one forward per batch."""
 
     def __init__(
-        self, workspace: Workspace, layers: list[str], want_core: bool, offset: int,
-        precision: str, hosted: bool,
+        self, workspace: Workspace, layers: list[str], want_core: bool, precision: str, hosted: bool,
     ) -> None:
         import torch
 
@@ -62,7 +64,6 @@ class _Extractor:
         from core.sources import build_dataset
 
         self.torch = torch
-        self.offset = offset
         self.precision = precision
         self.keys = (["logits", "embedding"] if want_core else []) + [
             f"{ly}.{pool}" for ly in layers for pool in ("mean", "max")
@@ -74,7 +75,7 @@ class _Extractor:
         self.transform = make_transform(self.model.input_size, self.model.mean, self.model.std)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = np.asarray(batch["id"], dtype=np.int64) + self.offset
+        rows = np.asarray(batch["id"], dtype=np.int64)
         try:
             images = self.torch.stack([self.transform(self.dataset.load_image(int(r))) for r in rows])
             with self.torch.inference_mode():
@@ -137,8 +138,8 @@ class RaySource:
 
     ``address``: a running cluster ("HOST:6379" or "auto"); None starts a local Ray for
     the call (unless Ray is already initialised in this process) and stops it afterwards.
-    ``actors``: how many model actors (default: one per GPU, else one per CPU but one, which
-    Ray Data's read tasks keep; more CPU actors share the CPUs left);
+    ``actors``: how many model actors (default: one per GPU, else one per CPU; more CPU
+    actors than CPUs share them);
     ``num_gpus_per_actor``: GPUs each actor holds (default 1 when the cluster has GPUs).
     """
 
@@ -199,12 +200,11 @@ class RaySource:
             per_actor = self.num_gpus_per_actor or 1.0
             size = self.actors or max(1, int(gpus // per_actor))
             return ray.data.ActorPoolStrategy(size=size), {"num_gpus": per_actor}
-        # Ray Data's read tasks need a CPU too: actors holding every CPU would leave them none
-        # and the build would wait forever (seen with 2 actors on 2 CPUs). The actors share
-        # what is left, each at most one CPU.
+        # no read tasks compete for the CPUs (the rows come as in-memory blocks): one actor
+        # per CPU, and more actors than CPUs share them
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        size = self.actors or max(1, int(cpus) - 1)
-        return ray.data.ActorPoolStrategy(size=size), {"num_cpus": min(1.0, max(0.1, (cpus - 1) / size))}
+        size = self.actors or max(1, int(cpus))
+        return ray.data.ActorPoolStrategy(size=size), {"num_cpus": min(1.0, cpus / size)}
 
     # --- the output source -------------------------------------------------------------
     def __call__(self, layers: list[str], want_core: bool, start: int) -> Iterator[tuple[int, Outputs]]:
@@ -222,11 +222,14 @@ class RaySource:
             if start >= n:
                 return
             strategy, resources = self._pool(ray)
-            data = ray.data.range(n - start).map_batches(
+            rows = np.arange(start, n, dtype=np.int64)
+            per_block = self.batch_size * BATCHES_PER_BLOCK  # the unit an actor takes at a time
+            blocks = [pd.DataFrame({"id": rows[i : i + per_block]}) for i in range(0, len(rows), per_block)]
+            data = ray.data.from_pandas(blocks).map_batches(
                 _Extractor,
                 fn_constructor_kwargs={
                     "workspace": self.workspace, "layers": layers, "want_core": want_core,
-                    "offset": start, "precision": self.precision, "hosted": self.hosted,
+                    "precision": self.precision, "hosted": self.hosted,
                 },
                 compute=strategy,
                 batch_size=self.batch_size,

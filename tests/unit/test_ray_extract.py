@@ -111,10 +111,12 @@ def test_ray_outputs_equal_local(local_ray, ws, reference):
 @pytest.mark.timeout(300)  # the bug was a hang: fail instead
 def test_as_many_cpu_actors_as_cpus_share_them_and_finish(local_ray, ws, reference):
     """Two actors on a 2-CPU Ray used to take both CPUs and leave none to Ray Data's read
-    tasks: the build waited forever. They now share the CPU the reads leave."""
-    rows, by_key = _gather(RaySource(ws, batch_size=64, actors=2), start=0)
-    assert sorted(rows) == list(range(N))
-    np.testing.assert_allclose(np.stack([by_key["logits"][r] for r in range(N)]), reference["logits"], atol=1e-5)
+    tasks: the build waited forever. The rows now come as in-memory blocks (no read tasks),
+    and more actors than CPUs share them."""
+    for actors in (2, 3):
+        rows, by_key = _gather(RaySource(ws, batch_size=32, actors=actors), start=0)
+        assert sorted(rows) == list(range(N))
+        np.testing.assert_allclose(np.stack([by_key["logits"][r] for r in range(N)]), reference["logits"], atol=1e-5)
 
 
 def test_ray_start_offset(local_ray, ws, reference):
