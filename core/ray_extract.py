@@ -193,18 +193,18 @@ class RaySource:
             ray.shutdown()
             self._started_local = False
 
-    def _pool(self, ray: Any) -> tuple[Any, dict[str, Any]]:
-        """The actor pool strategy and per-actor resources for the cluster at hand."""
+    def _pool(self, ray: Any) -> tuple[int, dict[str, Any]]:
+        """How many actors, and the resources of each, for the cluster at hand."""
         gpus = float(ray.cluster_resources().get("GPU", 0))
         if gpus > 0:
             per_actor = self.num_gpus_per_actor or 1.0
             size = self.actors or max(1, int(gpus // per_actor))
-            return ray.data.ActorPoolStrategy(size=size), {"num_gpus": per_actor}
+            return size, {"num_gpus": per_actor}
         # no read tasks compete for the CPUs (the rows come as in-memory blocks): one actor
         # per CPU, and more actors than CPUs share them
         cpus = float(ray.cluster_resources().get("CPU", 1))
         size = self.actors or max(1, int(cpus))
-        return ray.data.ActorPoolStrategy(size=size), {"num_cpus": min(1.0, cpus / size)}
+        return size, {"num_cpus": min(1.0, cpus / size)}
 
     # --- the output source -------------------------------------------------------------
     def __call__(self, layers: list[str], want_core: bool, start: int) -> Iterator[tuple[int, Outputs]]:
@@ -221,9 +221,10 @@ class RaySource:
             n = self._dataset_length()
             if start >= n:
                 return
-            strategy, resources = self._pool(ray)
+            actors, resources = self._pool(ray)
             rows = np.arange(start, n, dtype=np.int64)
-            per_block = self.batch_size * BATCHES_PER_BLOCK  # the unit an actor takes at a time
+            # the unit an actor takes at a time: a few batches, but every actor gets a block
+            per_block = max(1, min(self.batch_size * BATCHES_PER_BLOCK, -(-len(rows) // actors)))
             blocks = [pd.DataFrame({"id": rows[i : i + per_block]}) for i in range(0, len(rows), per_block)]
             data = ray.data.from_pandas(blocks).map_batches(
                 _Extractor,
@@ -231,7 +232,7 @@ class RaySource:
                     "workspace": self.workspace, "layers": layers, "want_core": want_core,
                     "precision": self.precision, "hosted": self.hosted,
                 },
-                compute=strategy,
+                compute=ray.data.ActorPoolStrategy(size=actors),
                 batch_size=self.batch_size,
                 batch_format="numpy",
                 **resources,
