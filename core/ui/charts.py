@@ -75,7 +75,7 @@ def accuracy_intervals(
     rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(strokeDash=[4, 4], color="#1f77b4").encode(
         x="overall:Q"
     )
-    return (bars + points + rule).properties(height=max(140, 26 * len(data)))
+    return (bars + points + rule).properties(height=max(170, 26 * len(data)))  # the x axis takes ~70 px of it
 
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = True) -> alt.Chart:
