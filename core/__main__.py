@@ -189,12 +189,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"slices where a method beats the baseline by >= 0.3 in P@10: {', '.join(result['beats_baseline']) or 'none'}")
     if args.held_out:
         from core.score import held_out_tables
+        from core.significance import HELD_OUT_SHOWN
 
-        shown = ["group", "discovery n", "discovery gap", "held-out n", "held-out gap", "held-out low", "held-out high", "held-out q"]
         for method, table in held_out_tables(store, methods).items():
             print(f"\n{method}: found on a random half, measured on the other")
             with pd.option_context("display.width", 200, "display.max_columns", 20):
-                print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(table) else "  no groups")
+                print(table[HELD_OUT_SHOWN].to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(table) else "  no groups")
     print(json.dumps(figures(result)))
     return 0
 

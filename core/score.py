@@ -26,12 +26,13 @@ from core.store import Store
 Groups = tuple[list[str], list[np.ndarray], list[np.ndarray]]  # names, rankings, members
 BASELINE = "baseline"
 MARGIN = 0.3  # a method "beats" the baseline on a slice by at least this much P@10
+PAGE_SPOTLIGHT = Spotlight(size=0.02, n_spotlights=5)  # the Spotlight page's defaults (fit clones it)
 
 
 def spotlight_groups(store: Store, meta: pd.DataFrame) -> Groups:
     """The Spotlight page's default run: 5 spotlights of 2% of the embedding; each ranks the images by
     weight, and its members are its top S images."""
-    fitted = Spotlight(size=0.02, n_spotlights=5).fit(np.asarray(store.representation("embedding")), meta["loss"].to_numpy())
+    fitted = PAGE_SPOTLIGHT.fit(np.asarray(store.representation("embedding")), meta["loss"].to_numpy())
     names = [f"spotlight {s.index + 1}" for s in fitted.spotlights_]
     return names, [s.weights for s in fitted.spotlights_], [s.top_rows(fitted.size_) for s in fitted.spotlights_]
 
@@ -78,10 +79,9 @@ def spotlight_held_out(
 
     def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         fitted = clone(spotlight).fit(x[rows], losses[rows])
-        found = fitted.weights_for(x[rows])  # the same arithmetic as on the held-out rows
-        thresholds = -np.sort(-found, axis=1)[:, fitted.size_ - 1]  # each spotlight's S-th weight
-        return {f"Spotlight {j + 1}": (lambda r, j=j, t=t: fitted.weights_for(x[r])[j] >= t)
-                for j, t in enumerate(thresholds)}
+        weights = fitted.weights_for(x)  # the fitted kernels on every image, once (the same arithmetic on both halves)
+        thresholds = -np.sort(-weights[:, rows], axis=1)[:, fitted.size_ - 1]  # each spotlight's S-th discovery weight
+        return {f"Spotlight {j + 1}": (lambda r, j=j, t=t: weights[j, r] >= t) for j, t in enumerate(thresholds)}
 
     return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
 
@@ -89,17 +89,21 @@ def spotlight_held_out(
 METHODS: dict[str, Callable[[Store, pd.DataFrame], Groups]] = {"spotlight": spotlight_groups, "udis": udis_groups}
 
 
+def _check_methods(methods: Sequence[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DataError(f"Unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}.")
+
+
 def held_out_tables(store: Store, methods: Sequence[str] = tuple(METHODS), seed: int = 0) -> dict[str, pd.DataFrame]:
     """Each method's split-half confirmation with its page's defaults: spotlights
     (``spotlight_held_out``) and UDIS's under-performing subgroups at VisCUIT's threshold
     (``udis_held_out``). Needs no ground truth."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise DataError(f"Unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}.")
+    _check_methods(methods)
     meta = store.meta()
     x, correct = np.asarray(store.representation("embedding")), meta["correct"].to_numpy(dtype=bool)
     runs = {
-        "spotlight": lambda: spotlight_held_out(x, meta["loss"].to_numpy(), correct, Spotlight(size=0.02, n_spotlights=5), seed),
+        "spotlight": lambda: spotlight_held_out(x, meta["loss"].to_numpy(), correct, PAGE_SPOTLIGHT, seed),
         "udis": lambda: udis_held_out(x, correct, UDIS(), VISCUIT_THRESHOLD, seed),
     }
     return {m: runs[m]() for m in methods}
@@ -110,9 +114,7 @@ def score_store(store: Store, methods: Sequence[str] = tuple(METHODS)) -> dict[s
     counts. DataError when the store has no ground truth or a method is unknown."""
     if not store.slice_columns:
         raise DataError("This workspace has no ground truth (slice_* columns): nothing to score against.")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise DataError(f"Unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}.")
+    _check_methods(methods)
     meta = store.meta()
     truth = meta[store.slice_columns].to_numpy(dtype=bool)
     slices = [c.removeprefix("slice_") for c in store.slice_columns]

@@ -31,6 +31,9 @@ Group = np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 _COLUMNS = ["group", "n", "accuracy", "rest n", "rest accuracy", "gap", "low", "high", "p", "q", "significant", "note"]
 _PER_HALF = ["n", "accuracy", "rest accuracy", "gap", "low", "high", "p"]
+# what a reader of split_half's table needs: the gap where the group was found and where it was not
+HELD_OUT_SHOWN = ["group", "discovery n", "discovery gap", "held-out n", "held-out gap", "held-out low", "held-out high",
+                  "held-out q", "note"]
 
 
 def benjamini_hochberg(p: Sequence[float] | np.ndarray) -> np.ndarray:

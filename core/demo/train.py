@@ -26,7 +26,7 @@ from core.demo.generator import RenderedSplit, render
 from core.demo.model import DEFAULT_WEIGHTS, MEAN, STD, DemoCNN
 from core.demo.spec import DEFAULT_SLICES, DemoSpec
 
-DEFAULT_EPOCHS = 8  # the committed weights (demo_cnn.json); 6 before the fourth slice cost ~0.8 points
+DEFAULT_EPOCHS = 8  # the committed weights (demo_cnn.json); 6 until the fourth slice was planted
 DEFAULT_BATCH = 128
 
 Progress = Callable[[float, str], None]

@@ -17,7 +17,7 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.scorecard import baseline_groups, compare_with_baseline, domino_scorecard
-from core.significance import group_tests
+from core.significance import HELD_OUT_SHOWN, group_tests
 from core.store import Store
 from core.ui import cache, image_detail
 from core.ui.context import PageContext
@@ -182,8 +182,7 @@ def _held_out_table(cached: pd.DataFrame | None, run: Callable[[], pd.DataFrame]
     if table is None:
         return
     st.markdown("**Held-out confirmation** (found on one random half, measured on the other)")
-    shown = ["group", "discovery n", "discovery gap", "held-out n", "held-out gap", "held-out low", "held-out high", "held-out q", "note"]
-    st.dataframe(table[[c for c in shown if c in table.columns]], hide_index=True, column_config={
+    st.dataframe(table[[c for c in HELD_OUT_SHOWN if c in table.columns]], hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="%+.3f") for c in ("discovery gap", "held-out gap", "held-out low", "held-out high")
     } | {"held-out q": st.column_config.NumberColumn(format="%.2g")})
     how_to_read("the gap on the half that found the group is optimistic (it was picked there); a real failure keeps its "
