@@ -25,20 +25,15 @@ from core.ui.widgets import how_to_read, kept, percent
 
 PAGE = "saliency"
 VIEW = 224
-PICK_SHOWN = 16
 NEIGHBOURS = 10
 MODE_SHOWN = 10
-WHOLE = "Whole dataset"
 
 ctx = page_context()
 store, meta = ctx.store, ctx.meta()
 classes = store.classes
 labels_idx = meta["label_idx"].to_numpy()
 correct = meta["correct"].to_numpy()
-losses = meta["loss"].to_numpy()
 wrong_rows = meta.loc[~meta["correct"]].sort_values("loss", ascending=False)["row"].to_numpy()
-ROW = state_key(PAGE, "row", ctx.key)
-ROW_WIDGET = state_key(PAGE, "row_id", ctx.key)
 
 st.title("Filter saliency")
 st.caption(
@@ -107,75 +102,16 @@ if view.uses_loop(ctx, index, profiles):
 
 # --------------------------------------------------------------------------- 2. reference set
 names = ctx.subsets().names()
-ref_key = state_key(PAGE, "reference", ctx.key)
-if st.session_state.get(f"{ref_key}:kept", WHOLE) not in [WHOLE, *names]:
-    st.warning(f"The reference subset '{st.session_state[f'{ref_key}:kept']}' no longer exists: the whole dataset is used.")
-    st.session_state[f"{ref_key}:kept"] = WHOLE
-reference = st.selectbox(
-    "Reference set", [WHOLE, *names], **kept(ref_key, WHOLE),
-    help="Profiles are standardised (z = (s − μ) / σ) against this set's mean and standard deviation per filter.",
-)
-ref_rows = None if reference == WHOLE else np.asarray(ctx.subsets().get(reference).rows, dtype=np.int64)
-try:
-    stats = view.reference_stats(store, profiles, ref_rows)
-except BiasLensError as exc:
-    st.error(f"{exc}")
-    stats = view.reference_stats(store, profiles, None)
+stats = view.reference_section(ctx, profiles, names)
 mu, sigma, ref = stats
 
 # --------------------------------------------------------------------------- 3. Fig. 1 and 2
-means = view.mean_profiles(store, profiles, correct)
-left, right = st.columns(2)
-with left:
-    st.markdown("**Raw saliency profile** (mean over images)")
-    points, bounds = view.profile_frame(means, index, mu, sigma, standardised=False)
-    show(view.profile_chart, points, bounds, "mean |∂L/∂W| per filter (log)", log=True)
-with right:
-    st.markdown("**Standardised profile** (mean z against the reference set)")
-    points, bounds = view.profile_frame(means, index, mu, sigma, standardised=True)
-    show(view.profile_chart, points, bounds, "mean z per filter")
-how_to_read("each layer's filters sorted by value, layers left to right between dashed lines; misclassified images "
-            "(red) have higher saliency than correct ones (blue), most visibly once standardised.")
+view.profile_figures(store, profiles, correct, stats)
 
 # --------------------------------------------------------------------------- 4. pick an image
-st.subheader("Pick an image")
-modes = ["Misclassified images", "A saved subset", "By row"]
-mode = st.segmented_control("From", modes, **kept(state_key(PAGE, "pick_mode"), modes[0])) or modes[0]
-if st.session_state.get(ROW) is None or not 0 <= int(st.session_state[ROW]) < store.n:
-    st.session_state[ROW] = int(wrong_rows[0]) if len(wrong_rows) else 0
-
-
-def select_button(col, rec) -> None:
-    row = int(rec["row"])
-    col.button("Select", key=state_key(PAGE, "select", row), width="stretch",
-               type="primary" if row == st.session_state[ROW] else "secondary",
-               on_click=st.session_state.__setitem__, args=(ROW, row))
-
-
-if mode == "By row":
-    st.session_state[ROW_WIDGET] = int(st.session_state[ROW])
-    st.number_input("Row", 0, store.n - 1, step=1, key=ROW_WIDGET, help="The image's store row (0-based).",
-                    on_change=lambda: st.session_state.__setitem__(ROW, int(st.session_state[ROW_WIDGET])))
-elif mode == "A saved subset":
-    if not names:
-        st.info("No saved subsets yet: save one on *Cohorts & subsets* or below.")
-    else:
-        subset_key = state_key(PAGE, "pick_subset", ctx.key)
-        if st.session_state.get(f"{subset_key}:kept") not in names:
-            st.session_state[f"{subset_key}:kept"] = names[0]
-        subset = st.selectbox("Subset", names, **kept(subset_key, names[0]))
-        rows = np.asarray(ctx.subsets().get(subset).rows, dtype=np.int64)
-        rows = rows[np.argsort(-losses[rows], kind="stable")][:PICK_SHOWN]
-        gallery(ctx, meta, rows, below=select_button, origin="saliency-pick-subset")
-        how_to_read("the subset's highest-loss images; press Select under one.")
-elif not len(wrong_rows):
-    st.info("The model classifies every image correctly: pick one by row.")
-else:
-    gallery(ctx, meta, wrong_rows[:PICK_SHOWN], below=select_button, origin="saliency-pick")
-    how_to_read(f"the {min(PICK_SHOWN, len(wrong_rows))} misclassified images of highest loss (of {len(wrong_rows):,}); press Select under one.")
+row = view.pick_image(ctx, wrong_rows, names)
 
 # --------------------------------------------------------------------------- 5. the picked image
-row = int(st.session_state[ROW])
 rec = meta.iloc[row]
 label = int(rec["label_idx"])
 st.subheader(f"Image {rec['id']} (row {row})")

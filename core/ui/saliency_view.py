@@ -40,12 +40,14 @@ from core.ui import cache
 from core.ui.charts import show
 from core.ui.context import PageContext
 from core.ui.keys import state_key
-from core.ui.method_page import run_with_progress, save_subset_form
+from core.ui.method_page import gallery, run_with_progress, save_subset_form
 from core.ui.widgets import group_select, how_to_read, kept
 from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 T = TypeVar("T")
 PAGE = "saliency"  # the page's state keys
+WHOLE = "Whole dataset"  # the default reference set
+PICK_SHOWN = 16  # images in the pick galleries
 ORIGIN = "saliency"  # the subset origin of groups found here
 MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many points
 LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
@@ -561,3 +563,87 @@ def failure_modes_section(ctx: PageContext, profiles: SaliencyProfiles, stats: t
             hidden_notice("The scorecard against the planted slices")
         else:
             scorecards(store, meta, modes)
+
+
+# --------------------------------------------------------------------------- the page's first sections
+
+
+def reference_section(ctx: PageContext, profiles: SaliencyProfiles,
+                      subset_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The reference set picker (the whole dataset or a saved subset) and its statistics
+    (mu, sigma, key); a deleted or unusable subset falls back to the whole dataset, said so."""
+    ref_key = state_key(PAGE, "reference", ctx.key)
+    if st.session_state.get(f"{ref_key}:kept", WHOLE) not in [WHOLE, *subset_names]:
+        st.warning(f"The reference subset '{st.session_state[f'{ref_key}:kept']}' no longer exists: the whole dataset is used.")
+        st.session_state[f"{ref_key}:kept"] = WHOLE
+    reference = st.selectbox(
+        "Reference set", [WHOLE, *subset_names], **kept(ref_key, WHOLE),
+        help="Profiles are standardised (z = (s − μ) / σ) against this set's mean and standard deviation per filter.",
+    )
+    ref_rows = None if reference == WHOLE else np.asarray(ctx.subsets().get(reference).rows, dtype=np.int64)
+    try:
+        return reference_stats(ctx.store, profiles, ref_rows)
+    except BiasLensError as exc:
+        st.error(f"{exc}")
+        return reference_stats(ctx.store, profiles, None)
+
+
+def profile_figures(store: Store, profiles: SaliencyProfiles, correct: np.ndarray,
+                    stats: tuple[np.ndarray, np.ndarray, str]) -> None:
+    """The paper's Fig. 1 and 2: raw and standardised profiles averaged over correct and
+    misclassified images, filters sorted within each layer, layers left to right."""
+    mu, sigma, _ = stats
+    means = mean_profiles(store, profiles, correct)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Raw saliency profile** (mean over images)")
+        points, bounds = profile_frame(means, profiles.index, mu, sigma, standardised=False)
+        show(profile_chart, points, bounds, "mean |∂L/∂W| per filter (log)", log=True)
+    with right:
+        st.markdown("**Standardised profile** (mean z against the reference set)")
+        points, bounds = profile_frame(means, profiles.index, mu, sigma, standardised=True)
+        show(profile_chart, points, bounds, "mean z per filter")
+    how_to_read("each layer's filters sorted by value, layers left to right between dashed lines; misclassified images "
+                "(red) have higher saliency than correct ones (blue), most visibly once standardised.")
+
+
+def pick_image(ctx: PageContext, wrong_rows: np.ndarray, subset_names: Sequence[str]) -> int:
+    """Pick the image to explain: from the misclassified gallery (default), a saved subset's
+    highest-loss images, or by row. Returns the picked store row (kept in session state)."""
+    st.subheader("Pick an image")
+    store, meta = ctx.store, ctx.meta()
+    picked, widget = state_key(PAGE, "row", ctx.key), state_key(PAGE, "row_id", ctx.key)
+    modes = ["Misclassified images", "A saved subset", "By row"]
+    mode = st.segmented_control("From", modes, **kept(state_key(PAGE, "pick_mode"), modes[0])) or modes[0]
+    if st.session_state.get(picked) is None or not 0 <= int(st.session_state[picked]) < store.n:
+        st.session_state[picked] = int(wrong_rows[0]) if len(wrong_rows) else 0
+
+    def select_button(col: Any, rec: pd.Series) -> None:
+        row = int(rec["row"])
+        col.button("Select", key=state_key(PAGE, "select", row), width="stretch",
+                   type="primary" if row == st.session_state[picked] else "secondary",
+                   on_click=st.session_state.__setitem__, args=(picked, row))
+
+    if mode == "By row":
+        st.session_state[widget] = int(st.session_state[picked])
+        st.number_input("Row", 0, store.n - 1, step=1, key=widget, help="The image's store row (0-based).",
+                        on_change=lambda: st.session_state.__setitem__(picked, int(st.session_state[widget])))
+    elif mode == "A saved subset":
+        if not subset_names:
+            st.info("No saved subsets yet: save one on *Cohorts & subsets* or below.")
+        else:
+            subset_key = state_key(PAGE, "pick_subset", ctx.key)
+            if st.session_state.get(f"{subset_key}:kept") not in subset_names:
+                st.session_state[f"{subset_key}:kept"] = subset_names[0]
+            subset = st.selectbox("Subset", subset_names, **kept(subset_key, subset_names[0]))
+            rows = np.asarray(ctx.subsets().get(subset).rows, dtype=np.int64)
+            rows = rows[np.argsort(-meta["loss"].to_numpy()[rows], kind="stable")][:PICK_SHOWN]
+            gallery(ctx, meta, rows, below=select_button, origin="saliency-pick-subset")
+            how_to_read("the subset's highest-loss images; press Select under one.")
+    elif not len(wrong_rows):
+        st.info("The model classifies every image correctly: pick one by row.")
+    else:
+        gallery(ctx, meta, wrong_rows[:PICK_SHOWN], below=select_button, origin="saliency-pick")
+        how_to_read(f"the {min(PICK_SHOWN, len(wrong_rows))} misclassified images of highest loss (of {len(wrong_rows):,}); "
+                    "press Select under one.")
+    return int(st.session_state[picked])
