@@ -27,20 +27,27 @@ start (each a Python process that imports torch and rebuilds the model and the d
 and ``ray_steady_over_single_cpu`` the throughput after that over the single process's;
 ``ray_identical`` says whether the two stores hold the
 same rows, metadata, arrays (to 1e-5) and fingerprint. Without Ray installed these keys say
-so. ``--skip-ray`` leaves them out.
+so. ``--skip-ray`` leaves them out; ``--gpu-only`` keeps only the CUDA keys (for a lent GPU
+machine's short slot; ``bench/gpu.sh`` runs it).
 
-    .venv/bin/python bench/extract.py [--precision bf16] [--skip-ray]
+On CUDA, ``gpu_vs_cpu_demo`` and ``gpu_vs_cpu_jpeg`` compare the GPU path with the CPU path
+(the demo model's stores of the demo split and of the 256 px JPEG folder): the largest
+logit difference, the share of identical predictions, both accuracies, and the decoder used.
+
+    .venv/bin/python bench/extract.py [--precision bf16] [--skip-ray] [--gpu-only]
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
 from core.extract import build_store  # noqa: E402
 from core.models import ModelSpec, load_model  # noqa: E402
-from core.pipeline import image_batches  # noqa: E402
+from core.pipeline import StageTimes, image_batches, resolve_decode  # noqa: E402
 from core.sources import DatasetSpec, build_dataset  # noqa: E402
 
 
@@ -125,13 +132,11 @@ def gpu_figures(precision: str) -> dict:
     """Store build vs the GPU's own forward, per architecture (issue 14's keys)."""
     if not torch.cuda.is_available():
         return {f"{key}_{arch}": "no cuda" for arch in GPU_ARCHS for key in ("gpu_forward_ips", "store_ips", "store_over_gpu")}
-    import os
-
-    from core.pipeline import StageTimes
-
     figures: dict = {"precision": precision}
     with tempfile.TemporaryDirectory() as folder:
         images = build_dataset(DatasetSpec(kind="imagefolder", root=str(jpeg_folder(Path(folder) / "jpeg"))))
+        figures["decode"] = resolve_decode("auto", images, torch.device("cuda"))
+        figures.update(gpu_agreement(Path(folder) / "jpeg"))
         for arch in GPU_ARCHS:
             model = load_model(ModelSpec(kind="torchvision", arch=arch, num_classes=len(images.classes), input_size=224), "cuda")
             forward = gpu_forward_ips(model, 256, precision)
@@ -146,6 +151,36 @@ def gpu_figures(precision: str) -> dict:
             figures[f"stages_{arch}"] = times.summary()["stages_s"]
             print(f"{arch}: GPU forward {forward:,.0f} img/s, store {store:,.0f} img/s "
                   f"(ratio {store / forward:.2f}, target {GPU_TARGETS[arch]}); {times.text()}")
+    return figures
+
+
+def gpu_agreement(folder: Path) -> dict:
+    """The CUDA path (uint8 to the GPU, scaling and normalising there; nvJPEG when TorchCodec
+    loads) against the CPU path: the demo model's stores of the demo test split and of the
+    JPEG folder (256 px, so the resize matters), max |logit difference| and the share of
+    identical predictions, and each side's accuracy."""
+    figures: dict = {}
+    demo = build_dataset(DatasetSpec(kind="demo", split="test"))
+    # the folders are the demo's class names ("/" written as "-"), in the demo model's order
+    images = build_dataset(DatasetSpec(kind="imagefolder", root=str(folder),
+                                       classes=[c.replace("/", "-") for c in demo.classes]))
+    for name, dataset in (("demo", demo), ("jpeg", images)):
+        stores = {}
+        with tempfile.TemporaryDirectory() as root:
+            for device in ("cpu", "cuda"):
+                model = load_model(ModelSpec(kind="demo"), device)
+                stores[device] = build_store("bench", model, dataset, [], batch_size=256, num_workers=os.cpu_count() or 1,
+                                             root=Path(root) / device)
+            gap = float(np.abs(np.asarray(stores["cpu"].logits()) - np.asarray(stores["cuda"].logits())).max())
+            cpu, gpu = stores["cpu"].meta(), stores["cuda"].meta()
+            figures[f"gpu_vs_cpu_{name}"] = {
+                "max_logit_diff": round(gap, 5),
+                "same_prediction": round(float((cpu["pred_idx"] == gpu["pred_idx"]).mean()), 5),
+                "accuracy_cpu": round(float(cpu["correct"].mean()), 5),
+                "accuracy_cuda": round(float(gpu["correct"].mean()), 5),
+                "decode_cuda": resolve_decode("auto", dataset, torch.device("cuda")),
+            }
+        print(f"GPU vs CPU path, {name}: {figures[f'gpu_vs_cpu_{name}']}")
     return figures
 
 
@@ -211,22 +246,22 @@ def ray_figures() -> dict:
 def main() -> None:
     precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "fp32"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    demo_data = build_dataset(DatasetSpec(kind="demo", split="test"))
-    demo = compare("demo", load_model(ModelSpec(kind="demo"), device), demo_data, 256)
-    resnet = load_model(ModelSpec(kind="torchvision", arch="resnet18", num_classes=10, input_size=224), device)
-    small = build_dataset(DatasetSpec(kind="demo", split="test", limit=512))
-    rn18 = compare("resnet18", resnet, small, 64)
-    figures = {
-        "demo_ratio": demo["ratio"],
-        "resnet18_ratio": rn18["ratio"],
-        "demo": demo,
-        "resnet18": rn18,
-        **gpu_figures(precision),
-        **({} if "--skip-ray" in sys.argv else ray_figures()),
+    figures: dict = {}
+    if "--gpu-only" not in sys.argv:
+        demo_data = build_dataset(DatasetSpec(kind="demo", split="test"))
+        demo = compare("demo", load_model(ModelSpec(kind="demo"), device), demo_data, 256)
+        resnet = load_model(ModelSpec(kind="torchvision", arch="resnet18", num_classes=10, input_size=224), device)
+        small = build_dataset(DatasetSpec(kind="demo", split="test", limit=512))
+        rn18 = compare("resnet18", resnet, small, 64)
+        figures.update({"demo_ratio": demo["ratio"], "resnet18_ratio": rn18["ratio"], "demo": demo, "resnet18": rn18})
+    figures.update(gpu_figures(precision))
+    if "--skip-ray" not in sys.argv and "--gpu-only" not in sys.argv:
+        figures.update(ray_figures())
+    figures.update({
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "machine": platform.node(),
         "date": time.strftime("%Y-%m-%d"),
-    }
+    })
     print(json.dumps(figures))
 
 

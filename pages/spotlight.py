@@ -55,7 +55,9 @@ with st.form("spotlight_controls"):
                                   help="The paper uses the last hidden layer.")
     size_pct = c2.number_input(
         "Size S (% of images)", 0.0, 99.9, step=0.5, format="%.2f", key=state_key(PAGE, "size"),
-        help="The minimum total weight, as a share of the images: 2% for images in the paper.",
+        help="The minimum total weight, as a share of the images: 2% for images in the paper. "
+             "A spotlight averages the losses of at least S images, so a failing group much smaller "
+             "than S is diluted by its neighbours: to look for small groups, lower S (or ask for more spotlights).",
     )
     count = int(c3.number_input("Spotlights", 1, 10, key=state_key(PAGE, "n_spotlights"), help="Found in sequence; each next one ignores losses already covered."))
     steps = int(c4.number_input("Steps", 50, 5000, step=50, key=state_key(PAGE, "steps"), help="Adam steps per spotlight (the paper: 1000-5000)."))
