@@ -135,7 +135,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     store = find_store(ws.name, model, dataset, Path(args.cache) if args.cache else None)
     if store is None:
         raise BiasLensError(
-            f"Workspace '{ws.name}' has no activation store yet: run `python -m core build {ws.name}` first."
+            f"Workspace '{ws.name}' has no complete activation store (never built, or interrupted or damaged): run `python -m core build {ws.name}`."
         )
     layers = [ly.strip() for ly in args.layers.split(",") if ly.strip()] if args.layers else None
     index = conv_filters(model.module, layers)
@@ -178,7 +178,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     store = find_store(ws.name, load_model(ws.model, "cpu", hosted=listing.hosted), build_dataset(ws.dataset),
                        Path(args.cache) if args.cache else None)
     if store is None:
-        raise StoreError(f"Workspace '{ws.name}' has no activation store yet: run `python -m core build {ws.name}` first.")
+        raise StoreError(f"Workspace '{ws.name}' has no complete activation store (never built, or interrupted or damaged): run `python -m core build {ws.name}`.")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result = score_store(store, methods)
     import pandas as pd

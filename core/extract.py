@@ -189,11 +189,12 @@ def build_store(
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when it is missing or half-written."""
+    """A JSON object file's content, or None when it is missing, half-written or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def _class_names(model: LoadedModel, dataset: ImageDataset) -> list[str]:

@@ -200,7 +200,7 @@ def open_profiles(path: Path) -> SaliencyProfiles:
         scale = np.load(path / "scale.npy")
         with np.load(path / "stats.npz") as stats:
             mu, sigma = stats["mu"], stats["sigma"]
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise StoreError(f"The saliency profiles at {path} are damaged ({exc}); build them again.") from None
     if index.n_filters != f or scale.shape != (f,) or mu.shape != (f,) or sigma.shape != (f,):
         raise StoreError(f"The saliency profiles at {path} do not fit together; build them again.")

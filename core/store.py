@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.datasets import ImageDataset
@@ -176,22 +177,75 @@ class Store:
         return {name: (int(shape[0]), int(shape[1])) for name, shape in shapes.items()}
 
 
+# manifest keys the readers use, with their types
+_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "n": int, "classes": list, "layers": list, "embedding_layer": str, "fingerprint": str,
+    "embedding_dim": int, "layer_channels": dict, "created": str, "device": str,
+}
+
+
+def _check_manifest(manifest: Any, manifest_path: Path) -> None:
+    """StoreError unless the manifest has every key the readers use, with its type."""
+    if not isinstance(manifest, dict):
+        raise StoreError(f"The store manifest {manifest_path} is damaged (not a JSON object); rebuild the store.")
+    bad = [
+        key for key, kind in _MANIFEST_TYPES.items()
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool)
+    ]
+    if not bad and (manifest["n"] < 0 or not all(isinstance(ly, str) for ly in manifest["layers"])):
+        bad = ["n" if manifest["n"] < 0 else "layers"]
+    if bad:
+        raise StoreError(
+            f"The store manifest {manifest_path} is damaged (missing or wrong: {', '.join(bad)}); rebuild the store."
+        )
+
+
+def _check_files(store: Store) -> None:
+    """StoreError unless every array holds N rows of the width the manifest says (a
+    truncated or rewritten file is found here, not in a page) and the metadata file's
+    footer says N rows. Reads headers only."""
+    n, path = store.n, store.path
+    widths = {"logits.npy": len(store.classes), "embedding.npy": store.manifest["embedding_dim"]}
+    channels = store.manifest["layer_channels"]
+    widths.update({f"layers/{layer_file_stem(ly)}.{p}.npy": channels.get(ly) for ly in store.layers for p in POOLS})
+    missing = [name for name in ["meta.parquet", *widths] if not (path / name).exists()]
+    if missing:
+        raise StoreError(f"The store at {path} lacks {', '.join(missing)}; rebuild it.")
+    damaged = []
+    for name, width in widths.items():
+        try:
+            shape = np.load(path / name, mmap_mode="r").shape
+        except (OSError, ValueError, EOFError):
+            damaged.append(name)
+            continue
+        if len(shape) != 2 or shape[0] != n or (width is not None and shape[1] != width):
+            damaged.append(name)
+    try:
+        if pq.read_metadata(path / "meta.parquet").num_rows != n:
+            damaged.append("meta.parquet")
+    except (OSError, ValueError, pa.ArrowException):
+        damaged.append("meta.parquet")
+    if damaged:
+        raise StoreError(
+            f"The store at {path} is damaged ({', '.join(damaged)} truncated or not what the manifest "
+            "says); rebuild it (Overview -> Build, or `python -m core build WORKSPACE`)."
+        )
+
+
 def open_store(path: Path) -> Store:
-    """Open a complete store; StoreError if it is missing, incomplete or damaged."""
+    """Open a complete store; StoreError if it is missing, incomplete or damaged (a manifest
+    without the keys the readers use, an array or metadata file of the wrong size)."""
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.exists():
         raise StoreError(f"No complete activation store at {path}: build it first.")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"The store manifest {manifest_path} is damaged ({exc}); rebuild the store.") from None
+    _check_manifest(manifest, manifest_path)
     store = Store(path=path, manifest=manifest)
-    expected = ["meta.parquet", "logits.npy", "embedding.npy"]
-    expected += [f"layers/{layer_file_stem(ly)}.{p}.npy" for ly in store.layers for p in POOLS]
-    missing = [name for name in expected if not (path / name).exists()]
-    if missing:
-        raise StoreError(f"The store at {path} lacks {', '.join(missing)}; rebuild it.")
+    _check_files(store)
     return store
 
 

@@ -134,7 +134,8 @@ def page_context(require_store: bool = True) -> PageContext:
         if listing.hosted:
             st.info("This workspace has no activation store on this server yet: see the Overview.")
         else:
-            st.info("This workspace has no activation store yet: build it on the Overview page.")
+            st.info("This workspace has no complete activation store yet (never built, or interrupted or damaged): "
+                    "build it on the Overview page.")
         st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
         st.stop()
     return PageContext(workspace, listing.hosted, model, dataset, store)

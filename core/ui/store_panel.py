@@ -73,7 +73,8 @@ def store_panel(ctx: PageContext) -> Store | None:
         )
         return None
     if ctx.store is None:
-        st.warning("This workspace has no activation store yet: one pass of the model over the dataset.")
+        st.warning("This workspace has no complete activation store yet (never built, or the last one was interrupted "
+                   "or damaged): one pass of the model over the dataset.")
         if ctx.workspace.is_demo:
             # built at once with the default layers: a layer picker here would have no effect
             layers = list(model.default_layers)

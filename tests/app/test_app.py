@@ -16,7 +16,7 @@ def build_tiny(at: AppTest, name: str = "tiny") -> AppTest:
     at.session_state["app.workspace"] = name
     at.run()
     no_exception(at)
-    assert any("no activation store" in w.value for w in at.warning)
+    assert any("no complete activation store" in w.value for w in at.warning)
     at.button[0].click().run()  # "Build the activation store"
     no_exception(at)
     return at.run()  # a clean tree: AppTest keeps a partial one after st.rerun()
@@ -48,7 +48,7 @@ def test_picker_persists_across_pages(app):
     at.switch_page("pages/cohorts.py").run()
     no_exception(at)
     assert at.session_state["app.workspace"] == "folder"
-    assert any("no activation store" in i.value for i in at.info)
+    assert any("no complete activation store" in i.value for i in at.info)
     at.switch_page("pages/overview.py").run()
     assert at.title[0].value == "Tiny digits folder"
 

@@ -65,7 +65,7 @@ def test_a_page_opened_by_its_url_on_a_fresh_server_has_the_sidebar_and_wide_lay
         wait_idle(page)
         # the Cohorts page itself ran (its heading, or, before the demo's store exists, its note)
         main = page.locator("[data-testid='stMain']")
-        main.get_by_text(re.compile("Cohorts & subsets|no activation store yet")).first.wait_for(timeout=60_000)
+        main.get_by_text(re.compile("Cohorts & subsets|no complete activation store yet")).first.wait_for(timeout=60_000)
         assert sidebar.count() == 1 and sidebar.get_by_role("link", name="ActiVis", exact=True).count() == 1
         assert page.locator("[data-testid='stMainBlockContainer']").bounding_box()["width"] > 900  # wide, not centered
         context.close()

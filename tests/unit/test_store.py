@@ -373,6 +373,44 @@ def test_damaged_complete_store_is_rebuilt(tmp_path, model, dataset):
     assert rebuilt.n == 240 and len(rebuilt.meta()) == 240
 
 
+
+
+def _truncate(path: Path, share: float = 0.8) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * share)])
+
+
+DAMAGES = {
+    "embedding truncated": lambda p: _truncate(p / "embedding.npy"),
+    "layer truncated": lambda p: _truncate(p / "layers" / "block1.max.npy"),
+    "logits of another width": lambda p: np.save(p / "logits.npy", np.zeros((240, 3), np.float32)),
+    "metadata not parquet": lambda p: (p / "meta.parquet").write_bytes(b"not a parquet file at all"),
+    "metadata truncated": lambda p: _truncate(p / "meta.parquet", 0.5),
+    "manifest a list": lambda p: (p / "manifest.json").write_text("[]"),
+    "manifest empty": lambda p: (p / "manifest.json").write_text("{}"),
+    "manifest n not a number": lambda p: (p / "manifest.json").write_text(
+        json.dumps({**json.loads((p / "manifest.json").read_text()), "n": "abc"})),
+    "manifest n too large": lambda p: (p / "manifest.json").write_text(
+        json.dumps({**json.loads((p / "manifest.json").read_text()), "n": 241})),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_store_is_refused_then_rebuilt(tmp_path, model, dataset, damage):
+    """A store whose files were cut short or rewritten (found by a hostile-input sweep:
+    pages crashed reading it and `build` called it complete) is refused by open_store with
+    a message saying to rebuild, is not found by find_store, and the next build rebuilds it."""
+    store = build_store("t", model, dataset, ["block1"], root=tmp_path)
+    logits = np.array(store.logits())
+    DAMAGES[damage](store.path)
+    with pytest.raises(StoreError, match="damaged|lacks") as error:
+        open_store(store.path)
+    assert "rebuild" in str(error.value)
+    assert find_store("t", model, dataset, root=tmp_path) is None
+    rebuilt = build_store("t", model, dataset, ["block1"], root=tmp_path)
+    assert rebuilt.n == 240 and len(rebuilt.meta()) == 240
+    assert np.array_equal(np.asarray(rebuilt.logits()), logits)
+    assert rebuilt.pooled("block1", "max").shape[0] == 240
 BUILD_SCRIPT = """
 import sys
 from pathlib import Path
