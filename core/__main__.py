@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from core.config import MAX_BATCH, MAX_WORKERS
 from core.errors import BiasLensError
 from core.workspace import REPO_ROOT, Workspace, WorkspaceList, load_workspaces
 
@@ -181,17 +183,21 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise StoreError(f"Workspace '{ws.name}' has no complete activation store (never built, or interrupted or damaged): run `python -m core build {ws.name}`.")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result = score_store(store, methods)
+    held_out = {}
+    if args.held_out:  # before printing anything, so that a refusal leaves no half report
+        from core.score import held_out_tables
+
+        held_out = held_out_tables(store, methods)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(result["table"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"significant groups (q < 0.05): {result['significance']}")
     print(f"slices where a method beats the baseline by >= 0.3 in P@10: {', '.join(result['beats_baseline']) or 'none'}")
-    if args.held_out:
-        from core.score import held_out_tables
+    if held_out:
         from core.significance import HELD_OUT_SHOWN
 
-        for method, table in held_out_tables(store, methods).items():
+        for method, table in held_out.items():
             print(f"\n{method}: found on a random half, measured on the other")
             with pd.option_context("display.width", 200, "display.max_columns", 20):
                 print(table[HELD_OUT_SHOWN].to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(table) else "  no groups")
@@ -229,8 +235,8 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build a workspace's activation store")
     build.add_argument("workspace")
     build.add_argument("--layers", nargs="+", default=None, help="layers to store: conv blocks or hidden linear layers (default: the model's default set; see `layers`)")
-    build.add_argument("--batch-size", type=int, default=None)
-    build.add_argument("--num-workers", type=int, default=None,
+    build.add_argument("--batch-size", type=_whole(1, MAX_BATCH), default=None)
+    build.add_argument("--num-workers", type=_whole(0, MAX_WORKERS), default=None,
                        help="loader processes (default: the workspace's num_workers; on CUDA, when it sets none, the machine's cores)")
     build.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                        help="extract on a Ray cluster (HEAD:6379), or on a local Ray without an address; needs pip install -e '.[scale]'")
@@ -245,7 +251,7 @@ def parser() -> argparse.ArgumentParser:
     saliency = sub.add_parser("saliency", help="compute a workspace's dataset saliency profiles (after build)")
     saliency.add_argument("workspace")
     saliency.add_argument("--layers", default=None, help="comma-separated conv layers or block prefixes (default: all)")
-    saliency.add_argument("--batch-size", type=int, default=None)
+    saliency.add_argument("--batch-size", type=_whole(1, MAX_BATCH), default=None)
     saliency.add_argument("--yes", action="store_true", help="build without asking after the size estimate")
     saliency.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     saliency.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
@@ -263,12 +269,27 @@ def parser() -> argparse.ArgumentParser:
     train = demo.add_parser("train", help="train the demo CNN on a slices file")
     train.add_argument("--slices", default=str(REPO_ROOT / "core" / "demo" / "slices.toml"))
     train.add_argument("--out", default=None, help="weights file (default: cache/demo/<slices name>.pt)")
-    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--epochs", type=_whole(1, 1000), default=None)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    train.add_argument("--limit", type=_whole(1, 10**9), default=None, help="train on the first N images only")
     train.add_argument("--control", action="store_true", help="train without the plants (the control model)")
     train.set_defaults(func=cmd_demo_train)
     return p
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: a whole number from ``low`` to ``high``, else a usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 EntryPoint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
+MAX_BATCH = 65_536  # images per batch a workspace (or `build --batch-size`) may ask for
+MAX_WORKERS = 256  # loader processes
 SPLITS = {"demo": ("train", "test"), "celeba": ("train", "valid", "test", "all")}
 # Keys that only some kinds take (every other key applies to every kind).
 MODEL_KIND_KEYS = {
@@ -128,8 +130,8 @@ class WorkspaceTable(_Table):
 
     title: Text | None = None
     description: str = ""
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
-    num_workers: Annotated[int, Field(ge=0, le=256)] = 0
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 64
+    num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = 0
     model: ModelTable
     dataset: DatasetTable
 

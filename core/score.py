@@ -19,6 +19,8 @@ from sklearn.base import clone
 
 from core.errors import DataError
 from core.methods import UDIS, VISCUIT_THRESHOLD, Spotlight, top_loss_rows
+from core.methods.spotlight import MIN_IMAGES as SPOTLIGHT_MIN_IMAGES
+from core.methods.udis import MIN_IMAGES as UDIS_MIN_IMAGES
 from core.scorecard import baseline_groups, domino_scorecard
 from core.significance import group_tests, split_half
 from core.store import Store
@@ -45,12 +47,23 @@ def udis_groups(store: Store, meta: pd.DataFrame) -> Groups:
     return [f"subgroup {g}" for g in ids], [top_loss_rows(fitted.rows(g), losses, 100) for g in ids], [fitted.rows(g) for g in ids]
 
 
+def _check_halves(n: int, minimum: int, search: str) -> None:
+    """DataError unless each half of ``n`` images holds the ``minimum`` the search needs."""
+    if n // 2 < minimum:
+        raise DataError(
+            f"The held-out check finds the groups on one half of the images and measures them on the "
+            f"other; {search} needs at least {minimum} images per half, so at least {2 * minimum} "
+            f"images, and this set has {n}."
+        )
+
+
 def udis_held_out(x: np.ndarray, correct: np.ndarray, udis: UDIS, threshold: float, seed: int = 0) -> pd.DataFrame:
     """Split-half confirmation of UDIS's under-performing subgroups (core.significance.split_half):
     UDIS is fitted on a random half; an image of the other half joins the subgroup whose mean
     embedding (centroid) is nearest, so each subgroup's gap can be measured again on images
     that played no part in finding it."""
     x = np.asarray(x, dtype=np.float32)
+    _check_halves(len(x), UDIS_MIN_IMAGES, "the subgroup search")
 
     def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         fitted = clone(udis).fit(x[rows], correct[rows])
@@ -75,6 +88,7 @@ def spotlight_held_out(
     kernel weight reaches that of the spotlight's S-th highest-weighted image of the
     discovery half, i.e. when it falls in the region the spotlight's top S covered there."""
     x = np.asarray(x, dtype=np.float32)
+    _check_halves(len(x), SPOTLIGHT_MIN_IMAGES, "the spotlight search")
     losses = np.asarray(losses, dtype=np.float64)
 
     def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -90,6 +104,8 @@ METHODS: dict[str, Callable[[Store, pd.DataFrame], Groups]] = {"spotlight": spot
 
 
 def _check_methods(methods: Sequence[str]) -> None:
+    if not methods:
+        raise DataError(f"No method given: name at least one of {', '.join(METHODS)}.")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise DataError(f"Unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}.")

@@ -178,7 +178,11 @@ def _held_out_table(cached: pd.DataFrame | None, run: Callable[[], pd.DataFrame]
     if table is None and st.button("Confirm on a held-out half", icon=":material/call_split:",
                                    help="Find the groups again on a random half of the images, then measure them on the other half."):
         with st.spinner("Finding the groups on one half, measuring them on the other..."):
-            table = run()
+            try:
+                table = run()
+            except BiasLensError as error:
+                st.error(f"{error} Confirm the groups on a larger set of images.")
+                return
     if table is None:
         return
     st.markdown("**Held-out confirmation** (found on one random half, measured on the other)")

@@ -130,3 +130,22 @@ def test_spotlight_page_on_the_demo(demo_app):
     assert (held["held-out gap"] < -0.2).all() and (held["held-out high"] < 0).all()
     [b for b in at.button if b.label == "Save as subset"][0].click().run()
     no_exception(at)
+
+
+def test_held_out_on_too_few_images_is_a_clear_error(tmp_path, tiny_files, monkeypatch):
+    """30 images: a spotlight search is possible, a held-out half of 15 is not. The page said
+    so with a traceback (found by a hostile-input sweep); now with st.error and the minimum."""
+    from tests.app.conftest import REPO, write_workspaces
+
+    extra = f'[workspace.small]\ntitle = "Small"\nmodel = {{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", ' \
+            f'input_size = 16, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}\n' \
+            f'dataset = {{ kind = "imagefolder", root = "{tiny_files / "images"}", limit = 30 }}\n'
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    at = open_spotlight(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240), "small"))
+    run_spotlights(at, 1, size=20.0)
+    assert not at.error
+    [b for b in at.button if b.label == "Confirm on a held-out half"][0].click().run()
+    no_exception(at)
+    assert any("at least 40 images" in e.value and "has 30" in e.value for e in at.error)

@@ -94,3 +94,22 @@ def test_demo_train_control_flag_trains_without_the_plants(tmp_path, capsys):
     assert code == 0 and out.is_file()
     assert json.loads(out.with_suffix(".json").read_text())["control"] is True
     assert f"weights: {out}" in capsys.readouterr().out
+
+
+def test_out_of_range_numbers_are_usage_errors(capsys):
+    """Negative or zero batch sizes and worker counts used to reach the model ("The model
+    failed on the batch...") or be replaced silently; a huge worker count hung the build."""
+    import pytest
+
+    for argv, message in [
+        (["build", "demo", "--batch-size", "0"], "--batch-size: 0 is out of range: use 1 to 65536"),
+        (["build", "demo", "--batch-size", "-3"], "--batch-size: -3 is out of range"),
+        (["build", "demo", "--num-workers", "100000"], "--num-workers: 100000 is out of range: use 0 to 256"),
+        (["saliency", "demo", "--batch-size", "abc"], "'abc' is not a whole number"),
+        (["demo", "train", "--epochs", "0"], "--epochs: 0 is out of range"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

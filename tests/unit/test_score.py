@@ -60,3 +60,24 @@ def test_held_out_tables_per_method(store):
     assert (spot["discovery n"] >= 2).all() and spot["held-out n"].between(0, 120).all()  # S = 2% of a 120-image half
     with pytest.raises(DataError, match="Unknown method"):
         held_out_tables(store, ["magic"])
+
+
+def test_held_out_needs_the_minimum_on_each_half():
+    """Each half must hold what the method's search needs (20 images): 39 images are refused
+    up front, naming 40, instead of failing inside the search with the half's count."""
+    import numpy as np
+
+    from core.methods import UDIS, Spotlight
+    from core.score import spotlight_held_out, udis_held_out
+
+    rng = np.random.default_rng(0)
+    x, losses, correct = rng.normal(size=(39, 4)), rng.random(39), rng.random(39) < 0.7
+    with pytest.raises(DataError, match="at least 40 images, and this set has 39"):
+        spotlight_held_out(x, losses, correct, Spotlight())
+    with pytest.raises(DataError, match="at least 40 images, and this set has 39"):
+        udis_held_out(x, correct, UDIS(), 0.5)
+
+
+def test_no_method_is_refused(store):
+    with pytest.raises(DataError, match="No method given"):
+        score_store(store, [])
