@@ -73,7 +73,10 @@ class Subset:
         }
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> Subset:
+    def from_json(cls, entry: dict[str, Any], n: int | None = None) -> Subset:
+        """The subset an entry of subsets.json describes; ValueError (or KeyError, TypeError)
+        when it is damaged: no rows, a negative row, or with ``n`` (the store's images) a row
+        beyond the store."""
         created = entry.get("created_ts")
         if not isinstance(created, (int, float)):
             created = datetime.strptime(str(entry["created"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
@@ -83,8 +86,15 @@ class Subset:
         params = entry.get("params") or {}
         if not isinstance(params, dict):
             raise ValueError("params is not a table")
+        rows = tuple(int(r) for r in np.unique(np.asarray([int(r) for r in entry["rows"]], dtype=np.int64)))
+        if not rows:
+            raise ValueError("no rows")
+        if rows[0] < 0:
+            raise ValueError(f"row {rows[0]} is negative")
+        if n is not None and rows[-1] >= n:
+            raise ValueError(f"row {rows[-1]} is beyond the store's {n} images")
         return cls(
-            name=str(entry["name"]), rows=tuple(int(r) for r in entry["rows"]), origin=origin,
+            name=str(entry["name"]), rows=rows, origin=origin,
             detail=str(entry.get("detail", "")), created=float(created), note=str(entry.get("note", "")), params=params,
         )
 
@@ -145,16 +155,17 @@ class SessionStorage:
         return result
 
 
-# path -> (file signature, subsets): reruns re-read the file only when it changed
-_READ_CACHE: dict[str, tuple[tuple[int, int, int, int], dict[str, Subset], str]] = {}
+# (path, store size) -> (file signature, subsets, problem): reruns re-read the file only when it changed
+_READ_CACHE: dict[tuple[str, int | None], tuple[tuple[int, int, int, int], dict[str, Subset], str]] = {}
 
 
 class FileStorage:
     """Subsets in a JSON file shared by every session and process on this machine."""
 
-    def __init__(self, path: str | Path, lock_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, lock_timeout: float = 30.0, n: int | None = None) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
+        self.n = n  # the store's images: an entry with a row beyond them is damaged
         self.problem = ""
 
     def _signature(self) -> tuple[int, int, int, int] | None:
@@ -175,15 +186,19 @@ class FileStorage:
         if not isinstance(data, dict) or not isinstance(data.get("subsets"), list):
             return {}, f"The saved subsets file {self.path.name} is not a subsets file; it is kept aside on the next save."
         subsets: dict[str, Subset] = {}
-        bad = 0
+        bad: list[str] = []
         for entry in data["subsets"]:
             try:
-                subset = Subset.from_json(entry)
-            except (KeyError, TypeError, ValueError):
-                bad += 1
+                subset = Subset.from_json(entry, self.n)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                bad.append(f"'{name}': {exc}" if name is not None and isinstance(exc, ValueError) else "unreadable")
                 continue
             subsets[subset.name] = subset
-        problem = f"{bad} damaged subset entr{'y was' if bad == 1 else 'ies were'} skipped in {self.path.name}." if bad else ""
+        problem = (
+            f"{len(bad)} damaged subset entr{'y was' if len(bad) == 1 else 'ies were'} skipped in {self.path.name} "
+            f"(first: {bad[0]})." if bad else ""
+        )
         return subsets, problem
 
     def load(self) -> dict[str, Subset]:
@@ -191,12 +206,12 @@ class FileStorage:
         if signature is None:
             self.problem = ""
             return {}
-        cached = _READ_CACHE.get(str(self.path))
+        cached = _READ_CACHE.get((str(self.path), self.n))
         if cached is not None and cached[0] == signature:
             self.problem = cached[2]
             return dict(cached[1])
         subsets, self.problem = self._parse()
-        _READ_CACHE[str(self.path)] = (signature, subsets, self.problem)
+        _READ_CACHE[(str(self.path), self.n)] = (signature, subsets, self.problem)
         return dict(subsets)
 
     def change(self, fn: Callable[[dict[str, Subset]], Any]) -> Any:
@@ -230,7 +245,7 @@ class FileStorage:
                 raise
             signature = self._signature()
             if signature is not None:
-                _READ_CACHE[str(self.path)] = (signature, dict(subsets), "")
+                _READ_CACHE[(str(self.path), self.n)] = (signature, dict(subsets), "")
             self.problem = ""
             return result
         finally:
@@ -253,8 +268,9 @@ class SubsetRegistry:
             self.storage = SessionStorage(storage, workspace_key)
 
     @classmethod
-    def in_folder(cls, folder: str | Path) -> SubsetRegistry:
-        return cls(FileStorage(Path(folder) / FILE_NAME))
+    def in_folder(cls, folder: str | Path, n: int | None = None) -> SubsetRegistry:
+        """The subsets.json of a store folder; ``n``, the store's images, refuses rows beyond it."""
+        return cls(FileStorage(Path(folder) / FILE_NAME, n=n))
 
     @property
     def persistent(self) -> bool:
@@ -278,6 +294,9 @@ class SubsetRegistry:
             raise BiasLensError("A subset needs at least one image; this one is empty.")
         if unique[0] < 0:
             raise BiasLensError("Subset rows are store rows: they cannot be negative.")
+        n = getattr(self.storage, "n", None)
+        if n is not None and unique[-1] >= n:
+            raise BiasLensError(f"Subset rows are store rows 0..{n - 1}; this set has row {unique[-1]}.")
         subset = Subset(name=name, rows=unique, origin=origin, detail=str(detail), note=self._check_note(note),
                         params=_plain(params))
 

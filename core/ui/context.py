@@ -85,7 +85,7 @@ class PageContext:
 
         if self.hosted or self.store is None or workshop.workshop_on():
             return SubsetRegistry(st.session_state, self.key)
-        return SubsetRegistry.in_folder(self.store.path)
+        return SubsetRegistry.in_folder(self.store.path, n=self.store.n)
 
 
 def through_app() -> None:

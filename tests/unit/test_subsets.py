@@ -173,6 +173,30 @@ def test_damaged_file_is_reported_and_kept_aside(tmp_path):
     assert again.names() == ["fresh"] and "1 damaged subset entry" in again.problem
 
 
+def test_rows_outside_the_store_are_damaged_entries(tmp_path):
+    """A hand-edited subsets.json with a row past the store's images crashed the pages that
+    scope to it (IndexError), and a negative row silently meant the last image. Both entries
+    are skipped and named; adding such rows is refused."""
+    entry = {"origin": "manual", "created": "2026-01-01T00:00:00Z"}
+    data = {"format": 1, "subsets": [
+        {**entry, "name": "ok", "rows": [3, 1, 1, 2]},
+        {**entry, "name": "past the end", "rows": [1, 2, 3, 999999]},
+        {**entry, "name": "negative", "rows": [-1, 2, 5]},
+        {**entry, "name": "empty", "rows": []},
+    ]}
+    (tmp_path / "subsets.json").write_text(json.dumps(data))
+    reg = SubsetRegistry.in_folder(tmp_path, n=30)
+    assert reg.names() == ["ok"] and reg.get("ok").rows == (1, 2, 3)
+    assert "3 damaged subset entries were skipped" in reg.problem
+    assert "'past the end': row 999999 is beyond the store's 30 images" in reg.problem
+    # without the store's size only the negative and the empty entries are refused
+    assert SubsetRegistry.in_folder(tmp_path).names() == ["ok", "past the end"]
+    with pytest.raises(BiasLensError, match=r"store rows 0\.\.29; this set has row 30"):
+        reg.add("too far", [0, 30], origin="manual")
+    with pytest.raises(BiasLensError, match="negative"):
+        reg.add("negative", [-1], origin="manual")
+
+
 def test_csv_columns_exact():
     meta = pd.DataFrame({
         "row": range(4), "id": list("abcd"), "label": ["x", "x", "y", "y"], "label_idx": [0, 0, 1, 1],
