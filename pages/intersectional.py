@@ -55,9 +55,9 @@ try:
         groups = view.groups_for(store, tuple(columns), min_size)
     else:
         names = st.multiselect("Subsets (each one a group; they must not overlap)", saved,
-                               **kept(state_key(PAGE, "subsets", ctx.key), saved[:2]))
+                               **kept(state_key(PAGE, "subsets", ctx.key), view.disjoint_default(ctx, saved)))
         if len(names) < 2:
-            st.info("Pick at least 2 saved subsets.")
+            st.info("Pick at least 2 saved subsets that share no image.")
             st.stop()
         groups = view.subset_groups(ctx, names, min_size)
 except BiasLensError as exc:

@@ -47,6 +47,21 @@ def subset_groups(ctx: PageContext, names: Sequence[str], min_size: int) -> Grou
     return groups_from_subsets(ctx.store.n, {name: registry.get(name).rows for name in names}, min_size=min_size)
 
 
+def disjoint_default(ctx: PageContext, names: Sequence[str], count: int = 2) -> list[str]:
+    """The first ``count`` saved subsets, in order, that share no image with those before
+    them: the page's default choice (overlapping subsets cannot be groups, and a default
+    must not open the page on an error the user did not cause). Fewer when there are none."""
+    registry, taken, chosen = ctx.subsets(), set(), []
+    for name in names:
+        rows = set(registry.get(name).rows)
+        if not rows & taken:
+            chosen.append(name)
+            taken |= rows
+            if len(chosen) == count:
+                break
+    return chosen
+
+
 def groups_key(groups: Groups) -> str:
     """A short key of a grouping (its columns, names and membership)."""
     return cache.run_key(groups.columns, groups.names, scope_digest(np.flatnonzero(groups.labels >= 0)),

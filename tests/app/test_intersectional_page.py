@@ -104,3 +104,23 @@ def test_three_variables_on_the_demo(demo_app):
     assert sum(c.startswith("n=") for c in captions) == 72
     assert captions.count("union") == 4 * (6 + 3)
     assert any(" − " in c for c in captions)  # the difference map
+
+
+def test_the_default_subsets_never_overlap(app, tmp_path):
+    """The page used to open on the first two saved subsets and, when they shared images,
+    on an error the user had not caused. The default now skips a subset that overlaps those
+    already chosen. Overlapping subsets the user picks are still a clear error."""
+    from core.subsets import SubsetRegistry
+
+    at = build_tiny(app, "folder")
+    registry = SubsetRegistry.in_folder(next((tmp_path / "cache").rglob("manifest.json")).parent)
+    registry.add("first twenty", list(range(20)), origin="manual")
+    registry.add("overlapping", list(range(10, 40)), origin="manual")
+    registry.add("later twenty", list(range(100, 120)), origin="manual")
+    open_page(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.multiselect(key=f"intersectional.subsets:{key('folder')}").value == ["first twenty", "later twenty"]
+    assert any("2 groups over 40 images" in c.value for c in at.caption)
+    at.multiselect(key=f"intersectional.subsets:{key('folder')}").set_value(["first twenty", "overlapping"]).run()
+    no_exception(at)
+    assert at.error and "more than one of the chosen subsets" in at.error[0].value  # the user's own choice: a clear error
