@@ -73,6 +73,12 @@ def resolve(
         rows = np.asarray(cohorts.rows(str(value)), dtype=np.int64)
     elif kind == "subset":
         if value not in subsets:
+            damaged = subsets.damaged(str(value))
+            if damaged:
+                raise DataError(
+                    f"The saved subset '{value}' is damaged ({damaged}): it was saved for another workspace or an "
+                    "older store, or edited by hand. Remove its row."
+                )
             raise DataError(f"The saved subset '{value}' no longer exists (renamed or deleted): remove its row.")
         rows = np.unique(np.asarray(subsets.get(value).rows, dtype=np.int64))
         if len(rows) and (rows.min() < 0 or rows.max() >= n):

@@ -130,6 +130,7 @@ class SubsetStorage(Protocol):
     ``change(fn)`` applies ``fn`` to a fresh copy and stores the result, atomically."""
 
     problem: str
+    damaged: dict[str, str]
 
     def load(self) -> dict[str, Subset]: ...
 
@@ -140,6 +141,7 @@ class SessionStorage:
     """Subsets in a dict-like state (one browser session's ``st.session_state``)."""
 
     problem = ""
+    damaged: dict[str, str] = {}  # noqa: RUF012 - never written: a session holds no damaged entries
 
     def __init__(self, state: MutableMapping[str, Any], workspace_key: str) -> None:
         self._subsets: dict[str, Subset] = state.setdefault(f"subsets:{workspace_key}", {})
@@ -155,8 +157,8 @@ class SessionStorage:
         return result
 
 
-# (path, store size) -> (file signature, subsets, problem): reruns re-read the file only when it changed
-_READ_CACHE: dict[tuple[str, int | None], tuple[tuple[int, int, int, int], dict[str, Subset], str]] = {}
+# (path, store size) -> (file signature, subsets, problem, damaged): reruns re-read the file only when it changed
+_READ_CACHE: dict[tuple[str, int | None], tuple[tuple[int, int, int, int], dict[str, Subset], str, dict[str, str]]] = {}
 
 
 class FileStorage:
@@ -167,6 +169,7 @@ class FileStorage:
         self.lock_timeout = lock_timeout
         self.n = n  # the store's images: an entry with a row beyond them is damaged
         self.problem = ""
+        self.damaged: dict[str, str] = {}  # skipped entries with a name -> what is wrong
 
     def _signature(self) -> tuple[int, int, int, int] | None:
         try:
@@ -175,43 +178,48 @@ class FileStorage:
             return None
         return (s.st_ino, s.st_mtime_ns, s.st_ctime_ns, s.st_size)
 
-    def _parse(self) -> tuple[dict[str, Subset], str]:
-        """The file's subsets and a problem message ('' when all is well)."""
+    def _parse(self) -> tuple[dict[str, Subset], str, dict[str, str]]:
+        """The file's subsets, a problem message ('' when all is well) and the damaged
+        entries that have a name (name -> what is wrong)."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}, ""
+            return {}, "", {}
         except (OSError, ValueError) as exc:
-            return {}, f"The saved subsets file {self.path.name} cannot be read ({exc}); it is kept aside on the next save."
+            return {}, f"The saved subsets file {self.path.name} cannot be read ({exc}); it is kept aside on the next save.", {}
         if not isinstance(data, dict) or not isinstance(data.get("subsets"), list):
-            return {}, f"The saved subsets file {self.path.name} is not a subsets file; it is kept aside on the next save."
+            return {}, f"The saved subsets file {self.path.name} is not a subsets file; it is kept aside on the next save.", {}
         subsets: dict[str, Subset] = {}
         bad: list[str] = []
+        damaged: dict[str, str] = {}
         for entry in data["subsets"]:
             try:
                 subset = Subset.from_json(entry, self.n)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 name = entry.get("name") if isinstance(entry, dict) else None
-                bad.append(f"'{name}': {exc}" if name is not None and isinstance(exc, ValueError) else "unreadable")
+                reason = str(exc) if isinstance(exc, ValueError) else "unreadable"
+                bad.append(f"'{name}': {reason}" if name is not None else reason)
+                if name is not None:
+                    damaged[str(name)] = reason
                 continue
             subsets[subset.name] = subset
         problem = (
             f"{len(bad)} damaged subset entr{'y was' if len(bad) == 1 else 'ies were'} skipped in {self.path.name} "
             f"(first: {bad[0]})." if bad else ""
         )
-        return subsets, problem
+        return subsets, problem, damaged
 
     def load(self) -> dict[str, Subset]:
         signature = self._signature()
         if signature is None:
-            self.problem = ""
+            self.problem, self.damaged = "", {}
             return {}
         cached = _READ_CACHE.get((str(self.path), self.n))
         if cached is not None and cached[0] == signature:
-            self.problem = cached[2]
-            return dict(cached[1])
-        subsets, self.problem = self._parse()
-        _READ_CACHE[(str(self.path), self.n)] = (signature, subsets, self.problem)
+            _, subsets, self.problem, self.damaged = cached
+            return dict(subsets)
+        subsets, self.problem, self.damaged = self._parse()
+        _READ_CACHE[(str(self.path), self.n)] = (signature, subsets, self.problem, self.damaged)
         return dict(subsets)
 
     def change(self, fn: Callable[[dict[str, Subset]], Any]) -> Any:
@@ -228,7 +236,7 @@ class FileStorage:
         except TimeoutError:
             raise BiasLensError("The saved subsets are busy (another session is writing them); try again.") from None
         try:
-            subsets, problem = self._parse()  # always the file's current content, never a cache
+            subsets, problem, _ = self._parse()  # always the file's current content, never a cache
             if problem and not subsets and self.path.exists():
                 self.path.replace(self.path.with_name(f"{self.path.stem}.damaged-{int(time.time())}.json"))
             result = fn(subsets)
@@ -245,8 +253,8 @@ class FileStorage:
                 raise
             signature = self._signature()
             if signature is not None:
-                _READ_CACHE[(str(self.path), self.n)] = (signature, dict(subsets), "")
-            self.problem = ""
+                _READ_CACHE[(str(self.path), self.n)] = (signature, dict(subsets), "", {})
+            self.problem, self.damaged = "", {}
             return result
         finally:
             lock.release()
@@ -275,6 +283,11 @@ class SubsetRegistry:
     @property
     def persistent(self) -> bool:
         return isinstance(self.storage, FileStorage)
+
+    def damaged(self, name: str) -> str:
+        """What is wrong with the saved entry ``name`` when it was skipped as damaged ('' otherwise)."""
+        self.storage.load()
+        return self.storage.damaged.get(name, "")
 
     @property
     def problem(self) -> str:

@@ -202,7 +202,8 @@ def test_a_subset_from_another_store_is_named_and_left_out(page, tmp_path):
     registry.add("ok", [1, 5000], origin="manual")
     at.run()
     no_exception(at)
-    assert any("saved for another workspace" in w.value for w in at.warning)
+    assert any("is damaged (row 5000 is beyond the store's 200 images)" in w.value and "saved for another workspace" in w.value
+               for w in at.warning)
     assert "subset: ok" in matrix_names(at)  # still listed, so it can be removed
     assert not errors(at)
 
