@@ -35,11 +35,17 @@ from core.workspace import Workspace, WorkspaceList
 
 UNLOCKED = state_key("workshop", "unlocked")
 EPOCH = state_key("workshop", "epoch")
-CHECK = state_key("workshop", "check")
 VISITED = state_key("workshop", "visited")
 PASSPHRASE_BOX = state_key("workshop", "passphrase")
 REFUSED = state_key("workshop", "refused")
 DONE = state_key("workshop", "done")
+
+
+def check_key(workspace_key: str) -> str:
+    """Where the last checked finding of a workspace is kept (per workspace: a finding
+    checked on one workspace must never show, or be scored again, on another)."""
+    return state_key("workshop", "check", workspace_key)
+
 PAGE_PATH = "pages/workshop.py"
 
 
@@ -214,7 +220,7 @@ def steps_done(workspace_key: str) -> list[bool]:
         ran_spotlight and str(state.get(state_key("spotlight", "panel"), "")).startswith("Spotlight"),
         any(str(state.get(state_key("cohorts", "where", workspace_key) + end) or "").strip() for end in ("", ":kept")),
         subgroups and any("gradcam" in k or "detail" in k for k in keys),
-        state.get(CHECK) is not None,
+        state.get(check_key(workspace_key)) is not None,
     ]
     sticky = state.setdefault(DONE, {})
     done = [bool(d or sticky.get(f"{workspace_key}:{i}")) for i, d in enumerate(now)]
@@ -309,11 +315,11 @@ def check_finding_section(ctx: Any, meta: pd.DataFrame) -> None:
             truth = meta[store.slice_columns].to_numpy(dtype=bool)
             names_ = [c.removeprefix("slice_") for c in store.slice_columns]
             score = score_finding(rows, meta["loss"].to_numpy(), truth, names_)
-            st.session_state[CHECK] = {"label": label, "view": student_view(score)}
+            st.session_state[check_key(ctx.key)] = {"label": label, "view": student_view(score)}
             st.rerun()  # so the sidebar's steps count the check
         except BiasLensError as exc:
             st.error(str(exc))
-    result = st.session_state.get(CHECK)
+    result = st.session_state.get(check_key(ctx.key))
     if result is None:
         return
     view = result["view"]

@@ -53,6 +53,11 @@ def unlock(at: AppTest, passphrase: str) -> AppTest:
     return at
 
 
+def checked(at: AppTest) -> bool:
+    """Whether a finding was checked on some workspace in this session."""
+    return any(str(k).startswith("workshop.check:") and at.session_state[k] is not None for k in at.session_state)
+
+
 def click(at: AppTest, label: str) -> AppTest:
     [b for b in at.button if b.label == label][0].click().run()
     no_exception(at)
@@ -107,7 +112,7 @@ def test_hidden_reveal_and_check(workshop_app):
     assert metrics["Matches a planted slice"] == "yes" and metrics["Slice"] == "marked_sandals"
     assert metrics["Recall"] == "100.0%"
     assert "dark_pullovers" not in all_text(at) and "striped_trousers" not in all_text(at)
-    assert at.session_state["workshop.check"] is not None  # step 6 done
+    assert checked(at)  # step 6 done
 
     # AppTest (streamlit 1.67) drops sidebar elements after an app's first run under
     # st.navigation (see test_app.py), so each instructor action is a new session's first run.
@@ -145,7 +150,7 @@ def test_hidden_reveal_and_check(workshop_app):
     click(resetter, "Reset the workshop")
     at.run()
     assert_hidden(at)
-    assert "workshop.check" not in at.session_state
+    assert not checked(at)
     assert not any(str(k).startswith("subsets:") and at.session_state[k] for k in at.session_state)  # deleted
     assert PASSPHRASE not in all_text(at)
 
@@ -173,3 +178,42 @@ def test_no_workshop_controls_without_the_mode(demo_app):
     no_exception(at)
     assert not [e for e in at.sidebar.expander if "Workshop" in e.label or e.label == "Instructor"]
     assert "pages/workshop.py" not in all_text(at)
+
+
+def test_a_checked_finding_stays_with_its_workspace(tmp_path, monkeypatch):
+    """A finding checked on one workspace was shown, and scored against a baseline, on the
+    next one: a crash when the next was smaller ("A baseline needs a size between 1 and 200"),
+    another workspace's result when larger. Found by a hostile-input sweep."""
+    from core.extract import build_store
+    from core.models import load_model
+    from core.sources import build_dataset
+    from core.workspace import load_workspaces
+
+    settings = tmp_path / "workspaces.toml"
+    settings.write_text("".join(
+        f'[workspace.demo{n}]\nmodel = {{ kind = "demo" }}\ndataset = {{ kind = "demo", limit = {n} }}\n\n' for n in (300, 200)))
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(settings))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BIASLENS_WORKSHOP", "1")
+    monkeypatch.setenv("BIASLENS_INSTRUCTOR_PASSPHRASE", PASSPHRASE)
+    monkeypatch.chdir(REPO)
+    for name in ("demo300", "demo200"):
+        ws = load_workspaces().workspaces[name]
+        build_store(name, load_model(ws.model, "cpu"), build_dataset(ws.dataset), [], root=tmp_path / "cache")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.session_state["app.workspace"] = "demo300"
+    at.switch_page("pages/workshop.py").run()
+    no_exception(at)
+    at.radio(key="workshop.source").set_value("A WHERE filter").run()
+    at.text_input(key="workshop.where").input("label = 'Sandal'")
+    click(at, "Check")
+    assert "filter `label = 'Sandal'`" in " ".join(m.value for m in at.markdown)
+    at.session_state["app.workspace"] = "demo200"
+    at.run()
+    no_exception(at)
+    assert not any("Your finding" in m.value for m in at.markdown)
+    assert [t.value for t in at.title] == ["Workshop"]
+    at.session_state["app.workspace"] = "demo300"
+    at.run()
+    no_exception(at)
+    assert any("Your finding" in m.value and "label = 'Sandal'" in m.value for m in at.markdown)
