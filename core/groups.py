@@ -102,7 +102,9 @@ def _column_codes(
         texts = [_value_text(v) for v in levels]
         return codes, texts, None
     # Numeric with many values: quantile bins (the paper's age groups are bins too).
-    cut = pd.qcut(series.astype(float), q=n_bins, duplicates="drop")
+    # Infinite values have no quantile: they are left out, like missing ones.
+    finite = series.astype(float).replace([np.inf, -np.inf], np.nan)
+    cut = pd.qcut(finite, q=n_bins, duplicates="drop")
     categories = list(cut.cat.categories)
     if len(categories) < 2:
         raise DataError(f"Column '{column}' gives a single quantile bin; it cannot split the images into groups.")

@@ -43,6 +43,16 @@ def test_numeric_column_is_binned_with_labels(meta):
     assert build_groups(meta, ["flag"], min_size=1).names == ("False", "True")
 
 
+def test_infinite_values_are_left_out_of_the_bins():
+    """pd.qcut raised on inf ("missing values must be missing in the same location"), which
+    crashed the Intersectional page on a CSV attribute holding inf (hostile-input sweep)."""
+    score = np.arange(40, dtype=float)
+    score[[3, 17]] = [np.inf, -np.inf]
+    g = build_groups(pd.DataFrame({"score": score}), ["score"], min_size=1)
+    assert g.labels[3] == -1 and g.labels[17] == -1
+    assert int(g.sizes.sum()) == 38 and len(g.bins["score"]) == 4
+
+
 def test_errors(meta):
     with pytest.raises(DataError, match="at least one"):
         build_groups(meta, [])
