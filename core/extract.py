@@ -302,6 +302,8 @@ def _extract(
     try:
         for row, outputs in source(layers, want_core, start):
             last = row
+            if "logits" in outputs:
+                _check_finite_logits(outputs["logits"], row)
             writer.put(row, outputs)
             if progress:
                 reported = writer.prefix()
@@ -331,6 +333,19 @@ def _extract(
         raise StoreError(f"Extraction ended after {row} of {n} images; run the build again to resume.")
     for arr in arrays.values():
         arr.flush()
+
+
+def _check_finite_logits(logits: np.ndarray, first_row: int) -> None:
+    """StoreError when the model returned NaN or infinite logits: every prediction, loss and
+    confidence derived from them would be meaningless, and the store would look complete."""
+    bad = ~np.isfinite(np.asarray(logits)).all(axis=1)
+    if bad.any():
+        rows = first_row + np.flatnonzero(bad)
+        raise StoreError(
+            f"The model returned NaN or infinite logits for {len(rows)} image(s) of the batch from image {first_row} "
+            f"(first: image {int(rows[0])}), so its predictions and losses would be meaningless. Check the model's "
+            "weights and its input normalisation (mean, std); with --precision bf16/fp16, try fp32."
+        )
 
 
 def _checkpoint(arrays: dict[str, np.ndarray], path: Path, fingerprint: str, files: dict[str, str], rows: int) -> None:

@@ -438,3 +438,16 @@ def test_two_processes_build_the_same_store(tmp_path, model, dataset):
     reference = build_store("t", model, dataset, ["block1", "block2"], root=tmp_path / "ref")
     np.testing.assert_array_equal(store.embedding(), reference.embedding())
     np.testing.assert_array_equal(store.pooled("block2"), reference.pooled("block2"))
+
+
+def test_non_finite_logits_stop_the_build(tmp_path, dataset):
+    """A model returning NaN built a store anyway, and the Overview showed an accuracy made
+    from argmax(NaN) (hostile-input sweep). The build stops, naming the first image, and
+    leaves no manifest, so nothing reads the store as complete."""
+    broken = tiny_model()
+    with torch.no_grad():
+        broken.module.head.bias[3] = float("nan")
+    with pytest.raises(StoreError, match=r"NaN or infinite logits for 64 image\(s\) of the batch from image 0 \(first: image 0\)"):
+        build_store("t", broken, dataset, [], batch_size=64, root=tmp_path)
+    assert not list(tmp_path.rglob("manifest.json"))
+    assert find_store("t", broken, dataset, root=tmp_path) is None
