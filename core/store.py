@@ -276,8 +276,9 @@ def metadata_attribute_names(dataset: ImageDataset) -> list[str]:
     An attribute that collides with none of them keeps its name; the others, in column
     order (for two attributes that differ only in case, the second), become
     ``attr_<name>``, or ``attr_<name>_2``, ``attr_<name>_3``, ... when that is taken too.
-    A blank name becomes ``attr_column_<k>`` (k = its position among the attributes, from
-    1); a name that is not text (a number) is turned into text first. So a CSV with
+    A name starting with ``slice_`` (the ground-truth prefix) is renamed the same way even
+    when no such ground-truth column exists. A blank name becomes ``attr_column_<k>`` (k =
+    its position among the attributes, from 1); a name that is not text (a number) is turned into text first. So a CSV with
     attributes ``correct``, ``attr_correct``, ``Label`` and ``slice_x`` (on a dataset with
     a ``slice_x`` ground-truth column) gets ``attr_correct_2``, ``attr_correct``,
     ``attr_Label`` and ``attr_slice_x``. The result is decided before any extraction and
@@ -291,7 +292,9 @@ def metadata_attribute_names(dataset: ImageDataset) -> list[str]:
         names.append(name if name.strip() else f"attr_column_{k}")
     keep = [False] * len(names)
     for i, name in enumerate(names):  # first pass: names that collide with nothing stay
-        if name.lower() not in taken:
+        # ``slice_`` marks planted ground truth everywhere (hidden in workshop mode, left
+        # out of exports): an attribute never takes the prefix, ground truth or not
+        if name.lower() not in taken and not name.lower().startswith("slice_"):
             taken.add(name.lower())
             keep[i] = True
     result = []

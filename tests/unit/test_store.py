@@ -261,6 +261,12 @@ def test_metadata_attribute_names_never_clash():
     every = [*RESERVED_COLUMNS, "slice_x", *names]
     assert len({c.lower() for c in every}) == len(every)  # unique ignoring case
     assert metadata_attribute_names(data) == names  # the same on every call
+    # without ground truth a `slice_` attribute is renamed too: the prefix marks ground truth
+    # everywhere (workshop mode hides it, exports leave it out), so an attribute never takes it
+    images, labels, _ = digits_arrays(12)
+    plain = ArrayDataset(images, labels, [str(d) for d in range(10)],
+                         attributes=pd.DataFrame({"slice_x": ["a", "b"] * 6, "Slice_Y": range(12)}))
+    assert metadata_attribute_names(plain) == ["attr_slice_x", "attr_Slice_Y"]
 
 
 def test_clashing_attribute_names_build_and_query(tmp_path, model):
