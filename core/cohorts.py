@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,8 +33,9 @@ _ALLOWED_CLASSES = frozenset(
     {"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR", "FUNCTION", "CAST",
      "CASE", "BETWEEN", "COLLATE", "LAMBDA", "TYPE"}
 )
-# Scalar functions that reveal the server's settings or environment.
-_DENIED_FUNCTIONS = frozenset({"current_setting", "getenv", "current_database", "current_schema"})
+# Scalar functions that reveal the server's settings or environment, or only stall it.
+_DENIED_FUNCTIONS = frozenset({"current_setting", "getenv", "current_database", "current_schema", "sleep_ms"})
+QUERY_SECONDS = 10.0  # a filter still running after this is interrupted (one visitor must not hold a thread)
 # The only shape of query the wrapper may parse to (every key but the WHERE clause).
 _SELECT_SHAPE = {
     "type": "SELECT_NODE",
@@ -78,7 +80,7 @@ class CohortView:
     def check(self, where: str) -> str:
         """The filter text, stripped, if it is a single boolean filter; else CohortError."""
         expression = where.strip().rstrip(";").strip()
-        if not expression:
+        if not expression or all(kind == duckdb.token_type.comment for _, kind in duckdb.tokenize(expression)):
             raise CohortError("Type a filter, e.g. label = 'Sneaker' AND tint = 'red'.")
         if len(expression) > MAX_FILTER_CHARS:
             raise CohortError(f"The filter is longer than {MAX_FILTER_CHARS:,} characters.")
@@ -99,7 +101,8 @@ class CohortView:
                 "Only a filter expression is allowed (what follows WHERE): no ORDER BY, LIMIT, "
                 "GROUP BY, WITH or closing parenthesis that ends the filter early."
             )
-        if node.get("where_clause") is None:
+        where_clause = node.get("where_clause")
+        if where_clause is None or _is_empty_parentheses(where_clause):
             raise CohortError("Type a filter expression, e.g. correct = false.")
         self._check_expression(node["where_clause"])
         return expression
@@ -156,7 +159,7 @@ class CohortView:
             try:
                 return [int(r[0]) for r in cur.execute(sql).fetchall()]
             except duckdb.Error as exc:
-                raise CohortError(str(exc)) from None
+                raise _query_error(exc) from None
 
     def frame(self, where: str, limit: int | None = None) -> pd.DataFrame:
         """The matching metadata rows as a DataFrame."""
@@ -167,20 +170,36 @@ class CohortView:
             try:
                 return cur.execute(sql).df()
             except duckdb.Error as exc:
-                raise CohortError(str(exc)) from None
+                raise _query_error(exc) from None
 
 
 class _Cursor:
-    """A cursor of its own for one query, closed afterwards."""
+    """A cursor of its own for one query, closed afterwards; interrupted after QUERY_SECONDS."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._cur = con.cursor()
+        self._timer = threading.Timer(QUERY_SECONDS, self._cur.interrupt)
+        self._timer.daemon = True
 
     def __enter__(self) -> duckdb.DuckDBPyConnection:
+        self._timer.start()
         return self._cur
 
     def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
         self._cur.close()
+
+
+def _query_error(exc: duckdb.Error) -> CohortError:
+    """DuckDB's message, or what to do when the query ran out of time."""
+    if isinstance(exc, duckdb.InterruptException):
+        return CohortError(f"The filter was stopped after {QUERY_SECONDS:g} s: simplify it.")
+    return CohortError(str(exc))
+
+
+def _is_empty_parentheses(node: dict[str, Any]) -> bool:
+    """``()``, which DuckDB reads as ``row()``, a tuple of nothing."""
+    return node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() == "row" and not node.get("arguments")
 
 
 def quote_identifier(name: str) -> str:

@@ -65,6 +65,26 @@ def test_no_file_access(view):
 def test_empty_expression(view):
     with pytest.raises(CohortError, match="filter"):
         view.rows("   ")
+    # only a comment, or empty parentheses (DuckDB reads them as row()): the same message, not
+    # DuckDB's "Unimplemented type for cast (TUPLE -> BOOLEAN)"
+    for nothing in ("--", "/**/", "-- label = 'x'", "()"):
+        with pytest.raises(CohortError, match="Type a filter"):
+            view.rows(nothing)
+
+
+def test_a_filter_cannot_stall_the_server(monkeypatch):
+    """sleep_ms(10000) held a visitor's thread for 10 s per row (hours on the demo); it is
+    refused, and any filter still running after QUERY_SECONDS is interrupted with a message."""
+    import core.cohorts
+
+    big = CohortView(pd.DataFrame({"row": np.arange(2_000_000), "k": np.arange(2_000_000) % 7}))
+    with pytest.raises(CohortError, match="'sleep_ms' is not a scalar function"):
+        big.rows("sleep_ms(10) IS NULL")
+    monkeypatch.setattr(core.cohorts, "QUERY_SECONDS", 0.05)
+    with pytest.raises(CohortError, match=r"stopped after 0.05 s: simplify it"):
+        big.rows("md5(md5(md5(CAST(row AS VARCHAR)))) LIKE '%abc%'")
+    monkeypatch.setattr(core.cohorts, "QUERY_SECONDS", 10.0)
+    assert len(big.rows("k = 3")) == 285_714  # the connection still answers
 
 
 # --------------------------------------------------------------------------- breaking out
