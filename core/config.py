@@ -28,6 +28,7 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 EntryPoint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
+PASSPHRASE_RULE = "expected text of 4 to 256 characters, not all spaces"
 MAX_BATCH = 65_536  # images per batch a workspace (or `build --batch-size`) may ask for
 MAX_WORKERS = 256  # loader processes
 SPLITS = {"demo": ("train", "test"), "celeba": ("train", "valid", "test", "all")}
@@ -143,7 +144,7 @@ class SettingsTable(_Table):
     workshop: bool = False
     # Never shown: not in the repr, and a wrong value is reported without the value.
     instructor_passphrase: Annotated[
-        str, StringConstraints(strip_whitespace=False, min_length=4, max_length=256)
+        str, StringConstraints(strip_whitespace=False, min_length=4, max_length=256, pattern=r"\S")
     ] | None = Field(default=None, repr=False)
 
 
@@ -194,7 +195,7 @@ def _sentence(error: dict[str, Any], root: type[BaseModel]) -> str:
     ctx = error.get("ctx") or {}
     if loc and loc[0] in SECRET_KEYS and kind != "missing":
         # a secret's value is never echoed, even when it is wrong
-        return f"{where}: expected text of 4 to 256 characters (the value is not shown)"
+        return f"{where}: {PASSPHRASE_RULE} (the value is not shown)"
     if kind == "missing":
         return f"{where}: this key is required"
     if kind == "extra_forbidden":

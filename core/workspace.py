@@ -36,7 +36,13 @@ from typing import NamedTuple
 # The one place generic code imports the demo: the always-present demo workspace needs
 # the 'demo' model and dataset kinds, which importing core.demo registers.
 import core.demo  # noqa: F401
-from core.config import TOP_LEVEL_KEYS, WorkspaceTable, check_settings, check_workspace
+from core.config import (
+    PASSPHRASE_RULE,
+    TOP_LEVEL_KEYS,
+    WorkspaceTable,
+    check_settings,
+    check_workspace,
+)
 from core.errors import WorkspaceError
 from core.models import ModelSpec
 from core.sources import DatasetSpec
@@ -136,9 +142,16 @@ def workshop_from_env() -> ModeSwitch:
     return _switch_from_env("BIASLENS_WORKSHOP", "workshop")
 
 
-def passphrase_from_env() -> str:
-    """The instructor passphrase from ``BIASLENS_INSTRUCTOR_PASSPHRASE`` ('' when unset)."""
-    return os.environ.get("BIASLENS_INSTRUCTOR_PASSPHRASE", "")
+def passphrase_from_env() -> tuple[str, str]:
+    """The instructor passphrase from ``BIASLENS_INSTRUCTOR_PASSPHRASE`` ('' when unset) and a
+    problem ('' when none). A value the workspace file would refuse (fewer than 4 or more
+    than 256 characters, or only spaces) is ignored, with a problem that never shows it."""
+    value = os.environ.get("BIASLENS_INSTRUCTOR_PASSPHRASE", "")
+    if value and not (4 <= len(value) <= 256 and value.strip()):
+        return "", (f"BIASLENS_INSTRUCTOR_PASSPHRASE: {PASSPHRASE_RULE} (the value is not shown); "
+                    "it is ignored: the workspace file's instructor_passphrase applies if it sets one, else the "
+                    "instructor's controls stay locked.")
+    return value, ""
 
 
 def _resolved(value: str, base: Path) -> str:
@@ -189,11 +202,11 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
     path = default_workspaces_file() if path is None else Path(path)
     env = hosted_from_env()
     workshop = workshop_from_env()
+    passphrase, passphrase_problem = passphrase_from_env()
     result = WorkspaceList(
-        workspaces={DEMO_NAME: demo_workspace()}, hosted=env.on, workshop=workshop.on,
-        passphrase=passphrase_from_env(),
+        workspaces={DEMO_NAME: demo_workspace()}, hosted=env.on, workshop=workshop.on, passphrase=passphrase,
     )
-    for problem in (env.problem, workshop.problem):
+    for problem in (env.problem, workshop.problem, passphrase_problem):
         if problem:
             result.problems.append(problem)
     if not path.exists():

@@ -210,12 +210,25 @@ def test_instructor_passphrase_is_read_and_never_shown(tmp_path, monkeypatch):
     assert load_workspaces(tmp_path / "workspaces.toml").passphrase == "from-env"  # the variable wins
 
 
-@pytest.mark.parametrize("value", ["12345", '"abc"', '["secret-1"]', "true"])
+@pytest.mark.parametrize("value", ["a", "   ", "x" * 257])
+def test_a_bad_passphrase_in_the_environment_is_ignored_and_reported(tmp_path, monkeypatch, value):
+    """The variable used to be taken as it was (one letter, spaces), though the file refuses
+    such values; now it gets the file's rule, and the file's passphrase applies."""
+    monkeypatch.setenv("BIASLENS_INSTRUCTOR_PASSPHRASE", value)
+    assert load_workspaces(tmp_path / "none.toml").passphrase == ""
+    listing = load_workspaces(write(tmp_path, '[settings]\ninstructor_passphrase = "tulip-42"\n'))
+    assert listing.passphrase == "tulip-42"
+    text = "\n".join(listing.problems)
+    assert "BIASLENS_INSTRUCTOR_PASSPHRASE: expected text of 4 to 256 characters, not all spaces" in text
+    assert "x" * 257 not in text  # never shown
+
+
+@pytest.mark.parametrize("value", ["12345", '"abc"', '["secret-1"]', "true", '"     "'])
 def test_a_bad_passphrase_is_a_problem_that_hides_its_value(tmp_path, value):
     listing = load_workspaces(write(tmp_path, f"[settings]\ninstructor_passphrase = {value}\n"))
     assert listing.workshop and listing.hosted and listing.passphrase == ""  # fail closed
     text = "\n".join(listing.problems)
-    assert "instructor_passphrase: expected text of 4 to 256 characters (the value is not shown)" in text
+    assert "instructor_passphrase: expected text of 4 to 256 characters, not all spaces (the value is not shown)" in text
     assert value.strip('"[]') not in text.replace("256", "")
 
 
