@@ -100,13 +100,22 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     path = [os.getcwd(), str(REPO_ROOT), *[p for p in sys.path if p]]
     if os.environ.get("PYTHONPATH"):
         path.append(os.environ["PYTHONPATH"])
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 2,
-        include_dashboard=False,
-        ignore_reinit_error=True,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}},
-    )
+    saved = os.environ.get("PYTHONPATH")
+    # a local Ray's workers inherit this process's environment: setting PYTHONPATH for the
+    # start is enough, and cheaper than a runtime_env (which starts a worker pool of its own)
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+    try:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 2,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def _find_store_error(exc: BaseException) -> BiasLensError | None:
