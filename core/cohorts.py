@@ -108,7 +108,7 @@ class CohortView:
         return expression
 
     def _parse(self, sql: str) -> dict[str, Any]:
-        with self._cursor() as cur:
+        with self._cursor(timed=False) as cur:  # parsing runs nothing: no time limit needed
             try:
                 (text,) = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
             except duckdb.Error as exc:
@@ -149,8 +149,8 @@ class CohortView:
                 if node.get("distinct") or node.get("filter") is not None or order.get("orders"):
                     raise CohortError(f"'{name}' uses aggregate options (DISTINCT, FILTER, ORDER BY).")
 
-    def _cursor(self) -> _Cursor:
-        return _Cursor(self._con)
+    def _cursor(self, timed: bool = True) -> _Cursor:
+        return _Cursor(self._con, timed)
 
     def rows(self, where: str) -> list[int]:
         """Store row numbers of the images matching ``where``, ascending."""
@@ -174,19 +174,23 @@ class CohortView:
 
 
 class _Cursor:
-    """A cursor of its own for one query, closed afterwards; interrupted after QUERY_SECONDS."""
+    """A cursor of its own for one query, closed afterwards; ``timed``: interrupted after
+    QUERY_SECONDS."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, timed: bool = True) -> None:
         self._cur = con.cursor()
-        self._timer = threading.Timer(QUERY_SECONDS, self._cur.interrupt)
-        self._timer.daemon = True
+        self._timer = threading.Timer(QUERY_SECONDS, self._cur.interrupt) if timed else None
+        if self._timer is not None:
+            self._timer.daemon = True
 
     def __enter__(self) -> duckdb.DuckDBPyConnection:
-        self._timer.start()
+        if self._timer is not None:
+            self._timer.start()
         return self._cur
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._cur.close()
 
 

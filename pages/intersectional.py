@@ -55,7 +55,7 @@ try:
         groups = view.groups_for(store, tuple(columns), min_size)
     else:
         names = st.multiselect("Subsets (each one a group; they must not overlap)", saved,
-                               **kept(state_key(PAGE, "subsets", ctx.key), view.disjoint_default(ctx, saved)))
+                               **kept(state_key(PAGE, "subsets", ctx.key), default_from=lambda: view.disjoint_default(ctx, saved)))
         if len(names) < 2:
             st.info("Pick at least 2 saved subsets that share no image.")
             st.stop()

@@ -56,16 +56,18 @@ def percent(value: float) -> str:
     return "–" if value != value else f"{100 * value:.1f}%"
 
 
-def kept(key: str, default: Any) -> dict[str, Any]:
+def kept(key: str, default: Any = None, *, default_from: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Keyword arguments (key, on_change, args) for a widget whose value survives leaving the
     page and coming back: ``st.slider("x", 0, 9, **kept(key, 3))``, with no default value.
+    ``default_from`` computes the first value instead, only on the run that needs it.
 
     Streamlit drops a widget's state on a run that does not draw it (another page). The value
     is kept under ``<key>:kept``, updated by the widget's on_change, and given back to the
     widget on every run before it is drawn.
     """
     mirror = f"{key}:kept"
-    st.session_state.setdefault(mirror, default)
+    if mirror not in st.session_state:
+        st.session_state[mirror] = default_from() if default_from is not None else default
     st.session_state[key] = st.session_state[mirror]
     return {"key": key, "on_change": _keep, "args": (key, mirror)}
 
