@@ -11,8 +11,8 @@ _loading = st.empty()
 if "core.ui.context" not in sys.modules:
     _loading.info(":material/hourglass_top: Starting BiasLens: loading the model libraries (about 10 s the first time)...")
 
-from core.ui import workshop  # noqa: E402  (heavy: after the loading message)
-from core.ui.context import sidebar_picker, workspace_list  # noqa: E402
+from core.ui import visitor, workshop  # noqa: E402  (heavy: after the loading message)
+from core.ui.context import ignore_clear_cache_when_hosted, sidebar_picker, workspace_list  # noqa: E402
 
 _loading.empty()
 
@@ -29,6 +29,9 @@ PAGES = [
 # Workshop mode (core/ui/workshop.py) adds the "Check my finding" page and the sidebar's steps.
 WORKSHOP_PAGE = st.Page(workshop.PAGE_PATH, title="Workshop: check my finding", icon=":material/school:")
 listing = workspace_list()
+ignore_clear_cache_when_hosted()
+if listing.hosted or listing.passphrase or workshop.workshop_on(listing):
+    visitor.visitor_key()  # keeps ?v= in the URL, so a reload finds this visitor's work again
 pages = PAGES + ([WORKSHOP_PAGE] if workshop.workshop_on(listing) else [])
 # Streamlit's own sidebar menu is off (.streamlit/config.toml: showSidebarNavigation): before
 # this script first runs it would list the files of pages/ by their raw names for the ~10 s

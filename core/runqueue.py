@@ -45,6 +45,7 @@ class RunQueue:
         self._waiting: deque[object] = deque()
         self._running = 0
         self._held: Counter[str] = Counter()
+        self.peak_running = 0  # the most runs ever at once: never above ``slots`` (bench/load.py checks)
 
     @property
     def running(self) -> int:
@@ -81,6 +82,7 @@ class RunQueue:
                     if self._waiting[0] is ticket and self._running < self.slots:
                         self._waiting.popleft()
                         self._running += 1
+                        self.peak_running = max(self.peak_running, self._running)
                         started = True
                         self._cond.notify_all()
                         break

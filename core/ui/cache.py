@@ -6,7 +6,9 @@
   store itself: ``STORE_HASH`` hashes a Store by its fingerprint and layers, so a rebuilt
   or extended store is a new key and only ``store_for`` needs clearing after a build.
 - Heavy runs are computed once per inputs into a shared slot (``computed_once``), inside
-  a place of the server's run queue (core/runqueue.py): visitors are served in turn. Each
+  a place of the server's run queue (core/runqueue.py): visitors are served in turn. The
+  queues and the slots live in core/server.py, never in Streamlit's caches (a client can
+  clear those). Each
   method's own cached runs live beside its view module (core/ui/<method>_view.py), keyed
   by its estimator's ``get_params()``.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,13 +30,16 @@ from PIL import Image
 
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
+from core.errors import BiasLensError
 from core.images import framed, thumbnail
 from core.models import LoadedModel, load_model
-from core.runqueue import RunQueue, default_slots
+from core.runqueue import RunQueue
+from core.server import SERVER
 from core.sources import build_dataset
 from core.stats import bootstrap_ci, slice_accuracy
 from core.store import Store, find_store
 from core.summary import attribute_accuracy, class_accuracy, confusion, intersection_accuracy
+from core.ui.keys import state_key
 from core.workspace import Workspace, WorkspaceList, load_workspaces
 
 T = TypeVar("T")
@@ -166,11 +171,18 @@ def thumbnails(_dataset: ImageDataset, workspace_key: str, rows: tuple[int, ...]
 
 # --------------------------------------------------------------------------- heavy runs
 
+HEAVY, LIGHT = "heavy", "light"
 
-@st.cache_resource(show_spinner=False)
-def run_queue() -> RunQueue:
-    """The server's one queue of heavy runs, shared by every session."""
-    return RunQueue(default_slots())
+
+class RunCancelled(BiasLensError):
+    """The visitor cancelled this run; it starts again only when they ask."""
+
+
+def run_queue(lane: str = HEAVY) -> RunQueue:
+    """The server's queue of one lane (core/server.py: never in Streamlit's caches, which a
+    client can clear). Light work (one image's Grad-CAM or details) has its own lane, so it
+    never waits behind a probe training or a clustering."""
+    return SERVER.light if lane == LIGHT else SERVER.heavy
 
 
 def session_id() -> str:
@@ -181,21 +193,59 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else "local"
 
 
+def about(seconds: float) -> str:
+    """A duration as people say it: "about 40 s", "about 6 min", "about 1.5 h"."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def _cancel_key(label: str, ident: str) -> str:
+    return state_key("run", "cancelled", zlib.crc32(f"{label}|{ident}".encode()))
+
+
 @contextlib.contextmanager
-def queued(label: str) -> Iterator[None]:
-    """Hold a place in the run queue; while waiting, say how many runs are ahead."""
+def queued(label: str, lane: str = HEAVY, expected_s: float | None = None, ident: str = "") -> Iterator[None]:
+    """Hold a place in a lane's run queue; while waiting, say how many runs are ahead.
+
+    A heavy run shows a Cancel button while it waits and runs: pressing it stops the run at
+    its next progress step, frees its place, and the run waits for the visitor's "Start
+    again" (``RunCancelled``) instead of starting over on the next rerun.
+    """
+    cancel = _cancel_key(label, ident)
+    if lane == HEAVY and st.session_state.get(cancel):
+        def again() -> None:
+            st.session_state.pop(cancel, None)
+
+        st.button(f"Start {label[:1].lower() + label[1:]} again", key=f"{cancel}:again", on_click=again,
+                  icon=":material/replay:")
+        raise RunCancelled(f"You cancelled {label[:1].lower() + label[1:]}. Press \"Start again\" to run it.")
     notice = st.empty()
-    queue = run_queue()
+    queue = run_queue(lane)
+    expected = f" Expected: {about(expected_s)} once it starts." if expected_s else ""
+
+    def stop_button(where: Any) -> None:
+        if lane == HEAVY:
+            where.button("Cancel", key=f"{cancel}:button", icon=":material/cancel:",
+                         on_click=lambda: st.session_state.update({cancel: True}),
+                         help="Stops this run and frees its place on the server.")
 
     def waiting(ahead: int) -> None:
-        notice.info(
-            f":material/hourglass_top: {label} is queued: {ahead} run(s) ahead of yours "
-            f"(this server runs {queue.slots} at a time)."
-        )
+        with notice.container():
+            st.info(f":material/hourglass_top: {label} is queued: {ahead} run(s) ahead of yours "
+                    f"(this server runs {queue.slots} at a time).{expected}")
+            stop_button(st)
 
     try:
         with queue.run(session_id(), waiting):
             notice.empty()
+            if lane == HEAVY:
+                with notice.container():
+                    if expected_s:
+                        st.caption(f":material/schedule: {label}: {about(expected_s)} expected.")
+                    stop_button(st)
             yield
     finally:
         notice.empty()
@@ -206,26 +256,23 @@ def run_key(*parts: Any) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-@st.cache_resource(show_spinner=False, max_entries=256)
-def _result_slot(kind: str, fingerprint: str, key: str) -> dict[str, Any]:
-    """An empty holder per (kind of run, store, inputs), shared by sessions."""
-    return {"lock": threading.Lock()}
-
-
 def cached_result(kind: str, fingerprint: str, key: str) -> Any | None:
     """The result ``computed_once`` holds for these inputs, or None (nothing is computed)."""
-    return _result_slot(kind, fingerprint, key).get("result")
+    return SERVER.results.slot(kind, fingerprint, key).get("result")
 
 
-def computed_once(kind: str, fingerprint: str, key: str, label: str, compute: Callable[[], T]) -> T:
-    """The result of ``compute()`` for these inputs: cached, else run once in the run queue.
+def computed_once(kind: str, fingerprint: str, key: str, label: str, compute: Callable[[], T],
+                  lane: str = HEAVY, expected_s: float | None = None) -> T:
+    """The result of ``compute()`` for these inputs: kept in the server's result slots (never
+    in Streamlit's caches), else run once in a place of ``lane``'s queue.
 
-    Nothing is cached when ``compute`` raises, so a fixed input can be retried.
+    Nothing is kept when ``compute`` raises or is cancelled, so it can be retried.
     """
-    slot = _result_slot(kind, fingerprint, key)
+    slot = SERVER.results.slot(kind, fingerprint, key)
     if "result" not in slot:
         with slot["lock"]:
             if "result" not in slot:
-                with queued(label):
+                with queued(label, lane, expected_s, ident=f"{kind}|{fingerprint}|{key}"):
                     slot["result"] = compute()
+    st.session_state.pop(_cancel_key(label, f"{kind}|{fingerprint}|{key}"), None)
     return slot["result"]

@@ -16,9 +16,15 @@ from core.errors import BiasLensError, redact_paths
 from core.models import LoadedModel
 from core.store import Store
 from core.subsets import SubsetRegistry
-from core.ui import cache
+from core.ui import cache, visitor
 from core.ui.keys import state_key
-from core.workspace import DEMO_NAME, Workspace, WorkspaceList, default_workspaces_file
+from core.workspace import (
+    DEMO_NAME,
+    Workspace,
+    WorkspaceList,
+    default_workspaces_file,
+    load_workspaces,
+)
 
 WORKSPACE_KEY = state_key("app", "workspace")
 ROUTED_KEY = state_key("app", "routed")  # set by a session's first run (see through_app)
@@ -78,13 +84,13 @@ class PageContext:
 
     def subsets(self) -> SubsetRegistry:
         """The workspace's saved subsets: in the store's folder (``subsets.json``, shared by
-        every session and kept across restarts), or in this session only when hosted, in
-        workshop mode (each student's own, cleared by the instructor's reset) or before the
-        store exists."""
+        every session and kept across restarts), or in this visitor's own record on the server
+        when hosted, in workshop mode (each student's own, kept across reloads, cleared by the
+        instructor's reset) or before the store exists (core/ui/visitor.py)."""
         from core.ui import workshop  # late: workshop imports this module
 
         if self.hosted or self.store is None or workshop.workshop_on():
-            return SubsetRegistry(st.session_state, self.key)
+            return SubsetRegistry(visitor.VisitorStorage(visitor.record(), self.key))
         return SubsetRegistry.in_folder(self.store.path, n=self.store.n)
 
 
@@ -110,6 +116,28 @@ def through_app() -> None:
     if first and PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+def ignore_clear_cache_when_hosted() -> None:
+    """Make a hosted server ignore Streamlit's clear-cache message.
+
+    Any browser can send it (the menu's "Clear cache", or by hand over the page's WebSocket),
+    and it empties every cache of the server for all visitors, so a visitor could make the
+    server recompute everything. Nothing a visitor shares lives in those caches (core/server.py),
+    so this is defence in depth. Local mode keeps the menu item. Patched once per process.
+    """
+    from streamlit.runtime.app_session import AppSession
+
+    original = getattr(AppSession, "_handle_clear_cache_request", None)
+    if original is None or getattr(original, "biaslens_guard", False):
+        return
+
+    def handle(session: AppSession) -> None:
+        if not load_workspaces(default_workspaces_file()).hosted:
+            original(session)
+
+    handle.biaslens_guard = True  # type: ignore[attr-defined]
+    AppSession._handle_clear_cache_request = handle  # type: ignore[method-assign]
 
 
 def page_context(require_store: bool = True) -> PageContext:

@@ -69,13 +69,18 @@ def show_requested(ctx: PageContext, meta: pd.DataFrame, origin: str) -> None:
     wanted = st.session_state.get(REQUEST)
     if wanted and wanted[0] == origin and 0 <= wanted[1] < len(meta):
         image_detail(ctx, meta, wanted[1])
+        if origin.startswith("subgroups."):
+            from core.ui import workshop  # late: workshop imports the context module
+
+            if workshop.workshop_on():
+                workshop.note_step(ctx.key, workshop.GRAD_CAM_STEP)  # the step's "press CAM"
 
 
 def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
     """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
     return cache.computed_once(
         "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM",
-        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets),
+        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets), lane=cache.LIGHT,
     )
 
 

@@ -7,7 +7,7 @@ two workspaces or two subgroups never share a value by accident.
 
 from __future__ import annotations
 
-PAGES = ("app", "overview", "cohorts", "spotlight", "subgroups", "saliency", "intersectional", "activis", "store", "workshop", "detail")
+PAGES = ("app", "run", "overview", "cohorts", "spotlight", "subgroups", "saliency", "intersectional", "activis", "store", "workshop", "detail")
 
 
 def state_key(page: str, name: str, *scope: object) -> str:

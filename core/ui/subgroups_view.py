@@ -146,12 +146,14 @@ def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key
     A fragment: pressing CAM reruns only these thumbnails (and opens the dialog), not the page.
     """
 
+    origin = f"subgroups.{key}"  # a Subgroups origin ticks the workshop's Grad-CAM step
+
     def cam_button(col: Any, rec: dict[str, Any]) -> None:
         if col.button("CAM", key=f"{key}:{rec['row']}", help="Open this image's details and Grad-CAM", width="stretch"):
-            image_detail.request(key, int(rec["row"]))
+            image_detail.request(origin, int(rec["row"]))
 
     gallery(ctx, meta, rows, columns=columns, size=THUMB, below=cam_button, details=False)
-    image_detail.show_requested(ctx, meta, key)
+    image_detail.show_requested(ctx, meta, origin)
 
 
 def confusion_panel(subgroups: UDIS, meta: pd.DataFrame, classes: list[str], subgroup: int, title: str) -> None:

@@ -1,25 +1,29 @@
 """Workshop mode in the app: hide the ground truth until the instructor reveals it, the
 instructor's sidebar panel, the guided steps and "Check my finding".
 
-**Reveal is per server.** The state lives in one ``st.cache_resource`` holder shared by
-every session, so when the instructor presses "Reveal" the whole class sees the ground
-truth on its next rerun, and "Hide" or "Reset" hides it for everyone again. A per-session
-reveal would make the instructor the only one to see it, which is not what a class needs.
-Clearing Streamlit's resource cache (or restarting the server) forgets the holder, which
-hides the ground truth again: the state fails closed.
+**Reveal is per server.** The state is core/server.py's ``SERVER.workshop``, a plain object of
+the server process shared by every session (never a Streamlit cache, which any client can
+clear): when the instructor presses "Reveal" every open page follows within about
+``POLL_S`` seconds (a sidebar fragment polls the state's version and reruns its page), and
+"Hide" or "Reset" hides it for everyone again. Restarting the server hides it: the state
+fails closed. Reset also pins workshop mode to what it is, so it never reveals by turning the
+mode off.
 
 Workshop mode is on when the settings say so (``[settings] workshop = true`` or
 ``BIASLENS_WORKSHOP=1``, core/workspace.py) unless the instructor switched it for the server
 in the sidebar. The instructor unlocks the panel with the passphrase
 (``instructor_passphrase`` or ``BIASLENS_INSTRUCTOR_PASSPHRASE``), compared with
-``hmac.compare_digest``; it is never shown. Without a passphrase nobody can reveal from the app.
+``hmac.compare_digest``; it is never shown, and failed attempts are throttled per visitor
+and per server (``SERVER.throttle``). Without a passphrase nobody can reveal from the app.
+
+Each student's steps are kept server-side in their visitor record (core/ui/visitor.py), so
+a reload keeps them; Reset clears them for everyone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
+from core.server import SERVER, WorkshopSnapshot
+from core.ui import visitor
 from core.ui.keys import state_key
 from core.ui.widgets import how_to_read, percent
 from core.workshop import random_baseline, score_finding, student_view
@@ -38,7 +44,7 @@ EPOCH = state_key("workshop", "epoch")
 VISITED = state_key("workshop", "visited")
 PASSPHRASE_BOX = state_key("workshop", "passphrase")
 REFUSED = state_key("workshop", "refused")
-DONE = state_key("workshop", "done")
+SEEN = state_key("workshop", "seen")  # the workshop state version this page shows
 
 
 def check_key(workspace_key: str) -> str:
@@ -52,10 +58,11 @@ PAGE_PATH = "pages/workshop.py"
 # --------------------------------------------------------------------------- server-wide state
 
 
-@st.cache_resource(show_spinner=False)
-def server_state() -> dict[str, Any]:
-    """The one workshop state of this server: every session reads the same dict."""
-    return {"lock": threading.Lock(), "override": None, "revealed": False, "epoch": 0, "clear_subsets": False}
+POLL_S = 2.0  # how often an open page checks for the instructor's changes
+
+
+def _state() -> WorkshopSnapshot:
+    return SERVER.workshop.snapshot()
 
 
 def _listing() -> WorkspaceList:
@@ -66,13 +73,12 @@ def _listing() -> WorkspaceList:
 
 def workshop_on(listing: WorkspaceList | None = None) -> bool:
     """Whether workshop mode is on: the instructor's switch if set, else the settings."""
-    override = server_state()["override"]
-    return bool((listing or _listing()).workshop if override is None else override)
+    return _state().mode((listing or _listing()).workshop)
 
 
 def ground_truth_hidden(listing: WorkspaceList | None = None) -> bool:
     """True while workshop mode is on and the instructor has not revealed the ground truth."""
-    return workshop_on(listing) and not server_state()["revealed"]
+    return workshop_on(listing) and not _state().revealed
 
 
 def visible_columns(columns: list[str], hidden: bool | None = None) -> list[str]:
@@ -83,12 +89,6 @@ def visible_columns(columns: list[str], hidden: bool | None = None) -> list[str]
 
 def hidden_notice(what: str) -> None:
     st.info(f":material/visibility_off: {what} is hidden during the workshop until the instructor reveals it.")
-
-
-def _set(**changes: Any) -> None:
-    state = server_state()
-    with state["lock"]:
-        state.update(changes)
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -106,27 +106,38 @@ def _token(passphrase: str) -> str:
 
 
 def _unlock(expected: str) -> None:
-    """The Unlock button's callback: compare, then empty the box (the text is never kept)."""
+    """The Unlock button's callback: compare, then empty the box (the text is never kept).
+    A visitor who failed too often, or a server that saw too many failures lately, waits."""
     entered = st.session_state.get(PASSPHRASE_BOX, "")
     st.session_state[PASSPHRASE_BOX] = ""
-    if _passphrase_ok(entered, expected):
+    who = visitor.visitor_key()
+    wait = SERVER.throttle.wait_s(who)
+    if wait > 0:
+        st.session_state[REFUSED] = f"Too many wrong passphrases: try again in {max(1, round(wait))} s."
+    elif _passphrase_ok(entered, expected):
+        SERVER.throttle.succeeded(who)
         st.session_state[UNLOCKED] = _token(expected)
     else:
-        st.session_state[REFUSED] = True
+        SERVER.throttle.failed(who)
+        st.session_state[REFUSED] = "Wrong passphrase."
 
 
-def _apply_reset(workspace_key: str) -> None:
-    """Bring this session up to the server's reset count: forget its workshop progress (and,
-    when the instructor asked, its subsets kept in the session)."""
-    state = server_state()
-    if st.session_state.get(EPOCH, 0) == state["epoch"]:
+# Session keys a step is read from: a reset forgets them, so no step stays ticked from before it.
+STEP_SOURCES = ("workshop.", "spotlight.run:", "spotlight.panel", "cohorts.where", "subgroups.run:", "detail.")
+
+
+def _apply_reset() -> None:
+    """Bring this session up to the server's reset count: forget its workshop progress (the
+    visitor's record was cleared by the reset itself) and what its steps were read from."""
+    state = _state()
+    if st.session_state.get(EPOCH, 0) == state.epoch:
         return
-    for key in [k for k in st.session_state if str(k).startswith("workshop.") and k != UNLOCKED]:
+    for key in [k for k in st.session_state if str(k).startswith(STEP_SOURCES) and k not in (UNLOCKED, EPOCH)]:
         del st.session_state[key]
-    if state["clear_subsets"]:
+    if state.clear_subsets:
         for key in [k for k in st.session_state if str(k).startswith("subsets:")]:
             del st.session_state[key]
-    st.session_state[EPOCH] = state["epoch"]
+    st.session_state[EPOCH] = state.epoch
 
 
 def instructor_panel(listing: WorkspaceList, clear_subsets: Any = None) -> None:
@@ -135,41 +146,38 @@ def instructor_panel(listing: WorkspaceList, clear_subsets: Any = None) -> None:
     on = workshop_on(listing)
     if not on and not listing.passphrase:
         return
-    state = server_state()
-    if on:
-        st.sidebar.caption(
-            ":material/school: Workshop mode: the ground truth is "
-            + ("**revealed**." if state["revealed"] else "hidden until the instructor reveals it.")
-        )
+    state = _state()
     with st.sidebar.expander("Instructor", icon=":material/lock:"):
         if not listing.passphrase:
-            st.caption("No instructor passphrase is set (`instructor_passphrase` under `[settings]`, or "
-                       "BIASLENS_INSTRUCTOR_PASSPHRASE), so the ground truth cannot be revealed from the app.")
+            st.caption("No instructor passphrase is set on this server, so the ground truth cannot be revealed "
+                       "from the app.")
             return
         if st.session_state.get(UNLOCKED) != _token(listing.passphrase):
             st.text_input("Instructor passphrase", type="password", key=PASSPHRASE_BOX)
             st.button("Unlock", icon=":material/lock_open:", on_click=_unlock, args=(listing.passphrase,))
-            if st.session_state.pop(REFUSED, False):
-                st.error("Wrong passphrase.")
+            refused = st.session_state.pop(REFUSED, None)
+            if refused:
+                st.error(refused)
             return
         mode = st.toggle("Workshop mode (everyone)", value=on, key=state_key("workshop", "mode_toggle"),
                          help="Switches workshop mode for every session of this server.")
         if mode != on:
-            _set(override=mode)
+            SERVER.workshop.set_mode(mode)
             st.rerun()
         if on:
-            if state["revealed"]:
+            if state.revealed:
                 if st.button("Hide the ground truth", icon=":material/visibility_off:"):
-                    _set(revealed=False)
+                    SERVER.workshop.set_revealed(False)
                     st.rerun()
             elif st.button("Reveal the ground truth", icon=":material/visibility:", type="primary"):
-                _set(revealed=True)
+                SERVER.workshop.set_revealed(True)
                 st.rerun()
         wipe = st.checkbox("Reset also deletes the saved subsets", key=state_key("workshop", "reset_subsets"))
         if st.button("Reset the workshop", icon=":material/restart_alt:",
                      help="Hides the ground truth, clears every student's steps and checks"
-                          " (and their subsets, if ticked)."):
-            _set(revealed=False, override=None, epoch=state["epoch"] + 1, clear_subsets=wipe)
+                          " (and their subsets, if ticked). Workshop mode stays as it is."):
+            SERVER.workshop.reset(listing.workshop, wipe)
+            SERVER.visitors.reset(wipe)
             if wipe and clear_subsets is not None:
                 clear_subsets()
             st.toast("Workshop reset.")
@@ -204,36 +212,40 @@ STEPS = (
          "pages/subgroups.py"),
     Step("Check my finding", "On Workshop, check your subset or filter against the hidden planted slices.", PAGE_PATH),
 )
+GRAD_CAM_STEP = 4
+
+
+def note_step(workspace_key: str, step: int) -> None:
+    """Tick ``step`` (0-based) for this visitor: for actions that happen where the steps panel
+    cannot see them (a Grad-CAM opened in a fragment's dialog); the panel shows it on its next poll."""
+    visitor.record().steps[f"{workspace_key}:{step}"] = True
 
 
 def steps_done(workspace_key: str) -> list[bool]:
-    """Which steps this session has done, read from session state (step 3 counts once a
-    spotlight's panel has been shown). A step once done stays done (``workshop.done``):
-    the widget keys it is read from go when the student leaves their page."""
+    """Which steps this visitor has done: read from session state (step 3 counts once a
+    spotlight's panel has been shown) and kept in the visitor's server-side record, where a
+    step once done stays done (across pages and reloads) until the instructor's Reset."""
     state = st.session_state
-    keys = [str(k) for k in state]
     ran_spotlight = state.get(state_key("spotlight", "run", workspace_key)) is not None
-    subgroups = state.get(state_key("subgroups", "run", workspace_key)) is not None
     now = [
         bool(state.get(VISITED)),
         ran_spotlight,
         ran_spotlight and str(state.get(state_key("spotlight", "panel"), "")).startswith("Spotlight"),
         any(str(state.get(state_key("cohorts", "where", workspace_key) + end) or "").strip() for end in ("", ":kept")),
-        subgroups and any("gradcam" in k or "detail" in k for k in keys),
+        False,  # ticked by note_step when a Grad-CAM is drawn on Subgroups
         state.get(check_key(workspace_key)) is not None,
     ]
-    sticky = state.setdefault(DONE, {})
+    sticky = visitor.record().steps
     done = [bool(d or sticky.get(f"{workspace_key}:{i}")) for i, d in enumerate(now)]
     sticky.update({f"{workspace_key}:{i}": True for i, d in enumerate(done) if d})
     return done
 
 
 def steps_panel(workspace_key: str) -> None:
-    """The sidebar's guided steps, marked from session state."""
+    """The guided steps, marked from what this visitor has done."""
     done = steps_done(workspace_key)
     following = next((i for i, d in enumerate(done) if not d), None)
-    with st.sidebar.expander(f"Workshop steps ({sum(done)} of {len(STEPS)} done)", expanded=True,
-                             icon=":material/checklist:"):
+    with st.expander(f"Workshop steps ({sum(done)} of {len(STEPS)} done)", expanded=True, icon=":material/checklist:"):
         for i, (step, ok) in enumerate(zip(STEPS, done, strict=True)):
             mark = ":material/check_circle:" if ok else ":material/radio_button_unchecked:"
             st.markdown(f"{mark} {i + 1}. **{step.title}**" if i == following else f"{mark} {i + 1}. {step.title}")
@@ -242,8 +254,8 @@ def steps_panel(workspace_key: str) -> None:
 
 
 def _clear_subsets(workspace: Workspace, listing: WorkspaceList) -> None:
-    """Delete the saved subsets of ``workspace`` that this session sees (the shared file's, or
-    the session's when hosted)."""
+    """Delete the saved subsets of ``workspace`` in its shared file (the visitors' own were
+    cleared with their records)."""
     from core.ui import cache
     from core.ui.context import PageContext
 
@@ -263,13 +275,34 @@ def mark_visited() -> None:
     st.session_state[VISITED] = True
 
 
+@st.fragment(run_every=POLL_S)
+def _live(listing: WorkspaceList, workspace_key: str) -> None:
+    """Polls the server's workshop state: when the instructor changed it since this page was
+    drawn, the whole page reruns (so a reveal, hide or mode switch reaches every open page
+    without a reload); otherwise only the steps are redrawn (a step ticked in a dialog shows)."""
+    version = _state().version
+    seen = st.session_state.setdefault(SEEN, version)
+    if version != seen:
+        st.session_state[SEEN] = version
+        st.rerun(scope="app")
+    if workshop_on(listing):
+        steps_panel(workspace_key)
+
+
 def sidebar(listing: WorkspaceList, workspace: Workspace) -> None:
     """Everything workshop mode adds to the sidebar (nothing when it is off and no passphrase
     is set). Drawn by each page (``page_context``), after the page's own progress is known."""
-    _apply_reset(workspace.key())
-    if workshop_on(listing):
-        steps_panel(workspace.key())
+    _apply_reset()
+    st.session_state[SEEN] = _state().version  # this run draws the state as it is now
+    if workshop_on(listing) or listing.passphrase:
+        with st.sidebar:
+            _live(listing, workspace.key())
     instructor_panel(listing, lambda: _clear_subsets(workspace, listing))
+    if workshop_on(listing):
+        st.sidebar.caption(
+            ":material/school: Workshop mode: the ground truth is "
+            + ("**revealed**." if _state().revealed else "hidden until the instructor reveals it.")
+        )
 
 
 # --------------------------------------------------------------------------- check my finding

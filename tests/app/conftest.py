@@ -10,6 +10,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from core.server import SERVER
 from tests.support import SIZE, digits_arrays
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def clear_caches():
     st.cache_data.clear()
     st.cache_resource.clear()
+    SERVER.reset()  # what every visitor shares lives outside Streamlit's caches: a fresh server
     yield
 
 

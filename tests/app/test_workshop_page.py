@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.server import SERVER
 from tests.app.conftest import REPO
 from tests.app.test_app import no_exception
 
@@ -53,6 +54,12 @@ def unlock(at: AppTest, passphrase: str) -> AppTest:
     return at
 
 
+def saved_subsets(at: AppTest) -> list[str]:
+    """The names of the subsets this session's visitor keeps on the server (any workspace)."""
+    data = SERVER.visitors.get(at.session_state["app.visitor"]).data
+    return sorted(name for key, subsets in data.items() if key.startswith("subsets:") for name in subsets)
+
+
 def checked(at: AppTest) -> bool:
     """Whether a finding was checked on some workspace in this session."""
     return any(str(k).startswith("workshop.check:") and at.session_state[k] is not None for k in at.session_state)
@@ -80,11 +87,11 @@ def test_hidden_reveal_and_check(workshop_app):
     no_exception(at)
     assert at.error and "not found" in at.error[0].value  # the column does not exist for a student
     assert "dark_pullovers" not in all_text(at)  # and DuckDB's suggestions name no other slice
-    # a cohort saved as a subset (kept in the student's session in workshop mode)
+    # a cohort saved as a subset (kept in the student's own record on the server in workshop mode)
     next(t for t in at.text_input if t.label == "WHERE").input("label = 'Sandal' AND marker = 'square'").run()
     next(t for t in at.text_input if t.label == "Subset name").input("my sandals")
     click(at, "Save as subset")
-    assert any(str(k).startswith("subsets:") and at.session_state[k] for k in at.session_state)
+    assert saved_subsets(at) == ["my sandals"]
 
     # Spotlight: the scorecard is replaced by a notice
     at.switch_page("pages/spotlight.py").run()
@@ -151,7 +158,7 @@ def test_hidden_reveal_and_check(workshop_app):
     at.run()
     assert_hidden(at)
     assert not checked(at)
-    assert not any(str(k).startswith("subsets:") and at.session_state[k] for k in at.session_state)  # deleted
+    assert saved_subsets(at) == []  # deleted
     assert PASSPHRASE not in all_text(at)
 
 

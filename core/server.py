@@ -1,0 +1,243 @@
+"""State every visitor of one server shares, in plain Python objects of this process.
+
+Nothing here lives in Streamlit's caches: a browser can send Streamlit's clear-cache message,
+which empties ``st.cache_data`` and ``st.cache_resource`` for the whole server, and that must
+neither reveal a hidden ground truth nor reset the run queue. The state is:
+
+- ``WorkshopState``: workshop mode as the instructor switched it, the reveal, the reset count,
+  and a version that changes on every change (open pages poll it to follow a reveal);
+- ``Visitors``: each visitor's own work (saved subsets, workshop steps), keyed by a random
+  visitor key the app keeps in the page's URL, so a reload finds it again;
+- ``PassphraseThrottle``: failed instructor passphrases, limited per visitor and per server;
+- the run queues (``heavy`` and ``light`` lanes, core/runqueue.py) and ``ResultSlots``, the
+  shared results of heavy runs.
+
+A server restart forgets all of it (the ground truth is hidden again), which fails closed.
+``SERVER`` is the one instance; tests call ``SERVER.reset()`` between cases.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.runqueue import RunQueue, default_slots
+
+VISITOR_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+MAX_VISITORS = 2000  # records kept; the least recently seen goes first
+MAX_RESULTS = 256  # heavy-run results kept in memory; the least recently used goes first
+
+
+# --------------------------------------------------------------------------- workshop
+
+
+@dataclass
+class WorkshopSnapshot:
+    """One consistent reading of the workshop state."""
+
+    override: bool | None
+    revealed: bool
+    epoch: int
+    clear_subsets: bool
+    version: int
+
+    def mode(self, settings: bool) -> bool:
+        """Workshop mode: the instructor's switch when set, else the settings file's."""
+        return bool(settings if self.override is None else self.override)
+
+
+class WorkshopState:
+    """Workshop mode, reveal and reset for the whole server; only the instructor's panel
+    changes it. ``version`` increases with every change."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._override: bool | None = None
+        self._revealed = False
+        self._epoch = 0
+        self._clear_subsets = False
+        self._version = 0
+
+    def snapshot(self) -> WorkshopSnapshot:
+        with self._lock:
+            return WorkshopSnapshot(self._override, self._revealed, self._epoch, self._clear_subsets, self._version)
+
+    def set_mode(self, on: bool) -> None:
+        """The instructor's "Workshop mode (everyone)" switch."""
+        with self._lock:
+            self._override = bool(on)
+            self._version += 1
+
+    def set_revealed(self, revealed: bool) -> None:
+        with self._lock:
+            self._revealed = bool(revealed)
+            self._version += 1
+
+    def reset(self, settings: bool, clear_subsets: bool) -> None:
+        """Hide the ground truth and start every student afresh. The mode stays what it is
+        now (the switch is pinned to it), so a reset can never turn the mode off and with it
+        reveal the slices, whatever the settings file says."""
+        with self._lock:
+            self._override = bool(settings if self._override is None else self._override)
+            self._revealed = False
+            self._epoch += 1
+            self._clear_subsets = bool(clear_subsets)
+            self._version += 1
+
+
+# --------------------------------------------------------------------------- visitors
+
+
+@dataclass
+class VisitorRecord:
+    """One visitor's work on this server: ``data`` holds their saved subsets (the mapping
+    core.subsets.SessionStorage writes into) and ``steps`` the workshop steps they did."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, bool] = field(default_factory=dict)
+    epoch: int = 0
+    seen: float = field(default_factory=time.time)
+
+
+def new_visitor_key() -> str:
+    """A random visitor key (128 bits): not guessable, so one student never opens another's work."""
+    return secrets.token_urlsafe(16)
+
+
+class Visitors:
+    """Visitor records by key, at most ``limit`` (the least recently seen is forgotten first)."""
+
+    def __init__(self, limit: int = MAX_VISITORS) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._records: OrderedDict[str, VisitorRecord] = OrderedDict()
+
+    def get(self, key: str) -> VisitorRecord:
+        """The record of ``key`` (made when new). ValueError for a malformed key."""
+        if not VISITOR_KEY.match(key or ""):
+            raise ValueError("malformed visitor key")
+        with self._lock:
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = VisitorRecord()
+                while len(self._records) > self.limit:
+                    self._records.popitem(last=False)
+            else:
+                self._records.move_to_end(key)
+            record.seen = time.time()
+            return record
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def reset(self, clear_subsets: bool) -> None:
+        """The workshop's Reset: every visitor's steps go (and their subsets, when asked)."""
+        with self._lock:
+            for record in self._records.values():
+                record.steps.clear()
+                if clear_subsets:
+                    for key in [k for k in record.data if str(k).startswith("subsets:")]:
+                        del record.data[key]
+
+
+# --------------------------------------------------------------------------- passphrase
+
+
+class PassphraseThrottle:
+    """Failed passphrase attempts: after ``free`` failures a visitor waits ``base_s`` seconds,
+    doubling with each further failure up to ``max_wait_s``; the whole server accepts at most
+    ``server_limit`` failures per ``window_s`` (guesses spread over many sessions), after which
+    every attempt waits for the window to move on."""
+
+    def __init__(self, free: int = 3, base_s: float = 2.0, max_wait_s: float = 300.0,
+                 server_limit: int = 20, window_s: float = 60.0) -> None:
+        self.free, self.base_s, self.max_wait_s = free, base_s, max_wait_s
+        self.server_limit, self.window_s = server_limit, window_s
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # visitor -> (count, last failure)
+        self._recent: deque[float] = deque()
+
+    def wait_s(self, visitor: str, now: float | None = None) -> float:
+        """Seconds before ``visitor`` may try again (0 when they may try now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._recent and now - self._recent[0] >= self.window_s:
+                self._recent.popleft()
+            server = self._recent[0] + self.window_s - now if len(self._recent) >= self.server_limit else 0.0
+            count, last = self._failures.get(visitor, (0, 0.0))
+            own = 0.0
+            if count >= self.free:
+                own = last + min(self.max_wait_s, self.base_s * 2 ** (count - self.free)) - now
+            return max(0.0, server, own)
+
+    def failed(self, visitor: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            count, _ = self._failures.pop(visitor, (0, 0.0))
+            self._failures[visitor] = (count + 1, now)
+            while len(self._failures) > MAX_VISITORS:
+                self._failures.popitem(last=False)
+            self._recent.append(now)
+
+    def succeeded(self, visitor: str) -> None:
+        with self._lock:
+            self._failures.pop(visitor, None)
+
+
+# --------------------------------------------------------------------------- heavy-run results
+
+
+class ResultSlots:
+    """One holder per (kind of run, store, inputs), shared by sessions: ``{"lock": Lock}`` and,
+    once computed, ``"result"``. At most ``limit`` are kept (least recently used goes first;
+    a holder in use stays valid for whoever holds it)."""
+
+    def __init__(self, limit: int = MAX_RESULTS) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+
+    def slot(self, kind: str, fingerprint: str, key: str) -> dict[str, Any]:
+        ident = (kind, fingerprint, key)
+        with self._lock:
+            holder = self._slots.get(ident)
+            if holder is None:
+                holder = self._slots[ident] = {"lock": threading.Lock()}
+                while len(self._slots) > self.limit:
+                    self._slots.popitem(last=False)
+            else:
+                self._slots.move_to_end(ident)
+            return holder
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def light_slots() -> int:
+    """Light runs (one image's Grad-CAM, details): as many at once as the CPU has cores, at least 2."""
+    return max(2, os.cpu_count() or 2)
+
+
+class ServerState:
+    """Everything visitors of this server share (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh state, as after a restart (tests use it between cases)."""
+        self.workshop = WorkshopState()
+        self.visitors = Visitors()
+        self.throttle = PassphraseThrottle()
+        self.heavy = RunQueue(default_slots())
+        self.light = RunQueue(light_slots(), per_session=2)
+        self.results = ResultSlots()
+
+
+SERVER = ServerState()
