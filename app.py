@@ -11,6 +11,7 @@ _loading = st.empty()
 if "core.ui.context" not in sys.modules:
     _loading.info(":material/hourglass_top: Starting BiasLens: loading the model libraries (about 10 s the first time)...")
 
+from core.server import start_stats_writer  # noqa: E402
 from core.ui import visitor, workshop  # noqa: E402  (heavy: after the loading message)
 from core.ui.context import ignore_clear_cache_when_hosted, sidebar_picker, workspace_list  # noqa: E402
 
@@ -30,6 +31,7 @@ PAGES = [
 WORKSHOP_PAGE = st.Page(workshop.PAGE_PATH, title="Workshop: check my finding", icon=":material/school:")
 listing = workspace_list()
 ignore_clear_cache_when_hosted()
+start_stats_writer()  # only with $BIASLENS_STATS_FILE (bench/load.py)
 if listing.hosted or listing.passphrase or workshop.workshop_on(listing):
     visitor.visitor_key()  # keeps ?v= in the URL, so a reload finds this visitor's work again
 pages = PAGES + ([WORKSHOP_PAGE] if workshop.workshop_on(listing) else [])

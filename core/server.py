@@ -18,6 +18,7 @@ A server restart forgets all of it (the ground truth is hidden again), which fai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -241,3 +242,33 @@ class ServerState:
 
 
 SERVER = ServerState()
+_stats_writer: threading.Thread | None = None
+
+
+def stats() -> dict[str, int]:
+    """What bench/load.py reads of a running server: each lane's slots and the most runs it
+    ever ran at once (a heavy peak above its slots means the queue was bypassed)."""
+    return {
+        "heavy_slots": SERVER.heavy.slots, "heavy_peak": SERVER.heavy.peak_running,
+        "light_slots": SERVER.light.slots, "light_peak": SERVER.light.peak_running, "visitors": len(SERVER.visitors),
+    }
+
+
+def start_stats_writer(every_s: float = 0.5) -> None:
+    """When ``$BIASLENS_STATS_FILE`` names a file, keep ``stats()`` in it as JSON (replaced
+    atomically every ``every_s`` seconds) for a benchmark to read. Once per process."""
+    global _stats_writer
+    path = os.environ.get("BIASLENS_STATS_FILE", "").strip()
+    if not path or _stats_writer is not None:
+        return
+
+    def write() -> None:
+        while True:
+            temporary = f"{path}.tmp"
+            with open(temporary, "w") as out:
+                json.dump(stats(), out)
+            os.replace(temporary, path)
+            time.sleep(every_s)
+
+    _stats_writer = threading.Thread(target=write, name="biaslens-stats", daemon=True)
+    _stats_writer.start()

@@ -100,7 +100,7 @@ def demo_workspace() -> Workspace:
         title="Planted-bias demo (Fashion-MNIST)",
         description=(
             "A small CNN trained on Fashion-MNIST rendered with tints, background patterns, "
-            "brightness and corner markers, with planted failure modes (see core/demo/slices.toml)."
+            "brightness and corner markers, with planted failure modes to find."
         ),
         model=ModelSpec(kind="demo"),
         dataset=DatasetSpec(kind="demo", split="test"),

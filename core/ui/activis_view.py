@@ -424,11 +424,10 @@ def _add(ctx: PageContext, store: Store, meta: pd.DataFrame, row: dict[str, Any]
 
 def not_stored(ctx: PageContext, store: Store, layer: str) -> None:
     """A storable layer that the store does not hold yet: add it (one pass over the new layer only)."""
-    from core.ui.store_panel import cli_hint, run_build  # late: it imports the extraction code
+    from core.ui.store_panel import run_build  # late: it imports the extraction code
 
     if ctx.hosted:
-        st.info(f"`{layer}` is not in this server's store; whoever runs it can add it: "
-                f"`{cli_hint(ctx, [*store.layers, layer])}`.")
+        st.info(f"`{layer}` is not in this server's store; visitors cannot add layers, only whoever runs the server.")
         return
     st.info(f"`{layer}` is not in the store yet. Adding it runs the model once over the {store.n:,} images and "
             "keeps only this layer's pooled activations (the rest of the store stays).")

@@ -67,9 +67,8 @@ def store_panel(ctx: PageContext) -> Store | None:
             )
     if ctx.store is None and ctx.hosted:
         st.warning(
-            "This workspace has no activation store on this server yet. This is a hosted server: "
-            "visitors cannot build stores. Whoever runs it builds the store ahead of time with "
-            f"`{cli_hint(ctx)}` (see \"Host the demo\" in the README)."
+            "This workspace has not been prepared on this server yet, and visitors cannot build it: "
+            "pick another workspace in the sidebar, or ask whoever runs this server to prepare it."
         )
         return None
     if ctx.store is None:
@@ -109,7 +108,7 @@ def store_panel(ctx: PageContext) -> Store | None:
         if missing and ctx.hosted:
             st.caption(
                 f"Layers not stored: {', '.join(f'`{ly}`' for ly in missing)}. On a hosted server only "
-                f"whoever runs it can add them: `{cli_hint(ctx, store.layers + missing)}`."
+                "whoever runs it can add them."
             )
         elif missing:
             extra = st.multiselect("Add layers", missing, key=state_key("store", "add_layers", ctx.key))

@@ -273,6 +273,7 @@ def test_hosted_torchscript_model_draws_its_module_tree_and_says_how_to_add_a_la
     assert any("module tree" in i.value for i in at.info)
     widget(at.multiselect, "Open panels (or click the graph's tensors)").select("block2").run()
     no_exception(at)
-    assert any("python -m core build scripted --layers block1 block2" in i.value for i in at.info)
+    assert any("`block2` is not in this server's store" in i.value for i in at.info)
+    assert "python -m core" not in " ".join(i.value for i in at.info)  # no operator commands for visitors
     assert not [b for b in at.button if b.label.startswith("Add `")]
     assert not errors(at)

@@ -55,7 +55,7 @@ def test_hosted_overview_offers_no_build_and_says_how(tmp_path, tiny_files, monk
     no_exception(at)
     assert not [b for b in at.button if "Build" in b.label]
     text = _texts(at)
-    assert "visitors cannot build stores" in text and "python -m core build scripted" in text
+    assert "visitors cannot build it" in text and "python -m core" not in text  # no operator command shown
     assert not (tmp_path / "cache" / "stores").exists()  # nothing was built
 
 
@@ -72,7 +72,7 @@ def test_hosted_store_panel_shows_no_path_and_no_layer_adder(tmp_path, tiny_file
     text = _texts(at)
     assert "Fingerprint" in text and str(tmp_path) not in text and "/stores/" not in text
     assert not [m for m in at.multiselect if m.label == "Add layers"]
-    assert "--layers block1 block2 block3" in text  # how to add the others on the server
+    assert "Layers not stored: `block2`, `block3`" in text and "python -m core" not in text  # no operator command
 
 
 def test_hosted_errors_hide_server_paths(tmp_path, tiny_files, monkeypatch):
