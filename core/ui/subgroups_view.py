@@ -6,7 +6,6 @@ clones, never the caller's estimator.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from core.methods import (
 )
 from core.models import LoadedModel
 from core.score import udis_held_out
+from core.server import SERVER
 from core.store import Store
 from core.subsets import expand, scope_digest
 from core.ui import cache, image_detail
@@ -105,27 +105,24 @@ def neuron_panel(
     return panel_neurons(neuron_selectors(store, list(layers), mass), under, well, threshold)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _concept_slot(fingerprint: str) -> dict[str, Any]:
-    """Concept patches already computed for a store, per neuron, shared by sessions."""
-    return {"lock": threading.Lock(), "patches": {}}
-
-
 def concept_patches_for(
     model: LoadedModel, dataset: ImageDataset, store: Store, neurons: tuple[Neuron, ...]
 ) -> dict[Neuron, ConceptPatches]:
-    """Concept patches of these neurons; the missing ones are computed in one batched pass."""
-    slot = _concept_slot(store.fingerprint)
+    """Concept patches of these neurons; the missing ones are computed in one batched pass, in
+    the light lane (a few neurons' patches take well under a second), and kept per store in
+    the server's result slots, shared by sessions."""
+    slot = SERVER.results.slot("concept-patches", store.fingerprint, "")
     with slot["lock"]:
-        missing = [n for n in neurons if n not in slot["patches"]]
+        patches = slot.setdefault("patches", {})
+        missing = [n for n in neurons if n not in patches]
         if missing:
             centre = np.asarray(store.representation("embedding")).mean(axis=0)
-            with cache.queued("The concept patches"):
+            with cache.queued("The concept patches", lane=cache.LIGHT):
                 finder = ConceptPatchFinder().fit(
                     model, dataset, missing, lambda layer: store.representation(f"{layer}:max"), embedding_centre=centre
                 )
-                slot["patches"].update(finder.patches_)
-        return {n: slot["patches"][n] for n in neurons}
+                patches.update(finder.patches_)
+        return {n: patches[n] for n in neurons}
 
 
 # --------------------------------------------------------------------------- rendering
