@@ -8,17 +8,34 @@ sample, and a ``WHERE`` clause made only of column references, constants, operat
 casts, CASE and lambdas, and calls to DuckDB's scalar functions. Subqueries, table
 functions, aggregates, window functions and parameters are refused before anything runs.
 
-The connection has file access disabled, Python replacement scans off (so no query can
-read a pandas frame by its variable name) and its configuration locked. Every query runs
-on a cursor of its own, so concurrent sessions never share connection state.
+A filter that passes runs in a **query process** of its own (at most ``WORKERS`` per view,
+each answering one query at a time, started on the first query), never in the app's
+process. One scalar call such as ``array_to_string(range(0, 80000000), ',')`` or
+``repeat('x', 1e9)`` is a single DuckDB operation that never checks for an interrupt and
+allocates outside DuckDB's ``memory_limit``; in the app's process it held 2.4 GB and ran
+35 s past the time limit. In a query process it meets hard limits instead: an operating
+system cap on the process's memory (``QUERY_MEMORY_MB`` above the loaded table), DuckDB's
+own ``memory_limit`` with no temporary directory to spill to, ``QUERY_THREADS`` threads, and
+``QUERY_SECONDS`` of wall time, after which the process is killed (and a fresh one started
+for the next query). Its connection has file access disabled, Python replacement scans
+off (so no query can read a pandas frame by its variable name) and its configuration
+locked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing
+import re
+import subprocess
+import sys
 import threading
+import weakref
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -35,7 +52,11 @@ _ALLOWED_CLASSES = frozenset(
 )
 # Scalar functions that reveal the server's settings or environment, or only stall it.
 _DENIED_FUNCTIONS = frozenset({"current_setting", "getenv", "current_database", "current_schema", "sleep_ms"})
-QUERY_SECONDS = 10.0  # a filter still running after this is interrupted (one visitor must not hold a thread)
+QUERY_SECONDS = 10.0  # a filter still running after this is stopped (its query process is killed)
+QUERY_MEMORY_MB = 384  # memory a filter may use beyond the loaded table (operating system cap and DuckDB's limit)
+QUERY_THREADS = 1  # DuckDB threads per query process
+WORKERS = 2  # query processes per view: two visitors' filters run at once, a third waits for one
+START_SECONDS = 120.0  # time a query process may take to start and load the table (not counted in QUERY_SECONDS)
 # The only shape of query the wrapper may parse to (every key but the WHERE clause).
 _SELECT_SHAPE = {
     "type": "SELECT_NODE",
@@ -55,17 +76,16 @@ class CohortError(BiasLensError):
 
 
 class CohortView:
-    """A read-only, in-memory DuckDB table ``meta`` holding one store's metadata.
+    """A read-only DuckDB table ``meta`` holding one store's metadata, queried in query processes.
 
-    Thread-safe: every query opens its own cursor on the shared in-memory database.
+    Thread-safe: each query takes a query process of its own (waiting for one when all
+    ``WORKERS`` are busy); parsing runs on a cursor of its own in this process.
     """
 
     def __init__(self, meta: pd.DataFrame) -> None:
         self.columns = list(meta.columns)
-        self._con = duckdb.connect(":memory:")
-        self._con.register("meta_source", meta)
-        self._con.execute("CREATE TABLE meta AS SELECT * FROM meta_source")
-        self._con.unregister("meta_source")
+        self._meta = meta  # each new query process loads it
+        self._con = duckdb.connect(":memory:", config={"threads": "1"})  # parses only: it holds no table
         self._scalar_functions = frozenset(
             name
             for (name,) in self._con.execute(
@@ -76,6 +96,10 @@ class CohortView:
         self._con.execute("SET GLOBAL python_enable_replacements = false")
         self._con.execute("SET GLOBAL enable_external_access = false")
         self._con.execute("SET GLOBAL lock_configuration = true")
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(WORKERS)
+        weakref.finalize(self, _stop_all, self._idle)
 
     def check(self, where: str) -> str:
         """The filter text, stripped, if it is a single boolean filter; else CohortError."""
@@ -108,11 +132,13 @@ class CohortView:
         return expression
 
     def _parse(self, sql: str) -> dict[str, Any]:
-        with self._cursor(timed=False) as cur:  # parsing runs nothing: no time limit needed
-            try:
-                (text,) = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-            except duckdb.Error as exc:
-                raise CohortError(str(exc)) from None
+        cur = self._con.cursor()  # parsing runs nothing: it needs neither a time nor a memory limit
+        try:
+            (text,) = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        except duckdb.Error as exc:
+            raise CohortError(str(exc)) from None
+        finally:
+            cur.close()
         try:
             tree = json.loads(text)
         except RecursionError:
@@ -149,56 +175,154 @@ class CohortView:
                 if node.get("distinct") or node.get("filter") is not None or order.get("orders"):
                     raise CohortError(f"'{name}' uses aggregate options (DISTINCT, FILTER, ORDER BY).")
 
-    def _cursor(self, timed: bool = True) -> _Cursor:
-        return _Cursor(self._con, timed)
-
     def rows(self, where: str) -> list[int]:
         """Store row numbers of the images matching ``where``, ascending."""
-        sql = _wrap(self.check(where), "row") + " ORDER BY row"
-        with self._cursor() as cur:
-            try:
-                return [int(r[0]) for r in cur.execute(sql).fetchall()]
-            except duckdb.Error as exc:
-                raise _query_error(exc) from None
+        return self._run("rows", _wrap(self.check(where), "row") + " ORDER BY row")
 
     def frame(self, where: str, limit: int | None = None) -> pd.DataFrame:
         """The matching metadata rows as a DataFrame."""
         sql = _wrap(self.check(where), "*") + " ORDER BY row"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self._cursor() as cur:
+        return self._run("frame", sql)
+
+    def _run(self, kind: str, sql: str) -> Any:
+        """The answer of a query process to a checked query (a free one, else a new one)."""
+        with self._slots:
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                worker = _Worker(self._meta)
             try:
-                return cur.execute(sql).df()
-            except duckdb.Error as exc:
-                raise _query_error(exc) from None
+                return worker.ask(kind, sql)
+            finally:
+                if worker.alive:  # one that ran out of time or died is stopped, not given back
+                    with self._lock:
+                        self._idle.append(worker)
 
 
-class _Cursor:
-    """A cursor of its own for one query, closed afterwards; ``timed``: interrupted after
-    QUERY_SECONDS."""
+class _Worker:
+    """One query process (``_serve``) and the pipe to it."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, timed: bool = True) -> None:
-        self._cur = con.cursor()
-        self._timer = threading.Timer(QUERY_SECONDS, self._cur.interrupt) if timed else None
-        if self._timer is not None:
-            self._timer.daemon = True
+    def __init__(self, meta: pd.DataFrame) -> None:
+        # A fresh interpreter, not multiprocessing: a fork of a threaded server could deadlock,
+        # and "spawn" re-runs the caller's main script (a script without a __main__ guard).
+        self._conn, child = multiprocessing.Pipe()
+        root = str(Path(__file__).resolve().parent.parent)
+        code = "import sys; sys.path.insert(0, sys.argv[1]); from core.cohorts import _serve; _serve(*map(int, sys.argv[2:]))"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, root, str(child.fileno()), str(QUERY_MEMORY_MB)],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        )
+        child.close()
+        try:
+            self._conn.send(meta)
+            ready = self._conn.recv() if self._conn.poll(START_SECONDS) else None
+        except (EOFError, OSError):
+            ready = None
+        if ready != ("ready", None):
+            self.stop()
+            detail = f": {ready[1]}" if isinstance(ready, tuple) and ready[0] == "error" else ""
+            raise CohortError(f"The filter could not run: the query process did not start{detail}. Try again.")
 
-    def __enter__(self) -> duckdb.DuckDBPyConnection:
-        if self._timer is not None:
-            self._timer.start()
-        return self._cur
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
-    def __exit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._cur.close()
+    def ask(self, kind: str, sql: str) -> Any:
+        """Send one query and wait at most QUERY_SECONDS for its answer; the process is
+        killed when time runs out or when it died (it never answers again)."""
+        seconds = QUERY_SECONDS
+        try:
+            self._conn.send((kind, sql))
+            if not self._conn.poll(seconds):
+                self.stop()
+                raise CohortError(f"The filter was stopped after {seconds:g} s: simplify it.")
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise CohortError(
+                f"The filter stopped its query process (it may need more than {QUERY_MEMORY_MB} MB of memory): simplify it."
+            ) from None
+        if status == "error":
+            raise CohortError(value)
+        return value
+
+    @property
+    def alive(self) -> bool:
+        return not self._conn.closed
+
+    def stop(self) -> None:
+        """Kill the process at once (a query in a DuckDB call cannot be interrupted) and reap it."""
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self._process.kill()
+            self._process.wait(5)
+        self._conn.close()
 
 
-def _query_error(exc: duckdb.Error) -> CohortError:
-    """DuckDB's message, or what to do when the query ran out of time."""
-    if isinstance(exc, duckdb.InterruptException):
-        return CohortError(f"The filter was stopped after {QUERY_SECONDS:g} s: simplify it.")
-    return CohortError(str(exc))
+def _stop_all(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.stop()
+    workers.clear()
+
+
+def _serve(fd: int, memory_mb: int) -> None:
+    """A query process, talking over the socket ``fd``: load the table sent first, cap this
+    process's memory, then answer ``(kind, sql)`` messages with ``("ok", rows or frame)`` or
+    ``("error", message)``, until the app closes the socket."""
+    conn = Connection(fd)
+    try:
+        meta = conn.recv()
+        con = duckdb.connect(":memory:", config={"threads": str(QUERY_THREADS), "temp_directory": "",
+                                                 "max_temp_directory_size": "0B"})
+        con.register("meta_source", meta)
+        con.execute("CREATE TABLE meta AS SELECT * FROM meta_source")
+        con.unregister("meta_source")
+        del meta
+        (used,) = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchone()
+        con.execute(f"SET memory_limit = '{int(used) // 2**20 + memory_mb}MB'")
+        con.execute("SET python_enable_replacements = false")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        _cap_memory(memory_mb)
+    except Exception as exc:  # reported to the app, which shows it as a CohortError
+        conn.send(("error", str(exc).splitlines()[0][:200]))
+        return
+    conn.send(("ready", None))
+    too_big = f"The filter needs more than {memory_mb} MB of memory: simplify it."
+    while True:
+        try:
+            kind, sql = conn.recv()
+        except (EOFError, OSError):
+            return  # the app closed the pipe
+        try:
+            result = con.execute(sql)
+            value = [int(r) for (r,) in result.fetchall()] if kind == "rows" else result.df()
+            answer = ("ok", value)
+        except (duckdb.OutOfMemoryException, MemoryError):
+            answer = ("error", too_big)
+        except duckdb.Error as exc:
+            answer = ("error", str(exc))
+        try:
+            conn.send(answer)
+        except MemoryError:
+            conn.send(("error", too_big))
+
+
+def _cap_memory(extra_mb: int) -> None:
+    """Limit this process's data (heap and anonymous mappings, RLIMIT_DATA) to its size now
+    plus ``extra_mb``: an allocation beyond fails instead of filling the machine. Linux only;
+    elsewhere DuckDB's memory_limit and the time limit remain."""
+    try:
+        import resource
+
+        status = Path("/proc/self/status").read_text()
+    except (ImportError, OSError):
+        return
+    match = re.search(r"^VmData:\s+(\d+) kB", status, re.MULTILINE)
+    if match:
+        limit = (int(match.group(1)) // 1024 + extra_mb) * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _is_empty_parentheses(node: dict[str, Any]) -> bool:

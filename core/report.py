@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,19 @@ def _png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# Characters that make Markdown syntax inline (links and images, code, emphasis, tables,
+# headings) and the backslash that escapes them; < > & are HTML-escaped instead.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()!#|~])")
+
+
+def _md(text: Any) -> str:
+    """User text (a subset name, note line, query, class or attribute) as literal Markdown
+    text on one line: a renderer shows ``<script>``, ``<img onerror=...>`` and
+    ``[x](javascript:...)`` as typed instead of running or linking them."""
+    line = " ".join(str(text).splitlines())
+    return html.escape(_MARKDOWN_SPECIAL.sub(r"\\\1", line), quote=False)
+
+
 def _origin_line(subset: Subset) -> str:
     parts = [f"origin: {subset.origin}"]
     if subset.detail:
@@ -121,26 +135,26 @@ def build_report(
 
 
 def _markdown(title: str, stamp: str, n: int, overall: float, sections: list[dict[str, Any]], top_lift: int) -> str:
-    out = [f"# {title}", "", f"{len(sections)} saved subsets · {n:,} images · overall accuracy {_pct(overall)} · {stamp}", ""]
+    out = [f"# {_md(title)}", "", f"{len(sections)} saved subsets · {n:,} images · overall accuracy {_pct(overall)} · {stamp}", ""]
     for section in sections:
         s, f = section["subset"], section["figures"]
-        out += [f"## {s.name}", "", _origin_line(s), ""]
+        out += [f"## {_md(s.name)}", "", _md(_origin_line(s)), ""]
         if s.note:
-            out += [f"> {line}" for line in s.note.splitlines()] + [""]
+            out += [f"> {_md(line)}" for line in s.note.splitlines()] + [""]
         out += [
             f"- size: {f.size:,} images ({_pct(f.share)} of all)",
             f"- accuracy: {_pct(f.accuracy)} (95% interval {_pct(f.low)} – {_pct(f.high)}; overall {_pct(f.overall)})",
             f"- mean loss: {f.mean_loss:.3f}",
-            "- classes: " + ", ".join(f"{c} {_pct(sh)}" for c, sh in zip(f.classes["class"].head(5), f.classes["share"].head(5), strict=True)),
+            "- classes: " + ", ".join(f"{_md(c)} {_pct(sh)}" for c, sh in zip(f.classes["class"].head(5), f.classes["share"].head(5), strict=True)),
             "",
         ]
         if len(f.lift):
             out += ["| attribute | value | inside | overall | lift |", "|---|---|---|---|---|"]
             for r in f.lift.head(top_lift).to_dict("records"):
-                out.append(f"| {r['attribute']} | {r['value']} | {_pct(r['inside'])} | {_pct(r['overall'])} | {r['lift']:.2f} |")
+                out.append(f"| {_md(r['attribute'])} | {_md(r['value'])} | {_pct(r['inside'])} | {_pct(r['overall'])} | {r['lift']:.2f} |")
             out.append("")
         if section["images"]:
-            out.append(" ".join(f"![{caption}]({uri})" for uri, caption, _ in section["images"]))
+            out.append(" ".join(f"![{_md(caption)}]({uri})" for uri, caption, _ in section["images"]))
             out.append("")
     return "\n".join(out)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from core.cohorts import CohortError
+from core.cohorts import QUERY_MEMORY_MB, QUERY_SECONDS, CohortError
 from core.ui import cache, cohort_link, subset_view
 from core.ui.context import page_context
 from core.ui.keys import state_key
@@ -19,7 +19,8 @@ registry = ctx.subsets()
 st.title("Cohorts & subsets")
 st.caption(
     "A cohort is a SQL `WHERE` expression over the per-image metadata (DuckDB syntax). "
-    "Save it as a subset to compare it on the other pages."
+    "Save it as a subset to compare it on the other pages. "
+    f"A filter may run {QUERY_SECONDS:g} s and use {QUERY_MEMORY_MB} MB of memory; beyond that it is stopped."
 )
 with st.expander("Columns you can filter on"):
     st.dataframe(
@@ -60,4 +61,5 @@ if where.strip() or within_rows is not None:
         )
         save_subset_form(ctx, rows, detail[:60], "cohort", detail, key=state_key("cohorts", "save", ctx.key))
 
-subset_view.subsets_section(ctx, meta, registry)
+# the run's one registry: a subset saved just above is listed on this run
+subset_view.subsets_section(ctx, meta, ctx.subsets())

@@ -57,7 +57,7 @@ def within_select(ctx: Any, registry: Any) -> tuple[str | None, np.ndarray | Non
 
     Returns (name, its store rows) or (None, None) for all images.
     """
-    groups = {name: registry.get(name).rows for name in registry.names()}
+    groups = {subset.name: subset.rows for subset in registry.subsets()}  # one read: no name vanishes
     linked = st.session_state.get(linked_key(ctx.key))
     if linked:
         groups[linked[0]] = linked[1]

@@ -6,7 +6,7 @@ to do and stops the page, so no page renders a traceback for a bad workspace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import streamlit as st
@@ -73,6 +73,7 @@ class PageContext:
     model: LoadedModel
     dataset: ImageDataset
     store: Store | None
+    _registry: SubsetRegistry | None = field(default=None, init=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -86,12 +87,19 @@ class PageContext:
         """The workspace's saved subsets: in the store's folder (``subsets.json``, shared by
         every session and kept across restarts), or in this visitor's own record on the server
         when hosted, in workshop mode (each student's own, kept across reloads, cleared by the
-        instructor's reset) or before the store exists (core/ui/visitor.py)."""
+        instructor's reset) or before the store exists (core/ui/visitor.py).
+
+        One registry per page run: it reads its storage once, so a subset listed by one part
+        of the page is still there when another part fetches it, whatever other sessions or
+        processes write meanwhile; its own saves show at once."""
         from core.ui import workshop  # late: workshop imports this module
 
-        if self.hosted or self.store is None or workshop.workshop_on():
-            return SubsetRegistry(visitor.VisitorStorage(visitor.record(), self.key))
-        return SubsetRegistry.in_folder(self.store.path, n=self.store.n)
+        if self._registry is None:
+            if self.hosted or self.store is None or workshop.workshop_on():
+                self._registry = SubsetRegistry(visitor.VisitorStorage(visitor.record(), self.key))
+            else:
+                self._registry = SubsetRegistry.in_folder(self.store.path, n=self.store.n)
+        return self._registry
 
 
 def through_app() -> None:

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.cohorts import sql_literal
 from core.errors import BiasLensError
 from core.report import SubsetFigures, build_report, subset_figures
 from core.store import Store
-from core.subsets import SubsetRegistry
+from core.subsets import SubsetRegistry, fitted_name
 from core.summary import subset_vs_rest
 from core.ui import cache
 from core.ui.cohort_link import ALL_IMAGES
@@ -26,8 +27,8 @@ MESSAGE = state_key("cohorts", "subset_message")
 
 
 def _saved(ctx: PageContext) -> dict[str, Any]:
-    registry = ctx.subsets()
-    return {name: registry.get(name).rows for name in registry.names()}
+    """Every saved subset's rows by name, from one read (no name can vanish between two)."""
+    return {subset.name: subset.rows for subset in ctx.subsets().subsets()}
 
 
 def scope_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray | None]:
@@ -106,7 +107,11 @@ def _note(registry: SubsetRegistry, name: str, box: str) -> None:
 
 
 def _delete(registry: SubsetRegistry, name: str, opened: str) -> None:
-    registry.remove(name)
+    try:
+        registry.remove(name)
+    except BiasLensError as exc:
+        _tell("error", str(exc))
+        return
     st.session_state.pop(opened, None)
     _tell("success", f"Deleted subset '{name}'.")
 
@@ -137,8 +142,7 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
     if registry.problem:
         st.warning(registry.problem)
     if st.button("Add one subset per class"):
-        for label, group in meta.groupby("label"):
-            registry.add(f"class: {label}", group["row"], origin="class", detail=f"label = '{label}'", overwrite=True)
+        _add_classes(registry, meta)
         names = registry.names()
     message = st.session_state.pop(MESSAGE, None)
     if message is not None:
@@ -222,6 +226,22 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
     )
     how_to_read("the report is one file: each subset's origin, note, size, accuracy with its interval, "
                 "largest classes, top lift values and its highest-loss thumbnails.")
+
+
+def _add_classes(registry: SubsetRegistry, meta: pd.DataFrame) -> None:
+    """One subset per class, all saved or none (``add_many``); a class name too long for a
+    subset name is shortened the same way every time (``fitted_name``)."""
+    specs = [
+        {"name": fitted_name(label, "class: "), "rows": group["row"], "origin": "class",
+         "detail": f"label = {sql_literal(label)}"}
+        for label, group in meta.groupby("label", observed=True)
+    ]
+    try:
+        registry.add_many(specs, overwrite=True)
+    except BiasLensError as exc:
+        _tell("error", f"No class subset was saved: {exc}")
+        return
+    _tell("success", f"Saved {len(specs)} class subsets (one per class).")
 
 
 def _slug(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -197,3 +198,74 @@ def test_subgroups_scoped_to_a_subset(app, tmp_path, monkeypatch):
     assert scoped["size"].sum() == len(scope) < 200
     members = {i for cell in scoped["image_ids"] for i in cell.split(";")}
     assert members == ids  # every subgroup holds images of the scope only, as store ids
+
+
+def _store_folder(tmp_path) -> Path:
+    return next((tmp_path / "cache").rglob("meta.parquet")).parent
+
+
+def _options(at: AppTest, label: str) -> list[str]:
+    return list(next(s for s in at.selectbox if s.label == label).options)
+
+
+def test_reserved_names_never_mean_all_images(app, tmp_path):
+    """A subset named "All images" or "(none)" was taken for every image (or no subset) by the
+    Within, Scope and Compare selects. Such a name is refused, and a file entry that has one is
+    skipped as damaged (and kept in the file)."""
+    at = build_tiny(app)
+    entry = {"origin": "manual", "created": "2026-01-01T00:00:00Z"}
+    (_store_folder(tmp_path) / "subsets.json").write_text(json.dumps({"format": 1, "subsets": [
+        {**entry, "name": "All images", "rows": [0, 1]}, {**entry, "name": "(NONE)", "rows": [2]},
+        {**entry, "name": "ok", "rows": [3, 4]},
+    ]}))
+    at.switch_page("pages/cohorts.py").run()
+    no_exception(at)
+    assert _options(at, "Within") == ["All images", "ok"]
+    assert any("2 damaged subset entries" in w.value and "reserved" in w.value for w in at.warning)
+    at.text_input[0].input("correct = false").run()
+    name_box = next(t for t in at.text_input if t.label == "Subset name")
+    name_box.input(" all  Images ")
+    [b for b in at.button if b.label == "Save as subset"][0].click().run()
+    no_exception(at)
+    assert any("reserved" in e.value for e in at.error)
+    assert listed(at) == ["ok"]
+    at.switch_page("pages/spotlight.py").run()
+    no_exception(at)
+    assert _options(at, "Scope") == ["All images", "ok"]
+    assert _options(at, "Compare a subset with the rest") == ["(none)", "ok"]
+    names = [e["name"] for e in json.loads((_store_folder(tmp_path) / "subsets.json").read_text())["subsets"]]
+    assert sorted(names) == ["(NONE)", "All images", "ok"]  # kept in the file, untouched
+
+
+def test_one_subset_per_class_saves_all_or_none(app, tmp_path, tiny_files):
+    """A class name over the subset name limit stopped "Add one subset per class" half way,
+    with the first classes saved. Now every class is saved, the long name shortened the same
+    way each time."""
+    from tests.app.conftest import write_workspaces
+
+    long_label = "3 " + "very long class name " * 8
+    lines = (tiny_files / "manifest.csv").read_text().splitlines()
+    rows = [lines[0]] + [
+        ",".join([str(tiny_files / path), long_label if label == "3" else label, tint])
+        for path, label, tint in (line.split(",") for line in lines[1:])
+    ]
+    (tmp_path / "long.csv").write_text("\n".join(rows) + "\n")
+    write_workspaces(tmp_path, tiny_files, extra=f"""
+[workspace.long]
+title = "Long class names"
+model = {{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", input_size = 16, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}
+dataset = {{ kind = "csv", csv = "{tmp_path / 'long.csv'}" }}
+""")
+    at = build_tiny(app, "long")
+    at.switch_page("pages/cohorts.py").run()
+    [b for b in at.button if b.label == "Add one subset per class"][0].click().run()
+    no_exception(at)
+    assert not at.error
+    names = listed(at)
+    assert len(names) == 10 and all(len(n) <= core.subsets.MAX_NAME for n in names)
+    (long_name,) = [n for n in names if n.startswith("class: 3 very long")]
+    assert long_name == core.subsets.fitted_name(long_label, "class: ") and len(long_name) == core.subsets.MAX_NAME
+    meta = pd.read_parquet(_store_folder(tmp_path) / "meta.parquet")
+    saved = SubsetRegistry.in_folder(_store_folder(tmp_path)).get(long_name)
+    assert list(saved.rows) == list(meta.loc[meta["label"] == long_label.strip(), "row"])
+    assert saved.detail == f"label = '{long_label.strip()}'"

@@ -60,11 +60,11 @@ def test_html_report_is_self_contained(meta, registry):
 def test_markdown_report(meta, registry):
     text = build_report(registry.subsets(), meta, ["tint"], title="Findings", load_image=_image, fmt="markdown", thumbs=2)
     assert text.startswith("# Findings")
-    assert "## red <things>" in text and "## dogs" in text
+    assert "## red &lt;things&gt;" in text and "## dogs" in text  # escaped: shown as typed
     assert "- size: 10 images" in text and "- accuracy: 50.0%" in text and "- accuracy: 0.0%" in text
     assert "| tint | red | 100.0% | 25.0% | 4.00 |" in text
     assert text.count("(data:image/png;base64,") == 4
-    assert "> all red & risky" in text
+    assert "> all red &amp; risky" in text
 
 
 def test_report_without_images_or_subsets(meta, registry):
