@@ -180,8 +180,10 @@ class RunCancelled(BiasLensError):
 
 def run_queue(lane: str = HEAVY) -> RunQueue:
     """The server's queue of one lane (core/server.py: never in Streamlit's caches, which a
-    client can clear). Light work (one image's Grad-CAM or details) has its own lane, so it
-    never waits behind a probe training or a clustering."""
+    client can clear). The light lane is for work that does not touch the shared model: every
+    run that does (Grad-CAM, concept patches, saliency) stays in the heavy lane, because some
+    of them swap the model's weights in place (torch.func.functional_call) and captum's hooks
+    fail when two Grad-CAMs run on one module at once, so such runs must never overlap."""
     return SERVER.light if lane == LIGHT else SERVER.heavy
 
 
@@ -225,27 +227,25 @@ def queued(label: str, lane: str = HEAVY, expected_s: float | None = None, ident
     notice = st.empty()
     queue = run_queue(lane)
     expected = f" Expected: {about(expected_s)} once it starts." if expected_s else ""
-
-    def stop_button(where: Any) -> None:
+    with notice.container():  # drawn once: the waiting message is updated in place
+        message = st.empty()
         if lane == HEAVY:
-            where.button("Cancel", key=f"{cancel}:button", icon=":material/cancel:",
-                         on_click=lambda: st.session_state.update({cancel: True}),
-                         help="Stops this run and frees its place on the server.")
+            st.button("Cancel", key=f"{cancel}:button", icon=":material/cancel:",
+                      on_click=lambda: st.session_state.update({cancel: True}),
+                      help="Stops this run and frees its place on the server.")
 
     def waiting(ahead: int) -> None:
-        with notice.container():
-            st.info(f":material/hourglass_top: {label} is queued: {ahead} run(s) ahead of yours "
-                    f"(this server runs {queue.slots} at a time).{expected}")
-            stop_button(st)
+        message.info(f":material/hourglass_top: {label} is queued: {ahead} run(s) ahead of yours "
+                     f"(this server runs {queue.slots} at a time).{expected}")
 
     try:
         with queue.run(session_id(), waiting):
-            notice.empty()
-            if lane == HEAVY:
-                with notice.container():
-                    if expected_s:
-                        st.caption(f":material/schedule: {label}: {about(expected_s)} expected.")
-                    stop_button(st)
+            if expected_s:
+                message.caption(f":material/schedule: {label}: {about(expected_s)} expected.")
+            else:
+                message.empty()
+            if lane != HEAVY:
+                notice.empty()
             yield
     finally:
         notice.empty()

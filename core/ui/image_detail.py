@@ -80,7 +80,7 @@ def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, .
     """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
     return cache.computed_once(
         "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM",
-        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets), lane=cache.LIGHT,
+        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets),
     )
 
 

@@ -108,16 +108,16 @@ def neuron_panel(
 def concept_patches_for(
     model: LoadedModel, dataset: ImageDataset, store: Store, neurons: tuple[Neuron, ...]
 ) -> dict[Neuron, ConceptPatches]:
-    """Concept patches of these neurons; the missing ones are computed in one batched pass, in
-    the light lane (a few neurons' patches take well under a second), and kept per store in
-    the server's result slots, shared by sessions."""
+    """Concept patches of these neurons; the missing ones are computed in one batched pass in
+    the heavy lane (it runs the shared model; see cache.run_queue), and kept per store in the
+    server's result slots, shared by sessions."""
     slot = SERVER.results.slot("concept-patches", store.fingerprint, "")
     with slot["lock"]:
         patches = slot.setdefault("patches", {})
         missing = [n for n in neurons if n not in patches]
         if missing:
             centre = np.asarray(store.representation("embedding")).mean(axis=0)
-            with cache.queued("The concept patches", lane=cache.LIGHT):
+            with cache.queued("The concept patches"):
                 finder = ConceptPatchFinder().fit(
                     model, dataset, missing, lambda layer: store.representation(f"{layer}:max"), embedding_centre=centre
                 )

@@ -72,3 +72,29 @@ def test_expected_time_reads_like_speech():
     assert cache.about(40) == "about 40 s"
     assert cache.about(400) == "about 7 min"
     assert cache.about(3 * 3600) == "about 3.0 h"
+
+
+def test_a_run_that_waits_several_polls_draws_one_cancel_button():
+    """The waiting message is redrawn on every poll; the Cancel button was drawn again each time
+    (StreamlitDuplicateElementKey: the page crashed whenever a heavy run waited over 0.5 s)."""
+    heavy = cache.run_queue(cache.HEAVY)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with heavy.run("a trainer"):
+            holding.set()
+            release.wait(20)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    timer = threading.Timer(2.0, release.set)  # several polls of 0.5 s pass before the slot frees
+    try:
+        assert holding.wait(10)
+        timer.start()
+        at = AppTest.from_function(_page, default_timeout=30).run()
+        no_exception(at)
+        assert [m.value for m in at.markdown] == ["done in heavy"]
+    finally:
+        release.set()
+        timer.cancel()
+        worker.join()
