@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import torch
@@ -9,6 +13,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from core.models import LoadedModel, ModelSpec, load_model
+from core.runqueue import RunQueue
 from core.sources import ArrayDataset
 
 SIZE = 16
@@ -70,3 +75,32 @@ def make_single_linear() -> nn.Module:
     """Entry-point factory of a model with one layer: flatten, then one nn.Linear to 10 logits."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 10))
+
+
+@contextlib.contextmanager
+def slots_held(queue: RunQueue, count: int = 1, release_after_s: float | None = None) -> Iterator[None]:
+    """Hold ``count`` places of a run queue from other threads (visitors with runs going) for
+    the ``with`` block, or until ``release_after_s`` seconds have passed."""
+    release = threading.Event()
+    started = threading.Barrier(count + 1)
+
+    def hold(i: int) -> None:
+        with queue.run(f"another visitor {i}"):
+            started.wait(10)
+            release.wait(30)
+
+    workers = [threading.Thread(target=hold, args=(i,)) for i in range(count)]
+    for worker in workers:
+        worker.start()
+    timer = threading.Timer(release_after_s, release.set) if release_after_s is not None else None
+    try:
+        started.wait(10)
+        if timer is not None:
+            timer.start()
+        yield
+    finally:
+        release.set()
+        if timer is not None:
+            timer.cancel()
+        for worker in workers:
+            worker.join()

@@ -5,8 +5,6 @@ core/server.py (state in Streamlit's caches, steps and subsets in the session)."
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -16,6 +14,7 @@ from core.ui import cache
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_workshop_page import PASSPHRASE, all_text, assert_hidden, click, unlock
+from tests.support import slots_held
 
 
 def clear_cache_message() -> None:
@@ -74,24 +73,11 @@ def test_reset_hides_the_truth_whatever_the_file_says(class_off_in_file):
 
 def test_a_clear_cache_message_does_not_reset_the_run_queue():
     queue = cache.run_queue()
-    holding, release = threading.Event(), threading.Event()
-
-    def busy() -> None:
-        with queue.run("a training visitor"):
-            holding.set()
-            release.wait(10)
-
-    worker = threading.Thread(target=busy)
-    worker.start()
-    try:
-        assert holding.wait(10)
+    with slots_held(queue):  # a training visitor's run
         clear_cache_message()
         after = cache.run_queue()
         assert after is queue and after.running == 1  # still held: the next run waits its turn
         assert cache.run_queue(cache.LIGHT) is not queue  # light work has its own lane
-    finally:
-        release.set()
-        worker.join()
     assert queue.peak_running <= queue.slots
 
 

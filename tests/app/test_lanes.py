@@ -3,13 +3,13 @@ owner's "Start again" instead of restarting on the next rerun."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from streamlit.testing.v1 import AppTest
 
 from core.ui import cache
 from tests.app.test_app import no_exception
+from tests.support import slots_held
 
 
 def _page() -> None:
@@ -28,18 +28,7 @@ def _page() -> None:
 
 def test_light_work_does_not_wait_behind_heavy_runs():
     heavy = cache.run_queue(cache.HEAVY)
-    started, release = threading.Barrier(heavy.slots + 1), threading.Event()
-
-    def hold(i: int) -> None:
-        with heavy.run(f"trainer {i}"):
-            started.wait(10)
-            release.wait(20)
-
-    workers = [threading.Thread(target=hold, args=(i,)) for i in range(heavy.slots)]
-    for worker in workers:
-        worker.start()
-    try:
-        started.wait(10)  # every heavy slot is taken
+    with slots_held(heavy, heavy.slots):  # every heavy slot is taken
         at = AppTest.from_function(_page, default_timeout=30)
         at.session_state["lane"] = cache.LIGHT
         began = time.monotonic()
@@ -47,10 +36,6 @@ def test_light_work_does_not_wait_behind_heavy_runs():
         no_exception(at)
         assert [m.value for m in at.markdown] == ["done in light"]
         assert time.monotonic() - began < 10  # before: the same queue, waiting behind the trainers
-    finally:
-        release.set()
-        for worker in workers:
-            worker.join()
 
 
 def test_a_cancelled_run_waits_for_start_again():
@@ -77,24 +62,7 @@ def test_expected_time_reads_like_speech():
 def test_a_run_that_waits_several_polls_draws_one_cancel_button():
     """The waiting message is redrawn on every poll; the Cancel button was drawn again each time
     (StreamlitDuplicateElementKey: the page crashed whenever a heavy run waited over 0.5 s)."""
-    heavy = cache.run_queue(cache.HEAVY)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with heavy.run("a trainer"):
-            holding.set()
-            release.wait(20)
-
-    worker = threading.Thread(target=hold)
-    worker.start()
-    timer = threading.Timer(2.0, release.set)  # several polls of 0.5 s pass before the slot frees
-    try:
-        assert holding.wait(10)
-        timer.start()
+    with slots_held(cache.run_queue(cache.HEAVY), release_after_s=2.0):  # several polls of 0.5 s pass
         at = AppTest.from_function(_page, default_timeout=30).run()
         no_exception(at)
         assert [m.value for m in at.markdown] == ["done in heavy"]
-    finally:
-        release.set()
-        timer.cancel()
-        worker.join()
