@@ -1,5 +1,6 @@
 # The hosted demo, with the same steps as `make serve`: Debian, the Fashion-MNIST package,
-# the pinned install, the demo's store prebuilt by the CLI, then the app in hosted mode.
+# the pinned install, the demo prepared by the CLI (store, saliency profiles, default probes
+# and layout), then the app in hosted mode.
 #   docker build -t biaslens . && docker run -p 8501:8501 biaslens
 FROM debian:bookworm-slim
 
@@ -16,9 +17,9 @@ COPY app.py ./
 COPY .streamlit ./.streamlit
 # The pinned install (torch 2.14.1, torchvision 0.29.1) into /app/.venv.
 RUN make setup
-# Build the demo's activation store now, so visitors only read it.
+# Prepare everything visitors need and cannot start now, so they only read it.
 ENV BIASLENS_HOSTED=1 BIASLENS_CACHE=/app/cache
-RUN .venv/bin/python -m core build demo
+RUN .venv/bin/python -m core prepare demo
 
 EXPOSE 8501
 CMD ["make", "serve", "ADDRESS=0.0.0.0", "PORT=8501"]

@@ -39,10 +39,11 @@ browser:
 run: setup
 	$(PY) -m streamlit run app.py --server.port=$(PORT)
 
-# The hosted demo: the CLI builds the demo's store first, then the app runs in hosted mode
-# (visitors only read). `make serve ADDRESS=0.0.0.0 PORT=80` to listen publicly.
+# The hosted demo: the CLI prepares what visitors cannot start (the demo's store, saliency
+# profiles, default probes and layout; each step a no-op once done), then the app runs in
+# hosted mode. `make serve ADDRESS=0.0.0.0 PORT=80` to listen publicly.
 serve: setup
-	BIASLENS_HOSTED=1 $(PY) -m core build demo
+	BIASLENS_HOSTED=1 $(PY) -m core prepare demo
 	BIASLENS_HOSTED=1 $(PY) -m streamlit run app.py $(SERVE_FLAGS)
 
 test: setup browser

@@ -52,14 +52,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` headless on a free loopback port; returns it once /_stcore/health answers."""
+def start_server(log_path: Path, launcher: list[str] | None = None, flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` headless on a free loopback port; returns it once /_stcore/health answers.
+
+    ``launcher`` replaces ``python -m streamlit`` (it gets ``run app.py ...`` as its arguments);
+    ``flags`` are more Streamlit options (``--runner.postScriptGC=false``)."""
     port = free_port()
     with log_path.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+            [*(launcher or [sys.executable, "-m", "streamlit"]), "run", "app.py", "--server.headless=true",
              "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none"],
+             "--server.fileWatcherType=none", *flags],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"

@@ -2,8 +2,9 @@
 
 Lists workspaces, shows a workspace's layers, builds activation stores ahead of time
 (e.g. on a GPU machine, so a hosted app only reads), computes the dataset's saliency
-profiles beside a store and trains the demo model. User errors
-print a one-line message and exit with status 2, never a traceback.
+profiles beside a store, prepares everything a hosted server's visitors need and trains
+the demo model. User errors print a one-line message and exit with status 2, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     """Compute a workspace's dataset saliency profiles (kept with its store) with a tqdm bar."""
     from tqdm import tqdm
 
+    from core.estimates import model_cost, on_this_server, profile_seconds
     from core.filters import conv_filters
     from core.models import load_model
     from core.saliency_store import build_profiles, size_message
@@ -141,7 +143,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
         )
     layers = [ly.strip() for ly in args.layers.split(",") if ly.strip()] if args.layers else None
     index = conv_filters(model.module, layers)
-    print(size_message(store.n, index))
+    print(f"{size_message(store.n, index)} Expected time: {on_this_server(profile_seconds(model_cost(model), store.n))}.")
     if not args.yes and sys.stdin.isatty() and input("Build them? [y/N] ").strip().lower() not in ("y", "yes"):
         print("cancelled")
         return 1
@@ -161,6 +163,31 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     m = profiles.manifest
     print(f"profiles: {profiles.path} ({profiles.n} images x {profiles.n_filters} filters over "
           f"{len(profiles.index.layers)} conv layers, method {profiles.method}, {m.get('seconds', 0):.1f} s)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare a workspace for a hosted server: store, saliency profiles, the Intersectional
+    page's default probes and layout; each step skipped when done, resumed when interrupted."""
+    from core.models import load_model
+    from core.prepare import Preparer, parse_steps
+    from core.sources import build_dataset
+
+    steps = parse_steps(args.only, args.skip)
+    listing = _workspaces(args)
+    ws = _pick(listing, args.workspace)
+    dataset = build_dataset(ws.dataset)
+    if dataset.skipped:
+        print(f"note: skipped {len(dataset.skipped)} listed file(s), e.g. {dataset.skipped[0][0]}: "
+              f"{dataset.skipped[0][1]}", file=sys.stderr)
+    model = load_model(ws.model, args.device, hosted=listing.hosted)
+    preparer = Preparer(ws.name, model, dataset, root=Path(args.cache) if args.cache else None,
+                        batch_size=args.batch_size or ws.batch_size,
+                        num_workers=_workers(args.num_workers, ws.num_workers, model.device.type))
+    done = preparer.run(steps)
+    total = sum(p.seconds for p in done)
+    print(f"prepared '{ws.name}' in {total:.1f} s ({sum(not p.skipped for p in done)} step(s) run, "
+          f"{sum(p.skipped for p in done)} already done)")
     return 0
 
 
@@ -257,6 +284,16 @@ def parser() -> argparse.ArgumentParser:
     saliency.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
     saliency.set_defaults(func=cmd_saliency)
 
+    prepare = sub.add_parser("prepare", help="prepare a workspace for a hosted server: store, saliency profiles, default probes and layout")
+    prepare.add_argument("workspace")
+    prepare.add_argument("--only", default=None, metavar="STEP[,STEP]", help="run only these steps: store, saliency, probes, layouts")
+    prepare.add_argument("--skip", default=None, metavar="STEP[,STEP]", help="leave these steps out")
+    prepare.add_argument("--batch-size", type=_whole(1, MAX_BATCH), default=None)
+    prepare.add_argument("--num-workers", type=_whole(0, MAX_WORKERS), default=None, help="loader processes for the store (as build)")
+    prepare.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    prepare.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    prepare.set_defaults(func=cmd_prepare)
+
     score = sub.add_parser("score", help="score the discovery methods against a workspace's planted slices (after build)")
     score.add_argument("workspace")
     score.add_argument("--methods", default="spotlight,udis", help="comma-separated: spotlight, udis")
@@ -300,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: a store build resumes where it stopped next time", file=sys.stderr)
+        print("interrupted: a store build (or prepare) resumes where it stopped next time", file=sys.stderr)
         return 130
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from core.errors import DataError
+from core.images import placeholder, thumbnail
 
 PLANTED_SLICE_COLUMNS = ["slice", "kind", "where", "description"]
 MISSING_POLICIES = ("skip", "error")
@@ -54,6 +55,21 @@ class ImageDataset(abc.ABC):
     @abc.abstractmethod
     def load_image(self, index: int) -> Image.Image:
         """Return image ``index`` as an 8-bit RGB PIL image; raise DataError if unreadable."""
+
+    def try_load_image(self, index: int) -> tuple[Image.Image | None, str]:
+        """(image, "") or (None, why it cannot be read). For display: a file deleted or
+        damaged since the store was built gets a placeholder on the pages, while extraction
+        (which calls ``load_image``) still stops on it."""
+        try:
+            return self.load_image(index), ""
+        except DataError as exc:
+            return None, str(exc)
+
+    def thumbnail(self, index: int, size: int) -> np.ndarray:
+        """(size, size, 3) thumbnail of image ``index``, or the missing-image placeholder
+        (a grey tile with a cross and the image's id): never raises for a lost file."""
+        image, _ = self.try_load_image(index)
+        return placeholder(size, self.ids[index]) if image is None else thumbnail(image, size)
 
     def image_path(self, index: int) -> Path | None:
         """The file image ``index`` is read from, for decoders that read files themselves

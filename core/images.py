@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from core.errors import DataError
 
@@ -143,3 +143,31 @@ def framed(thumb: np.ndarray, error: bool) -> np.ndarray:
 def mark_error(thumb: np.ndarray) -> np.ndarray:
     """The misclassified look: a red frame outside the image and a cross badge bottom-left."""
     return framed(thumb, True)
+
+
+PLACEHOLDER_GREY = (205, 205, 205)
+_CROSS_GREY = (120, 120, 120)
+
+
+def placeholder(size: int, label: str = "") -> np.ndarray:
+    """A grey (size, size, 3) tile with a dark cross and ``label`` (the image's id) written
+    across its top: what galleries show for an image whose file is missing or unreadable, so
+    one lost file marks its own place instead of stopping the page. A long id keeps its end
+    (the file name), cut with '…'. The top is free of ``framed``'s error badge (bottom-left)."""
+    canvas = Image.new("RGB", (size, size), PLACEHOLDER_GREY)
+    draw = ImageDraw.Draw(canvas)
+    band = 0
+    if label:
+        font = ImageFont.load_default(max(6, size // 9))
+        text = label
+        while len(text) > 1 and draw.textlength(text, font=font) > size - 4:
+            text = text[1:]
+        text = text if text == label else "…" + text[1:]
+        band = int(font.size * 1.5)
+        draw.rectangle([0, 0, size, band], fill=(255, 255, 255))
+        draw.text((size / 2, band / 2), text, fill=(60, 60, 60), font=font, anchor="mm")
+    inset, width = max(2, size // 6), max(1, size // 24)
+    top = max(inset, band + inset // 2)
+    draw.line([inset, top, size - inset, size - inset], fill=_CROSS_GREY, width=width)
+    draw.line([inset, size - inset, size - inset, top], fill=_CROSS_GREY, width=width)
+    return np.asarray(canvas)

@@ -134,8 +134,12 @@ def list_conv_blocks(model: nn.Module, input_size: int = DEFAULT_INPUT_SIZE) -> 
     that ends each conv, resnet yields ``maxpool`` (the stem) and ``layer1..layer4``.
     Global (adaptive) pooling never extends a block. With fewer than 3 blocks, the
     top-level containers (Sequential/ModuleList/ModuleDict, e.g. mobilenet's or densenet's
-    ``features``) are opened into their own blocks. A 1x1-conv classifier head (models
-    without ``nn.Linear``) is not a block. Models without conv layers give [].
+    ``features``) are opened into their own blocks. A wrapper level, where one child holds
+    every conv and is the only block (or none: its output is the logits), is looked through:
+    that child's blocks are read as if it were the model, so ``inner.layer1``.. for a resnet
+    inside ``self.inner``, or behind a normalisation layer in an nn.Sequential. A 1x1-conv
+    classifier head (models without ``nn.Linear``) is not a block. Models without conv
+    layers give [].
     """
     return _conv_blocks(model, probe_forward(model, input_size))
 
@@ -167,12 +171,14 @@ def _conv_blocks(model: nn.Module, probe: Probe) -> list[str]:
         """Whether module ``inner`` is ``name`` or nested in it (the root '' holds all)."""
         return not name or inner == name or inner.startswith(name + ".")
 
+    def executed_children(parent: str) -> list[str]:
+        """The direct children of ``parent`` that ran, in the order their forward finished."""
+        depth = parent.count(".") + 1 if parent else 0
+        return [n for n in probe.order if contains(parent, n) and n.count(".") == depth and n != parent]
+
     def blocks_of(parent: str) -> list[tuple[str, str]]:
         """(first child, block output) of each block among the executed children of parent."""
-        depth = parent.count(".") + 1 if parent else 0
-        children = [
-            n for n in probe.order if contains(parent, n) and n.count(".") == depth and n != parent
-        ]
+        children = executed_children(parent)
         blocks: list[tuple[str, str]] = []
         current: list[str] = []
         for name in children:
@@ -187,14 +193,26 @@ def _conv_blocks(model: nn.Module, probe: Probe) -> list[str]:
                 current = []
         return blocks + ([(current[0], current[1])] if current else [])
 
-    top = blocks_of("")
-    if len(top) >= 3:
-        return [out for _, out in top]
-    names: list[str] = []
-    for first, out in top:
-        inner = [o for _, o in blocks_of(first)] if _is_container(modules[first]) else []
-        names += inner + ([out] if out != first or not inner else [])
-    return names
+    def blocks_in(parent: str) -> list[str]:
+        """Block outputs of the network rooted at ``parent`` (the model itself is '')."""
+        children = [c for c in executed_children(parent) if any(contains(c, v) for v in convs)]
+        top = blocks_of(parent)
+        if len(children) == 1 and top in ([], [(children[0], children[0])]):
+            # A wrapper level: one child holds every conv (a model inside a wrapper module,
+            # or behind a normalisation layer in an nn.Sequential). Read the child's own
+            # blocks when it has any, as if it were the model.
+            inner = blocks_in(children[0]) if executed_children(children[0]) else []
+            if inner:
+                return inner
+        if len(top) >= 3:
+            return [out for _, out in top]
+        names: list[str] = []
+        for first, out in top:
+            inner = [o for _, o in blocks_of(first)] if _is_container(modules[first]) else []
+            names += inner + ([out] if out != first or not inner else [])
+        return names
+
+    return blocks_in("")
 
 
 def _spread(names: Sequence[str], k: int = MAX_DEFAULT_LAYERS) -> list[str]:
@@ -282,6 +300,14 @@ def _module_device(model: nn.Module) -> torch.device:
 def _is_a(module: nn.Module, cls: type[nn.Module]) -> bool:
     """isinstance, also for TorchScript mirrors (which keep the original class name)."""
     return isinstance(module, cls) or getattr(module, "original_name", None) == cls.__name__
+
+
+def is_patch_embedding(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a Conv2d that cuts the image into non-overlapping patches
+    (kernel = stride > 1), as a vision transformer's patch embedding does."""
+    if not isinstance(module, nn.Conv2d):
+        return False
+    return module.kernel_size == module.stride and max(module.kernel_size) > 1
 
 
 def _is_container(module: nn.Module) -> bool:

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 import core.statedict  # noqa: F401  (registers the 'torchvision' and 'entrypoint' kinds)
 from core.errors import ModelError, first_line
-from core.layers import find_layers, probe_forward
+from core.layers import find_layers, is_patch_embedding, probe_forward
 from core.registry import Triple, model_loader
 from core.torchscript import ScriptedModel
 
@@ -90,6 +90,15 @@ class LoadedModel:
         """Every layer a store can hold: the conv blocks, then the hidden nn.Linear layers
         (which run after them in a CNN), each list in execution order."""
         return list(self.conv_layers) + [ly for ly in self.linear_layers if ly not in self.conv_layers]
+
+    @property
+    def only_patch_embedding(self) -> bool:
+        """Whether the one conv block is a transformer's patch embedding (a ViT's
+        ``conv_proj``): pages reading conv blocks then say that they see patches, not
+        the network's later layers."""
+        return len(self.conv_layers) == 1 and is_patch_embedding(
+            dict(self.module.named_modules()).get(self.conv_layers[0])
+        )
 
 
 # --------------------------------------------------------------------------- loading

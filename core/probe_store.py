@@ -13,7 +13,9 @@ they belong to, so a rerun reads them instead of recomputing::
         .lock             file lock: two processes never build the same arrays
 
 ``"input"`` is the normalised image itself, reduced the same way; ``"embedding"`` is read
-from the store (no forward pass).
+from the store (no forward pass). Saved arrays of more layers over the same rows serve any
+subset of them, so probing fewer layers writes nothing new. ``max_new_bytes`` refuses a
+build that would write more (a hosted visitor's budget, core/estimates.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core.datasets import ImageDataset
 from core.errors import BiasLensError, DataError, StoreError
+from core.estimates import HostedLimit, hook_free_copy, megabytes
 from core.extract import _atomic_write_text, _locked, _read_json
 from core.models import LoadedModel
 from core.pipeline import image_batches
@@ -128,6 +133,41 @@ def _check(store: Store, model: LoadedModel, rows: np.ndarray, layers: list[str]
         )
 
 
+_WIDTHS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int, str], int]] = weakref.WeakKeyDictionary()
+
+
+def feature_dims(model: LoadedModel, layers: Sequence[str], size: int = 8, mode: str = "subsample") -> dict[str, int]:
+    """layer -> width of its reduced activations: from one pass of a blank image through a
+    private copy of the model (hooks on the shared model would meet other sessions' passes),
+    once per model, layer, size and mode."""
+    known = _WIDTHS.setdefault(model.module, {})
+    missing = [ly for ly in layers if ly not in (INPUT, EMBEDDING) and (ly, size, mode) not in known]
+    if missing:
+        twin = hook_free_copy(model.module)
+        modules = dict(twin.named_modules())
+
+        def record(name: str) -> Callable[..., None]:
+            def hook(_module: Any, _args: Any, output: Any) -> None:
+                known[(name, size, mode)] = int(reduce_map(_first_tensor(output).detach(), size, mode).shape[1])
+
+            return hook
+
+        for ly in missing:
+            if ly in modules:
+                modules[ly].register_forward_hook(record(ly))  # on the private copy, discarded afterwards
+        with torch.inference_mode():
+            twin(torch.zeros(1, 3, model.input_size, model.input_size, device=model.device))
+    widths = {EMBEDDING: int(model.embedding_dim), INPUT: 3 * min(size, model.input_size) ** 2}
+    return {ly: widths[ly] if ly in widths else known[(ly, size, mode)] for ly in layers
+            if ly in widths or (ly, size, mode) in known}
+
+
+def feature_bytes(n_rows: int, dims: dict[str, int]) -> int:
+    """Disk bytes of the reduced activations of ``n_rows`` images (the embedding is read from
+    the store, never written)."""
+    return 4 * int(n_rows) * sum(d for ly, d in dims.items() if ly != EMBEDDING)
+
+
 def _load(directory: Path, layers: list[str]) -> dict[str, np.ndarray] | None:
     manifest = _read_json(directory / "manifest.json")
     if manifest is None:
@@ -142,6 +182,44 @@ def _load(directory: Path, layers: list[str]) -> dict[str, np.ndarray] | None:
     return out
 
 
+def reduced_dir(store: Store, rows: np.ndarray, layers: Sequence[str], size: int = 8,
+                mode: str = "subsample") -> Path | None:
+    """The folder of complete saved activations that serves ``rows`` for ``layers`` (the
+    embedding aside), or None: the one saved for exactly these layers, else any over the
+    same rows, size and mode that holds them all. Nothing is computed."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    wanted = [str(ly) for ly in layers if ly != EMBEDDING]
+    if not wanted:
+        return None
+    root = store.path / PROBES_DIR
+    exact = root / probe_key(store.fingerprint, rows, wanted, size, mode)
+    if _load(exact, wanted) is not None:
+        return exact
+    if not root.is_dir():
+        return None
+    for directory in sorted(root.iterdir()):
+        manifest = _read_json(directory / "manifest.json")
+        if (manifest is None or directory == exact or manifest.get("fingerprint") != store.fingerprint
+                or manifest.get("version") != PROBE_VERSION or manifest.get("size") != int(size)
+                or manifest.get("mode") != mode or not set(wanted) <= set(manifest.get("layers", []))):
+            continue
+        try:
+            same_rows = np.array_equal(np.load(directory / "rows.npy"), rows)
+        except (OSError, ValueError):
+            continue
+        if same_rows and _load(directory, wanted) is not None:
+            return directory
+    return None
+
+
+def find_reduced(store: Store, rows: np.ndarray, layers: Sequence[str], size: int = 8,
+                 mode: str = "subsample") -> dict[str, np.ndarray] | None:
+    """The saved reduced activations of ``rows`` for ``layers`` (the embedding aside), opened
+    from ``reduced_dir``, or None."""
+    directory = reduced_dir(store, rows, layers, size, mode)
+    return None if directory is None else _load(directory, [str(ly) for ly in layers if ly != EMBEDDING])
+
+
 def reduced_activations(
     store: Store,
     model: LoadedModel,
@@ -153,13 +231,16 @@ def reduced_activations(
     batch_size: int = 64,
     progress: Progress | None = None,
     lock_timeout: float | None = None,
+    max_new_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """layer -> (n, C*h*w) float32 reduced activations of the store ``rows`` (in that order).
 
     ``layers``: module names, ``"input"`` or ``"embedding"`` (None: ``default_probe_layers``).
     Computed once by a batched forward pass, checkpointed (an interrupted build resumes)
     and kept under ``<store>/probes/<key>/``; later calls open the saved arrays
-    (memory-mapped) without a forward pass. ``progress(done, total, message)`` per batch.
+    (memory-mapped) without a forward pass, as do calls for fewer layers over the same rows.
+    ``progress(done, total, message)`` per batch. ``max_new_bytes``: a build that would
+    write more raises HostedLimit (saved arrays are always read).
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     layers = default_probe_layers(store, model) if layers is None else [str(ly) for ly in layers]
@@ -169,7 +250,14 @@ def reduced_activations(
     if saved_layers:
         key = probe_key(store.fingerprint, rows, saved_layers, size, mode)
         directory = store.path / PROBES_DIR / key
-        saved = _load(directory, saved_layers)
+        saved = find_reduced(store, rows, saved_layers, size, mode)
+        if saved is None and max_new_bytes is not None:
+            needed = feature_bytes(len(rows), feature_dims(model, saved_layers, size, mode))
+            if needed > max_new_bytes:
+                raise HostedLimit(
+                    f"These probe activations would write {megabytes(needed)} to this server's disk; this run may write "
+                    f"{megabytes(max_new_bytes)}. Use fewer layers or a smaller cap per group."
+                )
         if saved is None:
             if store_fingerprint(model, dataset) != store.fingerprint:
                 raise StoreError(

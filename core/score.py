@@ -10,6 +10,7 @@ new slices file in one command.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,13 +29,30 @@ from core.store import Store
 Groups = tuple[list[str], list[np.ndarray], list[np.ndarray]]  # names, rankings, members
 BASELINE = "baseline"
 MARGIN = 0.3  # a method "beats" the baseline on a slice by at least this much P@10
-PAGE_SPOTLIGHT = Spotlight(size=0.02, n_spotlights=5)  # the Spotlight page's defaults (fit clones it)
+PAPER_SIZE = 0.02  # the paper's S: 2% of the images
+MIN_SPOTLIGHT_TOP = 25  # the default S is at least this many images (see default_size)
+MAX_DEFAULT_SIZE = 0.25  # ... but never more than a quarter of the images
+
+
+def default_size(n: int) -> float:
+    """The default spotlight size S for ``n`` images, as a fraction: the paper's 2%, but at least
+    MIN_SPOTLIGHT_TOP images and at most a quarter of them, rounded up to 0.01% (what the page's
+    box shows). A spotlight's accuracy is measured on its top S images: at 2% of 200 images that
+    is 4 images, and its 95% interval reads 0.0-0.0%; 25 images give an interval worth reading.
+    From 1,250 images on, 2% is already 25 or more, so large datasets keep the paper's S."""
+    share = min(max(PAPER_SIZE, MIN_SPOTLIGHT_TOP / max(1, n)), MAX_DEFAULT_SIZE)
+    return math.ceil(round(share * 10_000, 6)) / 10_000
+
+
+def page_spotlight(n: int) -> Spotlight:
+    """The Spotlight page's defaults for ``n`` images: 5 spotlights of ``default_size(n)``."""
+    return Spotlight(size=default_size(n), n_spotlights=5)
 
 
 def spotlight_groups(store: Store, meta: pd.DataFrame) -> Groups:
-    """The Spotlight page's default run: 5 spotlights of 2% of the embedding; each ranks the images by
-    weight, and its members are its top S images."""
-    fitted = PAGE_SPOTLIGHT.fit(np.asarray(store.representation("embedding")), meta["loss"].to_numpy())
+    """The Spotlight page's default run: 5 spotlights of ``default_size`` of the embedding; each ranks
+    the images by weight, and its members are its top S images."""
+    fitted = page_spotlight(len(meta)).fit(np.asarray(store.representation("embedding")), meta["loss"].to_numpy())
     names = [f"spotlight {s.index + 1}" for s in fitted.spotlights_]
     return names, [s.weights for s in fitted.spotlights_], [s.top_rows(fitted.size_) for s in fitted.spotlights_]
 
@@ -44,7 +62,15 @@ def udis_groups(store: Store, meta: pd.DataFrame) -> Groups:
     fitted = UDIS().fit(np.asarray(store.representation("embedding")), meta["correct"].to_numpy())
     losses = meta["loss"].to_numpy()
     ids = [int(g) for g in fitted.subgroups_["subgroup"]]
-    return [f"subgroup {g}" for g in ids], [top_loss_rows(fitted.rows(g), losses, 100) for g in ids], [fitted.rows(g) for g in ids]
+    members = [fitted.rows(g) for g in ids]
+    return [f"subgroup {g}" for g in ids], loss_rankings(members, losses), members
+
+
+def loss_rankings(members: Sequence[np.ndarray], losses: np.ndarray) -> list[np.ndarray]:
+    """Each group's whole membership, highest loss first: the ranking its P@k and AUROC are
+    measured on. Cutting it short (to the 10 highest-loss images, say) caps P@25 at 10/25 and
+    P@100 at 0.10, and scores the rest of the group like images outside it in AUROC."""
+    return [top_loss_rows(rows, losses, len(rows)) for rows in members]
 
 
 def _check_halves(n: int, minimum: int, search: str) -> None:
@@ -54,6 +80,27 @@ def _check_halves(n: int, minimum: int, search: str) -> None:
             f"The held-out check finds the groups on one half of the images and measures them on the "
             f"other; {search} needs at least {minimum} images per half, so at least {2 * minimum} "
             f"images, and this set has {n}."
+        )
+
+
+def _check_half_size(n: int, size: float) -> None:
+    """DataError unless a spotlight of ``size`` (a fraction of the images, or a count) covers at
+    least one image of a half of ``n`` images, and not all of them. Only the page's own S can
+    fail here: the default (``default_size``) fits every half of 40 images or more."""
+    half = n // 2
+    share = isinstance(size, float) and 0 < size < 1
+    count, shown = (size * half, f"{100 * size:g}%") if share else (float(size), f"{size:g} images")
+    if round(count) < 1:
+        least = math.ceil(10_000 / half) / 100
+        raise DataError(
+            f"The held-out check searches the spotlights on one half of the images ({half:,}), where S = "
+            f"{shown} covers {count:.1f} images: fewer than 1. Raise Size S to at least {least:g}% on the "
+            "Spotlight page and run again."
+        )
+    if round(count) >= half:
+        raise DataError(
+            f"The held-out check searches the spotlights on one half of the images ({half:,}), where S = "
+            f"{shown} covers all of them. Lower Size S on the Spotlight page and run again."
         )
 
 
@@ -89,6 +136,7 @@ def spotlight_held_out(
     discovery half, i.e. when it falls in the region the spotlight's top S covered there."""
     x = np.asarray(x, dtype=np.float32)
     _check_halves(len(x), SPOTLIGHT_MIN_IMAGES, "the spotlight search")
+    _check_half_size(len(x), spotlight.size)
     losses = np.asarray(losses, dtype=np.float64)
 
     def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -119,7 +167,7 @@ def held_out_tables(store: Store, methods: Sequence[str] = tuple(METHODS), seed:
     meta = store.meta()
     x, correct = np.asarray(store.representation("embedding")), meta["correct"].to_numpy(dtype=bool)
     runs = {
-        "spotlight": lambda: spotlight_held_out(x, meta["loss"].to_numpy(), correct, PAGE_SPOTLIGHT, seed),
+        "spotlight": lambda: spotlight_held_out(x, meta["loss"].to_numpy(), correct, page_spotlight(len(meta)), seed),
         "udis": lambda: udis_held_out(x, correct, UDIS(), VISCUIT_THRESHOLD, seed),
     }
     return {m: runs[m]() for m in methods}

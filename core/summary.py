@@ -114,6 +114,20 @@ def weighted_shares(values: pd.Series, weights: np.ndarray) -> pd.DataFrame:
     return out.sort_values(["lift", "inside"], ascending=False, kind="stable").reset_index(drop=True)
 
 
+def top_shares(shares: pd.DataFrame, top: int = 12, what: str = "classes") -> pd.DataFrame:
+    """The ``top`` values of ``weighted_shares`` with the largest share inside the group, then one
+    row "other (k <what>)" summing the rest (inside and overall), so a chart of 1,000 classes
+    shows the ones that matter and still adds up to 100%. Columns: value, inside, overall."""
+    ordered = shares.sort_values(["inside", "overall"], ascending=False, kind="stable")
+    shown = ordered.head(top)[["value", "inside", "overall"]].reset_index(drop=True)
+    rest = ordered.iloc[top:]
+    if len(rest):
+        other = {"value": f"other ({len(rest):,} {what})", "inside": float(rest["inside"].sum()),
+                 "overall": float(rest["overall"].sum())}
+        shown = pd.concat([shown, pd.DataFrame([other])], ignore_index=True)
+    return shown
+
+
 def stored_value(column: pd.Series, text: object) -> object:
     """The value of ``column`` that ``weighted_shares`` printed as ``text`` (it prints values as
     strings): the original value (a number, a boolean, None for a missing one), or ``text``."""

@@ -3,10 +3,22 @@ and whether their activations look alike (Krug & Stober: linear probes and NAP m
 
 import streamlit as st
 
+from core import prepare
 from core.errors import BiasLensError
+from core.estimates import (
+    HOSTED_MAX_EPOCHS,
+    HOSTED_MAX_PER_GROUP,
+    HOSTED_MAX_PROBE_LAYERS,
+    HOSTED_MAX_RUN_SECONDS,
+    HOSTED_MAX_SEEDS,
+    HostedLimit,
+    duration,
+    megabytes,
+    on_this_server,
+)
 from core.groups import capped_rows, counts_table
 from core.methods import LinearProbes, map_scale, nap_similarity
-from core.probe_store import default_probe_layers
+from core.probe_store import MODES, default_probe_layers
 from core.ui import intersectional_view as view
 from core.ui.charts import show, show_selectable
 from core.ui.context import page_context
@@ -20,6 +32,7 @@ ATTRIBUTES, SUBSETS = "Attribute columns", "Saved subsets"
 
 ctx = page_context()
 store, meta = ctx.store, ctx.meta()
+hosted = ctx.hosted
 
 st.title("Intersectional")
 st.caption(
@@ -43,12 +56,12 @@ if not candidates and not saved:
 sources = ([ATTRIBUTES] if candidates else []) + ([SUBSETS] if saved else [])
 c1, c2 = st.columns([2, 1])
 source = c1.segmented_control("Groups from", sources, **kept(state_key(PAGE, "source", ctx.key), sources[0])) or sources[0]
-min_size = int(c2.number_input("Minimum group size", 2, 10_000, **kept(state_key(PAGE, "min_size"), 10),
+min_size = int(c2.number_input("Minimum group size", 2, 10_000, **kept(state_key(PAGE, "min_size"), prepare.MIN_GROUP_SIZE),
                                help="Smaller groups are listed and left out."))
 try:
     if source == ATTRIBUTES:
         columns = st.multiselect("Variables (1 to 3 attribute columns)", candidates, max_selections=3,
-                                 **kept(state_key(PAGE, "columns", ctx.key), candidates[:2]))
+                                 **kept(state_key(PAGE, "columns", ctx.key), prepare.default_columns(store)))
         if not columns:
             st.info("Pick 1 to 3 attribute columns; each combination of their values is a group.")
             st.stop()
@@ -70,9 +83,10 @@ st.caption(
     + "".join(f" `{column}` binned as {', '.join(labels)}." for column, labels in groups.bins.items())
 )
 c1, c2, c3 = st.columns(3)
-nap_cap = int(c1.number_input("Cap per group (NAPs)", 2, 100_000, **kept(state_key(PAGE, "nap_cap"), 640)))
-probe_cap = int(c2.number_input("Cap per group (probes)", 4, 100_000, **kept(state_key(PAGE, "probe_cap"), 128)))
-seed = int(c3.number_input("Sampling seed", 0, 10_000, **kept(state_key(PAGE, "seed"), 0)))
+nap_cap = int(c1.number_input("Cap per group (NAPs)", 2, 100_000, **kept(state_key(PAGE, "nap_cap"), prepare.NAP_CAP)))
+probe_cap = int(c2.number_input("Cap per group (probes)", 4, HOSTED_MAX_PER_GROUP if hosted else 100_000,
+                                **kept(state_key(PAGE, "probe_cap"), prepare.PROBE_CAP)))
+seed = int(c3.number_input("Sampling seed", 0, 10_000, **kept(state_key(PAGE, "seed"), prepare.SAMPLING_SEED)))
 nap_rows = capped_rows(groups, nap_cap, seed)
 probe_rows = capped_rows(groups, probe_cap, seed)
 whole, nap_tab, probe_tab = st.tabs(["All images", f"Capped at {nap_cap} (NAPs)", f"Capped at {probe_cap} (probes)"])
@@ -84,21 +98,39 @@ how_to_read("each cell is a group (a combination of the variables' values) with 
 # --------------------------------------------------------------------------- 2. linear probes
 st.subheader("Linear probes per layer")
 layer_options = default_probe_layers(store, ctx.model)
-with st.form(state_key(PAGE, "probe_form"), border=False):
-    c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-    chosen = c1.multiselect("Layers", layer_options, default=layer_options, key=state_key(PAGE, "probe_layers", ctx.key))
-    mode = c2.radio("Reduce to ≤ 8×8 by", ["subsample", "avgpool"], key=state_key(PAGE, "probe_mode"))
-    seeds = int(c3.number_input("Seeds", 1, 20, 5, key=state_key(PAGE, "probe_seeds"),
-                                help="Each seed draws a new 90/10 split and initialisation: the interval is over seeds."))
-    epochs = int(c4.number_input("Epochs", 1, 500, 50, key=state_key(PAGE, "probe_epochs")))
-    submitted = st.form_submit_button("Train the probes", type="primary")
+c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
+chosen = c1.multiselect("Layers", layer_options, default=prepare.default_probe_choice(layer_options, hosted),
+                        key=state_key(PAGE, "probe_layers", ctx.key), max_selections=HOSTED_MAX_PROBE_LAYERS if hosted else None)
+mode = c2.radio("Reduce to ≤ 8×8 by", list(MODES), key=state_key(PAGE, "probe_mode"))
+seeds = int(c3.number_input("Seeds", 1, HOSTED_MAX_SEEDS if hosted else 20, prepare.PROBE_SEEDS, key=state_key(PAGE, "probe_seeds"),
+                            help="Each seed draws a new 90/10 split and initialisation: the interval is over seeds."))
+epochs = int(c4.number_input("Epochs", 1, HOSTED_MAX_EPOCHS if hosted else 500, prepare.PROBE_EPOCHS,
+                             key=state_key(PAGE, "probe_epochs")))
+if hosted:
+    st.caption(f"On this server, a probe run takes at most {HOSTED_MAX_PROBE_LAYERS} layers, {HOSTED_MAX_SEEDS} seeds, "
+               f"{HOSTED_MAX_EPOCHS} epochs and {HOSTED_MAX_PER_GROUP} images per group, and about "
+               f"{duration(HOSTED_MAX_RUN_SECONDS)} by its estimate.")
 layers = tuple(layer for layer in layer_options if layer in chosen)
 probes = LinearProbes(epochs=epochs, n_seeds=seeds, per_group=probe_cap, seed=seed)
 fitted = view.cached_probes(store, groups, probe_rows, layers, mode, probes) if layers else None
-if submitted and fitted is None:
-    if not layers:
-        st.error("Pick at least one layer to probe.")
-    else:
+if fitted is None and not layers:
+    st.info("Pick at least one layer to probe.")
+elif fitted is None:
+    plan = view.probe_plan(ctx, groups, probe_rows, layers, mode, probes)
+    refusal = None
+    if hosted:
+        try:
+            prepare.check_hosted_probes(store, plan, layers, probes)
+        except HostedLimit as exc:
+            refusal = str(exc)
+    c1, c2 = st.columns([1, 3], vertical_alignment="center")
+    submitted = c1.button("Train the probes", type="primary", disabled=refusal is not None, key=state_key(PAGE, "probe_train"))
+    c2.caption(f"{len(probe_rows):,} images, {len(groups.names)} groups, {len(layers)} layer(s) × {seeds} seed(s) × "
+               f"{epochs} epochs: {on_this_server(plan.seconds)}"
+               + (f"; writes {megabytes(plan.new_bytes)} of activations first." if plan.new_bytes else "."))
+    if refusal is not None:
+        st.warning(refusal)
+    elif submitted:
         try:
             fitted = run_with_progress(
                 "Training the probes...",
@@ -107,9 +139,7 @@ if submitted and fitted is None:
             )
         except BiasLensError as exc:
             st.error(f"The probes cannot be trained: {exc}")
-if fitted is None:
-    st.caption(f"Press **Train the probes** ({len(probe_rows):,} images, {len(groups.names)} groups).")
-else:
+if fitted is not None:
     summary = fitted.summary()
     show(view.accuracy_chart, summary)
     how_to_read(
@@ -131,8 +161,7 @@ else:
 
 # --------------------------------------------------------------------------- 3. NAPs and topographic maps
 st.subheader("NAPs and topographic maps")
-widths = {name.removesuffix(":mean"): shape[1] for name, shape in store.representations().items() if name.endswith(":mean")}
-eligible = [layer for layer in store.layers if widths.get(layer, 0) >= view.MIN_LAYOUT_CHANNELS]
+eligible = prepare.map_layers(store)
 if not eligible:
     st.info("A topographic map needs a stored layer of more than 15 channels; add one on the Overview (store panel).")
     st.stop()

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
+from core.estimates import HOSTED_MAX_FILTERS_K, on_this_server
 from core.filters import conv_filters
 from core.methods import (
     FilterSaliency,
@@ -68,23 +69,22 @@ except BiasLensError as exc:
     st.stop()
 profiles = view.profiles_for(ctx, layers)
 if profiles is None:
+    if ctx.hosted:  # visitors cannot start a pass over the whole dataset
+        st.info(view.not_prepared(ctx, layers))
+        st.stop()
     before = st.empty()  # the size and the button, cleared once the build starts
     with before.container():
-        st.info(size_message(store.n, index))
+        st.info(f"{size_message(store.n, index)} Expected: {on_this_server(view.build_seconds(ctx))}.")
         if view.uses_loop(ctx, index):
             st.info(view.LOOP_NOTE)
         command = f"python -m core saliency {ctx.workspace.name}" + (f" --layers {','.join(layers)}" if layers else "")
-        if ctx.hosted:
-            st.info(f"The saliency profiles of this workspace are not computed on this server. Visitors cannot start "
-                    f"the computation; the server's operator runs `{command}`.")
-            st.stop()
         st.caption(f"Or from a terminal: `{command}` (resumes where it stopped).")
         clicked = st.button("Compute saliency profiles", type="primary", icon=":material/tune:", key=state_key(PAGE, "build"))
     if not clicked:
         st.stop()
     before.empty()
     try:
-        with cache.queued("The saliency profiles"):
+        with cache.queued("The saliency profiles", expected_s=view.build_seconds(ctx)):
             profiles = run_with_progress(
                 "Computing saliency profiles...",
                 lambda progress: view.build(ctx, layers, progress, notice=st.info),
@@ -120,8 +120,9 @@ st.markdown(f"Label **{rec['label']}** · predicted **{rec['pred']}** ({percent(
 if rec["correct"]:
     st.info("This image is classified correctly. The paper studies errors: the salient filters of a correct image "
             "show what it relies on, and turning them off lowers the true class's confidence.")
-k = int(st.number_input("Top filters (k)", 1, 100_000, **kept(state_key(PAGE, "k"), 10),
-                        help="The paper's F: the k filters of highest z, boosted for the input-space map (eq. 3)."))
+k = int(st.number_input("Top filters (k)", 1, HOSTED_MAX_FILTERS_K if ctx.hosted else 100_000, **kept(state_key(PAGE, "k"), 10),
+                        help="The paper's F: the k filters of highest z, boosted for the input-space map (eq. 3)."
+                        + (f" This server allows at most {HOSTED_MAX_FILTERS_K}." if ctx.hosted else "")))
 try:
     with st.spinner("Computing the image's saliency (cached afterwards)..."):
         fitted = view.saliency_for(ctx, profiles, row, label, stats, FilterSaliency(k=k))
@@ -175,23 +176,32 @@ all_neighbours, _ = view.neighbours_for(store, profiles, row, stats, NEIGHBOURS,
 st.markdown("**Fine-tuning check**")
 f1, f2 = st.columns(2)
 one_percent = max(1, index.n_filters // 100)
-tuned = int(f1.number_input("Filters updated (k ≤ 1% of them)", 1, one_percent, **kept(state_key(PAGE, "tune_k", ctx.key, index.n_filters), one_percent),
-                            help="The paper restricts the update to at most 1% of the filters."))
+most_tuned = min(one_percent, HOSTED_MAX_FILTERS_K) if ctx.hosted else one_percent
+tuned = int(f1.number_input("Filters updated (k ≤ 1% of them)", 1, most_tuned,
+                            **kept(state_key(PAGE, "tune_k", ctx.key, index.n_filters), most_tuned),
+                            help="The paper restricts the update to at most 1% of the filters."
+                            + (f" This server allows at most {HOSTED_MAX_FILTERS_K}." if ctx.hosted else "")))
 step = float(f2.number_input("Step (share of their weight norm)", 0.01, 2.0, step=0.05, format="%.2f",
                              **kept(state_key(PAGE, "tune_step"), 0.1),
                              help="A normalised gradient step whose length is this share of the chosen filters' weight norm."))
-check = view.fine_tune_for(ctx, profiles, row, label, z, ref, all_neighbours, labels_idx[all_neighbours],
-                           FineTuneCheck(k=tuned, step=step))
-st.dataframe(check.results_, hide_index=True, column_config={
-    "image_corrected": st.column_config.NumberColumn("image corrected", format="percent"),
-    "image_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (image)", format="%+.4f"),
-    "neighbours_corrected_share": st.column_config.NumberColumn("neighbours corrected", format="percent"),
-    "neighbours_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (neighbours)", format="%+.4f"),
-})
-st.caption(f"One normalised gradient step on this image through {check.k_} filter(s) only, chosen as the most "
-           f"salient, random or least salient; measured on the image and its {len(all_neighbours)} saliency-space neighbours. "
-           "The step is applied to copies of the weights: the model in the app is never modified. " + " ".join(check.notes_))
-how_to_read("if the salient filters cause the error, updating them corrects the image and helps its neighbours more than random or least salient filters do.")
+try:
+    check = view.fine_tune_for(ctx, profiles, row, label, z, ref, all_neighbours, labels_idx[all_neighbours],
+                               FineTuneCheck(k=tuned, step=step))
+except BiasLensError as exc:
+    st.error(f"The fine-tuning check cannot run: {exc}")
+else:
+    st.dataframe(check.results_, hide_index=True, column_config={
+        "image_corrected": st.column_config.NumberColumn("image corrected", format="percent"),
+        "image_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (image)", format="%+.4f"),
+        "neighbours_corrected_share": st.column_config.NumberColumn("neighbours corrected", format="percent"),
+        "neighbours_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (neighbours)", format="%+.4f"),
+    })
+    st.caption(f"One normalised gradient step on this image through {check.k_} filter(s) only, chosen as the most "
+               f"salient, random or least salient; measured on the image and its {len(all_neighbours)} saliency-space "
+               "neighbours. The step is applied to copies of the weights: the model in the app is never modified. "
+               + " ".join(check.notes_))
+    how_to_read("if the salient filters cause the error, updating them corrects the image and helps its neighbours more "
+                "than random or least salient filters do.")
 
 st.markdown("**Saliency-space neighbours**")
 c1, c2 = st.columns([1, 2])

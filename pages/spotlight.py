@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
+from core.score import MIN_SPOTLIGHT_TOP, default_size
 from core.ui import cohort_link, image_detail, subset_view
 from core.ui import spotlight_view as view
 from core.ui.charts import show, show_selectable
@@ -18,7 +19,7 @@ from core.ui.method_page import (
     scorecard_section,
     significance_section,
 )
-from core.ui.widgets import how_to_read, percent
+from core.ui.widgets import Shown, how_to_read, percent, table
 
 MAP_POINTS = 4000
 PAGE = "spotlight"
@@ -42,7 +43,8 @@ representations = list(store.representations())  # the embedding first, then lay
 # The form's widgets keep their values in session state, seeded from the last run, so that
 # coming back to the page shows the settings of the results below.
 last = st.session_state.get(RUN_KEY)
-defaults = {"representation": view.EMBEDDING, "size": 2.0, "n_spotlights": 5, "steps": 1000, "kernel": KERNELS[0],
+default_pct = 100 * default_size(n)
+defaults = {"representation": view.EMBEDDING, "size": default_pct, "n_spotlights": 5, "steps": 1000, "kernel": KERNELS[0],
             "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2}
 remember_settings(PAGE, defaults, last and {**last["params"], "representation": last["representation"],
                                             "size": 100 * last["params"]["size"], "pca": last["params"]["pca"] or 0})
@@ -55,9 +57,9 @@ with st.form("spotlight_controls"):
                                   help="The paper uses the last hidden layer.")
     size_pct = c2.number_input(
         "Size S (% of images)", 0.0, 99.9, step=0.5, format="%.2f", key=state_key(PAGE, "size"),
-        help="The minimum total weight, as a share of the images: 2% for images in the paper. "
-             "A spotlight averages the losses of at least S images, so a failing group much smaller "
-             "than S is diluted by its neighbours: to look for small groups, lower S (or ask for more spotlights).",
+        help=f"The minimum total weight, as a share of the images: 2% in the paper, but at least {MIN_SPOTLIGHT_TOP} "
+             "images by default (at most 25%). A spotlight averages the losses of at least S images, so a failing group much "
+             "smaller than S is diluted by its neighbours: to look for small groups, lower S (or ask for more spotlights).",
     )
     count = int(c3.number_input("Spotlights", 1, 10, key=state_key(PAGE, "n_spotlights"), help="Found in sequence; each next one ignores losses already covered."))
     steps = int(c4.number_input("Steps", 50, 5000, step=50, key=state_key(PAGE, "steps"), help="Adam steps per spotlight (the paper: 1000-5000)."))
@@ -67,6 +69,11 @@ with st.form("spotlight_controls"):
     pca = int(c7.number_input("PCA components (0 = off)", 0, 4096, key=state_key(PAGE, "pca"), help="Project the representation on its top components first."))
     lr = float(c8.number_input("Learning rate", 1e-4, 1.0, format="%.4f", key=state_key(PAGE, "lr"), help="Adam; halved each time the objective plateaus."))
     submitted = st.form_submit_button("Run", type="primary")
+st.caption(
+    f"Default S here: {default_pct:g}% = {round(default_pct * n / 100):,} of {n:,} images. It is the paper's 2%, raised to "
+    f"at least {MIN_SPOTLIGHT_TOP} images (at most 25%): each spotlight's accuracy is measured on its top S images, "
+    "and on fewer its 95% interval says little (4 images, 2% of 200, read 0.0% – 0.0%)."
+)
 if submitted:
     st.session_state[RUN_KEY] = {
         "representation": representation,
@@ -101,6 +108,16 @@ representation, params = run["representation"], run["params"]
 if not result.spotlights_:
     st.success("Nothing to find: " + " ".join(result.notes_))
     st.stop()
+if result.size_ < MIN_SPOTLIGHT_TOP:
+    floor = round(default_size(result.n_images_) * result.n_images_)  # the default S: 25 images, or a quarter of fewer than 100
+    st.warning(
+        f"S = {result.size_:,} images: each spotlight's accuracy below rests on its top {result.size_:,} images only, "
+        "so its 95% interval is wide or degenerate. "
+        + (f"Raise Size S to at least {100 * default_size(result.n_images_):g}% ({floor} images) unless you are after a very small group."
+           if result.size_ < floor else
+           f"With {result.n_images_:,} images a larger S would cover more than a quarter of them: read the intervals as rough."),
+        icon=":material/warning:",
+    )
 detail = (f"{view.representation_label(store, representation)}, S = {result.size_:,}, "
           f"{params['kernel']} kernel, {params['precision']} precision"
           + (f", scope: subset '{scope_name}' ({len(scope_rows):,} images)" if scope_name else ""))
@@ -113,17 +130,17 @@ st.caption(
     + (f"; PCA keeps {percent(result.explained_variance_)} of the variance" if result.explained_variance_ is not None else "")
     + ". " + " ".join(result.notes_)
 )
-table = summary(result, meta["correct"].to_numpy())
-st.dataframe(
-    table, hide_index=True,
-    column_config={
-        "mean loss": st.column_config.NumberColumn("weighted mean loss", format="%.3f"),
-        "loss ratio": st.column_config.NumberColumn("× dataset mean loss", format="%.2f"),
-        "effective size": st.column_config.NumberColumn("effective size", format="%.0f"),
-        "top-S accuracy": st.column_config.NumberColumn(f"accuracy of top {result.size_:,}", format="percent"),
-        "low": st.column_config.NumberColumn("95% low", format="percent"),
-        "high": st.column_config.NumberColumn("95% high", format="percent"),
+table(
+    summary(result, meta["correct"].to_numpy()),
+    {
+        "mean loss": Shown("number", 3, label="weighted mean loss"),
+        "loss ratio": Shown("number", 2, label="× dataset mean loss", missing="the dataset's mean loss is 0."),
+        "effective size": Shown("number", 0),
+        "top-S accuracy": Shown("percent", label=f"accuracy of top {result.size_:,}"),
+        "low": Shown("percent", label="95% low", help="Bootstrap interval of the top-S accuracy."),
+        "high": Shown("percent", label="95% high", help="Bootstrap interval of the top-S accuracy."),
     },
+    hide_index=True,
 )
 how_to_read(
     f"each row is a spotlight in the order found. The dataset's mean loss is {result.mean_loss_:.3f} and its "
@@ -153,7 +170,8 @@ significance_section(store, [fit.top_rows(result.size_) for fit in result.spotli
 scorecard_section(
     store, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
     "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "
-    "members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8.",
+    f"members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8. Recall counts the spotlight's top S = {result.size_:,}.",
+    members=[fit.top_rows(result.size_) for fit in result.spotlights_],
 )
 
 # --------------------------------------------------------------------------- each spotlight, and the paper's baselines

@@ -8,8 +8,8 @@ from core.methods import (
     UDIS_THRESHOLD,
     VISCUIT_THRESHOLD,
     subgroups_csv,
-    top_loss_rows,
 )
+from core.score import loss_rankings
 from core.ui import cache, cohort_link, subset_view
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
@@ -166,6 +166,12 @@ elif similar < 0:
 elif not conv_layers:
     st.warning("None of the model's conv blocks is in the activation store: add layers on the Overview page (store panel).")
 else:
+    if ctx.model.only_patch_embedding:
+        st.info(
+            f"This model's only convolution is its patch embedding (`{conv_layers[0]}`, as in a vision transformer): "
+            "the neurons below are its channels, which each see one image patch before any attention layer, and "
+            "Grad-CAM reads the same layer. They say nothing of the transformer blocks after it."
+        )
     view.neuron_panel_section(ctx, store, tuple(conv_layers), result, selected, similar)
 
 # --------------------------------------------------------------------------- significance and scorecard
@@ -173,10 +179,11 @@ every = [int(g) for g in result.subgroups_["subgroup"]]
 significance_section(store, [result.rows(g) for g in every], [f"#{g}" for g in every],
                      "subgroups (every cluster, not only the under-performing ones)",
                      held_out=view.held_out_for(store, udis, threshold, scope_rows))
-losses = meta["loss"].to_numpy()
+members = [result.rows(g) for g in ids]
 scorecard_section(
-    store, [top_loss_rows(result.rows(g), losses) for g in ids], [f"#{g}" for g in ids],
+    store, loss_rankings(members, meta["loss"].to_numpy()), [f"#{g}" for g in ids],
     "for each planted slice, the under-performing subgroup whose 10 highest-loss images hold most slice images "
-    "(P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall).",
-    members=[result.rows(g) for g in ids],
+    "(P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall); each subgroup ranks all its "
+    "images by loss.",
+    members=members,
 )

@@ -31,7 +31,7 @@ from PIL import Image
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
 from core.errors import BiasLensError
-from core.images import framed, thumbnail
+from core.images import framed
 from core.models import LoadedModel, load_model
 from core.runqueue import RunQueue
 from core.server import SERVER
@@ -165,8 +165,9 @@ def strip_png(
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def thumbnails(_dataset: ImageDataset, workspace_key: str, rows: tuple[int, ...], size: int) -> list[np.ndarray]:
-    """RGB thumbnails (size x size, nearest-neighbour for small images) of dataset rows."""
-    return [thumbnail(_dataset.load_image(r), size) for r in rows]
+    """RGB thumbnails (size x size, nearest-neighbour for small images) of dataset rows; an
+    image whose file is missing or unreadable gets a placeholder with its id."""
+    return [_dataset.thumbnail(r, size) for r in rows]
 
 
 # --------------------------------------------------------------------------- heavy runs

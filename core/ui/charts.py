@@ -95,13 +95,18 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = T
         x=alt.X("predicted:N", sort=classes, title="Predicted class"),
         y=alt.Y("true:N", sort=classes, title="True class"),
     )
+    # the colour scale starts at 0 (so one class, or equal cells, still has a readable legend),
+    # and its legend prints what the cells print: shares as percentages, counts as whole numbers
+    top = 1.0 if normalise else float(max(1, counts.max(initial=0)))
+    legend = alt.Legend(format=".0%", values=[0, 0.5, 1]) if normalise else alt.Legend(format="d", values=_count_ticks(top))
     cells = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="blues"), title="share of row" if normalise else "images"),
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="blues", domain=[0, top]), legend=legend,
+                        title="share of row" if normalise else "images"),
         tooltip=["true", "predicted", "count", alt.Tooltip("rate:Q", format=".1%", title="share of true class")],
     )
     # the text prints what the colour shows (shares or counts), white only on the darker half
     # of the colour scale, so it stays readable on pale cells
-    middle = float(data[value].min() + data[value].max()) / 2 if len(data) else 0.0  # the scale spans min..max
+    middle = top / 2  # the scale spans 0..top
     text = base.mark_text(fontSize=10).encode(
         text=alt.Text(f"{value}:Q", format=".0%" if normalise else "d"),
         color=alt.condition(alt.datum[value] > middle, alt.value("white"), alt.value("black")),
@@ -110,6 +115,15 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = T
     # for them beside about 50 px per cell, or the cells' text overlaps (10 classes -> 660 px)
     side = max(320, 50 * len(classes) + 160)
     return (cells + text).properties(width=side, height=side)
+
+
+def _count_ticks(top: float, most: int = 5) -> list[int]:
+    """Whole-number legend values from 0 to ``top`` on a round step (1, 2, 5 × 10^k), at most
+    ``most`` of them, ending at ``top`` itself so the legend shows the largest count (a tick
+    closer than half a step below it is left out, so labels never crowd)."""
+    steps = (m * 10**k for k in range(12) for m in (1, 2, 5))
+    step = next(s for s in steps if top / s <= most - 1)
+    return [t for t in range(0, int(top), step) if int(top) - t >= step / 2] + [int(top)]
 
 
 CELL_SELECTION = "cell"  # the name of the intersection heatmap's point selection

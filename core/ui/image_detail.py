@@ -1,5 +1,6 @@
 """One image-detail dialog for every gallery and map: the image as the model sees it, its id,
-label, prediction, top scores, loss, attributes, and Grad-CAM at a chosen layer.
+label, prediction, top scores, loss, attributes, and Grad-CAM at a chosen layer. An image whose
+file is missing or unreadable shows a placeholder and says so; its store figures still show.
 
 A gallery (or a map click) asks for it with ``request(origin, row)``; the gallery whose
 ``origin`` matches draws it with ``show_requested(ctx, meta, origin)``, so a page with
@@ -19,7 +20,7 @@ from PIL import Image
 from sklearn.base import clone
 
 from core.errors import BiasLensError
-from core.images import thumbnail
+from core.images import placeholder, thumbnail
 from core.methods import GradCAM, overlay
 from core.models import model_view
 from core.ui import cache
@@ -121,15 +122,26 @@ def image_detail(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
         + f" · loss {rec['loss']:.3f}"
     )
     scores, attributes = _facts(ctx, meta, row)
-    image = model_view(ctx.model, ctx.dataset.load_image(row))
+    loaded, reason = ctx.dataset.try_load_image(row)
     left, right = st.columns([1, 2])
-    left.image(enlarged(image, VIEW), caption="Image (as the model sees it)", width="stretch")
+    if loaded is None:
+        left.image(placeholder(VIEW, str(rec["id"])), caption="Image file missing", width="stretch")
+    else:
+        image = model_view(ctx.model, loaded)
+        left.image(enlarged(image, VIEW), caption="Image (as the model sees it)", width="stretch")
     right.dataframe(
         scores, hide_index=True, width="stretch",
         column_config={"score": st.column_config.ProgressColumn("score", min_value=0, max_value=1, format="%.3f")},
     )
     if len(attributes):
         right.dataframe(attributes, hide_index=True, width="stretch")
+    if loaded is None:
+        st.warning(
+            f"The image file is missing or unreadable: {reason} The label, prediction and scores above come "
+            "from the activation store, made while the file was readable; Grad-CAM needs the image itself, "
+            "so it shows again once the file is restored."
+        )
+        return
     _grad_cam(ctx, rec, row, image)
 
 

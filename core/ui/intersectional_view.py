@@ -5,12 +5,16 @@ Groups are built from the store's metadata (core/groups.py); probes train on red
 activations kept with the store (core/probe_store.py); NAPs read the store's mean-pooled
 channels. Every heavy run goes through ``cache.computed_once``, keyed by the store's
 fingerprint, the groups and the estimator's ``get_params()``, so a rerun recomputes nothing.
+Probes and layouts that ``python -m core prepare`` kept beside the store (core/prepare.py)
+are read from disk when no run of this server process holds them. On a hosted server a
+visitor's probe run is checked against the hosted caps first (core/estimates.py).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -19,15 +23,25 @@ import streamlit as st
 from PIL import Image
 from sklearn.base import clone
 
+from core.estimates import HOSTED_REQUEST_DISK_BYTES
 from core.groups import Groups, build_groups, groups_from_subsets
 from core.methods import LinearProbes, NAPs, TopographicLayout, topomap
-from core.probe_store import reduced_activations
+from core.prepare import (
+    ProbeRun,
+    check_hosted_probes,
+    fit_probes,
+    group_naps,
+    layout_key,
+    load_layout,
+    load_probes,
+    probe_run,
+    probes_key,
+)
 from core.store import Store
 from core.subsets import scope_digest
 from core.ui import cache
 from core.ui.context import PageContext
 
-MIN_LAYOUT_CHANNELS = 16  # the paper lays out layers of more than 15 channels
 MAP_SIZE = 100
 MAP_VIEW = 120  # pixels per drawn map
 
@@ -98,27 +112,59 @@ def counts_chart(table: pd.DataFrame, columns: Sequence[str], title: str) -> alt
 # --------------------------------------------------------------------------- probes
 
 
+def probe_plan(ctx: PageContext, groups: Groups, rows: np.ndarray, layers: tuple[str, ...], mode: str,
+               probes: LinearProbes) -> ProbeRun:
+    """The expected time and new disk bytes of a probe run (nothing is computed)."""
+    return probe_run(ctx.store, ctx.model, groups, rows, layers, mode, probes)
+
+
 def probes_for(ctx: PageContext, groups: Groups, rows: np.ndarray, layers: tuple[str, ...], mode: str,
                probes: LinearProbes, progress: Callable[[int, int, str], None] | None = None) -> LinearProbes:
     """Linear probes of these groups on each layer's reduced activations, fitted once (a clone).
-    The reduced activations themselves are kept on disk with the store."""
+    The reduced activations themselves are kept on disk with the store. On a hosted server
+    the run must pass the hosted caps (HostedLimit otherwise) and writes at most the
+    per-run disk budget."""
     store = ctx.store
+    plan = probe_plan(ctx, groups, rows, layers, mode, probes)
+    if ctx.hosted:
+        check_hosted_probes(store, plan, layers, probes)
 
     def compute() -> LinearProbes:
-        features = reduced_activations(store, ctx.model, ctx.dataset, rows, list(layers), mode=mode, progress=progress)
-        labels = groups.labels[rows]
-        return clone(probes).fit(features, labels, list(groups.names), progress=progress,
-                                 group_values=list(groups.values), columns=list(groups.columns))
+        return fit_probes(store, ctx.model, ctx.dataset, groups, rows, layers, mode, probes, progress,
+                          max_new_bytes=HOSTED_REQUEST_DISK_BYTES if ctx.hosted else None)
 
     key = cache.run_key(groups_key(groups), scope_digest(rows), layers, mode, probes.get_params())
-    return cache.computed_once("probes", store.fingerprint, key, "The linear probes", compute)
+    return cache.computed_once("probes", store.fingerprint, key, "The linear probes", compute, expected_s=plan.seconds)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _prepared() -> dict[tuple[str, str, str], Any]:
+    """Prepared probes and layouts read from disk, once per (kind, store, key); only found
+    ones are kept, so a result prepared while the server runs is found on the next rerun."""
+    return {}
+
+
+def _read_prepared(kind: str, store: Store, key: str, load: Callable[[Store, str], Any]) -> Any | None:
+    slot = (kind, store.fingerprint, key)
+    found = _prepared()
+    if slot not in found:
+        result = load(store, key)
+        if result is None:
+            return None
+        found[slot] = result
+    return found[slot]
 
 
 def cached_probes(store: Store, groups: Groups, rows: np.ndarray, layers: tuple[str, ...], mode: str,
                   probes: LinearProbes) -> LinearProbes | None:
-    """The probes already fitted for these inputs, or None (nothing is computed)."""
+    """The probes already fitted for these inputs, in this server process or prepared on
+    disk, or None (nothing is computed)."""
     key = cache.run_key(groups_key(groups), scope_digest(rows), layers, mode, probes.get_params())
-    return cache.cached_result("probes", store.fingerprint, key)
+    held = cache.cached_result("probes", store.fingerprint, key)
+    if held is not None:
+        return held
+    disk_key = probes_key(store.fingerprint, groups, rows, layers, mode, probes.get_params())
+    return _read_prepared("probes", store, disk_key, load_probes)
 
 
 def accuracy_chart(summary: pd.DataFrame) -> alt.LayerChart:
@@ -164,20 +210,20 @@ def curves_chart(curves: pd.DataFrame) -> alt.Chart:
 
 def naps_for(store: Store, groups: Groups, rows: np.ndarray, layer: str) -> NAPs:
     """NAPs of the groups in one layer over these rows (the store's mean-pooled channels), once."""
-
-    def compute() -> NAPs:
-        labels = np.full(store.n, -1, dtype=np.int64)
-        labels[rows] = groups.labels[rows]
-        return NAPs().fit(store.representation(f"{layer}:mean"), labels, list(groups.values), list(groups.columns))
-
     key = cache.run_key(groups_key(groups), scope_digest(rows), layer)
-    return cache.computed_once("naps", store.fingerprint, key, "The NAPs", compute)
+    return cache.computed_once("naps", store.fingerprint, key, "The NAPs", lambda: group_naps(store, groups, rows, layer))
 
 
 def layout_for(store: Store, groups: Groups, rows: np.ndarray, layer: str, naps: NAPs, seed: int) -> TopographicLayout:
-    """The layer's topographic layout (UMAP then the particle relaxation), computed once."""
+    """The layer's topographic layout (UMAP then the particle relaxation): prepared on disk,
+    else computed once."""
     layout = TopographicLayout(seed=seed)
     key = cache.run_key(groups_key(groups), scope_digest(rows), layer, layout.get_params())
+    if cache.cached_result("topomap", store.fingerprint, key) is None:
+        prepared = _read_prepared("layouts", store, layout_key(store.fingerprint, groups, rows, layer, layout.get_params()),
+                                  load_layout)
+        if prepared is not None:
+            return prepared
     return cache.computed_once("topomap", store.fingerprint, key, "The topographic layout",
                                lambda: clone(layout).fit(naps.naps_))
 

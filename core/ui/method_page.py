@@ -22,7 +22,7 @@ from core.store import Store
 from core.ui import cache, image_detail
 from core.ui.context import PageContext
 from core.ui.keys import state_key
-from core.ui.widgets import how_to_read, image_grid
+from core.ui.widgets import Shown, how_to_read, image_grid, table
 from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 T = TypeVar("T")
@@ -131,12 +131,16 @@ def scorecard_section(
         return
     card, base, versus = _scorecards(store, list(rankings), list(group_names), None if members is None else list(members))
     bar = {f"P@{k}": st.column_config.ProgressColumn(f"P@{k}", min_value=0, max_value=1, format="%.2f") for k in (10, 25, 100)}
-    config = {**bar, "recall": st.column_config.NumberColumn(format="percent"),
-              "AUROC": st.column_config.NumberColumn(format="%.2f")}
+    columns = {
+        "recall": Shown("percent", help="The share of the slice's images that its best group holds.",
+                        missing="no members to count (the groups are rankings only) or the slice is empty."),
+        "AUROC": Shown("number", 2, help="How well the best group's score separates the slice from the rest (0.5 = chance).",
+                       missing="undefined: the slice holds every image or none."),
+    }
     st.markdown("**This method**")
-    st.dataframe(card, hide_index=True, column_config=config)
+    table(card, columns, hide_index=True, column_config=bar)
     st.markdown("**Baseline: the 10 highest-loss images of each confusion cell (true → predicted)**")
-    st.dataframe(base, hide_index=True, column_config=config)
+    table(base, columns, hide_index=True, column_config=bar)
     beaten = versus[versus["beats_baseline"]]["slice"].tolist()
     st.caption(
         "The method beats the baseline by ≥ 0.3 in P@10 on: " + ", ".join(beaten) + "." if beaten else
@@ -157,38 +161,39 @@ def significance_section(
     with st.expander(f"Significance of the {len(names)} {what}", icon=":material/functions:"):
         if held_out is not None:
             _held_out_table(*held_out)
-        table = _group_tests(store, list(members), list(names))
-        st.dataframe(table, hide_index=True, column_config={
-            "accuracy": st.column_config.NumberColumn(format="percent"),
-            "rest accuracy": st.column_config.NumberColumn(format="percent"),
-            "gap": st.column_config.NumberColumn(format="%+.3f"),
-            "low": st.column_config.NumberColumn("gap 95% low", format="%+.3f"),
-            "high": st.column_config.NumberColumn("gap 95% high", format="%+.3f"),
-            "p": st.column_config.NumberColumn(format="%.2g"), "q": st.column_config.NumberColumn(format="%.2g"),
-        })
+        no_rest = "the group holds every image (no rest to compare with) or none."
+        table(_group_tests(store, list(members), list(names)), {
+            "accuracy": Shown("percent", missing="the group is empty."),
+            "rest accuracy": Shown("percent", missing=no_rest),
+            "gap": Shown("points", missing=no_rest), "low": Shown("points", label="gap 95% low", missing=no_rest),
+            "high": Shown("points", label="gap 95% high", missing=no_rest),
+            "p": Shown("general", 2), "q": Shown("general", 2, missing="no test: " + no_rest),
+        }, hide_index=True)
         how_to_read(
-            "gap = the group's accuracy minus the rest's, with Newcombe's 95% interval; p = Fisher's exact test of "
+            "gap = the group's accuracy minus the rest's, in percentage points, with Newcombe's 95% interval; p = Fisher's exact test of "
             "\"same accuracy as the rest\"; q = Benjamini-Hochberg over all the groups listed (many candidates make "
             "some small p certain by chance); significant = q < 0.05. A threshold on the gap alone is not evidence."
         )
 
 
 def _held_out_table(cached: pd.DataFrame | None, run: Callable[[], pd.DataFrame]) -> None:
-    table = cached
-    if table is None and st.button("Confirm on a held-out half", icon=":material/call_split:",
+    held = cached
+    if held is None and st.button("Confirm on a held-out half", icon=":material/call_split:",
                                    help="Find the groups again on a random half of the images, then measure them on the other half."):
         with st.spinner("Finding the groups on one half, measuring them on the other..."):
             try:
-                table = run()
+                held = run()
             except BiasLensError as error:
-                st.error(f"{error} Confirm the groups on a larger set of images.")
+                st.error(str(error))
                 return
-    if table is None:
+    if held is None:
         return
     st.markdown("**Held-out confirmation** (found on one random half, measured on the other)")
-    st.dataframe(table[[c for c in HELD_OUT_SHOWN if c in table.columns]], hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="%+.3f") for c in ("discovery gap", "held-out gap", "held-out low", "held-out high")
-    } | {"held-out q": st.column_config.NumberColumn(format="%.2g")})
+    empty = "the group has no image on this half, or every one."
+    table(held[[c for c in HELD_OUT_SHOWN if c in held.columns]], {
+        **{c: Shown("points", missing=empty) for c in ("discovery gap", "held-out gap", "held-out low", "held-out high")},
+        "held-out q": Shown("general", 2, missing="no test: " + empty),
+    }, hide_index=True)
     how_to_read("the gap on the half that found the group is optimistic (it was picked there); a real failure keeps its "
                 "gap on the held-out half (interval away from 0), one selected by chance shrinks towards 0.")
 

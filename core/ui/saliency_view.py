@@ -4,7 +4,9 @@ The dataset's profiles live on disk with the store (core/saliency_store.py); eve
 computed from them, or from the model for one image, is run once per inputs with
 ``cache.computed_once``, keyed by the store's fingerprint, the profiles' key, the reference
 set and the estimator's ``get_params()``, so a rerun never calls the model again. Cached
-objects are fitted clones, never the caller's estimator.
+objects are fitted clones, never the caller's estimator. Runs over many images show their
+expected time beside their button, and on a hosted server a visitor's run must pass the
+hosted caps (core/estimates.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ import torch
 from sklearn.base import clone
 
 from core.errors import BiasLensError
+from core.estimates import (
+    HOSTED_MAX_IMAGES,
+    HOSTED_MAX_RUN_SECONDS,
+    HostedLimit,
+    check_image_run,
+    check_saliency_request,
+    duration,
+    fine_tune_seconds,
+    model_cost,
+    on_this_server,
+    profile_seconds,
+    turn_off_seconds,
+)
 from core.filters import FilterIndex, conv_filters, resolve_method
 from core.methods import (
     FailureModes,
@@ -51,6 +66,7 @@ PICK_SHOWN = 16  # images in the pick galleries
 ORIGIN = "saliency"  # the subset origin of groups found here
 MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many points
 LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
+OTHER_PAGES = "The Spotlight, Subgroups, Intersectional and ActiVis pages work without them."
 
 # --------------------------------------------------------------------------- the profiles
 
@@ -85,6 +101,21 @@ def profiles_for(ctx: PageContext, layers: list[str] | None) -> SaliencyProfiles
             return None
         opened[slot] = found
     return opened[slot]
+
+
+def not_prepared(ctx: PageContext, layers: list[str] | None) -> str:
+    """What a hosted server's visitor reads when the profiles they asked for are missing
+    (visitors cannot start a pass over the whole dataset): no commands, no paths."""
+    if layers is not None and profiles_for(ctx, None) is not None:
+        return ("This server has prepared the saliency profiles over every conv layer, not over this choice: "
+                "pick them all again (the default) to use this page.")
+    return ("This server has not prepared the saliency profiles this page needs (a pass over the whole dataset, "
+            f"which visitors cannot start). {OTHER_PAGES}")
+
+
+def build_seconds(ctx: PageContext) -> float:
+    """The expected seconds of the dataset's profiles (shown before the build starts)."""
+    return profile_seconds(model_cost(ctx.model), ctx.store.n)
 
 
 def uses_loop(ctx: PageContext, index: FilterIndex, profiles: SaliencyProfiles | None = None) -> bool:
@@ -198,6 +229,8 @@ def saliency_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: 
                  estimator: FilterSaliency) -> FilterSaliency:
     """FilterSaliency of one image (profile, top filters, input map), fitted once (a clone)."""
     mu, sigma, ref = stats
+    if ctx.hosted:
+        check_saliency_request(k=int(estimator.k or 0))
     return cache.computed_once(
         "saliency-image", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "The input-space map",
         lambda: clone(estimator).fit(ctx.model, ctx.dataset.load_image(row), label, mu, sigma, profiles.index),
@@ -228,6 +261,8 @@ def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: i
 def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, z: np.ndarray, ref: str,
                   neighbours: np.ndarray, labels: np.ndarray, estimator: FineTuneCheck) -> FineTuneCheck:
     """The one-step fine-tuning check on one image and its neighbours, fitted once (a clone)."""
+    if ctx.hosted:
+        check_saliency_request(k=int(estimator.k or 0))
     key = _image_key(profiles, ref, row, estimator.get_params(), [int(r) for r in neighbours])
     return cache.computed_once(
         "saliency-finetune", ctx.store.fingerprint, key, "The fine-tuning check",
@@ -271,8 +306,12 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
                        stats: tuple[np.ndarray, np.ndarray, str], estimator: FilterTurnOff,
                        progress: Callable[[int, int, str], None] | None = None, batch: int = 10) -> pd.DataFrame:
     """``FilterTurnOff.summary()`` over these images (bootstrap intervals over images),
-    fitted in batches of ``batch`` images so the page can show progress; computed once."""
+    fitted in batches of ``batch`` images so the page can show progress; computed once.
+    On a hosted server the run must pass the hosted caps (HostedLimit otherwise)."""
     mu, sigma, ref = stats
+    seconds = turn_off_estimate(ctx, len(rows), estimator)
+    if ctx.hosted:
+        check_image_run(len(rows), seconds, "Turning filters off")
 
     def compute() -> pd.DataFrame:
         parts = []
@@ -290,7 +329,19 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
         return curves_summary(pd.concat(parts, ignore_index=True), seed=estimator.seed)
 
     key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
-    return cache.computed_once("saliency-aggregate", ctx.store.fingerprint, key, "Turning filters off over many images", compute)
+    return cache.computed_once("saliency-aggregate", ctx.store.fingerprint, key, "Turning filters off over many images", compute,
+                               expected_s=seconds)
+
+
+def turn_off_estimate(ctx: PageContext, images: int, estimator: FilterTurnOff) -> float:
+    """Expected seconds of turning filters off on ``images`` images."""
+    return turn_off_seconds(model_cost(ctx.model), images, int(estimator.max_k), int(estimator.n_random))
+
+
+def fine_tune_estimate(ctx: PageContext, profiles: SaliencyProfiles, images: int, estimator: FineTuneCheck) -> float:
+    """Expected seconds of the fine-tuning check on ``images`` images."""
+    return fine_tune_seconds(model_cost(ctx.model), images, profiles.n_filters, profiles.n,
+                             int(estimator.n_neighbours), int(estimator.n_random))
 
 
 def cached_aggregate(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, ref: str,
@@ -306,8 +357,12 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
                         progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """``FineTuneCheck.aggregate`` over these misclassified images (Fig. 6 on the dataset level):
     each image's check against its nearest misclassified neighbours in saliency space (all
-    layers), as the paper restricts the neighbours to errors; computed once."""
+    layers), as the paper restricts the neighbours to errors; computed once. On a hosted
+    server the run must pass the hosted caps (HostedLimit otherwise)."""
     mu, sigma, ref = stats
+    seconds = fine_tune_estimate(ctx, profiles, len(rows), estimator)
+    if ctx.hosted:
+        check_image_run(len(rows), seconds, "The fine-tuning check")
     columns = np.arange(profiles.index.n_filters)
     store = ctx.store
     errors = np.flatnonzero(~cache.meta_for(store)["correct"].to_numpy())
@@ -331,7 +386,8 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
         return FineTuneCheck.aggregate(frames, seed=estimator.seed)
 
     key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
-    return cache.computed_once("saliency-finetune-aggregate", store.fingerprint, key, "The fine-tuning check over many images", compute)
+    return cache.computed_once("saliency-finetune-aggregate", store.fingerprint, key, "The fine-tuning check over many images",
+                               compute, expected_s=seconds)
 
 
 def failure_modes_for(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, stats: tuple[np.ndarray, np.ndarray, str],
@@ -425,11 +481,28 @@ def fine_tune_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_on_demand(cached: T | None, possible: bool, button: str, key: str, label: str, work: Callable[[Any], T],
-                  done: Callable[[T], str], what: str, help: str | None = None) -> T | None:
+                  done: Callable[[T], str], what: str, help: str | None = None, seconds: float | None = None,
+                  check: Callable[[], None] | None = None) -> T | None:
     """A slow run that starts only on its button: the cached result if there is one, else,
-    when the button is pressed, the run with progress (a failure shown as an error)."""
-    if cached is not None or not possible or not st.button(button, key=key, help=help):
+    when the button is pressed, the run with progress (a failure shown as an error). Beside
+    the button, its expected ``seconds``; ``check`` raising HostedLimit disables the button
+    and says why."""
+    if cached is not None or not possible:
         return cached
+    refusal = None
+    if check is not None:
+        try:
+            check()
+        except HostedLimit as exc:
+            refusal = str(exc)
+    left, right = st.columns([1, 2], vertical_alignment="center")
+    clicked = left.button(button, key=key, help=help, disabled=refusal is not None)
+    if seconds is not None:
+        right.caption(f"Expected: {on_this_server(seconds)}.")
+    if refusal is not None:
+        st.warning(refusal)
+    if not clicked or refusal is not None:
+        return None
     try:
         return run_with_progress(label, work, done, unit="image")
     except BiasLensError as exc:
@@ -489,30 +562,38 @@ def aggregate_section(ctx: PageContext, profiles: SaliencyProfiles, ref: str, st
         _, subset_rows = group_select("Images", state_key(PAGE, "agg_source", ctx.key),
                                       {n: ctx.subsets().get(n).rows for n in subset_names}, "All misclassified images",
                                       "Only the misclassified images of a subset are used.")
-    cap = int(c2.number_input("At most (highest loss first)", 2, 5000, **kept(state_key(PAGE, "agg_cap"), 100)))
+    cap = int(c2.number_input("At most (highest loss first)", 2, HOSTED_MAX_IMAGES if ctx.hosted else 5000,
+                              **kept(state_key(PAGE, "agg_cap"), 100)))
+    if ctx.hosted:
+        st.caption(f"On this server, a run over many images takes at most {HOSTED_MAX_IMAGES} images and about "
+                   f"{duration(HOSTED_MAX_RUN_SECONDS)} by its estimate.")
     pool = wrong_rows if subset_rows is None else wrong_rows[np.isin(wrong_rows, subset_rows)]
     rows = pool[:cap]
     turn_off = FilterTurnOff(max_k=max_k)
     if not len(rows):
         st.info("No misclassified images in this set.")
+    off_seconds = turn_off_estimate(ctx, len(rows), turn_off)
     summary = run_on_demand(
         cached_aggregate(store, profiles, rows, ref, turn_off) if len(rows) else None, len(rows) > 0,
         f"Turn filters off on {len(rows):,} images", state_key(PAGE, "aggregate"), "Turning filters off...",
         lambda progress: aggregate_turn_off(ctx, profiles, rows, labels_idx[rows], stats, turn_off, progress),
-        lambda s: f"Turned filters off on {int(s['n'].max()):,} images", "The aggregate",
+        lambda s: f"Turned filters off on {int(s['n'].max()):,} images", "The aggregate", seconds=off_seconds,
+        check=(lambda: check_image_run(len(rows), off_seconds, "Turning filters off")) if ctx.hosted else None,
     )
     if summary is not None:
         show(turn_off_chart, summary_frame(summary), True)
         how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
                     "(bands); the salient order should separate from random and least salient.")
 
+    tune_seconds = fine_tune_estimate(ctx, profiles, len(rows), tune)
     tuned = run_on_demand(
         cached_aggregate(store, profiles, rows, ref, tune) if len(rows) else None, len(rows) > 0,
         f"Fine-tuning check on {len(rows):,} images", state_key(PAGE, "aggregate_tune"), "Fine-tuning check...",
         lambda progress: aggregate_fine_tune(ctx, profiles, rows, labels_idx[rows], stats, tune, progress),
         lambda t: f"Checked {int(t['n'].max()):,} images", "The fine-tuning check",
         help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
-        "neighbours in saliency space.",
+        "neighbours in saliency space.", seconds=tune_seconds,
+        check=(lambda: check_image_run(len(rows), tune_seconds, "The fine-tuning check")) if ctx.hosted else None,
     )
     if tuned is not None:
         st.dataframe(fine_tune_table(tuned), hide_index=True)

@@ -22,14 +22,14 @@ from core.score import spotlight_held_out
 from core.stats import bootstrap_ci
 from core.store import Store
 from core.subsets import expand, scope_digest
-from core.summary import attribute_enrichment, project_2d, stored_value, weighted_shares
+from core.summary import attribute_enrichment, project_2d, stored_value, top_shares, weighted_shares
 from core.ui import cache
 from core.ui.charts import show
 from core.ui.cohort_link import open_cohort
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
-from core.ui.widgets import how_to_read, percent
+from core.ui.widgets import Shown, how_to_read, percent, table
 
 GALLERY = 24
 SPOTLIGHT_COLOUR, DATASET_COLOUR = "#d62728", "#9e9e9e"
@@ -161,18 +161,28 @@ def trace_chart(data: pd.DataFrame) -> alt.Chart:
     )
 
 
+SHARE_BAND = 30  # px per class in the share charts, whatever the number of classes
+
+
 def shares_chart(shares: pd.DataFrame, title: str, top: int = 12) -> alt.Chart:
-    """Grouped bars: each value's share inside the spotlight vs in the dataset."""
-    part = shares.sort_values("inside", ascending=False).head(top)
+    """Grouped bars: each value's share inside the spotlight vs in the dataset, for the ``top``
+    values most present inside and one "other" bar for the rest (``core.summary.top_shares``).
+
+    Each value gets a band of SHARE_BAND px (a Vega-Lite step), so 2 or 4 classes read as well
+    as 12: a chart of fixed height squeezed their bars to slivers under the axis and legend.
+    """
+    part = top_shares(shares, top)
     data = part.melt(id_vars=["value"], value_vars=["inside", "overall"], var_name="where", value_name="share")
     data["where"] = data["where"].map({"inside": "Spotlight (weighted)", "overall": "Dataset"})
     order = list(part["value"])
+    peak = float(data["share"].max()) if len(data) else 1.0
     return (
         alt.Chart(data)
         .mark_bar()
         .encode(
             y=alt.Y("value:N", sort=order, title=title, axis=alt.Axis(labelLimit=200, labelOverlap=False)),
-            x=alt.X("share:Q", title="Share of images", axis=alt.Axis(format="%")),
+            x=alt.X("share:Q", title="Share of images", scale=alt.Scale(domain=[0, min(1.0, max(0.05, peak))], nice=True),
+                    axis=alt.Axis(format=".0%", tickCount=5)),
             yOffset=alt.YOffset("where:N", sort=["Spotlight (weighted)", "Dataset"]),
             color=alt.Color(
                 "where:N", title=None,
@@ -181,7 +191,7 @@ def shares_chart(shares: pd.DataFrame, title: str, top: int = 12) -> alt.Chart:
             ),
             tooltip=["value", "where", alt.Tooltip("share:Q", format=".1%")],
         )
-        .properties(height=max(120, 34 * len(part)))
+        .properties(height=alt.Step(SHARE_BAND, **{"for": "position"}))
     )
 
 
@@ -256,6 +266,15 @@ def map_selection(frame: pd.DataFrame, event: dict[str, Any] | None) -> tuple[np
     return chosen["row"].to_numpy(dtype=np.int64), clicked
 
 
+RUNTIME_PARAMS = ("device", "threads")  # where and how a run was computed, not what it found
+
+
+def finding_params(spotlight: Spotlight) -> dict[str, Any]:
+    """The parameters that define a run's spotlights, as a saved subset's origin lists them:
+    without where it ran (device, threads) and without options left unset (None)."""
+    return {k: v for k, v in spotlight.get_params().items() if k not in RUNTIME_PARAMS and v is not None}
+
+
 def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result: Spotlight, detail: str) -> None:
     """Save the spotlight's top-k images, or those above a weight threshold, as a subset."""
     i = fit.index + 1
@@ -272,7 +291,7 @@ def _save_subset(ctx: PageContext, meta: pd.DataFrame, fit: SpotlightFit, result
     with c3:
         save_subset_form(
             ctx, rows, f"spotlight {i}: {how}", "spotlight", f"spotlight {i} ({detail}): {how}",
-            key=state_key("spotlight", "save", i, how), params={**result.get_params(), "spotlight": i},
+            key=state_key("spotlight", "save", i, how), params={**finding_params(result), "spotlight": i},
         )
 
 
@@ -328,14 +347,11 @@ def spotlight_panel(
         show(enrichment_chart, enrichment)
         how_to_read("lift = an attribute value's share inside the spotlight ÷ its share in the dataset; right of the dashed line (1) it is over-represented.")
         with st.expander("All attribute values"):
-            event = st.dataframe(
-                enrichment, hide_index=True,
-                column_config={
-                    "inside": st.column_config.NumberColumn("share in spotlight", format="percent"),
-                    "overall": st.column_config.NumberColumn("share in dataset", format="percent"),
-                    "lift": st.column_config.NumberColumn(format="%.2f"),
-                },
-                on_select="rerun", selection_mode="single-row",
+            event = table(
+                enrichment,
+                {"inside": Shown("percent", label="share in spotlight"), "overall": Shown("percent", label="share in dataset"),
+                 "lift": Shown("number", 2, missing="the value is absent from the dataset.")},
+                hide_index=True, on_select="rerun", selection_mode="single-row",
                 key=state_key("spotlight", "lift_pick", ctx.key, fit.index),
             )
             picked = list(((event or {}).get("selection") or {}).get("rows") or [])

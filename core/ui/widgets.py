@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,8 +53,58 @@ def how_to_read(text: str) -> None:
     st.caption(f"How to read this: {text}")
 
 
+DASH = "–"  # what a table or a figure shows for a value that does not exist (never "None" or "nan")
+
+
 def percent(value: float) -> str:
-    return "–" if value != value else f"{100 * value:.1f}%"
+    return DASH if value != value else f"{100 * value:.1f}%"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How ``table`` shows one numeric column: ``kind`` "percent" (a 0-1 share, shown ×100 with
+    ``digits`` decimals and a % sign), "points" (a difference of shares, in signed percentage
+    points), "number" (``digits`` decimals) or "general" (%g-style, ``digits`` significant).
+    ``missing`` says why a cell may be empty; it goes into the header's tooltip beside ``help``."""
+
+    kind: str = "number"
+    digits: int = 1
+    label: str | None = None
+    help: str | None = None
+    missing: str | None = None
+
+    def format(self) -> str:
+        return {"percent": f"%.{self.digits}f%%", "points": f"%+.{self.digits}f pts",
+                "general": f"%.{self.digits}g"}.get(self.kind, f"%.{self.digits}f")
+
+    def scale(self) -> float:
+        return 100.0 if self.kind in ("percent", "points") else 1.0
+
+
+def readable(frame: pd.DataFrame, columns: dict[str, Shown]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(a copy of ``frame``, its column_config) with one number format per column, the same on
+    every row (Streamlit's "percent" prints 49% beside 57.01%), and a dash for a missing value,
+    never "None" or "nan": a column holding one becomes text, and its tooltip says why."""
+    shown, config = frame.copy(), {}
+    for name, how in columns.items():
+        if name not in shown:
+            continue
+        values = pd.to_numeric(shown[name], errors="coerce").astype(float) * how.scale()
+        tip = " ".join(t for t in (how.help, f"{DASH} = {how.missing}" if how.missing else None) if t) or None
+        if values.isna().any():
+            shown[name] = [DASH if v != v else how.format() % v for v in values]
+            config[name] = st.column_config.TextColumn(how.label or name, help=tip)
+        else:
+            shown[name] = values
+            config[name] = st.column_config.NumberColumn(how.label or name, format=how.format(), help=tip)
+    return shown, config
+
+
+def table(frame: pd.DataFrame, columns: dict[str, Shown], **kwargs: Any) -> Any:
+    """``st.dataframe`` of ``readable(frame, columns)``; other ``column_config`` entries and
+    keywords pass through. Returns st.dataframe's event (for ``on_select``)."""
+    shown, config = readable(frame, columns)
+    return st.dataframe(shown, column_config={**(kwargs.pop("column_config", None) or {}), **config}, **kwargs)
 
 
 def kept(key: str, default: Any = None, *, default_from: Callable[[], Any] | None = None) -> dict[str, Any]:

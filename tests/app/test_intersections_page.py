@@ -49,4 +49,4 @@ def test_a_spotlight_lift_row_opens_as_a_cohort(app):
     assert at.title[0].value == "Cohorts & subsets"
     assert next(t for t in at.text_input if t.label == "WHERE").value == expected
     images = int({m.label: m.value for m in at.metric}["Images"].replace(",", ""))
-    assert images == int(round(table["overall"].iloc[0] * 200))  # the value's share of all 200 images
+    assert images == int(round(table["overall"].iloc[0] / 100 * 200))  # the value's share (in %) of all 200 images

@@ -159,7 +159,9 @@ def test_aggregate_and_reference_subset(built):
     assert not [b for b in at.button if b.key == "saliency.aggregate_tune"]
 
 
-def test_hosted_shows_the_command_not_the_button(tmp_path, tiny_files, monkeypatch):
+def test_hosted_without_profiles_names_other_pages_not_commands(tmp_path, tiny_files, monkeypatch):
+    """A visitor of a server that has not prepared the profiles reads that plainly, with the
+    pages that work instead: never an operator's command or a server path."""
     at = _app(monkeypatch, tmp_path, _scripted_workspace(tmp_path, tiny_files), None)
     at.session_state["app.workspace"] = "scripted"
     at.run()
@@ -173,8 +175,9 @@ def test_hosted_shows_the_command_not_the_button(tmp_path, tiny_files, monkeypat
     hosted.run()
     open_saliency(hosted)
     assert not [b for b in hosted.button if b.key == BUILD]
-    assert "python -m core saliency scripted" in texts(hosted)
-    assert "one image at a time (slower)" in texts(hosted)  # TorchScript
+    text = texts(hosted)
+    assert "has not prepared the saliency profiles" in text and "Spotlight, Subgroups, Intersectional" in text
+    assert "python -m" not in text and "`" not in text and str(tmp_path) not in text
 
 
 def test_model_without_conv_layers(tmp_path, tiny_files, monkeypatch):
