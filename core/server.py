@@ -9,8 +9,8 @@ neither reveal a hidden ground truth nor reset the run queue. The state is:
 - ``Visitors``: each visitor's own work (saved subsets, workshop steps), keyed by a random
   visitor key the app keeps in the page's URL, so a reload finds it again;
 - ``PassphraseThrottle``: failed instructor passphrases, limited per visitor and per server;
-- the run queues (``heavy`` and ``light`` lanes, core/runqueue.py) and ``ResultSlots``, the
-  shared results of heavy runs.
+- the run queues (``heavy`` and ``light`` lanes, core/runqueue.py), ``ModelCopies`` (the light
+  lane's private copies of each model) and ``ResultSlots``, the shared results of runs.
 
 A server restart forgets all of it (the ground truth is hidden again), which fails closed.
 ``SERVER`` is the one instance; tests call ``SERVER.reset()`` between cases.
@@ -25,14 +25,18 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from core.runqueue import RunQueue, default_slots
 
 VISITOR_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_VISITORS = 2000  # records kept; the least recently seen goes first
 MAX_RESULTS = 256  # heavy-run results kept in memory; the least recently used goes first
+MAX_COPIED_MODELS = 4  # workspaces whose private model copies are kept (as the app keeps 4 models)
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- workshop
@@ -217,6 +221,74 @@ class ResultSlots:
             return holder
 
 
+# --------------------------------------------------------------------------- private model copies
+
+
+class ModelCopies:
+    """Private copies of each workspace's model for the light lane.
+
+    Heavy runs use the shared model and may change it while they run (Filter saliency swaps
+    its weights through ``torch.func.functional_call``; captum's and the store's hooks sit on
+    its modules), so light work (one image's Grad-CAM, concept patches) borrows a copy of its
+    own, loaded afresh by ``make`` (never copied from the shared model, which may hold swapped
+    weights at that moment). At most ``per_model`` copies of one model exist, each used by one
+    run at a time; copies of at most ``models`` workspaces are kept (least recently used first).
+    """
+
+    def __init__(self, per_model: int, models: int = MAX_COPIED_MODELS) -> None:
+        self.per_model, self.models = per_model, models
+        self._ready = threading.Condition()
+        self._free: OrderedDict[str, list[Any]] = OrderedDict()
+        self._made: dict[str, int] = {}
+
+    @contextmanager
+    def borrow(self, key: str, make: Callable[[], T]) -> Iterator[T]:
+        """A copy of model ``key`` for this run alone (made by ``make`` when none is free)."""
+        copy = self._take(key)
+        if copy is None:
+            try:
+                copy = make()
+            except BaseException:
+                with self._ready:
+                    self._made[key] -= 1
+                    self._ready.notify_all()
+                raise
+        try:
+            yield copy
+        finally:
+            with self._ready:
+                self._free[key].append(copy)  # kept: a model with lent copies is never dropped
+                self._ready.notify_all()
+
+    def _take(self, key: str) -> Any | None:
+        """A free copy, or None after reserving the right to make one (waits when all are lent)."""
+        with self._ready:
+            while True:
+                free = self._free.setdefault(key, [])
+                self._free.move_to_end(key)
+                self._drop_idle(keep=key)
+                if free:
+                    return free.pop()
+                if self._made.get(key, 0) < self.per_model:
+                    self._made[key] = self._made.get(key, 0) + 1
+                    return None
+                self._ready.wait()
+
+    def _drop_idle(self, keep: str) -> None:
+        """Forget the least recently used models beyond ``models`` that have no copy lent."""
+        for key in list(self._free):
+            if len(self._free) <= self.models:
+                return
+            if key != keep and self._made.get(key, 0) == len(self._free[key]):
+                del self._free[key]
+                self._made.pop(key, None)
+
+    def made(self, key: str) -> int:
+        """How many copies of ``key`` exist (lent or free)."""
+        with self._ready:
+            return self._made.get(key, 0)
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -238,6 +310,7 @@ class ServerState:
         self.throttle = PassphraseThrottle()
         self.heavy = RunQueue(default_slots())
         self.light = RunQueue(light_slots(), per_session=2)
+        self.copies = ModelCopies(self.light.slots)
         self.results = ResultSlots()
 
 

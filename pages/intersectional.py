@@ -219,7 +219,7 @@ if points and "channel" in points[0]:
     gallery(ctx, meta, view.top_rows(store, layer, channel), origin=f"intersectional-channel-{layer}-{channel}")
     try:
         with st.spinner("Concept patches of the channel..."):
-            patches = concept_patches_for(ctx.model, ctx.dataset, store, ((layer, channel),))
+            patches = concept_patches_for(ctx, ((layer, channel),))
         show_concept_patches(patches[(layer, channel)])
         how_to_read("the squares of its top images (by max over space) that activate the channel most, as on the "
                     "Subgroups page's concept window; the numbers are its activation on the image masked to that square.")

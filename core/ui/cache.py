@@ -181,11 +181,18 @@ class RunCancelled(BiasLensError):
 
 def run_queue(lane: str = HEAVY) -> RunQueue:
     """The server's queue of one lane (core/server.py: never in Streamlit's caches, which a
-    client can clear). The light lane is for work that does not touch the shared model: every
-    run that does (Grad-CAM, concept patches, saliency) stays in the heavy lane, because some
-    of them swap the model's weights in place (torch.func.functional_call) and captum's hooks
-    fail when two Grad-CAMs run on one module at once, so such runs must never overlap."""
+    client can clear). Heavy runs (over a dataset) use the shared model one at a time; light
+    runs (one image's Grad-CAM, concept patches) never wait behind them: each uses a private
+    copy of the model (``private_model``), because heavy runs swap the shared model's weights
+    in place (torch.func.functional_call) and captum's hooks fail when two runs share a module."""
     return SERVER.light if lane == LIGHT else SERVER.heavy
+
+
+def private_model(workspace: Workspace, hosted: bool, shared: LoadedModel) -> contextlib.AbstractContextManager[LoadedModel]:
+    """A copy of the workspace's model for one light run alone, loaded afresh like ``shared``
+    (core.server.ModelCopies keeps at most one per light-lane place)."""
+    key = f"{workspace.key()}|{shared.weights_fingerprint}"
+    return SERVER.copies.borrow(key, lambda: load_model(workspace.model, shared.device, hosted=hosted))
 
 
 def session_id() -> str:

@@ -78,10 +78,14 @@ def show_requested(ctx: PageContext, meta: pd.DataFrame, origin: str) -> None:
 
 
 def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
-    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone)."""
+    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone),
+    in the light lane on a private copy of the model (it never waits behind heavy runs)."""
+    def compute() -> GradCAM:
+        with cache.private_model(ctx.workspace, ctx.hosted, ctx.model) as model:
+            return clone(cam).fit(model, ctx.dataset.load_image(row), targets)
+
     return cache.computed_once(
-        "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM",
-        lambda: clone(cam).fit(ctx.model, ctx.dataset.load_image(row), targets),
+        "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM", compute, lane=cache.LIGHT,
     )
 
 

@@ -14,7 +14,6 @@ import pandas as pd
 import streamlit as st
 from sklearn.base import clone
 
-from core.datasets import ImageDataset
 from core.errors import BiasLensError
 from core.methods import (
     CLUSTER_THRESHOLD,
@@ -27,7 +26,6 @@ from core.methods import (
     panel_neurons,
     subgroup_confusion,
 )
-from core.models import LoadedModel
 from core.score import udis_held_out
 from core.server import SERVER
 from core.store import Store
@@ -105,21 +103,22 @@ def neuron_panel(
     return panel_neurons(neuron_selectors(store, list(layers), mass), under, well, threshold)
 
 
-def concept_patches_for(
-    model: LoadedModel, dataset: ImageDataset, store: Store, neurons: tuple[Neuron, ...]
-) -> dict[Neuron, ConceptPatches]:
+def concept_patches_for(ctx: PageContext, neurons: tuple[Neuron, ...]) -> dict[Neuron, ConceptPatches]:
     """Concept patches of these neurons; the missing ones are computed in one batched pass in
-    the heavy lane (it runs the shared model; see cache.run_queue), and kept per store in the
-    server's result slots, shared by sessions."""
+    the light lane on a private copy of the model (see cache.run_queue), and kept per store in
+    the server's result slots, shared by sessions."""
+    store = ctx.store
     slot = SERVER.results.slot("concept-patches", store.fingerprint, "")
     with slot["lock"]:
         patches = slot.setdefault("patches", {})
         missing = [n for n in neurons if n not in patches]
         if missing:
             centre = np.asarray(store.representation("embedding")).mean(axis=0)
-            with cache.queued("The concept patches"):
+            with cache.queued("The concept patches", cache.LIGHT), \
+                    cache.private_model(ctx.workspace, ctx.hosted, ctx.model) as model:
                 finder = ConceptPatchFinder().fit(
-                    model, dataset, missing, lambda layer: store.representation(f"{layer}:max"), embedding_centre=centre
+                    model, ctx.dataset, missing, lambda layer: store.representation(f"{layer}:max"),
+                    embedding_centre=centre,
                 )
                 patches.update(finder.patches_)
         return {n: patches[n] for n in neurons}
@@ -195,7 +194,7 @@ def concept_window(ctx: PageContext, neuron: Neuron, scores: tuple[float, float]
     )
     with st.spinner(f"Concept patches of the {len(shown)} neurons in the panel..."):
         try:
-            patches = concept_patches_for(ctx.model, ctx.dataset, ctx.store, tuple(shown))
+            patches = concept_patches_for(ctx, tuple(shown))
         except BiasLensError as exc:
             st.error(f"Concept patches failed: {exc}")
             return

@@ -5,6 +5,8 @@ core/server.py (state in Streamlit's caches, steps and subsets in the session)."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -192,3 +194,23 @@ def test_the_server_caps_guesses_spread_over_many_visitors():
         throttle.failed(f"visitor-{i}", now=100.0)
     assert throttle.wait_s("a fresh visitor", now=101.0) == pytest.approx(throttle.window_s - 1)
     assert throttle.wait_s("a fresh visitor", now=100.0 + throttle.window_s) == 0
+
+
+def test_grad_cam_draws_while_every_heavy_place_is_taken(tiny_class):
+    """Light work never waits behind heavy work: with every heavy place held (students training
+    probes), a CAM click on Subgroups draws its Grad-CAM at once, on a private model copy."""
+    at = student(tiny_class)
+    at.switch_page("pages/subgroups.py").run()
+    at.segmented_control(key="subgroups.threshold_choice").set_value("0.66 (UDIS code)").run()
+    no_exception(at)  # the clustering (a heavy run) is done before the places are taken
+    cam = [b for b in at.button if b.label == "CAM" and (b.key or "").startswith("under:")]
+    heavy = cache.run_queue(cache.HEAVY)
+    with slots_held(heavy, heavy.slots):
+        began = time.monotonic()
+        cam[0].click().run()
+        waited = time.monotonic() - began
+    no_exception(at)
+    assert any(m.value.startswith("**Grad-CAM**") for m in at.markdown)
+    assert not [i for i in at.info if "ahead of yours" in i.value]
+    assert waited < 20, waited  # the held places are released after 30 s
+    assert sum(SERVER.copies.made(key) for key in list(SERVER.copies._free)) == 1

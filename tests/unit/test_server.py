@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
 
 from core.server import (
+    ModelCopies,
     PassphraseThrottle,
     ResultSlots,
     ServerState,
@@ -102,3 +104,50 @@ def test_a_server_state_reset_is_a_fresh_server():
     server.reset()
     assert not server.workshop.snapshot().revealed and len(server.visitors) == 0 and server.heavy is not queue
     assert server.light.slots >= 2
+
+
+def test_model_copies_are_private_to_one_run_and_bounded():
+    copies = ModelCopies(per_model=2, models=2)
+    made: list[object] = []
+
+    def make() -> object:
+        made.append(object())
+        return made[-1]
+
+    with copies.borrow("a", make) as first, copies.borrow("a", make) as second:
+        assert first is not second  # two runs at once never share a copy
+    with copies.borrow("a", make) as again:
+        assert again in (first, second)  # returned copies are lent again, not remade
+    assert len(made) == 2 and copies.made("a") == 2
+
+    taken = threading.Event()
+    got: list[object] = []
+
+    def third_run() -> None:
+        with copies.borrow("a", make) as copy:
+            got.append(copy)
+
+    with copies.borrow("a", make), copies.borrow("a", make):
+        waiter = threading.Thread(target=third_run)
+        waiter.start()
+        taken.wait(0.3)
+        assert not got  # a third run waits for a copy instead of making a third
+    waiter.join(5)
+    assert got and len(made) == 2
+
+
+def test_model_copies_forget_idle_models_and_recover_from_a_failed_load():
+    copies = ModelCopies(per_model=1, models=1)
+
+    def broken() -> object:
+        raise RuntimeError("weights missing")
+
+    with pytest.raises(RuntimeError), copies.borrow("a", broken):
+        pass
+    assert copies.made("a") == 0
+    with copies.borrow("a", object) as kept, copies.borrow("b", object):
+        assert copies.made("a") == 1  # lent: never dropped while in use
+    with copies.borrow("c", object):
+        pass
+    assert copies.made("a") == 0 and copies.made("b") == 0 and copies.made("c") == 1
+    assert kept is not None
