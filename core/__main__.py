@@ -14,10 +14,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import MAX_BATCH, MAX_WORKERS
 from core.errors import BiasLensError
 from core.workspace import REPO_ROOT, Workspace, WorkspaceList, load_workspaces
+
+if TYPE_CHECKING:
+    from core.datasets import ImageDataset
+    from core.models import LoadedModel
 
 
 def _workspaces(args: argparse.Namespace) -> WorkspaceList:
@@ -58,22 +63,28 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    """Build (or resume, or extend) a workspace's activation store with a tqdm bar."""
-    from tqdm import tqdm
-
-    from core.extract import build_store
+def _opened(args: argparse.Namespace, listing: WorkspaceList) -> tuple[Workspace, LoadedModel, ImageDataset]:
+    """(workspace, model, dataset) of ``args.workspace``; files the dataset skipped are noted."""
     from core.models import load_model
-    from core.pipeline import StageTimes
     from core.sources import build_dataset
 
-    listing = _workspaces(args)
     ws = _pick(listing, args.workspace)
     dataset = build_dataset(ws.dataset)
     if dataset.skipped:
         print(f"note: skipped {len(dataset.skipped)} listed file(s), e.g. {dataset.skipped[0][0]}: "
               f"{dataset.skipped[0][1]}", file=sys.stderr)
-    model = load_model(ws.model, args.device, hosted=listing.hosted)
+    return ws, load_model(ws.model, args.device, hosted=listing.hosted), dataset
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build (or resume, or extend) a workspace's activation store with a tqdm bar."""
+    from tqdm import tqdm
+
+    from core.extract import build_store
+    from core.pipeline import StageTimes
+
+    listing = _workspaces(args)
+    ws, model, dataset = _opened(args, listing)
     bar = tqdm(total=len(dataset), unit="img", desc=ws.name)
 
     def progress(done: int, total: int, message: str) -> None:
@@ -169,18 +180,11 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Prepare a workspace for a hosted server: store, saliency profiles, the Intersectional
     page's default probes and layout; each step skipped when done, resumed when interrupted."""
-    from core.models import load_model
     from core.prepare import Preparer, parse_steps
-    from core.sources import build_dataset
 
     steps = parse_steps(args.only, args.skip)
     listing = _workspaces(args)
-    ws = _pick(listing, args.workspace)
-    dataset = build_dataset(ws.dataset)
-    if dataset.skipped:
-        print(f"note: skipped {len(dataset.skipped)} listed file(s), e.g. {dataset.skipped[0][0]}: "
-              f"{dataset.skipped[0][1]}", file=sys.stderr)
-    model = load_model(ws.model, args.device, hosted=listing.hosted)
+    ws, model, dataset = _opened(args, listing)
     preparer = Preparer(ws.name, model, dataset, root=Path(args.cache) if args.cache else None,
                         batch_size=args.batch_size or ws.batch_size,
                         num_workers=_workers(args.num_workers, ws.num_workers, model.device.type))

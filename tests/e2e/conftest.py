@@ -31,14 +31,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(folder: Path) -> Iterator[str]:
+def running_app(folder: Path, **settings: str) -> Iterator[str]:
     """A fresh Streamlit server of the app (the demo only; its store is built on first open),
-    logging to ``folder``; yields its URL and stops it afterwards."""
+    logging to ``folder``, with ``settings`` as extra environment variables (e.g.
+    BIASLENS_WORKSHOP="1"); yields its URL and stops it afterwards."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make test installs it)")
     port = _free_port()
     log = folder / "streamlit.log"
-    env = {**os.environ, "BIASLENS_WORKSPACES": str(folder / "none.toml")}
+    env = {**os.environ, "BIASLENS_WORKSPACES": str(folder / "none.toml"), **settings}
     with log.open("w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",

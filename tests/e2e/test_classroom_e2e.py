@@ -9,13 +9,11 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, REPO, _free_port, screenshot, wait_idle
+from tests.e2e.conftest import REPO, running_app, screenshot, wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PASSPHRASE = "tulip-classroom-42"
@@ -41,36 +39,13 @@ WATCH = """([names, hidden, wanted]) => {
 def class_url(tmp_path_factory) -> Iterator[str]:
     """The hosted demo in workshop mode with an instructor passphrase; the CLI builds the store
     first (a hosted app never builds one), as `make serve` does."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make test installs it)")
     folder = tmp_path_factory.mktemp("classroom")
-    env = {**os.environ, "BIASLENS_WORKSPACES": str(folder / "none.toml"), "BIASLENS_HOSTED": "1",
-           "BIASLENS_WORKSHOP": "1", "BIASLENS_INSTRUCTOR_PASSPHRASE": PASSPHRASE}
-    subprocess.run([sys.executable, "-m", "core", "build", "demo"], cwd=REPO, env=env, check=True,
+    settings = {"BIASLENS_HOSTED": "1", "BIASLENS_WORKSHOP": "1", "BIASLENS_INSTRUCTOR_PASSPHRASE": PASSPHRASE}
+    subprocess.run([sys.executable, "-m", "core", "build", "demo"], cwd=REPO,
+                   env={**os.environ, "BIASLENS_WORKSPACES": str(folder / "none.toml"), **settings}, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    port = _free_port()
-    log = folder / "streamlit.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
+    with running_app(folder, **settings) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def new_page(browser):

@@ -4,16 +4,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, REPO, _free_port, screenshot, wait_idle
+from tests.e2e.conftest import running_app, screenshot, wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SLICES = ("marked_sandals", "dark_pullovers", "striped_trousers", "green_coats")
@@ -22,33 +17,9 @@ SLICES = ("marked_sandals", "dark_pullovers", "striped_trousers", "green_coats")
 @pytest.fixture(scope="module")
 def workshop_url(tmp_path_factory) -> Iterator[str]:
     """The app on the demo with BIASLENS_WORKSHOP=1 and an instructor passphrase."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make test installs it)")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("workshop") / "streamlit.log"
-    env = {**os.environ, "BIASLENS_WORKSPACES": str(tmp_path_factory.mktemp("ws") / "none.toml"),
-           "BIASLENS_WORKSHOP": "1", "BIASLENS_INSTRUCTOR_PASSPHRASE": "tulip-42"}
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
+    with running_app(tmp_path_factory.mktemp("workshop"), BIASLENS_WORKSHOP="1",
+                     BIASLENS_INSTRUCTOR_PASSPHRASE="tulip-42") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def text_of(page) -> str:
