@@ -225,6 +225,15 @@ class Visit:
     steps: dict[str, float] = field(default_factory=dict)
 
 
+def spent(pid: int, server_cpu: float, browser_cpu: float) -> dict[str, float]:
+    """CPU seconds the server and the browser used since the readings given, and the server's RSS now."""
+    return {
+        "server_cpu_s": round(cpu_seconds(process_tree(pid)) - server_cpu, 1),
+        "browser_cpu_s": round(cpu_seconds(browser_processes(pid)) - browser_cpu, 1),
+        "rss_mb_after": memory_mb(pid, "VmRSS"),
+    }
+
+
 async def wait_idle(page: Page) -> None:
     """The script has finished (checked twice, 0.5 s apart, as the e2e tests do)."""
     await page.wait_for_selector(IDLE)
@@ -321,12 +330,7 @@ async def run_round(browser: Browser, url: str, n: int, name: str, timeout_s: fl
     began = time.perf_counter()
     try:
         visits = await asyncio.gather(*(visit(c, url, f"{name}-s{i + 1}", timeout_s, shots) for i, c in enumerate(contexts)))
-        figures = {
-            "wall_s": round(time.perf_counter() - began, 1),
-            "server_cpu_s": round(cpu_seconds(process_tree(pid)) - server_cpu, 1),
-            "browser_cpu_s": round(cpu_seconds(browser_processes(pid)) - browser_cpu, 1),
-            "rss_mb_after": memory_mb(pid, "VmRSS"),
-        }
+        figures = {"wall_s": round(time.perf_counter() - began, 1), **spent(pid, server_cpu, browser_cpu)}
     finally:
         stop.set()
         await sampler
@@ -988,11 +992,7 @@ async def classroom_drive(url: str, pid: int, args: argparse.Namespace, slice_na
             heavy = [t.result() for t in heavy_tasks if t in done and t.exception() is None]
             failures += [f"a heavy visitor raised {t.exception()!r}" for t in done if t.exception() is not None]
             unfinished = len(pending) + sum(h.done_at is None for h in heavy)
-            figures |= {
-                "server_cpu_s": round(cpu_seconds(process_tree(pid)) - server_cpu, 1),
-                "browser_cpu_s": round(cpu_seconds(browser_processes(pid)) - browser_cpu, 1),
-                "rss_mb_after": memory_mb(pid, "VmRSS"),
-            }
+            figures |= spent(pid, server_cpu, browser_cpu)
         finally:
             stop.set()
             await sampler
