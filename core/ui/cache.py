@@ -31,6 +31,7 @@ from PIL import Image
 from core.cohorts import CohortView
 from core.datasets import ImageDataset
 from core.errors import BiasLensError
+from core.estimates import duration
 from core.images import framed
 from core.models import LoadedModel, load_model
 from core.runqueue import RunQueue
@@ -205,11 +206,7 @@ def session_id() -> str:
 
 def about(seconds: float) -> str:
     """A duration as people say it: "about 40 s", "about 6 min", "about 1.5 h"."""
-    if seconds < 90:
-        return f"about {max(1, round(seconds))} s"
-    if seconds < 5400:
-        return f"about {round(seconds / 60)} min"
-    return f"about {seconds / 3600:.1f} h"
+    return f"about {duration(seconds)}"
 
 
 def _cancel_key(label: str, ident: str) -> str:
