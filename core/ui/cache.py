@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -271,13 +272,21 @@ def computed_once(kind: str, fingerprint: str, key: str, label: str, compute: Ca
     """The result of ``compute()`` for these inputs: kept in the server's result slots (never
     in Streamlit's caches), else run once in a place of ``lane``'s queue.
 
-    Nothing is kept when ``compute`` raises or is cancelled, so it can be retried.
+    Nothing is kept when ``compute`` raises or is cancelled, so it can be retried. A run
+    with an expected time says afterwards what it took, beside what was expected.
     """
     slot = SERVER.results.slot(kind, fingerprint, key)
     if "result" not in slot:
         with slot["lock"]:
             if "result" not in slot:
                 with queued(label, lane, expected_s, ident=f"{kind}|{fingerprint}|{key}"):
+                    began = time.perf_counter()
                     slot["result"] = compute()
+                    if expected_s:
+                        slot["timing"] = (time.perf_counter() - began, expected_s)
     st.session_state.pop(_cancel_key(label, f"{kind}|{fingerprint}|{key}"), None)
+    if "timing" in slot:
+        took, expected = slot["timing"]
+        st.caption(f":material/schedule: {label} took {duration(took)} on this server "
+                   f"({about(expected)} was expected).")
     return slot["result"]

@@ -66,3 +66,12 @@ def test_a_run_that_waits_several_polls_draws_one_cancel_button():
         at = AppTest.from_function(_page, default_timeout=30).run()
         no_exception(at)
         assert [m.value for m in at.markdown] == ["done in heavy"]
+
+
+def test_a_run_with_an_expected_time_says_what_it_took():
+    """Issue 22: expected times are checked against what the run then took, on the page."""
+    at = AppTest.from_function(_page, default_timeout=30).run()
+    no_exception(at)
+    assert [c.value for c in at.caption if "took" in c.value] == [
+        ":material/schedule: The test run took 1 s on this server (about 7 min was expected)."
+    ]
