@@ -23,7 +23,7 @@ from core.ui import cache, image_detail
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.widgets import Shown, how_to_read, image_grid, table
-from core.ui.workshop import ground_truth_hidden, hidden_notice
+from core.ui.workshop import COHORT_STEP, ground_truth_hidden, hidden_notice, note_step, workshop_on
 
 T = TypeVar("T")
 Progress = Callable[[int, int, str], None]
@@ -107,6 +107,8 @@ def save_subset_form(
             try:
                 ctx.subsets().add(name, rows, origin=origin, detail=detail, params=params)
                 st.toast(f"Saved subset '{name}' ({len(rows):,} images)")
+                if origin == "cohort" and workshop_on():
+                    note_step(ctx.key, COHORT_STEP)  # the step's "save it as a subset"
             except BiasLensError as exc:
                 st.error(str(exc))
 

@@ -123,7 +123,7 @@ def _unlock(expected: str) -> None:
 
 
 # Session keys a step is read from: a reset forgets them, so no step stays ticked from before it.
-STEP_SOURCES = ("workshop.", "spotlight.run:", "spotlight.panel", "cohorts.where", "subgroups.run:", "detail.")
+STEP_SOURCES = ("workshop.", "spotlight.run:", "spotlight.panel", "subgroups.run:", "detail.")
 
 
 def _apply_reset() -> None:
@@ -212,12 +212,13 @@ STEPS = (
          "pages/subgroups.py"),
     Step("Check my finding", "On Workshop, check your subset or filter against the hidden planted slices.", PAGE_PATH),
 )
-GRAD_CAM_STEP = 4
+COHORT_STEP, GRAD_CAM_STEP = 3, 4  # ticked where they happen (note_step)
 
 
 def note_step(workspace_key: str, step: int) -> None:
     """Tick ``step`` (0-based) for this visitor: for actions that happen where the steps panel
-    cannot see them (a Grad-CAM opened in a fragment's dialog); the panel shows it on its next poll."""
+    cannot see them (a cohort saved as a subset, a Grad-CAM opened in a fragment's dialog); the
+    panel shows it on its next poll."""
     visitor.record().steps[f"{workspace_key}:{step}"] = True
 
 
@@ -231,7 +232,7 @@ def steps_done(workspace_key: str) -> list[bool]:
         bool(state.get(VISITED)),
         ran_spotlight,
         ran_spotlight and str(state.get(state_key("spotlight", "panel"), "")).startswith("Spotlight"),
-        any(str(state.get(state_key("cohorts", "where", workspace_key) + end) or "").strip() for end in ("", ":kept")),
+        False,  # ticked by note_step when a cohort is saved as a subset
         False,  # ticked by note_step when a Grad-CAM is drawn on Subgroups
         state.get(check_key(workspace_key)) is not None,
     ]
