@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.errors import ModelError
 
@@ -156,6 +158,13 @@ def loop_profiles(module: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Fi
     return torch.cat(rows).detach()
 
 
+def math_attention() -> Any:
+    """A context in which attention (``F.scaled_dot_product_attention``, e.g. a torchvision
+    ViT's) runs its plain math kernel: the fused CPU and GPU kernels have no double backward
+    (the input-space map differentiates a gradient) and no vmap rule (per-sample gradients)."""
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _vmap_profiles(module: nn.Module, x: torch.Tensor, y: torch.Tensor, index: FilterIndex, chunk: int) -> torch.Tensor:
     """Profiles of a batch with ``vmap(grad(...))``: per-sample gradients of the conv weights only."""
     from torch.func import functional_call, grad, vmap
@@ -169,7 +178,8 @@ def _vmap_profiles(module: nn.Module, x: torch.Tensor, y: torch.Tensor, index: F
         out = functional_call(module, {**frozen, **weights}, (xi.unsqueeze(0),))
         return F.cross_entropy(out.float(), yi.unsqueeze(0))
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
+    with math_attention():
+        per_sample = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
     return _reduce([per_sample[n] for n in names]).detach()
 
 

@@ -186,6 +186,27 @@ def build_groups(
     return _finish(columns, [tuple(int(v) for v in k) for k in keys], key_codes, [pc[1] for pc in per_column], bins, min_size)
 
 
+def default_group_columns(
+    meta: pd.DataFrame, columns: Sequence[str], count: int = 2, min_size: int = 10
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the first ``count`` of ``columns``, in order, that together build groups, [(a column
+    passed over, why)]): a default that never opens a page on an error the user did not
+    cause, e.g. a column with a single value, or one whose values leave fewer than 2 groups
+    of ``min_size`` images. Empty when no column splits the images."""
+    chosen: list[str] = []
+    passed: list[tuple[str, str]] = []
+    for column in columns:
+        if len(chosen) == count:
+            break
+        try:
+            build_groups(meta, [*chosen, column], min_size=min_size)
+        except DataError as exc:
+            passed.append((str(column), str(exc)))
+            continue
+        chosen.append(str(column))
+    return chosen, passed
+
+
 def groups_from_subsets(n: int, subsets: dict[str, Sequence[int]], min_size: int = 10) -> Groups:
     """Saved subsets as groups (column ``subset``); rows in no subset get label -1.
 

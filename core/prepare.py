@@ -54,7 +54,7 @@ from core.estimates import (
 )
 from core.extract import _atomic_write_text, _read_json, build_store
 from core.filters import conv_filters
-from core.groups import Groups, build_groups, capped_rows
+from core.groups import Groups, build_groups, capped_rows, default_group_columns
 from core.methods import NAPs, TopographicLayout
 from core.methods.naps import MIN_LAYOUT_CHANNELS
 from core.methods.probes import LinearProbes
@@ -98,8 +98,9 @@ class PrepareError(BiasLensError):
 
 
 def default_columns(store: Store) -> list[str]:
-    """The attribute columns the Intersectional page groups by at first."""
-    return list(store.attribute_columns[:GROUP_COLUMNS])
+    """The attribute columns the Intersectional page groups by at first: the first ones that
+    split the images into groups (``core.groups.default_group_columns``)."""
+    return default_group_columns(store.meta(), list(store.attribute_columns), GROUP_COLUMNS, MIN_GROUP_SIZE)[0]
 
 
 def default_probe_choice(options: Sequence[str], hosted: bool) -> list[str]:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from core.images import thumbnail
 from core.stats import bootstrap_ci
-from core.subsets import Subset
+from core.subsets import Subset, defining_params
 from core.summary import attribute_enrichment
 
 FORMATS = ("html", "markdown")
@@ -95,8 +95,8 @@ def _origin_line(subset: Subset) -> str:
     parts = [f"origin: {subset.origin}"]
     if subset.detail:
         parts.append(f"{'query' if subset.origin == 'cohort' else 'how'}: {subset.detail}")
-    if subset.params:
-        parts.append("parameters: " + json.dumps(subset.params, sort_keys=True))
+    if defining_params(subset.params):
+        parts.append("parameters: " + json.dumps(defining_params(subset.params), sort_keys=True))
     parts.append(f"created {subset.created_text}")
     return " · ".join(parts)
 

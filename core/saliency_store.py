@@ -187,24 +187,89 @@ class SaliencyProfiles:
         return stats.mu, stats.sigma
 
 
-def open_profiles(path: Path) -> SaliencyProfiles:
-    """Open complete profiles; StoreError if they are missing, incomplete or damaged."""
+def _damaged(path: Path, why: str) -> StoreError:
+    return StoreError(f"The saliency profiles at {path} are damaged ({why}); build them again.")
+
+
+def _all_finite(profiles: np.ndarray, chunk_bytes: int = 1 << 25) -> bool:
+    """Whether a float16 (N, F) memmap holds no NaN or infinity (a healthy build clips to the
+    float16 range): read in chunks, testing the exponent bits, so a 2.7 GB file costs seconds."""
+    rows = max(1, chunk_bytes // max(2 * profiles.shape[1], 1))
+    for start in range(0, profiles.shape[0], rows):
+        bits = np.asarray(profiles[start : start + rows]).view(np.uint16)
+        if ((bits & 0x7C00) == 0x7C00).any():  # exponent all ones: inf or NaN
+            return False
+    return True
+
+
+def check_profiles(path: Path, manifest: dict[str, Any], index: FilterIndex, profiles: np.ndarray, scale: np.ndarray,
+                   mu: np.ndarray, sigma: np.ndarray, n: int | None = None, expected: FilterIndex | None = None) -> None:
+    """Refuse (StoreError) profiles whose parts disagree or hold values no build writes: a
+    manifest N other than the store's ``n`` or than the file's size, an index naming other
+    layers than the manifest (or than ``expected``, the model's), NaN or infinite profiles,
+    a scale that is not finite and positive, non-finite mu, or sigma that is not finite and
+    positive (a build clamps sigma <= 1e-14 to 1)."""
+    rows, f = profiles.shape
+    if n is not None and rows != n:
+        raise _damaged(path, f"made for {rows:,} images, the store has {n:,}")
+    size = (path / PROFILES_FILE).stat().st_size
+    if size != rows * f * 2:
+        raise _damaged(path, f"{PROFILES_FILE} holds {size:,} bytes, not {rows:,} x {f:,} float16 values")
+    if index.n_filters != f or list(manifest.get("layers") or []) != list(index.layers):
+        raise _damaged(path, "its filter index names other layers than its manifest")
+    if expected is not None and index != expected:
+        raise _damaged(path, f"its filter index names the layers {', '.join(index.layers)}, not the model's "
+                             f"{', '.join(expected.layers)}")
+    if scale.shape != (f,) or mu.shape != (f,) or sigma.shape != (f,):
+        raise _damaged(path, "the scale or statistics do not have one value per filter")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise _damaged(path, "a column scale is not a finite positive number")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and (sigma > 0).all()):
+        raise _damaged(path, "mu or sigma is not finite, or sigma is not positive")
+    if not _all_finite(profiles):
+        raise _damaged(path, "a profile value is NaN or infinite")
+
+
+def open_profiles(path: Path, n: int | None = None, index: FilterIndex | None = None) -> SaliencyProfiles:
+    """Open complete profiles; StoreError if they are missing, incomplete or damaged
+    (``check_profiles``; ``n``: the store's images, ``index``: the model's filters)."""
     path = Path(path)
     manifest = _read_json(path / "manifest.json")
     if manifest is None:
         raise StoreError(f"No complete saliency profiles at {path}: build them first.")
     try:
-        index = _index_from_json(json.loads((path / "index.json").read_text()))
-        n, f = int(manifest["n"]), int(manifest["n_filters"])
-        profiles = np.memmap(path / PROFILES_FILE, dtype=np.float16, mode="r", shape=(n, f))
+        kept = _index_from_json(json.loads((path / "index.json").read_text()))
+        rows, f = int(manifest["n"]), int(manifest["n_filters"])
+        if rows < 1 or f < 1:
+            raise ValueError(f"{rows} images x {f} filters")
+        profiles = np.memmap(path / PROFILES_FILE, dtype=np.float16, mode="r", shape=(rows, f))
         scale = np.load(path / "scale.npy")
         with np.load(path / "stats.npz") as stats:
             mu, sigma = stats["mu"], stats["sigma"]
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise StoreError(f"The saliency profiles at {path} are damaged ({exc}); build them again.") from None
-    if index.n_filters != f or scale.shape != (f,) or mu.shape != (f,) or sigma.shape != (f,):
-        raise StoreError(f"The saliency profiles at {path} do not fit together; build them again.")
-    return SaliencyProfiles(path, manifest, index, profiles, scale, mu, sigma)
+        raise _damaged(path, str(exc)) from None
+    check_profiles(path, manifest, kept, profiles, scale, mu, sigma, n, index)
+    return SaliencyProfiles(path, manifest, kept, profiles, scale, mu, sigma)
+
+
+def profile_problem(store: Store, model: LoadedModel, layers: Sequence[str] | None = None) -> str | None:
+    """Why the profiles kept for these layers are refused (damaged, or another store's), or
+    None when there are none or they open: what the page says beside its rebuild button."""
+    try:
+        index = conv_filters(model.module, layers)
+    except BiasLensError:
+        return None
+    path = profile_dir(store, index)
+    if not (path / "manifest.json").exists():
+        return None
+    manifest = _read_json(path / "manifest.json")
+    if manifest is not None and manifest.get("fingerprint") != store.fingerprint:
+        return f"The saliency profiles at {path} belong to another store; build them again."
+    try:
+        open_profiles(path, store.n, index)
+    except StoreError as exc:
+        return str(exc)
+    return None
 
 
 def find_profiles(
@@ -216,12 +281,13 @@ def find_profiles(
     layers are resolved exactly as the build does; without it a build matches when it was
     asked for the same ``layers`` or covers exactly these conv layers.
     """
+    expected = None
     if model is not None:
         try:
-            path = profile_dir(store, conv_filters(model.module, layers))
+            expected = conv_filters(model.module, layers)
         except BiasLensError:
             return None
-        candidates = [path]
+        candidates = [profile_dir(store, expected)]
     else:
         root = store.path / SALIENCY_DIR
         candidates = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -233,7 +299,7 @@ def find_profiles(
         if model is None and manifest.get("requested") != wanted and manifest.get("layers") != wanted:
             continue
         try:
-            return open_profiles(path)
+            return open_profiles(path, store.n, expected)
         except StoreError:
             continue
     return None
@@ -326,9 +392,13 @@ def build_profiles(
     with _locked(directory, n, waiting, lock_timeout):
         if (directory / "manifest.json").exists():
             try:
-                return open_profiles(directory)
-            except StoreError:
+                return open_profiles(directory, n, index)
+            except StoreError as exc:  # damaged: built again from the start
                 (directory / "manifest.json").unlink(missing_ok=True)
+                for stale in ("progress.json", "stats.partial.npz"):
+                    (directory / stale).unlink(missing_ok=True)
+                if notice:
+                    notice(f"{exc} Building them again.")
         resumed = _load_partial(directory, key, n, f)
         if resumed is None:
             for stale in ("progress.json", "stats.partial.npz"):
@@ -408,7 +478,7 @@ def build_profiles(
         (directory / "progress.json").unlink(missing_ok=True)
         (directory / "stats.partial.npz").unlink(missing_ok=True)
         _atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2))
-    return open_profiles(directory)
+    return open_profiles(directory, n, index)
 
 
 # --------------------------------------------------------------------------- neighbours

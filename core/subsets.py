@@ -58,6 +58,21 @@ MAX_NOTE = 5000
 # would be taken for them, so no subset may bear one, nor a variant in case or spacing.
 RESERVED_NAMES = ("All images", "(none)", "All misclassified images", "Whole dataset", "(network order)")
 # Store metadata columns that are not attributes (see core.store.RESERVED_COLUMNS).
+RUN_ONLY_PARAMS = ("device", "threads", "n_jobs", "num_workers", "batch_size", "chunk", "chunk_size", "verbose")
+
+
+def defining_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that define a subset's result, as its origin shows them: without where
+    and how fast it ran (RUN_ONLY_PARAMS: device, threads, chunk sizes) and without options
+    left unset (None), which subsets saved before this rule still hold."""
+    return {k: v for k, v in params.items() if k not in RUN_ONLY_PARAMS and v is not None}
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """``defining_params`` as one line, ``k = v, ...`` (empty when none is left)."""
+    return ", ".join(f"{k} = {v}" for k, v in defining_params(params).items())
+
+
 _COMPUTED = ("row", "id", "label", "label_idx", "pred", "pred_idx", "correct", "loss", "confidence", "p_true")
 CSV_BASE_COLUMNS = ["subset", "origin", "query", "params", "note", "row", "id", "label", "pred", "correct", "loss"]
 

@@ -40,8 +40,9 @@ def attribute_accuracy(meta: pd.DataFrame, attributes: list[str], max_values: in
 
 def intersection_axes(meta: pd.DataFrame, attributes: list[str], max_values: int = 50) -> list[str]:
     """The columns an intersection heatmap may cross: ``label`` and the attributes with at most
-    ``max_values`` distinct values (the rule of ``attribute_accuracy``: ids and paths are skipped)."""
-    axes = ["label"] if "label" in meta else []
+    ``max_values`` distinct values (the rule of ``attribute_accuracy``: ids and paths are skipped;
+    1,000 classes too, so a crossing has at most max_values² cells)."""
+    axes = ["label"] if "label" in meta and meta["label"].nunique(dropna=False) <= max_values else []
     return axes + [a for a in attributes if a in meta and a != "label" and meta[a].nunique(dropna=False) <= max_values]
 
 

@@ -60,8 +60,17 @@ min_size = int(c2.number_input("Minimum group size", 2, 10_000, **kept(state_key
                                help="Smaller groups are listed and left out."))
 try:
     if source == ATTRIBUTES:
+        defaults, passed = view.default_columns(store)
         columns = st.multiselect("Variables (1 to 3 attribute columns)", candidates, max_selections=3,
-                                 **kept(state_key(PAGE, "columns", ctx.key), prepare.default_columns(store)))
+                                 **kept(state_key(PAGE, "columns", ctx.key), defaults))
+        if passed and columns == defaults:  # why the page opened on these (or on none)
+            why = "; ".join(f"`{c}`: {reason}" for c, reason in passed[:5]) + (" ..." if len(passed) > 5 else "")
+            if defaults:
+                st.caption("The page opens on the first attribute columns that split the images into groups of at "
+                           f"least {prepare.MIN_GROUP_SIZE} images; passed over: {why}")
+            else:
+                st.info("No attribute column splits the images into 2 or more groups of at least "
+                        f"{prepare.MIN_GROUP_SIZE} images, so none is picked. {why}")
         if not columns:
             st.info("Pick 1 to 3 attribute columns; each combination of their values is a group.")
             st.stop()
@@ -202,7 +211,7 @@ left, right = st.columns([1, 2])
 left.image(view.map_png(difference, 2 * limit), caption=f"{first} − {second}")
 similarity, order = nap_similarity(naps.naps_)
 with right:
-    show(view.similarity_chart, names, similarity, order)
+    show(view.similarity_chart, names, similarity, order, [int(v) for v in naps.sizes_])
 how_to_read("the difference map shows where the two groups' NAPs differ (same colours, twice the scale); the matrix "
             "gives the cosine similarity of every two groups' NAPs, ordered so that groups that look alike sit together.")
 

@@ -105,7 +105,7 @@ with attributes_tab:
 with crossed_tab:
     axes = intersection_axes(meta, store.attribute_columns)  # label and few-valued attributes only
     if len(axes) < 2:
-        st.info("Crossing needs the class and at least one attribute column with at most 50 values.")
+        st.info("Crossing needs two columns (the class or attribute columns) with at most 50 values each.")
     else:
         x1, x2 = st.columns(2)
         row_axis = x1.selectbox("Rows", axes, key=state_key("overview", "cross_rows", ctx.key))

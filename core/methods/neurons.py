@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from core.datasets import ImageDataset
-from core.errors import ModelError, StoreError
+from core.errors import DataError, ModelError, StoreError
 from core.hooks import ActivationRecorder
 from core.models import LoadedModel, make_transform, model_view
 
@@ -325,8 +325,11 @@ class ConceptPatchFinder(BaseEstimator):
             raise ValueError(f"patch_size must be in [1, {side}] px, got {size}.")
         if not model.embedding_layer:
             raise ModelError("The model has no last hidden layer to embed concept patches with.")
-        image_rows = _top_images(model, dataset, wanted, max_activations, self.n_images)
+        image_rows = _readable(dataset, _top_images(model, dataset, wanted, max_activations, self.n_images))
         rows = np.unique(np.concatenate(list(image_rows.values())))
+        if not len(rows):
+            raise DataError("The images that activate these neurons most cannot be read any more (deleted or damaged "
+                            "since the store was built).")
         boxes = [
             mask_positions(side, size, self.n_masks, self.gap, np.random.default_rng([self.seed, int(r)]))
             for r in rows
@@ -396,6 +399,16 @@ def _top_images(
             column = np.asarray(activations[:, channel], dtype=np.float64)
             top[(name, channel)] = np.argsort(-column, kind="stable")[:n_images].astype(np.int64)
     return top
+
+
+def _readable(dataset: ImageDataset, image_rows: dict[Neuron, np.ndarray]) -> dict[Neuron, np.ndarray]:
+    """``image_rows`` without the rows whose image cannot be read (a file deleted or damaged
+    since the store was built): such an image is left out, never fatal."""
+    rows = np.unique(np.concatenate(list(image_rows.values()))) if image_rows else np.zeros(0, dtype=np.int64)
+    lost = {int(r) for r in rows if dataset.try_load_image(int(r))[0] is None}
+    if not lost:
+        return image_rows
+    return {n: r[~np.isin(r, list(lost))] for n, r in image_rows.items()}
 
 
 def _masked_pass(

@@ -37,14 +37,36 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from core.errors import DataError, ModelError
-from core.filters import METHODS, FilterIndex, eval_mode, filter_profiles, standardise
+from core.filters import (
+    METHODS,
+    FilterIndex,
+    eval_mode,
+    filter_profiles,
+    math_attention,
+    standardise,
+)
 from core.models import LoadedModel, make_transform, model_view
 from core.stats import bootstrap_ci
 from core.torchscript import ScriptedModel
 
 ORDERS = ("salient", "random", "least")
 VARIANTS = ("salient", "random", "least")
+TOUR_MARGIN = 0.25  # the confidence margin of the error the Filter saliency page opens on
 MASK_BYTES = 256 << 20  # masked weight sets evaluated at once by FilterTurnOff (256 MiB)
+
+
+def tour_error(meta: pd.DataFrame, margin: float = TOUR_MARGIN) -> int | None:
+    """The store row of the misclassified image to open on (None without errors): the one
+    whose predicted class leads its true class (``confidence - p_true``) by the margin
+    closest to ``margin``, ties broken by the higher loss. The highest-loss errors are
+    often 100% confident, and turning filters off, masking or one fine-tuning step rarely
+    move them; an error with a moderate margin shows what the experiments can do."""
+    wrong = meta.loc[~meta["correct"].to_numpy(dtype=bool)]
+    if wrong.empty:
+        return None
+    gap = np.abs((wrong["confidence"] - wrong["p_true"]).to_numpy(dtype=np.float64) - margin)
+    order = np.lexsort((-wrong["loss"].to_numpy(dtype=np.float64), gap))
+    return int(wrong["row"].to_numpy()[order[0]])
 
 
 # --------------------------------------------------------------------------- validation
@@ -214,9 +236,10 @@ class _Weights:
 
         chunk = max(1, MASK_BYTES // max(4 * index.n_weights, 1))
         try:
-            return torch.cat(
-                [vmap(lambda m: self.logits(x, weights_for(m))[0])(keep[i : i + chunk]) for i in range(0, len(keep), chunk)]
-            )
+            with math_attention():  # a fused attention kernel has no vmap rule (a slow fallback)
+                return torch.cat(
+                    [vmap(lambda m: self.logits(x, weights_for(m))[0])(keep[i : i + chunk]) for i in range(0, len(keep), chunk)]
+                )
         except RuntimeError:  # an op vmap cannot batch: one mask at a time
             return torch.cat([self.logits(x, weights_for(m)) for m in keep])
 
@@ -270,7 +293,8 @@ def _input_gradient(
     z(x) is rebuilt inside the graph (create_graph=True) so it can be differentiated again
     with respect to the input; s'_F (eq. 3) is the detached z with the top filters times
     ``boost``. The conv weights need ``requires_grad`` for the first backward: it is set for
-    the call and restored after; ``autograd.grad`` never writes ``.grad``.
+    the call and restored after; ``autograd.grad`` never writes ``.grad``. Attention runs its
+    math kernel (``math_attention``): a ViT's fused kernels have no double backward.
     """
     modules = dict(model.module.named_modules())
     weights = [modules[layer].weight for layer in index.layers]
@@ -278,7 +302,7 @@ def _input_gradient(
     mu_t = torch.as_tensor(mu, dtype=torch.float32, device=x.device)
     sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
     try:
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model.module):
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model.module), math_attention():
             for w in weights:
                 w.requires_grad_(True)
             xi = x.detach().clone().requires_grad_(True)

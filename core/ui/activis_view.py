@@ -24,7 +24,7 @@ from core.model_graph import ModelGraph, is_per_channel, model_graph
 from core.store import POOLS, Store
 from core.subsets import scope_digest
 from core.ui import cache
-from core.ui.charts import show_selectable
+from core.ui.charts import MAX_ROWS, show_selectable
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import save_subset_form
@@ -36,6 +36,7 @@ STATUS_COLOURS = {STORED: "#e6a700", STORABLE: "#ffffff", OTHER: "#c8c8c8"}
 DETAIL = {"Blocks": 1, "Sub-blocks": 2, "Every operator": None}
 WIDE = 200  # neurons: wider layers show the top-n (ActiVis' matrix stays readable)
 PALETTE = "tableau10"
+CLASS_ROWS = 20  # the default rows: one per true class, of at most this many classes (those in the most errors)
 
 
 def _key(name: str, ctx: PageContext, *scope: object) -> str:
@@ -52,8 +53,21 @@ def open_nodes(ctx: PageContext) -> list[str]:
 
 
 def rows(ctx: PageContext, store: Store) -> list[dict[str, Any]]:
-    """The matrix rows (core.matrix_rows dicts), one per true class at first."""
-    return st.session_state.setdefault(_key("rows", ctx), matrix_rows.class_rows(store.classes))
+    """The matrix rows (core.matrix_rows dicts), one per true class at first (``class_rows``)."""
+    if _key("rows", ctx) not in st.session_state:
+        st.session_state[_key("rows", ctx)] = class_rows(store, ctx.meta())
+    return st.session_state[_key("rows", ctx)]
+
+
+def class_rows(store: Store, meta: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per true class; of more than CLASS_ROWS classes (1,000 ImageNet classes), the
+    CLASS_ROWS classes with the most misclassified images, in class order."""
+    every = matrix_rows.class_rows(store.classes)
+    if len(every) <= CLASS_ROWS:
+        return every
+    wrong = meta["label_idx"].to_numpy()[~meta["correct"].to_numpy(dtype=bool)]
+    errors = np.bincount(wrong, minlength=len(every))
+    return [every[i] for i in np.sort(np.argsort(-errors, kind="stable")[:CLASS_ROWS])]
 
 
 def set_rows(ctx: PageContext, new: list[dict[str, Any]]) -> None:
@@ -357,8 +371,10 @@ def rows_editor(ctx: PageContext, store: Store, meta: pd.DataFrame) -> None:
     subset, a predicted class, correct vs wrong, a confidence range or one image."""
     classes = store.classes
     listed = st.container()  # drawn last, so that it lists the rows this run's buttons added
-    if st.button("One row per true class", key=_key("reset_rows", ctx), icon=":material/restart_alt:"):
-        set_rows(ctx, matrix_rows.class_rows(classes))
+    many = len(classes) > CLASS_ROWS
+    if st.button("One row per true class", key=_key("reset_rows", ctx), icon=":material/restart_alt:",
+                 help=f"Of the {len(classes):,} classes, the {CLASS_ROWS} with the most misclassified images." if many else None):
+        set_rows(ctx, class_rows(store, meta))
     registry = ctx.subsets()
     tabs = st.tabs(["Cohort query", "Saved subset", "Predicted class", "Correct / wrong", "Confidence", "Image"])
     with tabs[0], st.form(_key("add_query", ctx), border=False):
@@ -440,14 +456,18 @@ def instance_panel(ctx: PageContext, store: Store, meta: pd.DataFrame) -> None:
     st.markdown("**Instances** (click a square: add it as a row)")
     c1, c2 = st.columns(2)
     per_class = int(c1.number_input("Per class", 10, 500, 40, step=10, key=_key("per_class", ctx)))
-    pages = class_pages(meta, per_class)
+    present = max(1, int(meta["label"].nunique()))
+    drawn = min(per_class, max(1, MAX_ROWS // present))  # squares stay under Altair's row limit (1,000 classes)
+    if drawn < per_class:
+        st.caption(f"{present:,} classes: {drawn} image(s) per class and page are drawn, so the panel stays readable.")
+    pages = class_pages(meta, drawn)
     page = int(c2.number_input(f"Page (of {pages})", 1, pages, 1, key=_key("page", ctx))) if pages > 1 else 1
-    frame = instance_frame(ctx, store, meta, per_class, page - 1)
+    frame = instance_frame(ctx, store, meta, drawn, page - 1)
     chosen = [int(r["value"]) for r in rows(ctx, store) if r["kind"] == "instance"]
     show_selectable(instance_chart, frame, store.classes, chosen, key=_key("instances", ctx), modes=(SQUARE_PICK,),
                     width="content")
     st.caption(
-        f"{len(frame):,} of {store.n:,} images: up to {per_class} per class" + (f", page {page} of {pages}" if pages > 1 else "")
+        f"{len(frame):,} of {store.n:,} images: up to {drawn} per class" + (f", page {page} of {pages}" if pages > 1 else "")
         + ". Per class: correct on the left by score (the predicted class's probability), misclassified on the right; "
         "fill = true class, border = predicted class; ◆ = a matrix row."
     )
@@ -488,6 +508,8 @@ def _matrix(ctx: PageContext, store: Store, layer: str, pool: str, names: list[s
         rank = c2.radio("Top neurons by", ["row", "variance"], key=_key("rank", ctx, layer),
                         format_func=lambda r: "the sorting row" if r == "row" else "variance across rows")
         top_n = int(c3.number_input("Show", 10, width, WIDE, step=10, key=_key("top_n", ctx, layer)))
+    fits = max(1, MAX_ROWS // max(1, len(names)))  # rows x neurons cells stay under Altair's row limit
+    top_n = min(top_n, fits)
     params = {"sort_by": names.index(sort) if sort in names else None, "top_n": top_n, "rank": rank}
     if not members:
         st.info("No rows to show: add a row (or press **One row per true class**).")
@@ -503,7 +525,9 @@ def _matrix(ctx: PageContext, store: Store, layer: str, pool: str, names: list[s
     show_selectable(matrix_chart, frame, list(names), neurons, tuple(float(v) for v in fitted.scale_),
                     key=_key("matrix", ctx, layer), modes=(ROW_PICK,), width="content")
     shown = f"{neurons} of {width} neurons" + (
-        f" (the top {neurons} by {'the sorting row' if rank == 'row' else 'variance across rows'})" if neurons < width else "")
+        f" (the top {neurons} by {'the sorting row' if rank == 'row' else 'variance across rows'}"
+        + (f"; {len(names)} rows leave room for {fits} per row" if neurons == fits < width else "") + ")"
+        if neurons < width else "")
     st.caption(f"{shown}; rows: {', '.join(f'{n} ({len(m):,})' for n, m in zip(names, members, strict=True))[:600]}.")
     if fitted.nan_rows_:
         st.warning(f"{fitted.nan_rows_:,} image(s) have NaN or infinite activations here: each cell averages the finite values only.")

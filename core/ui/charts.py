@@ -2,11 +2,17 @@
 
 ``show(builder, *args)`` draws a chart from a Vega-Lite spec built once per arguments:
 building and validating an Altair chart costs 0.05-0.3 s, paid on every rerun otherwise.
+
+Altair refuses a data frame of more than ``MAX_ROWS`` rows (MaxRowsError), and a browser
+could not read such a chart anyway: every builder aggregates or samples its data below that
+(``evenly``, ``MOST_CLASSES``, ``MOST_CATEGORIES``) and its title or caption says so. Column
+names a user chose (CSV attributes such as ``x:y`` or ``a.b``) reach Vega-Lite only through
+``safe_fields``: Altair reads ``:`` as a type and Vega-Lite ``.`` and ``[]`` as nesting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import altair as alt
@@ -15,6 +21,26 @@ import pandas as pd
 import streamlit as st
 
 _BUILDERS: dict[str, Callable[..., alt.TopLevelMixin]] = {}
+MAX_ROWS = 5000  # Altair's row limit for a data frame (MaxRowsError above it)
+MOST_CLASSES = 20  # a confusion matrix shows at most this many classes; the rest are pooled
+MOST_CATEGORIES = 40  # accuracy_intervals shows at most this many categories (the lowest)
+
+
+def evenly(count: int, most: int) -> np.ndarray:
+    """At most ``most`` of the positions 0..count-1, evenly spaced, the first (and for
+    ``most`` >= 2 the last) included: the thinning that keeps a sorted curve's shape (its
+    quantiles)."""
+    if count <= most:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, max(1, most)).round().astype(np.int64))
+
+
+def safe_fields(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(``frame`` with these columns renamed ``f0``, ``f1``, ..., {original name: field}):
+    user-chosen names reach a chart only as titles, never as field names, which Altair
+    and Vega-Lite would parse (``x:y`` as a field and a type, ``a.b`` and ``a[0]`` as nesting)."""
+    fields = {str(name): f"f{i}" for i, name in enumerate(dict.fromkeys(columns))}
+    return frame.rename(columns=fields), fields
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -39,9 +65,15 @@ def accuracy_intervals(
 
     ``frame`` has columns [category, n, accuracy, low, high]. ``zoom``: the x axis spans the
     intervals and the overall line (rounded out to 5 points) instead of 0-1, for values that
-    differ by a few points (attribute values), which on 0-1 sit on top of each other.
+    differ by a few points (attribute values), which on 0-1 sit on top of each other. Of more
+    than MOST_CATEGORIES categories (1,000 classes) only the lowest are drawn, and the chart's
+    title says so.
     """
     data = frame.copy()
+    title = None
+    if len(data) > MOST_CATEGORIES:
+        data = data.sort_values(["accuracy", "n"], ascending=[True, False], kind="stable").head(MOST_CATEGORIES)
+        title = f"The {MOST_CATEGORIES} of {len(frame):,} with the lowest accuracy"
     data["low"] = data["low"].fillna(data["accuracy"])
     data["high"] = data["high"].fillna(data["accuracy"])
     order = list(data.sort_values("accuracy")[category])
@@ -75,13 +107,34 @@ def accuracy_intervals(
     rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(strokeDash=[4, 4], color="#1f77b4").encode(
         x="overall:Q"
     )
-    return (bars + points + rule).properties(height=max(170, 26 * len(data)))  # the x axis takes ~70 px of it
+    chart = (bars + points + rule).properties(height=max(170, 26 * len(data)))  # the x axis takes ~70 px of it
+    return chart.properties(title=title) if title else chart
+
+
+def most_confused(matrix: np.ndarray, classes: Sequence[str], most: int = MOST_CLASSES) -> tuple[np.ndarray, list[str], str | None]:
+    """(counts, names, note) of a confusion matrix small enough to draw: all of it for at most
+    ``most`` classes, else the ``most`` classes in the most errors (as the true or the
+    predicted class; in class order) and one "other" row and column pooling the rest, so
+    every image is still counted. ``note`` says what was pooled (None when nothing was)."""
+    counts = np.asarray(matrix)
+    k = len(classes)
+    if k <= most:
+        return counts, list(classes), None
+    errors = counts.sum(axis=1) + counts.sum(axis=0) - 2 * np.diag(counts)
+    kept = np.sort(np.argsort(-errors, kind="stable")[:most])
+    rest = np.setdiff1d(np.arange(k), kept)
+    groups = [[int(i)] for i in kept] + [list(rest)]
+    pooled = np.array([[counts[np.ix_(a, b)].sum() for b in groups] for a in groups])
+    other = f"other ({len(rest):,} classes)"
+    note = f"The {most} classes in the most errors, of {k:,}; the other {len(rest):,} pooled as '{other}'"
+    return pooled, [str(classes[i]) for i in kept] + [other], note
 
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = True) -> alt.Chart:
     """Heatmap of true class (rows) vs predicted class (columns), with the plotted value
-    (shares of the true class, or counts) as text."""
-    counts = np.asarray(matrix)
+    (shares of the true class, or counts) as text. Of more than MOST_CLASSES classes, the
+    most confused are drawn and the rest pooled (``most_confused``), said in the title."""
+    counts, classes, note = most_confused(matrix, classes)
     row_sums = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, row_sums, out=np.zeros_like(counts, dtype=float), where=row_sums > 0)
     records = [
@@ -114,7 +167,8 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], normalise: bool = T
     # Streamlit fits the whole chart (axes and legend included) into this size: leave room
     # for them beside about 50 px per cell, or the cells' text overlaps (10 classes -> 660 px)
     side = max(320, 50 * len(classes) + 160)
-    return (cells + text).properties(width=side, height=side)
+    chart = (cells + text).properties(width=side, height=side)
+    return chart.properties(title=note) if note else chart
 
 
 def _count_ticks(top: float, most: int = 5) -> list[int]:

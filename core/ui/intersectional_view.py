@@ -24,9 +24,11 @@ from PIL import Image
 from sklearn.base import clone
 
 from core.estimates import HOSTED_REQUEST_DISK_BYTES
-from core.groups import Groups, build_groups, groups_from_subsets
+from core.groups import Groups, build_groups, default_group_columns, groups_from_subsets
 from core.methods import LinearProbes, NAPs, TopographicLayout, topomap
 from core.prepare import (
+    GROUP_COLUMNS,
+    MIN_GROUP_SIZE,
     ProbeRun,
     check_hosted_probes,
     fit_probes,
@@ -40,6 +42,7 @@ from core.prepare import (
 from core.store import Store
 from core.subsets import scope_digest
 from core.ui import cache
+from core.ui.charts import MAX_ROWS, evenly, safe_fields
 from core.ui.context import PageContext
 
 MAP_SIZE = 100
@@ -84,29 +87,34 @@ def groups_key(groups: Groups) -> str:
 
 def counts_chart(table: pd.DataFrame, columns: Sequence[str], title: str) -> alt.Chart:
     """The paper's Fig. 1: a heatmap of group sizes, rows and columns the first two variables
-    (the third as panels), with row and column totals."""
-    data = table.copy()
-    row, column = columns[0], (columns[1] if len(columns) > 1 else None)
+    (the third as panels), with row and column totals. The variables' names (a CSV's, e.g.
+    ``x:y``) are titles only: the chart's fields are ``charts.safe_fields`` names."""
+    names = [str(c) for c in columns]
+    data, fields = safe_fields(table, names)
+    row, column = fields[names[0]], (fields[names[1]] if len(names) > 1 else None)
     if column is None:
         data["_column"] = "count"
         column = "_column"
-    panel = columns[2] if len(columns) > 2 else None
+    panel = fields[names[2]] if len(names) > 2 else None
     keys = [panel] if panel else []
-    totals_row = data.groupby([*keys, column], as_index=False)["count"].sum().assign(**{row: "total"})
-    totals_column = data.groupby([*keys, row], as_index=False)["count"].sum().assign(**{column: "total"})
+    totals_row = data.groupby([*keys, column], as_index=False, observed=True)["count"].sum().assign(**{row: "total"})
+    totals_column = data.groupby([*keys, row], as_index=False, observed=True)["count"].sum().assign(**{column: "total"})
     full = pd.concat([data, totals_row, totals_column], ignore_index=True)
     full["total"] = (full[row] == "total") | (full[column] == "total")
+    column_title = None if column == "_column" else names[1]
     base = alt.Chart(full).encode(
-        x=alt.X(f"{column}:N", title=None if column == "_column" else column, sort=None),
-        y=alt.Y(f"{row}:N", title=row, sort=None),
+        x=alt.X(f"{column}:N", title=column_title, sort=None),
+        y=alt.Y(f"{row}:N", title=names[0], sort=None),
     )
+    tooltip = [alt.Tooltip(f"{row}:N", title=names[0]), alt.Tooltip(f"{column}:N", title=column_title or " "),
+               alt.Tooltip("count:Q", title="images")]
     cells = base.mark_rect().encode(
         color=alt.condition("datum.total", alt.value("#eeeeee"), alt.Color("count:Q", scale=alt.Scale(scheme="greens"), title="images")),
-        tooltip=[row, column, "count"] + ([panel] if panel else []),
+        tooltip=tooltip + ([alt.Tooltip(f"{panel}:N", title=names[2])] if panel else []),
     )
     text = base.mark_text(fontSize=10).encode(text="count:Q")
     chart = (cells + text).properties(title=title, width=alt.Step(44), height=alt.Step(22))
-    return chart.facet(column=alt.Column(f"{panel}:N", title=panel)) if panel else chart
+    return chart.facet(column=alt.Column(f"{panel}:N", title=names[2])) if panel else chart
 
 
 # --------------------------------------------------------------------------- probes
@@ -194,7 +202,16 @@ def accuracy_chart(summary: pd.DataFrame) -> alt.LayerChart:
 
 
 def curves_chart(curves: pd.DataFrame) -> alt.Chart:
-    """Fig. 3: train and validation accuracy per epoch of one layer, one line per seed."""
+    """Fig. 3: train and validation accuracy per epoch of one layer, one line per seed. Of
+    more epochs than fit under Altair's row limit (500 epochs x 20 seeds), evenly spaced
+    epochs are drawn, the first and last included, and the title says so."""
+    epochs = np.sort(curves["epoch"].unique())
+    most = MAX_ROWS // max(1, 2 * curves["seed"].nunique())
+    title = None
+    if len(epochs) > most:
+        kept_epochs = epochs[evenly(len(epochs), most)]
+        curves = curves[curves["epoch"].isin(kept_epochs)]
+        title = f"{len(kept_epochs)} evenly spaced epochs of {len(epochs)}"
     long = curves.melt(id_vars=["seed", "epoch"], value_vars=["train_accuracy", "val_accuracy"], var_name="split",
                        value_name="accuracy")
     long["split"] = long["split"].str.replace("_accuracy", "")
@@ -202,7 +219,7 @@ def curves_chart(curves: pd.DataFrame) -> alt.Chart:
         x=alt.X("epoch:Q", title="Epoch"), y=alt.Y("accuracy:Q", title="Accuracy", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("split:N", title=None), detail="seed:N",
         tooltip=["seed", "epoch", "split", alt.Tooltip("accuracy:Q", format=".3f")],
-    ).properties(height=260)
+    ).properties(height=260, **({"title": title} if title else {}))
 
 
 # --------------------------------------------------------------------------- NAPs and maps
@@ -252,22 +269,43 @@ def map_png(grid: np.ndarray, limit: float) -> bytes:
     return out.getvalue()
 
 
-def similarity_chart(names: Sequence[str], similarity: np.ndarray, order: np.ndarray) -> alt.LayerChart:
-    """The group-by-group cosine similarity of NAPs, ordered by hierarchical clustering."""
-    ordered = [names[i] for i in order]
-    grid = pd.DataFrame(
-        [{"a": names[i], "b": names[j], "cosine": float(similarity[i, j])} for i in order for j in order]
-    )
-    # inline values: G x G cells pass Altair's 5,000-row guard for data frames (72 groups make 5,184)
-    base = alt.Chart(alt.InlineData(values=grid.to_dict("records"))).encode(
-        x=alt.X("b:N", sort=ordered, title=None), y=alt.Y("a:N", sort=ordered, title=None)
+MOST_GROUPS = 70  # the similarity matrix's groups: 70 x 70 cells stay under charts.MAX_ROWS
+SIMILARITY_STEP = 16  # px per row and column of the similarity matrix: every label has room
+
+
+def similarity_chart(names: Sequence[str], similarity: np.ndarray, order: np.ndarray,
+                     sizes: Sequence[int] | None = None) -> alt.Chart:
+    """The group-by-group cosine similarity of NAPs, ordered by hierarchical clustering. Every
+    row and column is labelled (a step of SIMILARITY_STEP px each, labels never dropped or
+    cut short); of more than MOST_GROUPS groups, the largest (by ``sizes``) are drawn, in
+    the clustering order, and the title says so."""
+    order = [int(i) for i in order]
+    title = None
+    if len(order) > MOST_GROUPS:
+        weight = np.asarray(sizes if sizes is not None else np.ones(len(names)), dtype=np.float64)
+        largest = set(np.argsort(-weight, kind="stable")[:MOST_GROUPS].tolist())
+        title = f"The {MOST_GROUPS} largest of {len(order)} groups"
+        order = [i for i in order if i in largest]
+    ordered = [str(names[i]) for i in order]
+    grid = pd.DataFrame([{"a": str(names[i]), "b": str(names[j]), "cosine": float(similarity[i, j])} for i in order for j in order])
+    axis = alt.Axis(labelLimit=400, labelOverlap=False, labelFontSize=10)
+    base = alt.Chart(grid).encode(
+        x=alt.X("b:N", sort=ordered, title=None, axis=alt.Axis(labelLimit=400, labelOverlap=False, labelFontSize=10, labelAngle=-60)),
+        y=alt.Y("a:N", sort=ordered, title=None, axis=axis),
     )
     cells = base.mark_rect().encode(
         color=alt.Color("cosine:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True), title="cosine"),
-        tooltip=["a:N", "b:N", alt.Tooltip("cosine:Q", format=".2f")],
+        tooltip=[alt.Tooltip("a:N", title="group"), alt.Tooltip("b:N", title="and group"), alt.Tooltip("cosine:Q", format=".2f")],
     )
-    side = max(220, min(700, 22 * len(names)))
-    return cells.properties(width=side, height=side)
+    chart = cells.properties(width=alt.Step(SIMILARITY_STEP), height=alt.Step(SIMILARITY_STEP))
+    return chart.properties(title=title) if title else chart
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=cache.STORE_HASH)
+def default_columns(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the variables the page opens on, [(attribute passed over, why)]): the first attribute
+    columns that split the images into groups (``core.groups.default_group_columns``)."""
+    return default_group_columns(cache.meta_for(store), list(store.attribute_columns), GROUP_COLUMNS, MIN_GROUP_SIZE)
 
 
 CHANNEL_PICK = "channel"  # the channel chart's point selection

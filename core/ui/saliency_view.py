@@ -21,7 +21,7 @@ import streamlit as st
 import torch
 from sklearn.base import clone
 
-from core.errors import BiasLensError
+from core.errors import BiasLensError, DataError
 from core.estimates import (
     HOSTED_MAX_IMAGES,
     HOSTED_MAX_RUN_SECONDS,
@@ -45,14 +45,14 @@ from core.methods import (
     confusion_cell_groups,
     failure_mode_scorecard,
 )
-from core.methods.saliency import curves_summary
+from core.methods.saliency import TOUR_MARGIN, curves_summary, tour_error
 from core.models import make_transform
 from core.saliency_store import SaliencyProfiles, build_profiles, find_profiles, nearest, row_norms
 from core.scorecard import scorecard
 from core.store import Store
 from core.subsets import scope_digest
 from core.ui import cache
-from core.ui.charts import show
+from core.ui.charts import evenly, show
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
@@ -65,6 +65,7 @@ WHOLE = "Whole dataset"  # the default reference set
 PICK_SHOWN = 16  # images in the pick galleries
 ORIGIN = "saliency"  # the subset origin of groups found here
 MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many points
+PROFILE_POINTS = 2000  # and each group's curve to this many over all layers (two curves < charts.MAX_ROWS)
 LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
 OTHER_PAGES = "The Spotlight, Subgroups, Intersectional and ActiVis pages work without them."
 
@@ -175,20 +176,37 @@ def mean_profiles(store: Store, profiles: SaliencyProfiles, correct: np.ndarray,
                                "The mean profiles", compute)
 
 
+def per_layer_points(index: FilterIndex) -> int:
+    """The most points a layer's sorted profile gets in the profile figure: two curves of
+    every layer stay under Altair's row limit (a resnet50 has 26,560 filters in 53 layers)."""
+    return max(1, min(MAX_POINTS_PER_LAYER, PROFILE_POINTS // max(1, len(index.layers))))
+
+
+def thinning_note(index: FilterIndex) -> str | None:
+    """What the profile figure's caption says when layers are thinned (None when none is)."""
+    most = per_layer_points(index)
+    wide = sum(int(c) > most for c in index.counts)
+    if not wide:
+        return None
+    return (f"{wide} of {len(index.layers)} layer(s) have more than {most} filters: each is drawn as {most} evenly spaced "
+            f"quantiles of its sorted profile (the shape is kept; {index.n_filters:,} filters in all), so the chart "
+            "stays readable and under the browser's limit.")
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def profile_frame(means: dict[str, np.ndarray], index: FilterIndex, mu: np.ndarray, sigma: np.ndarray,
                   standardised: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, layer boundaries) of the profile figure: per group, each layer's filters
-    sorted by value (descending), layers left to right; wide layers thinned evenly."""
+    sorted by value (descending), layers left to right. A layer wider than its share of
+    PROFILE_POINTS (at most MAX_POINTS_PER_LAYER) is drawn as that many evenly spaced
+    quantiles of its sorted profile (``per_layer_points``), which keeps the curve's shape."""
     records = []
+    most = per_layer_points(index)
     for group, mean in means.items():
         values = (mean - mu) / sigma if standardised else mean
         for layer, (name, start, count) in enumerate(zip(index.layers, index.offsets, index.counts, strict=True)):
             part = np.sort(values[start : start + count])[::-1]
-            ranks = np.arange(count)
-            if count > MAX_POINTS_PER_LAYER:
-                ranks = np.unique(np.linspace(0, count - 1, MAX_POINTS_PER_LAYER).round().astype(int))
-            for r in ranks:
+            for r in evenly(int(count), most):
                 records.append({"position": int(start + r), "value": float(part[r]), "group": group,
                                 "layer": name, "layer_no": layer, "rank": int(r)})
     bounds = pd.DataFrame({"position": [int(o) for o in index.offsets[1:]]})
@@ -214,8 +232,14 @@ def profile_chart(points: pd.DataFrame, bounds: pd.DataFrame, y_title: str, log:
 # --------------------------------------------------------------------------- one image
 
 
+def readable(ctx: PageContext, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Which of these store rows have an image that can still be read (a file deleted or
+    damaged since the store was built is left out of the runs, never fatal)."""
+    return np.array([ctx.dataset.try_load_image(int(r))[0] is not None for r in rows], dtype=bool)
+
+
 def image_tensor(ctx: PageContext, rows: Sequence[int]) -> torch.Tensor:
-    """(B, 3, S, S) normalised images of these store rows, as the model takes them."""
+    """(B, 3, S, S) normalised images of these store rows (readable ones), as the model takes them."""
     model = ctx.model
     transform = make_transform(model.input_size, model.mean, model.std)
     return torch.stack([transform(ctx.dataset.load_image(int(r))) for r in rows])
@@ -263,6 +287,8 @@ def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label:
     """The one-step fine-tuning check on one image and its neighbours, fitted once (a clone)."""
     if ctx.hosted:
         check_saliency_request(k=int(estimator.k or 0))
+    present = readable(ctx, neighbours)
+    neighbours, labels = np.asarray(neighbours)[present], np.asarray(labels)[present]
     key = _image_key(profiles, ref, row, estimator.get_params(), [int(r) for r in neighbours])
     return cache.computed_once(
         "saliency-finetune", ctx.store.fingerprint, key, "The fine-tuning check",
@@ -316,16 +342,21 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
     def compute() -> pd.DataFrame:
         parts = []
         for start in range(0, len(rows), batch):
-            part = rows[start : start + batch]
+            present = readable(ctx, rows[start : start + batch])  # images lost since the store was built are left out
+            part, part_labels = rows[start : start + batch][present], labels[start : start + batch][present]
             if progress:
                 progress(start, len(rows), "Turning filters off")
-            fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, part), labels[start : start + batch],
+            if not len(part):
+                continue
+            fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, part), part_labels,
                                           profiles.z(part, mu, sigma), profiles.index)
             curves = fitted.curves_.copy()
             curves["image"] += start
             parts.append(curves)
         if progress:
             progress(len(rows), len(rows), "Turning filters off")
+        if not parts:
+            raise DataError("None of these images can be read any more (deleted or damaged since the store was built).")
         return curves_summary(pd.concat(parts, ignore_index=True), seed=estimator.seed)
 
     key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
@@ -374,8 +405,11 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
         for i, row in enumerate(rows):
             if progress:
                 progress(i, len(rows), "Fine-tuning check")
+            if not readable(ctx, [row])[0]:  # an image lost since the store was built is left out
+                continue
             near, _ = nearest(profiles.profiles, profiles.z([int(row)], mu, sigma)[0], k=estimator.n_neighbours,
                               columns=columns, rows=errors, query_row=int(row), affine=affine, norms=norms)
+            near = near[readable(ctx, near)]
             fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, [int(row)]), int(labels[i]),
                                           profiles.z([int(row)], mu, sigma)[0], profiles.index,
                                           image_tensor(ctx, near) if len(near) else None,
@@ -383,6 +417,8 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
             frames.append(fitted.results_)
         if progress:
             progress(len(rows), len(rows), "Fine-tuning check")
+        if not frames:
+            raise DataError("None of these images can be read any more (deleted or damaged since the store was built).")
         return FineTuneCheck.aggregate(frames, seed=estimator.seed)
 
     key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
@@ -684,6 +720,9 @@ def profile_figures(store: Store, profiles: SaliencyProfiles, correct: np.ndarra
         st.markdown("**Standardised profile** (mean z against the reference set)")
         points, bounds = profile_frame(means, profiles.index, mu, sigma, standardised=True)
         show(profile_chart, points, bounds, "mean z per filter")
+    note = thinning_note(profiles.index)
+    if note:
+        st.caption(note)
     how_to_read("each layer's filters sorted by value, layers left to right between dashed lines; misclassified images "
                 "(red) have higher saliency than correct ones (blue), most visibly once standardised.")
 
@@ -696,8 +735,9 @@ def pick_image(ctx: PageContext, wrong_rows: np.ndarray, subset_names: Sequence[
     picked, widget = state_key(PAGE, "row", ctx.key), state_key(PAGE, "row_id", ctx.key)
     modes = ["Misclassified images", "A saved subset", "By row"]
     mode = st.segmented_control("From", modes, **kept(state_key(PAGE, "pick_mode"), modes[0])) or modes[0]
+    tour = tour_error(meta)
     if st.session_state.get(picked) is None or not 0 <= int(st.session_state[picked]) < store.n:
-        st.session_state[picked] = int(wrong_rows[0]) if len(wrong_rows) else 0
+        st.session_state[picked] = tour if tour is not None else 0
 
     def select_button(col: Any, rec: pd.Series) -> None:
         row = int(rec["row"])
@@ -727,4 +767,10 @@ def pick_image(ctx: PageContext, wrong_rows: np.ndarray, subset_names: Sequence[
         gallery(ctx, meta, wrong_rows[:PICK_SHOWN], below=select_button, origin="saliency-pick")
         how_to_read(f"the {min(PICK_SHOWN, len(wrong_rows))} misclassified images of highest loss (of {len(wrong_rows):,}); "
                     "press Select under one.")
+    if tour is not None and int(st.session_state[picked]) == tour:
+        rec = meta.iloc[tour]
+        st.caption(f"The page opens on image {rec['id']}: its predicted class leads the true class by "
+                   f"{100 * (rec['confidence'] - rec['p_true']):.0f} points, the error closest to a "
+                   f"{100 * TOUR_MARGIN:.0f}-point margin. The highest-loss errors are often 100% confident, and turning "
+                   "filters off, masking or one fine-tuning step rarely move them; a moderate margin shows what they can do.")
     return int(st.session_state[picked])

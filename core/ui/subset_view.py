@@ -9,19 +9,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from core.cohorts import sql_literal
+from core.datasets import ImageDataset
 from core.errors import BiasLensError
+from core.images import placeholder
 from core.report import SubsetFigures, build_report, subset_figures
 from core.store import Store
-from core.subsets import SubsetRegistry, fitted_name
+from core.subsets import SubsetRegistry, fitted_name, params_text
 from core.summary import subset_vs_rest
 from core.ui import cache
 from core.ui.cohort_link import ALL_IMAGES
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery
-from core.ui.widgets import group_select, how_to_read, percent
+from core.ui.widgets import DASH, Shown, group_select, how_to_read, percent, table
 
 MESSAGE = state_key("cohorts", "subset_message")
 
@@ -58,13 +61,13 @@ def compare_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray 
 def compare_panel(meta: pd.DataFrame, name: str, rows: np.ndarray, groups: dict[str, np.ndarray], what: str) -> None:
     """The subset-versus-rest table over the method's groups (core.summary.subset_vs_rest)."""
     st.subheader(f"Subset '{name}' versus the rest")
-    table = subset_vs_rest(groups, rows, meta["correct"].to_numpy())
-    percent_columns = ["subset share", "accuracy (subset)", "subset low", "subset high", "accuracy (rest)", "rest low", "rest high"]
-    st.dataframe(
-        table, hide_index=True,
-        column_config={c: st.column_config.NumberColumn(format="percent") for c in percent_columns}
-        | {"lift": st.column_config.NumberColumn(format="%.2f")},
-    )
+    compared = subset_vs_rest(groups, rows, meta["correct"].to_numpy())
+    empty = "no image on that side of the group (no accuracy, no interval)"
+    shares = {c: Shown("percent", missing=empty) for c in
+              ("accuracy (subset)", "subset low", "subset high", "accuracy (rest)", "rest low", "rest high")}
+    table(compared, {"subset share": Shown("percent", missing="an empty group"), **shares,
+                   "lift": Shown("number", 2, missing="no subset share to compare (an empty group or subset)")},
+          hide_index=True)
     how_to_read(
         f"one row per {what}; 'subset share' is the share of its images that are in the subset, 'lift' that share "
         "over the subset's share of all images (> 1: the subset is over-represented there); the accuracies are of "
@@ -123,10 +126,17 @@ def _report(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegistry, fmt:
     def make() -> str:
         return build_report(
             registry.subsets(), meta, attributes, title=f"BiasLens findings: {ctx.workspace.title}",
-            load_image=dataset.load_image, fmt=fmt,
+            load_image=lambda row: image_or_placeholder(dataset, row), fmt=fmt,
         )
 
     return make
+
+
+def image_or_placeholder(dataset: ImageDataset, row: int, size: int = 96) -> Image.Image:
+    """Image ``row``, or the missing-image placeholder with its id when its file is gone or
+    damaged: a lost file marks its place in the report instead of stopping it."""
+    image, _ = dataset.try_load_image(row)
+    return image if image is not None else Image.fromarray(placeholder(size, dataset.ids[row]))
 
 
 def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegistry) -> None:
@@ -136,8 +146,9 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
         st.caption("Saved with this workspace's activation store: every session on this machine sees them, "
                    "and they are kept across reloads and restarts.")
     else:
-        st.caption("Kept in this browser session only (hosted or workshop mode, or no store yet): a reload starts afresh. "
-                   "Export them to keep them.")
+        st.caption("Kept in this server's memory for you alone (hosted or workshop mode, or no store yet): a reload or "
+                   "a new tab with the same address (its `?v=` key) finds them again, but a server restart does not keep "
+                   "them. Export them to keep them.")
     names = registry.names()
     if registry.problem:
         st.warning(registry.problem)
@@ -159,8 +170,8 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
     f = figures_for(ctx.store, meta, subset.rows, attributes)
     origin = f"**{subset.origin}**" + (f" · `{subset.detail}`" if subset.detail else "")
     st.markdown(f"{origin} · created {subset.created_text}")
-    if subset.params:
-        st.caption("Parameters: " + ", ".join(f"{k} = {v}" for k, v in subset.params.items()))
+    if params_text(subset.params):
+        st.caption("Parameters: " + params_text(subset.params))
     if subset.note:
         st.info(subset.note, icon=":material/sticky_note_2:")
     c1, c2, c3 = st.columns(3)
@@ -174,20 +185,13 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
     left, right = st.columns([2, 3])
     with left:
         st.markdown("**Class mix**")
-        st.dataframe(
-            f.classes, hide_index=True,
-            column_config={"share": st.column_config.NumberColumn(format="percent"),
-                           "accuracy": st.column_config.NumberColumn(format="percent")},
-        )
+        table(f.classes, {"share": Shown("percent"), "accuracy": Shown("percent")}, hide_index=True)
     with right:
         st.markdown("**Attribute lift** (share inside the subset / share of all images)")
         if len(f.lift):
-            st.dataframe(
-                f.lift.head(10), hide_index=True,
-                column_config={"inside": st.column_config.NumberColumn(format="percent"),
-                               "overall": st.column_config.NumberColumn(format="percent"),
-                               "lift": st.column_config.NumberColumn(format="%.2f")},
-            )
+            table(f.lift.head(10), {"inside": Shown("percent"), "overall": Shown("percent"),
+                                    "lift": Shown("number", 2, missing="the value is absent from the dataset")},
+                  hide_index=True)
         else:
             st.caption("No attributes with few enough values to compare.")
     how_to_read("a lift of 3 means the value is three times as common inside the subset as in the whole dataset.")
@@ -210,7 +214,9 @@ def subsets_section(ctx: PageContext, meta: pd.DataFrame, registry: SubsetRegist
         )
 
     st.markdown("**All saved subsets**")
-    st.dataframe(registry.summary(), hide_index=True)
+    st.dataframe(registry.summary().fillna(DASH).replace("", DASH), hide_index=True,
+                 column_config={"detail": st.column_config.TextColumn(help=f"{DASH} = no query or detail"),
+                                "note": st.column_config.TextColumn(help=f"{DASH} = no note")})
     e1, e2, e3 = st.columns(3)
     e1.download_button(
         "Export all subsets (CSV)", lambda: registry.to_csv(meta),

@@ -71,7 +71,7 @@ def test_hosted_subsets_stay_in_the_session(tmp_path, tiny_files, monkeypatch):
     at.run()
     save_cohort(at, "correct = false")
     assert listed(at) == ["correct = false"]
-    assert any("this browser session only" in c.value for c in at.caption)
+    assert any("this server's memory for you alone" in c.value for c in at.caption)
     assert not list((tmp_path / "cache").rglob("subsets.json"))
     assert listed(fresh_session("scripted")) == []  # another visitor, or a reload
 
@@ -100,7 +100,7 @@ def test_open_rename_note_export(app, monkeypatch):
     assert any("95% bootstrap interval of the subset's accuracy" in c.value for c in at.caption)
     assert len(at.image) > 0  # the gallery
     mix = next(d.value for d in at.dataframe if "share" in d.value.columns and "class" in d.value.columns)
-    assert list(mix["class"]) == ["3"] and mix["share"].iloc[0] == 1.0
+    assert list(mix["class"]) == ["3"] and mix["share"].iloc[0] == 100.0  # shown as 100.0%
     lift = next(d.value for d in at.dataframe if "lift" in d.value.columns)
     assert set(lift["attribute"]) <= {"tint"} and (lift["lift"] > 0).all()
     # export this subset: its rows with loss and attributes, and its query
