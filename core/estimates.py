@@ -24,21 +24,59 @@ inflated wall-clock times up to 20-fold but not these. The fewest seconds of 5 t
 Two threads on a quiet machine ran 1.3 to 1.4 times faster (probes, the demo's profiles);
 a busy server is slower. The estimates are for one run at a time, as the run queue serves
 them (core/runqueue.py).
+
+The methods' runs (same machine and date, same measure, BLAS and OpenMP pools also limited
+to one thread with threadpoolctl; load 3 to 6, a benchmark beside them; the fewest seconds
+of 2 or 3 repeats, a single run for k-means and the weighted Ward tree; synthetic data:
+10 Gaussian clusters, exponential losses):
+
+- the spotlight search (``Spotlight.fit``), 20 and 200 steps at 1,000 x 32, 10,000 x 32,
+  40,000 x 32, 100,000 x 16, 2,000 x 512, 20,000 x 512 and 5,000 x 2,048 (0.02 to 2.73 s),
+  the difference giving the cost of a step: 0.43 ms plus 0.40 ns per image x searched
+  coordinate; per spotlight 2.5 us per image (the high-loss start, the size bisection);
+  the principal directions of 4,096 x 512 / 1,024 / 2,048 rows 0.061 / 0.35 / 2.97 s
+  (20 ps per row x d^2 plus 0.30 ns per d^3); checked on 3 spotlights at 4,000 x 128
+  (0.28 s), 5,000 x 64 diagonal (0.10 s) and PCA 64 of 20,000 x 512 (0.50 s);
+- UDIS (``UDIS.fit``) at 300 x 128, 1,000 x 128, 2,500 x 512, 5,000 x 512 (exact Ward:
+  0.05, 0.30, 1.77, 6.37 s), 8,000 x 512 and 20,000 x 512 (two-stage: 6.30, 8.23 s); its
+  parts: scipy's Ward linkage at 1,000 to 5,000 images of 64 and 512 dims (0.02 to 3.40 s),
+  the silhouette sample's distances and one silhouette score at 1,000 and 4,000 images
+  (0.005 to 0.27 s), k-means (4,096 or 1,024 clusters, 64 dims, 10 iterations) of 10,000
+  and 20,000 images (0.55 to 2.24 s), the weighted Ward tree of 1,024 and 4,096
+  micro-clusters (0.05, 1.58 s);
+- the 2-D maps: ``project_2d`` PCA of 1,000 x 512, 4,000 x 64 / 512 / 2,048 (0.012 to
+  6.3 s) and UMAP of 500 x 64, 2,000 x 64 / 512, 4,000 x 64 / 512 (0.61 to 17.1 s);
+  ActiVis' ``Projection`` (t-SNE, UMAP, PCA) of 500 x 64, 1,500 x 512 and 3,000 x 512
+  (t-SNE 0.65 / 2.38 / 8.41 s, UMAP 0.64 / 3.32 / 10.65 s, PCA under 0.13 s). The first
+  UMAP of a server process imports and compiles umap: 10.2 to 11.4 s more;
+- one pass over stored activations or profiles: ``ActivationMatrix.fit`` of 5,000 x 64 to
+  100,000 x 128 float16 (1.4 to 48 ms), ``NAPs.fit`` (0.2 to 33 ms), the mean profiles and
+  a reference set's statistics of 5,000 x 500 and 20,000 x 2,000 (4 to 176 ms),
+  ``FailureModes.fit`` of 300 x 500 and 1,000 x 4,800 (14, 142 ms); the topographic
+  layout (``TopographicLayout.fit``) of 8 x 64, 36 x 256 and 36 x 512 NAPs (0.07 to 0.89 s;
+  1,000 relaxation steps of 64 to 512 channels 0.7 ns per channel pair and step);
+- one image's Filter saliency (``FilterSaliency.fit``) and masking
+  (``MaskingExperiment.fit``) with the tiny CNN and resnet18: 5.4 ms and 0.69 s, 4.0 ms
+  and 0.47 s.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from core.errors import BiasLensError
+from core.methods.activis import PCA_DIMS
+from core.methods.spotlight import FULL_SEARCH_ENTRIES, MIN_SEARCH_DIMS, SEARCH_ENTRIES
 from core.models import LoadedModel
 from core.torchscript import ScriptedModel
 
@@ -71,6 +109,53 @@ PROBE_STEP_S = 3.56e-5
 PROBE_VALUE_S = 4.52e-9
 PROBE_GROUP_VALUE_S = 1.30e-10
 PROBE_COPY_S = 1.53e-8
+# The spotlight search: per Adam step; per step, per image x searched coordinate; per
+# spotlight, per image; per value of the representation (copy, centring, projection).
+SPOTLIGHT_STEP_S = 4.3e-4
+SPOTLIGHT_STEP_VALUE_S = 4.0e-10
+SPOTLIGHT_IMAGE_S = 2.5e-6
+SPOTLIGHT_VALUE_S = 5.0e-9
+# Principal directions: a covariance per row x d^2, its eigendecomposition per d^3; a thin
+# SVD per (long side) x (short side)^2 and per (short side)^3.
+COVARIANCE_S = 2.0e-11
+EIGH_S = 3.0e-10
+SVD_S = 2.3e-10
+SVD_CUBE_S = 4.4e-10
+# UDIS: scipy's Ward linkage per pair of images, and per pair and dimension; k-means per
+# image x cluster x dimension x iteration; the randomised PCA before it per image x d x
+# kept dimension; the weighted Ward tree per pair of micro-clusters, and per pair and
+# micro-cluster; the silhouette sample's distances per pair, and per pair and dimension; a
+# silhouette score per pair; cutting the tree per leaf.
+WARD_PAIR_S = 3.1e-8
+WARD_PAIR_VALUE_S = 4.7e-10
+KMEANS_S = 4.0e-11
+REDUCE_S = 2.0e-9
+WEIGHTED_WARD_PAIR_S = 2.0e-8
+WEIGHTED_WARD_PAIR_LEAF_S = 1.8e-11
+DISTANCE_PAIR_S = 4.0e-9
+DISTANCE_PAIR_VALUE_S = 3.0e-11
+SILHOUETTE_PAIR_S = 2.7e-9
+CUT_LEAF_S = 4.7e-6
+# 2-D embeddings: per point and per pair of points (and per pair and dimension for UMAP's
+# exact neighbours); the first UMAP of a process imports and compiles umap (numba).
+UMAP_POINT_S = 8.4e-4
+UMAP_PAIR_S = 7.3e-7
+UMAP_PAIR_VALUE_S = 1.5e-10
+UMAP_FIRST_S = 11.0
+TSNE_POINT_S = 9.9e-4
+TSNE_PAIR_S = 6.05e-7
+RELAX_S = 7.0e-10  # the topographic layout's relaxation, per channel pair and step
+# One pass over stored values (float16 activations or profiles), per value.
+MATRIX_VALUE_S = 3.5e-9  # ActiVis' activation matrix
+NAPS_VALUE_S = 2.0e-9
+MEANS_VALUE_S = 2.3e-9  # the mean profiles of the correct and misclassified images
+REFERENCE_VALUE_S = 4.4e-9  # a reference subset's mean and deviation (its rows gathered)
+MODES_S, MODES_VALUE_S = 9.6e-3, 2.76e-8  # the failure modes: once, and per profile value
+PASS_S = 1.0e-3  # a run's fixed cost (checks, bookkeeping)
+# One image's Filter saliency (profile, boosted gradient, map) and masking experiment:
+# a fixed cost plus this many saliency profiles of the image.
+IMAGE_SALIENCY = (4.7e-3, 3.3)
+MASKING = (3.5e-3, 2.25)
 
 
 class HostedLimit(BiasLensError):
@@ -189,6 +274,182 @@ def probe_seconds(images: int, dims: Sequence[int], n_groups: int, seeds: int, e
         total += (PROBE_LAYER_S + PROBE_COPY_S * seeds * images * d
                   + epochs * (PROBE_STEP_S * steps * probes + PROBE_VALUE_S * values + PROBE_GROUP_VALUE_S * values * n_groups))
     return total
+
+
+# --------------------------------------------------------------------------- the methods' runs
+
+
+def _eigen_seconds(rows: int, d: int) -> float:
+    """Principal directions of ``rows`` x ``d`` values: their covariance, its eigenvectors."""
+    return COVARIANCE_S * rows * d * d + EIGH_S * d**3
+
+
+def spotlight_seconds(n: int, d: int, n_spotlights: int = 1, steps: int = 1000, precision: str = "spherical",
+                      pca: int | None = None, start: str = "best", search_dims: int | str | None = "auto",
+                      **_other: Any) -> float:
+    """The spotlight search (``Spotlight.fit``) over ``n`` images of ``d`` dims on a CPU, from
+    its parameters (pass ``**spotlight.get_params()``; the others do not change the time).
+    Each spotlight runs ``steps`` Adam steps of the zero start and half as many of the
+    high-loss start ("best"), each a pass over n images x the searched coordinates: all d,
+    the PCA's components, or the top principal directions on large problems (as
+    ``Spotlight._search_dims`` picks them on a CPU)."""
+    n, d = max(int(n), 1), max(int(d), 1)
+    seconds = SPOTLIGHT_VALUE_S * n * d
+    if pca is not None and 0 < int(pca) < d:
+        seconds += _eigen_seconds(n, d) + SPOTLIGHT_VALUE_S * n * int(pca)
+        d = int(pca)
+    dims = search_dims
+    if dims == "auto":
+        dims = None if n * d <= FULL_SEARCH_ENTRIES else max(MIN_SEARCH_DIMS, SEARCH_ENTRIES // n - 4)
+    q = d
+    if dims is not None and precision == "spherical" and int(dims) + 2 < d:
+        q = int(dims) + 2
+        seconds += _eigen_seconds(min(n, 4096), d) + SPOTLIGHT_VALUE_S * n * q
+    coordinates = q + 3 if precision == "spherical" else 2 * q + 1
+    runs = {"best": 1.5, "zero": 1.0, "high-loss": 1.0}.get(str(start), 1.5) * max(int(steps), 1)
+    per_spotlight = runs * (SPOTLIGHT_STEP_S + SPOTLIGHT_STEP_VALUE_S * n * coordinates) + SPOTLIGHT_IMAGE_S * n
+    return PASS_S + seconds + max(int(n_spotlights), 1) * per_spotlight
+
+
+def spotlight_held_out_seconds(n: int, d: int, **params: Any) -> float:
+    """The split-half check of the spotlights (``core.score.spotlight_held_out``): the search
+    on half the images, then the found kernels on every image."""
+    spotlights = max(int(params.get("n_spotlights", 1)), 1)
+    return spotlight_seconds(max(int(n) // 2, 1), d, **params) + SPOTLIGHT_VALUE_S * int(n) * int(d) * spotlights
+
+
+def udis_seconds(n: int, d: int, max_cuts: int = 40, silhouette_sample: int = 4000, exact_limit: int = 5000,
+                 micro_clusters: int = 4096, micro_dims: int = 64, micro_iterations: int = 10, **_other: Any) -> float:
+    """UDIS (``UDIS.fit``) over ``n`` images of ``d`` dims, from its parameters (pass
+    ``**udis.get_params()``): the Ward tree (exact up to ``exact_limit`` images, else k-means
+    micro-clusters and their weighted tree), then up to ``max_cuts`` silhouette scores on a
+    sample of ``silhouette_sample`` images."""
+    n, d = max(int(n), 1), max(int(d), 1)
+    if n <= int(exact_limit):
+        leaves = n
+        tree = n * (n - 1) / 2 * (WARD_PAIR_S + WARD_PAIR_VALUE_S * d)
+    else:
+        leaves = min(int(micro_clusters), n // 2)
+        kept = min(d, int(micro_dims))
+        tree = (REDUCE_S * n * d * kept if d > int(micro_dims) else 0.0) \
+            + KMEANS_S * n * leaves * kept * int(micro_iterations) \
+            + leaves * leaves * (WEIGHTED_WARD_PAIR_S + WEIGHTED_WARD_PAIR_LEAF_S * leaves)
+    s = min(int(silhouette_sample), n)
+    cuts = s * s * (DISTANCE_PAIR_S + DISTANCE_PAIR_VALUE_S * d) \
+        + int(max_cuts) * (SILHOUETTE_PAIR_S * s * s + CUT_LEAF_S * leaves)
+    return PASS_S + tree + cuts
+
+
+def udis_held_out_seconds(n: int, d: int, **params: Any) -> float:
+    """The split-half check of UDIS's subgroups (``core.score.udis_held_out``): UDIS on half
+    the images, then each image's nearest subgroup."""
+    return udis_seconds(max(int(n) // 2, 1), d, **params) + SPOTLIGHT_VALUE_S * int(n) * int(d)
+
+
+def svd_seconds(n: int, d: int) -> float:
+    """A thin SVD (or PCA) of ``n`` x ``d`` values."""
+    short, long = sorted((max(int(n), 1), max(int(d), 1)))
+    return SVD_S * long * short * short + SVD_CUBE_S * short**3
+
+
+def umap_seconds(n: int, d: int, first: bool | None = None) -> float:
+    """A seeded 2-D UMAP of ``n`` points of ``d`` dims. ``first``: the first in this process
+    (umap imported and compiled too); None: when umap is not imported yet."""
+    n = max(int(n), 1)
+    cold = ("umap" not in sys.modules) if first is None else first
+    return (UMAP_FIRST_S if cold else 0.0) + UMAP_POINT_S * n + n * n * (UMAP_PAIR_S + UMAP_PAIR_VALUE_S * max(int(d), 1))
+
+
+def tsne_seconds(n: int) -> float:
+    """scikit-learn's Barnes-Hut t-SNE (500 iterations) of ``n`` points of at most 50 dims."""
+    n = max(int(n), 1)
+    return TSNE_POINT_S * n + TSNE_PAIR_S * n * n
+
+
+def map_seconds(n: int, d: int, method: str) -> float:
+    """A 2-D map of ``n`` points of ``d`` dims (``core.summary.project_2d``): PCA or UMAP on
+    the raw dimensions."""
+    if method == "umap":
+        return PASS_S + umap_seconds(n, d)
+    return PASS_S + svd_seconds(n, d)
+
+
+def projection_seconds(n: int, d: int, method: str = "tsne", max_points: int = 3000, **_other: Any) -> float:
+    """ActiVis' projected view (``Projection.fit``) of ``n`` instances of ``d`` dims, from its
+    parameters: a sample of ``max_points`` at most, the first 50 principal components of
+    wider layers, then t-SNE, UMAP or PCA."""
+    k = min(max(int(n), 1), max(int(max_points), 1))
+    d = max(int(d), 1)
+    if method == "pca":
+        return PASS_S + svd_seconds(k, d)
+    reduced = svd_seconds(k, d) if d > PCA_DIMS else 0.0
+    dims = min(d, PCA_DIMS)
+    return PASS_S + reduced + (tsne_seconds(k) if method == "tsne" else umap_seconds(k, dims))
+
+
+def matrix_seconds(n: int, channels: int) -> float:
+    """ActiVis' activation matrix (``ActivationMatrix.fit``): one pass over ``n`` x ``channels``."""
+    return PASS_S + MATRIX_VALUE_S * int(n) * int(channels)
+
+
+def naps_seconds(n: int, channels: int) -> float:
+    """The groups' NAPs (``NAPs.fit``) over ``n`` rows of a layer of ``channels`` channels."""
+    return PASS_S + NAPS_VALUE_S * int(n) * int(channels)
+
+
+def topomap_seconds(groups: int, channels: int, iterations: int = 1000) -> float:
+    """The topographic layout (``TopographicLayout.fit``) of a layer's ``channels`` channels
+    from ``groups`` groups' NAPs: a UMAP of the channels, then ``iterations`` relaxation steps."""
+    c = max(int(channels), 1)
+    return PASS_S + umap_seconds(c, groups) + RELAX_S * int(iterations) * c * c
+
+
+def saliency_means_seconds(n: int, n_filters: int) -> float:
+    """The mean profiles of the correct and the misclassified images: one pass over the store."""
+    return PASS_S + MEANS_VALUE_S * int(n) * int(n_filters)
+
+
+def reference_seconds(rows: int, n_filters: int) -> float:
+    """A reference subset's mean and deviation of the profiles (``reference_stats``)."""
+    return PASS_S + REFERENCE_VALUE_S * int(rows) * int(n_filters)
+
+
+def failure_modes_seconds(images: int, columns: int) -> float:
+    """The failure modes (``FailureModes.fit``) of ``images`` misclassified images' profiles
+    on ``columns`` filters."""
+    return MODES_S + MODES_VALUE_S * int(images) * int(columns)
+
+
+def norms_seconds(images: int, n_filters: int) -> float:
+    """The neighbour search's norms of ``images`` profiles (``row_norms``): whole rows of
+    ``n_filters`` values are read, whatever range of layers is used."""
+    return PASS_S + NORMS_S_PER_VALUE * int(images) * int(n_filters)
+
+
+def neighbours_seconds(images: int, n_filters: int, columns: int | None = None) -> float:
+    """One image's nearest neighbours among ``images`` profiles of ``n_filters`` filters
+    (``nearest``), on ``columns`` of them (a range of layers; None: all). A range costs a
+    copy of each row's part: as much as the norms' pass."""
+    every = columns is None or int(columns) >= int(n_filters)
+    return PASS_S + (NEAREST_S_PER_VALUE if every else NORMS_S_PER_VALUE) * int(images) * int(n_filters)
+
+
+def image_saliency_seconds(cost: ModelCost) -> float:
+    """One image's Filter saliency (``FilterSaliency.fit``): its profile, top filters and map."""
+    overhead, profiles = IMAGE_SALIENCY
+    return overhead + profiles * profile_seconds(cost, 1)
+
+
+def masking_seconds(cost: ModelCost) -> float:
+    """The masking experiment on one image (``MaskingExperiment.fit``)."""
+    overhead, profiles = MASKING
+    return overhead + profiles * profile_seconds(cost, 1)
+
+
+def image_fine_tune_seconds(cost: ModelCost, neighbours: int, n_random: int = 5) -> float:
+    """The fine-tuning check of one image with ``neighbours`` neighbours already found
+    (``FineTuneCheck.fit``): n_random + 3 passes over the image and its neighbours."""
+    return (n_random + 3) * (1 + int(neighbours)) * _per_image(CHECK_PASS, cost)
 
 
 def duration(seconds: float) -> str:

@@ -225,14 +225,15 @@ class ResultSlots:
 
 
 class ModelCopies:
-    """Private copies of each workspace's model for the light lane.
+    """Private copies of each workspace's model, one per run that executes it.
 
-    Heavy runs use the shared model and may change it while they run (Filter saliency swaps
-    its weights through ``torch.func.functional_call``; captum's and the store's hooks sit on
-    its modules), so light work (one image's Grad-CAM, concept patches) borrows a copy of its
-    own, loaded afresh by ``make`` (never copied from the shared model, which may hold swapped
-    weights at that moment). At most ``per_model`` copies of one model exist, each used by one
-    run at a time; copies of at most ``models`` workspaces are kept (least recently used first).
+    Runs change the model they run while they go (Filter saliency swaps its weights through
+    ``torch.func.functional_call``, which other threads then see as batched tensors; captum,
+    the store build and the probes hook its modules), so no two runs may share one, and the
+    app's shared model is only read (its layers and filter shapes), never run. Each run
+    borrows a copy loaded afresh by ``make`` (never copied from another that may be running).
+    At most ``per_model`` copies of one model exist, each lent to one run at a time; copies of
+    at most ``models`` workspaces are kept (least recently used first).
     """
 
     def __init__(self, per_model: int, models: int = MAX_COPIED_MODELS) -> None:
@@ -310,7 +311,7 @@ class ServerState:
         self.throttle = PassphraseThrottle()
         self.heavy = RunQueue(default_slots())
         self.light = RunQueue(light_slots(), per_session=2)
-        self.copies = ModelCopies(self.light.slots)
+        self.copies = ModelCopies(self.light.slots + self.heavy.slots)  # every running run its own
         self.results = ResultSlots()
 
 

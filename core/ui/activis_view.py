@@ -19,6 +19,7 @@ import streamlit as st
 
 from core import matrix_rows
 from core.errors import BiasLensError, DataError
+from core.estimates import matrix_seconds, projection_seconds
 from core.methods import ActivationMatrix, Projection, instance_grid, pages_for
 from core.model_graph import ModelGraph, is_per_channel, model_graph
 from core.store import POOLS, Store
@@ -153,9 +154,9 @@ def default_detail(storable: Sequence[str]) -> str:
 
 @st.cache_resource(show_spinner="Tracing the model's graph...", max_entries=16)
 def graph_for(_ctx: PageContext, workspace_key: str, weights: str, depth: int | None) -> ModelGraph:
-    model = _ctx.model
-    return model_graph(model.module, model.input_size, model.storable_layers, model.embedding_layer,
-                       model.embedding_is_output, depth)
+    with _ctx.run_model() as model:  # tracing runs the model (hooks, ShapeProp): on its own copy
+        return model_graph(model.module, model.input_size, model.storable_layers, model.embedding_layer,
+                           model.embedding_is_output, depth)
 
 
 def status_of(layer: str | None, store: Store, storable: Sequence[str]) -> str:
@@ -218,6 +219,7 @@ def matrix_for(store: Store, layer: str, pool: str, members: Sequence[np.ndarray
     return cache.computed_once(
         "activis-matrix", store.fingerprint, key, "Averaging the activations...",
         lambda: ActivationMatrix(**params).fit(activations(store, layer, pool), list(members), list(names)),
+        expected_s=matrix_seconds(*activations(store, layer, pool).shape),
     )
 
 
@@ -226,6 +228,7 @@ def projection_for(store: Store, layer: str, pool: str, params: dict[str, Any]) 
     return cache.computed_once(
         "activis-projection", store.fingerprint, key, f"Projecting the activations ({params['method']})...",
         lambda: Projection(**params).fit(activations(store, layer, pool)),
+        expected_s=projection_seconds(*activations(store, layer, pool).shape, **params),
     )
 
 

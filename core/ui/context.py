@@ -6,6 +6,7 @@ to do and stops the page, so no page renders a traceback for a bad workspace.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -82,6 +83,14 @@ class PageContext:
     def meta(self) -> pd.DataFrame:
         assert self.store is not None
         return cache.meta_for(self.store)
+
+    def run_model(self) -> AbstractContextManager[LoadedModel]:
+        """A private copy of the model for one run (``with ctx.run_model() as model:``).
+
+        Every run that executes the model uses one: runs swap its weights
+        (torch.func.functional_call) or hook its modules while they go, so the shared
+        ``self.model`` is only read (its layers, sizes, filter shapes), never run."""
+        return cache.private_model(self.workspace, self.hosted, self.model)
 
     def subsets(self) -> SubsetRegistry:
         """The workspace's saved subsets: in the store's folder (``subsets.json``, shared by

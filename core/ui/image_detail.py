@@ -25,10 +25,10 @@ from core.methods import GradCAM, overlay
 from core.models import model_view
 from core.ui import cache
 from core.ui.context import PageContext
-from core.ui.keys import state_key
+from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
 from core.ui.widgets import how_to_read, percent
 
-REQUEST = state_key("detail", "open")  # (origin, store row) of the image whose dialog is open
+REQUEST, DRAWN = DETAIL_REQUEST, DETAIL_DRAWN  # (origin, store row) asked for; the request last drawn
 VIEW = 192
 TOP_SCORES = 5
 
@@ -40,6 +40,7 @@ def request(origin: str, row: int) -> None:
 
 def _dismissed() -> None:
     st.session_state.pop(REQUEST, None)
+    st.session_state.pop(DRAWN, None)
 
 
 def details_picker(ctx: PageContext, meta: pd.DataFrame, rows: Sequence[int] | np.ndarray, origin: str) -> None:
@@ -69,6 +70,7 @@ def show_requested(ctx: PageContext, meta: pd.DataFrame, origin: str) -> None:
     """Draw the dialog when ``origin`` asked for one (and the row still exists)."""
     wanted = st.session_state.get(REQUEST)
     if wanted and wanted[0] == origin and 0 <= wanted[1] < len(meta):
+        st.session_state[DRAWN] = wanted
         image_detail(ctx, meta, wanted[1])
         if origin.startswith("subgroups."):
             from core.ui import workshop  # late: workshop imports the context module
@@ -81,7 +83,7 @@ def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, .
     """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone),
     in the light lane on a private copy of the model (it never waits behind heavy runs)."""
     def compute() -> GradCAM:
-        with cache.private_model(ctx.workspace, ctx.hosted, ctx.model) as model:
+        with ctx.run_model() as model:
             return clone(cam).fit(model, ctx.dataset.load_image(row), targets)
 
     return cache.computed_once(

@@ -138,8 +138,9 @@ def probes_for(ctx: PageContext, groups: Groups, rows: np.ndarray, layers: tuple
         check_hosted_probes(store, plan, layers, probes)
 
     def compute() -> LinearProbes:
-        return fit_probes(store, ctx.model, ctx.dataset, groups, rows, layers, mode, probes, progress,
-                          max_new_bytes=HOSTED_REQUEST_DISK_BYTES if ctx.hosted else None)
+        with ctx.run_model() as model:
+            return fit_probes(store, model, ctx.dataset, groups, rows, layers, mode, probes, progress,
+                              max_new_bytes=HOSTED_REQUEST_DISK_BYTES if ctx.hosted else None)
 
     key = cache.run_key(groups_key(groups), scope_digest(rows), layers, mode, probes.get_params())
     return cache.computed_once("probes", store.fingerprint, key, "The linear probes", compute, expected_s=plan.seconds)

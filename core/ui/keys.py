@@ -16,3 +16,9 @@ def state_key(page: str, name: str, *scope: object) -> str:
         raise ValueError(f"Unknown page {page!r} for a session-state key; use one of {PAGES}.")
     key = f"{page}.{name}"
     return key + "".join(f":{part}" for part in scope)
+
+
+# The image-details dialog: (origin, store row) asked for, and the request last drawn (read by
+# core/ui/image_detail.py, which draws it, and core/ui/workshop.py, whose polling may handle the click).
+DETAIL_REQUEST = state_key("detail", "open")
+DETAIL_DRAWN = state_key("detail", "drawn")

@@ -46,7 +46,7 @@ from core.methods import (
     failure_mode_scorecard,
 )
 from core.methods.saliency import TOUR_MARGIN, curves_summary, tour_error
-from core.models import make_transform
+from core.models import LoadedModel, make_transform
 from core.saliency_store import SaliencyProfiles, build_profiles, find_profiles, nearest, row_norms
 from core.scorecard import scorecard
 from core.store import Store
@@ -129,10 +129,11 @@ def build(ctx: PageContext, layers: list[str] | None, progress: Callable[[int, i
     """Compute (or resume) the dataset's profiles, then keep them opened."""
     store = ctx.store
     assert store is not None
-    built = build_profiles(
-        store, ctx.model, ctx.dataset, layers, batch_size=32,
-        progress=lambda done, total: progress(done, total, "Per-sample gradients"), notice=notice,
-    )
+    with ctx.run_model() as model:
+        built = build_profiles(
+            store, model, ctx.dataset, layers, batch_size=32,
+            progress=lambda done, total: progress(done, total, "Per-sample gradients"), notice=notice,
+        )
     _opened()[(store.fingerprint, tuple(store.layers), None if layers is None else tuple(layers))] = built
     return built
 
@@ -245,6 +246,12 @@ def image_tensor(ctx: PageContext, rows: Sequence[int]) -> torch.Tensor:
     return torch.stack([transform(ctx.dataset.load_image(int(r))) for r in rows])
 
 
+def on_copy(ctx: PageContext, fit: Callable[[LoadedModel], T]) -> T:
+    """``fit`` run on a private copy of the model (``PageContext.run_model``)."""
+    with ctx.run_model() as model:
+        return fit(model)
+
+
 def _image_key(profiles: SaliencyProfiles, ref: str, row: int, params: dict[str, Any], *more: Any) -> str:
     return cache.run_key(profile_id(profiles), ref, int(row), params, *more)
 
@@ -257,7 +264,8 @@ def saliency_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: 
         check_saliency_request(k=int(estimator.k or 0))
     return cache.computed_once(
         "saliency-image", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "The input-space map",
-        lambda: clone(estimator).fit(ctx.model, ctx.dataset.load_image(row), label, mu, sigma, profiles.index),
+        lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, ctx.dataset.load_image(row), label, mu, sigma,
+                                                                profiles.index)),
     )
 
 
@@ -266,7 +274,8 @@ def turn_off_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: 
     """Turning-off curves of one image, fitted once (a clone)."""
     return cache.computed_once(
         "saliency-turnoff", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "Turning filters off",
-        lambda: clone(estimator).fit(ctx.model, image_tensor(ctx, [row]), np.array([label]), z[None], profiles.index),
+        lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, image_tensor(ctx, [row]), np.array([label]), z[None],
+                                                                profiles.index)),
     )
 
 
@@ -277,8 +286,8 @@ def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: i
     key = _image_key(profiles, ref, row, estimator.get_params(), fitted.get_params())
     return cache.computed_once(
         "saliency-masking", ctx.store.fingerprint, key, "The masking experiment",
-        lambda: clone(estimator).fit(ctx.model, ctx.dataset.load_image(row), label, fitted.map_, mu, sigma,
-                                     profiles.index, fitted.top_),
+        lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, ctx.dataset.load_image(row), label, fitted.map_,
+                                                                mu, sigma, profiles.index, fitted.top_)),
     )
 
 
@@ -292,9 +301,10 @@ def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label:
     key = _image_key(profiles, ref, row, estimator.get_params(), [int(r) for r in neighbours])
     return cache.computed_once(
         "saliency-finetune", ctx.store.fingerprint, key, "The fine-tuning check",
-        lambda: clone(estimator).fit(ctx.model, image_tensor(ctx, [row]), label, z, profiles.index,
-                                     image_tensor(ctx, neighbours) if len(neighbours) else None,
-                                     np.asarray(labels, dtype=np.int64) if len(neighbours) else None),
+        lambda: on_copy(ctx, lambda model: clone(estimator).fit(
+            model, image_tensor(ctx, [row]), label, z, profiles.index,
+            image_tensor(ctx, neighbours) if len(neighbours) else None,
+            np.asarray(labels, dtype=np.int64) if len(neighbours) else None)),
     )
 
 
@@ -340,6 +350,10 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
         check_image_run(len(rows), seconds, "Turning filters off")
 
     def compute() -> pd.DataFrame:
+        with ctx.run_model() as model:
+            return summarise(model)
+
+    def summarise(model: LoadedModel) -> pd.DataFrame:
         parts = []
         for start in range(0, len(rows), batch):
             present = readable(ctx, rows[start : start + batch])  # images lost since the store was built are left out
@@ -348,7 +362,7 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
                 progress(start, len(rows), "Turning filters off")
             if not len(part):
                 continue
-            fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, part), part_labels,
+            fitted = clone(estimator).fit(model, image_tensor(ctx, part), part_labels,
                                           profiles.z(part, mu, sigma), profiles.index)
             curves = fitted.curves_.copy()
             curves["image"] += start
@@ -398,7 +412,11 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
     store = ctx.store
     errors = np.flatnonzero(~cache.meta_for(store)["correct"].to_numpy())
 
-    def compute() -> pd.DataFrame:  # runs inside one queued run: no nested computed_once
+    def compute() -> pd.DataFrame:
+        with ctx.run_model() as model:
+            return checks(model)
+
+    def checks(model: LoadedModel) -> pd.DataFrame:  # runs inside one queued run: no nested computed_once
         affine = profiles.z_affine(mu, sigma)
         norms = row_norms(profiles.profiles, columns, affine)
         frames = []
@@ -410,7 +428,7 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
             near, _ = nearest(profiles.profiles, profiles.z([int(row)], mu, sigma)[0], k=estimator.n_neighbours,
                               columns=columns, rows=errors, query_row=int(row), affine=affine, norms=norms)
             near = near[readable(ctx, near)]
-            fitted = clone(estimator).fit(ctx.model, image_tensor(ctx, [int(row)]), int(labels[i]),
+            fitted = clone(estimator).fit(model, image_tensor(ctx, [int(row)]), int(labels[i]),
                                           profiles.z([int(row)], mu, sigma)[0], profiles.index,
                                           image_tensor(ctx, near) if len(near) else None,
                                           cache.meta_for(store)["label_idx"].to_numpy()[near] if len(near) else None)

@@ -17,6 +17,7 @@ import streamlit as st
 from sklearn.base import clone
 
 from core.cohorts import equals_filter
+from core.estimates import map_seconds, spotlight_held_out_seconds, spotlight_seconds
 from core.methods import Spotlight, SpotlightFit
 from core.score import spotlight_held_out
 from core.stats import bootstrap_ci
@@ -54,6 +55,13 @@ def _run_key(representation: str, spotlight: Spotlight, scope: np.ndarray | None
     return cache.run_key(representation, spotlight.get_params(), "scope", scope_digest(scope))
 
 
+def search_size(store: Store, representation: str, scope: np.ndarray | None = None) -> tuple[int, int]:
+    """(images, dims) a run searches: the representation's shape, its rows limited to the
+    scope (read from the memory map's header, nothing loaded)."""
+    n, d = store.representation(representation).shape
+    return (int(n) if scope is None else len(scope)), int(d)
+
+
 def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scope: np.ndarray | None = None) -> Spotlight:
     """The fitted spotlights of these inputs: cached, or found now with a progress bar.
 
@@ -79,7 +87,8 @@ def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scop
             fitted.spotlights_ = [replace(f, weights=expand(f.weights, scope, len(losses))) for f in fitted.spotlights_]
             return fitted
 
-        return cache.computed_once("spotlight", store.fingerprint, key, "The spotlight search", compute)
+        expected = spotlight_seconds(*search_size(store, representation, scope), **spotlight.get_params())
+        return cache.computed_once("spotlight", store.fingerprint, key, "The spotlight search", compute, expected_s=expected)
 
     return run_with_progress(
         "Shining the spotlights...", work, lambda fitted: f"{len(fitted.spotlights_)} spotlight(s) in {fitted.seconds_:.1f} s",
@@ -102,7 +111,9 @@ def held_out_for(
         return spotlight_held_out(x, losses, correct, spotlight)
 
     def run() -> pd.DataFrame:
-        return cache.computed_once("spotlight-split-half", store.fingerprint, key, "The held-out confirmation", compute)
+        expected = spotlight_held_out_seconds(*search_size(store, representation, scope), **spotlight.get_params())
+        return cache.computed_once("spotlight-split-half", store.fingerprint, key, "The held-out confirmation", compute,
+                                   expected_s=expected)
 
     return cache.cached_result("spotlight-split-half", store.fingerprint, key), run
 
@@ -129,7 +140,8 @@ def representation_map(store: Store, representation: str, method: str, rows: tup
         return project_2d(np.asarray(x[np.asarray(rows, dtype=np.int64)]), method)
 
     key = cache.run_key(representation, method, rows)
-    return cache.computed_once("map", store.fingerprint, key, f"The {method.upper()} map", compute)
+    expected = map_seconds(len(rows), search_size(store, representation)[1], method)
+    return cache.computed_once("map", store.fingerprint, key, f"The {method.upper()} map", compute, expected_s=expected)
 
 
 def trace_frame(result: Spotlight) -> pd.DataFrame:

@@ -31,10 +31,11 @@ def run_build(ctx: PageContext, layers: list[str], label: str) -> None:
     """
 
     def work(progress: Progress) -> None:
-        build_store(
-            ctx.workspace.name, ctx.model, ctx.dataset, layers,
-            batch_size=ctx.workspace.batch_size, num_workers=ctx.workspace.num_workers, progress=progress,
-        )
+        with ctx.run_model() as model:
+            build_store(
+                ctx.workspace.name, model, ctx.dataset, layers,
+                batch_size=ctx.workspace.batch_size, num_workers=ctx.workspace.num_workers, progress=progress,
+            )
 
     try:
         run_with_progress(label, work, lambda _: "Activation store ready", unit="image")

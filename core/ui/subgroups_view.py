@@ -15,6 +15,7 @@ import streamlit as st
 from sklearn.base import clone
 
 from core.errors import BiasLensError
+from core.estimates import udis_held_out_seconds, udis_seconds
 from core.methods import (
     CLUSTER_THRESHOLD,
     UDIS,
@@ -61,7 +62,9 @@ def subgroups_for(store: Store, udis: UDIS, scope: np.ndarray | None = None) -> 
         return fitted
 
     key = cache.run_key(udis.get_params()) if scope is None else cache.run_key(udis.get_params(), "scope", scope_digest(scope))
-    return cache.computed_once("subgroups", store.fingerprint, key, "The clustering", compute)
+    n, d = store.representation("embedding").shape
+    expected = udis_seconds(int(n) if scope is None else len(scope), int(d), **udis.get_params())
+    return cache.computed_once("subgroups", store.fingerprint, key, "The clustering", compute, expected_s=expected)
 
 
 def held_out_for(
@@ -79,7 +82,10 @@ def held_out_for(
         return udis_held_out(x, correct, udis, threshold)
 
     def run() -> pd.DataFrame:
-        return cache.computed_once("split-half", store.fingerprint, key, "The held-out confirmation", compute)
+        n, d = store.representation("embedding").shape
+        expected = udis_held_out_seconds(int(n) if scope is None else len(scope), int(d), **udis.get_params())
+        return cache.computed_once("split-half", store.fingerprint, key, "The held-out confirmation", compute,
+                                   expected_s=expected)
 
     return cache.cached_result("split-half", store.fingerprint, key), run
 
@@ -115,7 +121,7 @@ def concept_patches_for(ctx: PageContext, neurons: tuple[Neuron, ...]) -> dict[N
         if missing:
             centre = np.asarray(store.representation("embedding")).mean(axis=0)
             with cache.queued("The concept patches", cache.LIGHT), \
-                    cache.private_model(ctx.workspace, ctx.hosted, ctx.model) as model:
+                    ctx.run_model() as model:
                 finder = ConceptPatchFinder().fit(
                     model, ctx.dataset, missing, lambda layer: store.representation(f"{layer}:max"),
                     embedding_centre=centre,
@@ -145,8 +151,8 @@ def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key
     origin = f"subgroups.{key}"  # a Subgroups origin ticks the workshop's Grad-CAM step
 
     def cam_button(col: Any, rec: dict[str, Any]) -> None:
-        if col.button("CAM", key=f"{key}:{rec['row']}", help="Open this image's details and Grad-CAM", width="stretch"):
-            image_detail.request(origin, int(rec["row"]))
+        col.button("CAM", key=f"{key}:{rec['row']}", help="Open this image's details and Grad-CAM", width="stretch",
+                   on_click=image_detail.request, args=(origin, int(rec["row"])))  # a callback: never lost to another run
 
     gallery(ctx, meta, rows, columns=columns, size=THUMB, below=cam_button, details=False)
     image_detail.show_requested(ctx, meta, origin)

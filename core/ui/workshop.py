@@ -34,7 +34,7 @@ import streamlit as st
 from core.errors import BiasLensError
 from core.server import SERVER, WorkshopSnapshot
 from core.ui import visitor
-from core.ui.keys import state_key
+from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
 from core.ui.widgets import how_to_read, percent
 from core.workshop import random_baseline, score_finding, student_view
 from core.workspace import Workspace, WorkspaceList
@@ -45,6 +45,7 @@ VISITED = state_key("workshop", "visited")
 PASSPHRASE_BOX = state_key("workshop", "passphrase")
 REFUSED = state_key("workshop", "refused")
 SEEN = state_key("workshop", "seen")  # the workshop state version this page shows
+NUDGED = state_key("workshop", "nudged")  # the last details request a poll reran the page for
 
 
 def check_key(workspace_key: str) -> str:
@@ -280,11 +281,20 @@ def mark_visited() -> None:
 def _live(listing: WorkspaceList, workspace_key: str) -> None:
     """Polls the server's workshop state: when the instructor changed it since this page was
     drawn, the whole page reruns (so a reveal, hide or mode switch reaches every open page
-    without a reload); otherwise only the steps are redrawn (a step ticked in a dialog shows)."""
+    without a reload); otherwise only the steps are redrawn (a step ticked in a dialog shows).
+    A details dialog whose click this poll's run handled (its gallery fragment did not run)
+    is drawn by one page rerun."""
     version = _state().version
     seen = st.session_state.setdefault(SEEN, version)
     if version != seen:
         st.session_state[SEEN] = version
+        st.rerun(scope="app")
+    asked = st.session_state.get(DETAIL_REQUEST)
+    if not asked or asked == st.session_state.get(DETAIL_DRAWN):
+        st.session_state.pop(NUDGED, None)  # drawn or closed: a later click may need a nudge again
+    elif asked != st.session_state.get(NUDGED):
+        # a CAM click this poll's run took over: its gallery fragment did not run to draw the dialog
+        st.session_state[NUDGED] = asked
         st.rerun(scope="app")
     if workshop_on(listing):
         steps_panel(workspace_key)
