@@ -23,7 +23,7 @@ import streamlit as st
 from PIL import Image
 from sklearn.base import clone
 
-from core.estimates import HOSTED_REQUEST_DISK_BYTES
+from core.estimates import HOSTED_REQUEST_DISK_BYTES, naps_seconds, topomap_seconds
 from core.groups import Groups, build_groups, default_group_columns, groups_from_subsets
 from core.methods import LinearProbes, NAPs, TopographicLayout, topomap
 from core.prepare import (
@@ -229,7 +229,9 @@ def curves_chart(curves: pd.DataFrame) -> alt.Chart:
 def naps_for(store: Store, groups: Groups, rows: np.ndarray, layer: str) -> NAPs:
     """NAPs of the groups in one layer over these rows (the store's mean-pooled channels), once."""
     key = cache.run_key(groups_key(groups), scope_digest(rows), layer)
-    return cache.computed_once("naps", store.fingerprint, key, "The NAPs", lambda: group_naps(store, groups, rows, layer))
+    channels = store.representation(f"{layer}:mean").shape[1]
+    return cache.computed_once("naps", store.fingerprint, key, "The NAPs", lambda: group_naps(store, groups, rows, layer),
+                               expected_s=naps_seconds(len(rows), channels))
 
 
 def layout_for(store: Store, groups: Groups, rows: np.ndarray, layer: str, naps: NAPs, seed: int) -> TopographicLayout:
@@ -243,7 +245,8 @@ def layout_for(store: Store, groups: Groups, rows: np.ndarray, layer: str, naps:
         if prepared is not None:
             return prepared
     return cache.computed_once("topomap", store.fingerprint, key, "The topographic layout",
-                               lambda: clone(layout).fit(naps.naps_))
+                               lambda: clone(layout).fit(naps.naps_),
+                               expected_s=topomap_seconds(*naps.naps_.shape, iterations=int(layout.iterations)))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

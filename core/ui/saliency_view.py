@@ -29,10 +29,18 @@ from core.estimates import (
     check_image_run,
     check_saliency_request,
     duration,
+    failure_modes_seconds,
     fine_tune_seconds,
+    image_fine_tune_seconds,
+    image_saliency_seconds,
+    masking_seconds,
     model_cost,
+    neighbours_seconds,
+    norms_seconds,
     on_this_server,
     profile_seconds,
+    reference_seconds,
+    saliency_means_seconds,
     turn_off_seconds,
 )
 from core.filters import FilterIndex, conv_filters, resolve_method
@@ -150,6 +158,7 @@ def reference_stats(store: Store, profiles: SaliencyProfiles, rows: np.ndarray |
     mu, sigma = cache.computed_once(
         "saliency-reference", store.fingerprint, cache.run_key(profile_id(profiles), ref),
         "The reference statistics", lambda: profiles.reference_stats(rows),
+        expected_s=reference_seconds(len(np.unique(rows)), profiles.n_filters),
     )
     return mu, sigma, ref
 
@@ -174,7 +183,8 @@ def mean_profiles(store: Store, profiles: SaliencyProfiles, correct: np.ndarray,
         return {g: sums[g] / counts[g] for g in sums if counts[g]}
 
     return cache.computed_once("saliency-means", store.fingerprint, cache.run_key(profile_id(profiles)),
-                               "The mean profiles", compute)
+                               "The mean profiles", compute,
+                               expected_s=saliency_means_seconds(profiles.n, profiles.n_filters))
 
 
 def per_layer_points(index: FilterIndex) -> int:
@@ -266,6 +276,7 @@ def saliency_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: 
         "saliency-image", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "The input-space map",
         lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, ctx.dataset.load_image(row), label, mu, sigma,
                                                                 profiles.index)),
+        expected_s=image_saliency_seconds(model_cost(ctx.model)),
     )
 
 
@@ -276,6 +287,7 @@ def turn_off_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: 
         "saliency-turnoff", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "Turning filters off",
         lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, image_tensor(ctx, [row]), np.array([label]), z[None],
                                                                 profiles.index)),
+        expected_s=turn_off_seconds(model_cost(ctx.model), 1, int(estimator.max_k), int(estimator.n_random)),
     )
 
 
@@ -288,6 +300,7 @@ def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: i
         "saliency-masking", ctx.store.fingerprint, key, "The masking experiment",
         lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, ctx.dataset.load_image(row), label, fitted.map_,
                                                                 mu, sigma, profiles.index, fitted.top_)),
+        expected_s=masking_seconds(model_cost(ctx.model)),
     )
 
 
@@ -305,6 +318,7 @@ def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label:
             model, image_tensor(ctx, [row]), label, z, profiles.index,
             image_tensor(ctx, neighbours) if len(neighbours) else None,
             np.asarray(labels, dtype=np.int64) if len(neighbours) else None)),
+        expected_s=image_fine_tune_seconds(model_cost(ctx.model), len(neighbours), int(estimator.n_random)),
     )
 
 
@@ -324,7 +338,7 @@ def neighbours_for(store: Store, profiles: SaliencyProfiles, row: int, stats: tu
     cols_key = scope_digest(columns)
     norms = cache.computed_once(
         "saliency-norms", store.fingerprint, cache.run_key(pid, ref, cols_key), "The saliency-space norms",
-        lambda: row_norms(profiles.profiles, columns, affine),
+        lambda: row_norms(profiles.profiles, columns, affine), expected_s=norms_seconds(profiles.n, profiles.n_filters),
     )
     cand_key = None if candidates is None else scope_digest(candidates)
     return cache.computed_once(
@@ -332,6 +346,8 @@ def neighbours_for(store: Store, profiles: SaliencyProfiles, row: int, stats: tu
         "The saliency-space neighbours",
         lambda: nearest(profiles.profiles, profiles.z([row], mu, sigma)[0], k=k, columns=columns, rows=candidates,
                         query_row=row, affine=affine, norms=norms),
+        expected_s=neighbours_seconds(profiles.n if candidates is None else len(candidates), profiles.n_filters,
+                                      len(columns)),
     )
 
 
@@ -452,6 +468,7 @@ def failure_modes_for(store: Store, profiles: SaliencyProfiles, rows: np.ndarray
     return cache.computed_once(
         "saliency-modes", store.fingerprint, key, "The failure modes",
         lambda: clone(estimator).fit(profiles.z(rows, mu, sigma), rows, profiles.index, columns),
+        expected_s=failure_modes_seconds(len(rows), len(columns)),
     )
 
 
