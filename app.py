@@ -11,7 +11,7 @@ _loading = st.empty()
 if "core.ui.context" not in sys.modules:
     _loading.info(":material/hourglass_top: Starting BiasLens: loading the model libraries (about 10 s the first time)...")
 
-from core.server import start_stats_writer  # noqa: E402
+from core.server import freeze_imports, start_stats_writer  # noqa: E402
 from core.ui import visitor, workshop  # noqa: E402  (heavy: after the loading message)
 from core.ui.context import ignore_clear_cache_when_hosted, sidebar_picker, workspace_list  # noqa: E402
 
@@ -32,6 +32,7 @@ WORKSHOP_PAGE = st.Page(workshop.PAGE_PATH, title="Workshop: check my finding", 
 listing = workspace_list()
 ignore_clear_cache_when_hosted()
 start_stats_writer()  # only with $BIASLENS_STATS_FILE (bench/load.py)
+freeze_imports()  # the libraries never need collecting: full collections stay short under load
 if listing.hosted or listing.passphrase or workshop.workshop_on(listing):
     visitor.visitor_key()  # keeps ?v= in the URL, so a reload finds this visitor's work again
 pages = PAGES + ([WORKSHOP_PAGE] if workshop.workshop_on(listing) else [])

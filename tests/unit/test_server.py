@@ -151,3 +151,21 @@ def test_model_copies_forget_idle_models_and_recover_from_a_failed_load():
         pass
     assert copies.made("a") == 0 and copies.made("b") == 0 and copies.made("c") == 1
     assert kept is not None
+
+
+def test_freeze_imports_takes_the_libraries_out_of_full_collections(monkeypatch):
+    import gc
+
+    import core.server as server
+
+    monkeypatch.setattr(server, "_frozen", False)
+    calls = []
+    real = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (calls.append(1), real()))
+    try:
+        server.freeze_imports()
+        assert gc.get_freeze_count() > 10_000  # torch and the rest, imported by this test's module
+        server.freeze_imports()
+        assert len(calls) == 1  # once per process
+    finally:
+        gc.unfreeze()
