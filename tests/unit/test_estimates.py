@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -37,9 +35,7 @@ from core.prepare import ProbeRun, check_hosted_probes
 from core.probe_store import PROBES_DIR, feature_bytes, feature_dims, reduced_activations
 from core.saliency_store import build_profiles
 from core.torchscript import ScriptedModel
-from tests.support import digits_dataset, make_tiny_cnn, tiny_model
-
-FACTOR = 3.0  # an estimate must lie within this factor of the measured time
+from tests.support import digits_dataset, fastest, make_tiny_cnn, tiny_model, within
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +62,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fastest(run: Callable[[], object], repeats: int = 3) -> float:
-    """The fewest CPU seconds of a few runs (CPU time: other processes on the machine do not
-    count, as they would in wall-clock time)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best
-
-
-def within(estimate: float, measured: float) -> bool:
-    return measured / FACTOR <= estimate <= measured * FACTOR
 
 
 def test_multiply_adds_are_counted_exactly_also_through_torchscript(model):

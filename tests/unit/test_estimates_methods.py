@@ -4,8 +4,7 @@ topographic layout, the saliency view's runs) against measured runs on small cas
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -52,9 +51,7 @@ from core.models import make_transform
 from core.saliency_store import SaliencyProfiles, nearest, row_norms
 from core.score import spotlight_held_out, udis_held_out
 from core.summary import project_2d
-from tests.support import digits_dataset, tiny_model
-
-FACTOR = 3.0  # an estimate must lie within this factor of the measured time
+from tests.support import digits_dataset, fastest, tiny_model, within
 
 
 @pytest.fixture(autouse=True)
@@ -68,18 +65,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def fastest(run: Callable[[], object], repeats: int = 3) -> float:
-    """The fewest CPU seconds of a few runs (other processes on the machine do not count)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best
-
-
-def within(estimate: float, measured: float) -> bool:
-    return measured / FACTOR <= estimate <= measured * FACTOR
 
 
 def clusters(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
