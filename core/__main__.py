@@ -17,12 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.config import MAX_BATCH, MAX_WORKERS
-from core.errors import BiasLensError
+from core.demo.train import train_demo
+from core.errors import BiasLensError, StoreError
+from core.extract import build_store
+from core.filters import conv_filters
+from core.models import LoadedModel, load_model
+from core.pipeline import StageTimes
+from core.ray_extract import RaySource  # Ray itself is imported only when --ray is given
+from core.saliency_store import build_profiles, size_message
+from core.sources import build_dataset
+from core.store import find_store
 from core.workspace import REPO_ROOT, Workspace, WorkspaceList, load_workspaces
 
 if TYPE_CHECKING:
     from core.datasets import ImageDataset
-    from core.models import LoadedModel
 
 
 def _workspaces(args: argparse.Namespace) -> WorkspaceList:
@@ -49,8 +57,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     """Print the layers of a workspace's model a store can hold."""
-    from core.models import load_model
-
     ws = _pick(_workspaces(args), args.workspace)
     model = load_model(ws.model, args.device)
     print(f"model: {model.description} on {model.device}")
@@ -65,9 +71,6 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def _opened(args: argparse.Namespace, listing: WorkspaceList) -> tuple[Workspace, LoadedModel, ImageDataset]:
     """(workspace, model, dataset) of ``args.workspace``; files the dataset skipped are noted."""
-    from core.models import load_model
-    from core.sources import build_dataset
-
     ws = _pick(listing, args.workspace)
     dataset = build_dataset(ws.dataset)
     if dataset.skipped:
@@ -79,9 +82,6 @@ def _opened(args: argparse.Namespace, listing: WorkspaceList) -> tuple[Workspace
 def cmd_build(args: argparse.Namespace) -> int:
     """Build (or resume, or extend) a workspace's activation store with a tqdm bar."""
     from tqdm import tqdm
-
-    from core.extract import build_store
-    from core.pipeline import StageTimes
 
     listing = _workspaces(args)
     ws, model, dataset = _opened(args, listing)
@@ -95,8 +95,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     times = StageTimes()
     source = None
     if args.ray is not None:
-        from core.ray_extract import RaySource
-
         source = RaySource(ws, address=args.ray or None, batch_size=args.batch_size or ws.batch_size,
                            precision=args.precision, hosted=listing.hosted)
     try:
@@ -136,12 +134,8 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     """Compute a workspace's dataset saliency profiles (kept with its store) with a tqdm bar."""
     from tqdm import tqdm
 
+    # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
     from core.estimates import model_cost, on_this_server, profile_seconds
-    from core.filters import conv_filters
-    from core.models import load_model
-    from core.saliency_store import build_profiles, size_message
-    from core.sources import build_dataset
-    from core.store import find_store
 
     listing = _workspaces(args)
     ws = _pick(listing, args.workspace)
@@ -180,6 +174,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Prepare a workspace for a hosted server: store, saliency profiles, the Intersectional
     page's default probes and layout; each step skipped when done, resumed when interrupted."""
+    # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
     from core.prepare import Preparer, parse_steps
 
     steps = parse_steps(args.only, args.skip)
@@ -200,11 +195,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     each one's scorecard beside the confusion-cell baseline, then a JSON line."""
     import json
 
-    from core.errors import StoreError
-    from core.models import load_model
-    from core.score import figures, score_store
-    from core.sources import build_dataset
-    from core.store import find_store
+    # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
+    from core.score import figures, held_out_tables, score_store
 
     listing = _workspaces(args)
     ws = _pick(listing, args.workspace)
@@ -216,8 +208,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     result = score_store(store, methods)
     held_out = {}
     if args.held_out:  # before printing anything, so that a refusal leaves no half report
-        from core.score import held_out_tables
-
         held_out = held_out_tables(store, methods)
     import pandas as pd
 
@@ -226,6 +216,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"significant groups (q < 0.05): {result['significance']}")
     print(f"slices where a method beats the baseline by >= 0.3 in P@10: {', '.join(result['beats_baseline']) or 'none'}")
     if held_out:
+        # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
         from core.significance import HELD_OUT_SHOWN
 
         for method, table in held_out.items():
@@ -238,8 +229,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_demo_train(args: argparse.Namespace) -> int:
     """Train the demo CNN on a slices file with the fixed-seed recipe."""
-    from core.demo.train import train_demo
-
     slices = Path(args.slices)
     out = Path(args.out) if args.out else REPO_ROOT / "cache" / "demo" / f"{slices.stem}.pt"
     options = {"epochs": args.epochs} if args.epochs is not None else {}

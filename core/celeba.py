@@ -24,7 +24,7 @@ from core.images import load_rgb
 from core.registry import register_dataset_kind
 
 if TYPE_CHECKING:
-    from core.sources import DatasetSpec
+    from core.specs import DatasetSpec
 
 CELEBA_SPLITS = ("train", "valid", "test", "all")
 CELEBA_FILES = (

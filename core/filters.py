@@ -22,7 +22,8 @@ reference the tests compare against and the fallback for models neither can run
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from core.errors import ModelError
+from core.torchscript import ScriptedModel
 
 SIGMA_FLOOR = 1e-14  # the authors' clamp: a filter with sigma <= 1e-14 gets sigma = 1
 MAX_BATCH_BYTES = 1 << 30  # per-sample gradients held at once on the CPU (1 GiB)
@@ -136,8 +139,6 @@ def _reduce(grads: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _is_scripted(module: nn.Module) -> bool:
     """TorchScript, raw or wrapped by ``load_model`` (whose hooks cannot replace outputs)."""
-    from core.torchscript import ScriptedModel
-
     return isinstance(module, (torch.jit.ScriptModule, ScriptedModel))
 
 
@@ -163,6 +164,25 @@ def math_attention() -> Any:
     ViT's) runs its plain math kernel: the fused CPU and GPU kernels have no double backward
     (the input-space map differentiates a gradient) and no vmap rule (per-sample gradients)."""
     return sdpa_kernel(SDPBackend.MATH)
+
+
+class _SmoothHardsigmoid(TorchFunctionMode):
+    """``F.hardsigmoid`` computed as relu6(x + 3) / 6: the same values and first derivative,
+    and a second derivative autograd can take (aten's ``hardsigmoid_backward`` has none, and
+    MobileNetV3's squeeze-and-excitation blocks use it)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func is F.hardsigmoid:
+            return F.relu6(args[0] + 3.0) / 6.0
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """A context in which the model can be differentiated twice (the input-space map
+    differentiates a gradient): attention's math kernel and a smooth hardsigmoid."""
+    with math_attention(), _SmoothHardsigmoid():
+        yield
 
 
 def _vmap_profiles(module: nn.Module, x: torch.Tensor, y: torch.Tensor, index: FilterIndex, chunk: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from core.images import is_probably_image, load_rgb
 from core.registry import register_dataset_kind
 
 if TYPE_CHECKING:
-    from core.sources import DatasetSpec
+    from core.specs import DatasetSpec
 
 # Folders that are never classes: zip artefacts from macOS.
 _IGNORED_DIRS = ("__MACOSX",)

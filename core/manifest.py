@@ -28,7 +28,7 @@ from core.images import load_rgb
 from core.registry import register_dataset_kind
 
 if TYPE_CHECKING:
-    from core.sources import DatasetSpec
+    from core.specs import DatasetSpec
 
 PATH_COLUMN_CANDIDATES = ("path", "file", "filename", "image", "img")
 

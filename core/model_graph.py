@@ -57,6 +57,7 @@ import torch
 from torch import fx, nn
 
 from core.errors import first_line
+from core.torchscript import ScriptedModel
 
 OP = "op"
 TENSOR = "tensor"
@@ -450,10 +451,6 @@ def _traced(model: nn.Module, input_size: int, depth: int | None) -> _Raw:
 
 
 def _is_scripted(model: nn.Module) -> bool:
-    try:
-        from core.torchscript import ScriptedModel
-    except Exception:  # pragma: no cover - the wrapper is part of the repo
-        return False
     return isinstance(model, ScriptedModel)
 
 

@@ -25,39 +25,9 @@ from torchvision import transforms
 import core.statedict  # noqa: F401  (registers the 'torchvision' and 'entrypoint' kinds)
 from core.errors import ModelError, first_line
 from core.layers import find_layers, is_patch_embedding, probe_forward
-from core.registry import Triple, model_loader
+from core.registry import model_loader
+from core.specs import ModelSpec, Triple
 from core.torchscript import ScriptedModel
-
-
-@dataclass
-class ModelSpec:
-    """Where a model comes from and how to feed it (one ``model`` table of a workspace).
-
-    kind: a registered model kind (core/registry.py): 'demo' | 'torchvision' |
-      'torchscript' | 'entrypoint'.
-    arch: torchvision architecture name, e.g. 'resnet18'.
-    weights: a state_dict file (torchvision, entrypoint), the TorchScript file
-      (torchscript), or demo weights replacing the shipped ones (demo).
-    pretrained: torchvision's own weights (downloaded, so the network must allow it).
-    entrypoint: 'package.module:factory' returning an nn.Module (trusted local mode only).
-    num_classes: expected number of outputs; inferred from the weights when None.
-    input_size, mean, std: input preprocessing; defaults depend on the source.
-    embedding_layer: module holding the last hidden layer (its input, or the pooled
-      output of a conv block); found automatically when None.
-    layers: conv blocks whose pooled activations the store keeps; evenly spread when None.
-    """
-
-    kind: str
-    arch: str = ""
-    weights: str = ""
-    pretrained: bool = False
-    entrypoint: str = ""
-    num_classes: int | None = None
-    input_size: int | None = None
-    mean: Triple | None = None
-    std: Triple | None = None
-    embedding_layer: str | None = None
-    layers: list[str] | None = None
 
 
 @dataclass

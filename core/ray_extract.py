@@ -25,16 +25,17 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from core.errors import BiasLensError, StoreError
+from core.hooks import ActivationRecorder
+from core.models import load_model, make_transform
 from core.pipeline import PRECISIONS, Outputs, forward_outputs
-
-if TYPE_CHECKING:
-    from core.workspace import Workspace
+from core.sources import build_dataset
+from core.workspace import REPO_ROOT, Workspace
 
 _ROW = "row"
 BATCHES_PER_BLOCK = 4  # rows handed to an actor at a time, in batches
@@ -58,10 +59,6 @@ class _Extractor:
         self, workspace: Workspace, layers: list[str], want_core: bool, precision: str, hosted: bool,
     ) -> None:
         import torch
-
-        from core.hooks import ActivationRecorder
-        from core.models import load_model, make_transform
-        from core.sources import build_dataset
 
         self.torch = torch
         self.precision = precision
@@ -95,8 +92,6 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     process can: the working directory, the repository and ``sys.path`` go into their
     PYTHONPATH (entry-point models such as ``tests.support:make_tiny_cnn``)."""
     ray = _import_ray()
-    from core.workspace import REPO_ROOT
-
     path = [os.getcwd(), str(REPO_ROOT), *[p for p in sys.path if p]]
     if os.environ.get("PYTHONPATH"):
         path.append(os.environ["PYTHONPATH"])
@@ -268,6 +263,4 @@ class RaySource:
             self.shutdown_local()
 
     def _dataset_length(self) -> int:
-        from core.sources import build_dataset
-
         return len(build_dataset(self.workspace.dataset))

@@ -22,21 +22,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from core.errors import DataError, ModelError
+from core.specs import Triple
 
 if TYPE_CHECKING:
     from torch import nn
 
     from core.datasets import ImageDataset
-    from core.models import ModelSpec
-    from core.sources import DatasetSpec
+    from core.specs import DatasetSpec, ModelSpec
 
 # The kinds a workspace may name, in the order messages list them. Each is registered by
 # the module that implements it; a new kind is added here, in core/config.py's key tables
 # and in its own module.
 MODEL_KINDS = ("demo", "torchvision", "torchscript", "entrypoint")
 DATASET_KINDS = ("demo", "imagefolder", "csv", "celeba")
-
-Triple = tuple[float, float, float]
 
 IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
 IMAGENET_STD: Triple = (0.229, 0.224, 0.225)

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from core.errors import DataError
+
 IDENTIFIED = 0.8
 
 
@@ -192,6 +194,42 @@ def domino_scorecard(
     return card[columns]
 
 
+def top_loss_rows(rows: np.ndarray, losses: np.ndarray, k: int = 10) -> np.ndarray:
+    """A subgroup's k highest-loss members, highest first: the ranking the scorecard uses."""
+    rows = np.asarray(rows)
+    order = np.argsort(-np.asarray(losses)[rows], kind="stable")
+    return rows[order[:k]]
+
+
+def confusion_cell_groups(
+    labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray, rows: np.ndarray
+) -> pd.DataFrame:
+    """The baseline: misclassified images grouped by (true -> predicted) confusion cell.
+
+    All four arrays are aligned, one entry per image (``rows`` its store row). One line per
+    cell, largest first (ties by true then predicted class): ``true``, ``predicted``,
+    ``size`` and ``rows``, the cell's store rows by loss, highest first (its first 10 are
+    the P@10 ranking, as ``top_loss_rows`` gives the Subgroups scorecard).
+    """
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    losses, rows = np.asarray(losses, dtype=np.float64), np.asarray(rows)
+    if not labels.ndim == predictions.ndim == losses.ndim == rows.ndim == 1 or not (
+        len(labels) == len(predictions) == len(losses) == len(rows)
+    ):
+        raise DataError("Give one label, prediction, loss and store row per image (1-D arrays of one length).")
+    wrong = np.flatnonzero(labels != predictions)
+    columns = ["true", "predicted", "size", "rows"]
+    if not wrong.size:
+        return pd.DataFrame(columns=columns)
+    cells = pd.DataFrame({"true": labels[wrong], "predicted": predictions[wrong], "at": wrong})
+    out = []
+    for (true, pred), cell in cells.groupby(["true", "predicted"], sort=True):
+        ranked = top_loss_rows(cell["at"].to_numpy(), losses, k=len(cell))
+        out.append({"true": true, "predicted": pred, "size": len(cell), "rows": rows[ranked]})
+    frame = pd.DataFrame(out, columns=columns)
+    return frame.sort_values("size", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def baseline_groups(meta: pd.DataFrame) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """The trivial baseline: the misclassified images grouped by confusion cell (true -> predicted).
 
@@ -201,8 +239,6 @@ def baseline_groups(meta: pd.DataFrame) -> tuple[list[str], list[np.ndarray], li
     rows. Rows are positions in ``meta`` (0..len-1), the index space of a truth matrix built
     from ``meta`` (equal to store rows when ``meta`` is the whole store in row order).
     """
-    from core.methods.saliency_search import confusion_cell_groups  # it imports this module
-
     cells = confusion_cell_groups(meta["label_idx"].to_numpy(), meta["pred_idx"].to_numpy(),
                                   meta["loss"].to_numpy(), np.arange(len(meta)))
     rankings = [np.asarray(rows, dtype=np.int64) for rows in cells["rows"]]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,48 +23,7 @@ from core import celeba, folders, manifest  # noqa: F401  (each registers its da
 from core.datasets import ImageDataset, check_missing_policy, empty_frame
 from core.errors import DataError
 from core.registry import dataset_builder
-
-
-@dataclass
-class DatasetSpec:
-    """How to find a dataset; the ``[dataset]`` part of a workspace entry.
-
-    kind: a registered dataset kind (core/registry.py): 'demo' | 'imagefolder' | 'csv' |
-      'celeba'.
-    root: image folder (imagefolder, celeba; for csv the base of relative paths,
-      default the CSV's folder).
-    csv: manifest file (csv only).
-    path_column: manifest column of image paths; empty = first of
-      PATH_COLUMN_CANDIDATES (core/manifest.py) present.
-    label_column: manifest column of class labels.
-    attribute_columns: manifest columns kept as attributes; None = all other columns.
-    missing: 'skip' drops rows whose file is missing (listed in ``skipped``), 'error'
-      raises.
-    split: celeba 'train' | 'valid' | 'test' | 'all'; demo 'train' | 'test'.
-    target: celeba attribute used as the binary label.
-    slices: demo slices TOML file; empty = the built-in one.
-    limit: keep at most this many images (a deterministic, class-mixed subset).
-    classes: the class order of the model's outputs (class k = output k); None = the
-      source's own order (sorted folder names / label values).
-    na_values: csv only: strings that mean "missing" in the path, label and attribute
-      columns (compared after trimming spaces), e.g. ['NA', 'n/a']. None = only empty or
-      whitespace-only cells are missing; pandas' own list ('NA', 'None', 'null', 'NaN',
-      ...) is never used, so a label 'None' is a class and an attribute 'NA' is text.
-    """
-
-    kind: str
-    root: str = ""
-    csv: str = ""
-    path_column: str = ""
-    label_column: str = "label"
-    attribute_columns: list[str] | None = None
-    missing: str = "skip"
-    split: str = "test"
-    target: str = "Smiling"
-    slices: str = ""
-    limit: int | None = None
-    classes: list[str] | None = None
-    na_values: list[str] | None = None
+from core.specs import DatasetSpec
 
 
 class ArrayDataset(ImageDataset):

@@ -25,7 +25,7 @@ from core.errors import ModelError, first_line
 from core.registry import BuiltModel, register_model_kind, weights_file
 
 if TYPE_CHECKING:
-    from core.models import ModelSpec
+    from core.specs import ModelSpec
 
 
 def _load_torchvision(spec: ModelSpec) -> BuiltModel:

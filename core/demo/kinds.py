@@ -13,8 +13,7 @@ from core.registry import BuiltModel, register_dataset_kind, register_model_kind
 
 if TYPE_CHECKING:
     from core.datasets import ImageDataset
-    from core.models import ModelSpec
-    from core.sources import DatasetSpec
+    from core.specs import DatasetSpec, ModelSpec
 
 
 def _load_demo_model(spec: ModelSpec) -> BuiltModel:

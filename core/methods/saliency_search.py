@@ -19,7 +19,7 @@ the data are read in row chunks: k-means runs on the unit rows themselves when t
 most ``MAX_DIMS`` columns, else on their coordinates in the top ``MAX_DIMS`` principal
 directions (an uncentred randomised SVD, seeded, read chunk by chunk: it keeps the inner
 products that carry the groups and drops the noise directions); centroids, scores and top
-filters always use every chosen column. ``confusion_cell_groups`` is the trivial baseline: one group per (true -> predicted)
+filters always use every chosen column. ``confusion_cell_groups`` (core/scorecard.py, re-exported here) is the trivial baseline: one group per (true -> predicted)
 confusion cell, ranked by loss. ``failure_mode_scorecard`` scores the groups against planted
 slices with core/scorecard.py, as the Spotlight and Subgroups pages do.
 """
@@ -39,8 +39,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from core.errors import DataError
 from core.filters import FilterIndex
-from core.methods.udis import top_loss_rows
-from core.scorecard import scorecard
+from core.scorecard import (
+    confusion_cell_groups,  # noqa: F401  (re-exported: it lived here)
+    scorecard,
+)
 
 MAX_DIMS = 64  # k-means runs on at most this many dimensions (principal directions above it)
 OVERSAMPLE = 16  # extra random directions of the randomised SVD
@@ -336,32 +338,3 @@ def failure_mode_scorecard(fitted: FailureModes, slices: pd.DataFrame, k: int = 
         group_names=[f"#{g.index}" for g in fitted.groups_], k=k,
         members=[g.rows for g in fitted.groups_],
     )
-
-
-def confusion_cell_groups(
-    labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray, rows: np.ndarray
-) -> pd.DataFrame:
-    """The baseline: misclassified images grouped by (true -> predicted) confusion cell.
-
-    All four arrays are aligned, one entry per image (``rows`` its store row). One line per
-    cell, largest first (ties by true then predicted class): ``true``, ``predicted``,
-    ``size`` and ``rows``, the cell's store rows by loss, highest first (its first 10 are
-    the P@10 ranking, as ``top_loss_rows`` gives the Subgroups scorecard).
-    """
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    losses, rows = np.asarray(losses, dtype=np.float64), np.asarray(rows)
-    if not labels.ndim == predictions.ndim == losses.ndim == rows.ndim == 1 or not (
-        len(labels) == len(predictions) == len(losses) == len(rows)
-    ):
-        raise DataError("Give one label, prediction, loss and store row per image (1-D arrays of one length).")
-    wrong = np.flatnonzero(labels != predictions)
-    columns = ["true", "predicted", "size", "rows"]
-    if not wrong.size:
-        return pd.DataFrame(columns=columns)
-    cells = pd.DataFrame({"true": labels[wrong], "predicted": predictions[wrong], "at": wrong})
-    out = []
-    for (true, pred), cell in cells.groupby(["true", "predicted"], sort=True):
-        ranked = top_loss_rows(cell["at"].to_numpy(), losses, k=len(cell))
-        out.append({"true": true, "predicted": pred, "size": len(cell), "rows": rows[ranked]})
-    frame = pd.DataFrame(out, columns=columns)
-    return frame.sort_values("size", ascending=False, kind="stable").reset_index(drop=True)

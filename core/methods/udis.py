@@ -52,6 +52,7 @@ from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.utils.validation import check_is_fitted
 
 from core.errors import BiasLensError
+from core.scorecard import top_loss_rows  # noqa: F401  (re-exported: it lived here)
 from core.stats import binary_bootstrap_ci
 
 MIN_IMAGES = 20
@@ -422,13 +423,6 @@ def subgroup_confusion(labels: np.ndarray, preds: np.ndarray, classes: int) -> n
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(labels), np.asarray(preds)), 1)
     return matrix
-
-
-def top_loss_rows(rows: np.ndarray, losses: np.ndarray, k: int = 10) -> np.ndarray:
-    """A subgroup's k highest-loss members, highest first: the ranking the scorecard uses."""
-    rows = np.asarray(rows)
-    order = np.argsort(-np.asarray(losses)[rows], kind="stable")
-    return rows[order[:k]]
 
 
 def subgroups_csv(udis: UDIS, ids: np.ndarray, threshold: float) -> bytes:

@@ -29,6 +29,7 @@ from core.ui.charts import MAX_ROWS, show_selectable
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import save_subset_form
+from core.ui.store_panel import run_build
 
 PAGE = "activis"
 GRAPH_PICK, ROW_PICK, SQUARE_PICK, POINT_PICK, POINT_BOX = "node", "row_pick", "square", "point", "box"
@@ -443,8 +444,6 @@ def _add(ctx: PageContext, store: Store, meta: pd.DataFrame, row: dict[str, Any]
 
 def not_stored(ctx: PageContext, store: Store, layer: str) -> None:
     """A storable layer that the store does not hold yet: add it (one pass over the new layer only)."""
-    from core.ui.store_panel import run_build  # late: it imports the extraction code
-
     if ctx.hosted:
         st.info(f"`{layer}` is not in this server's store; visitors cannot add layers, only whoever runs the server.")
         return

@@ -1,7 +1,7 @@
 """The app's loaders and the caching machinery every page shares.
 
-- Loaders (workspace file, model, dataset, store) are resources shared by all sessions and
-  keyed by the workspace's key (a hash of its spec).
+- Loaders (model, dataset, store) are resources shared by all sessions and keyed by the
+  workspace's key (a hash of its spec); the workspace file is read by core/ui/listing.py.
 - Store-derived data (metadata, the DuckDB view, the Overview's figures) is keyed by the
   store itself: ``STORE_HASH`` hashes a Store by its fingerprint and layers, so a rebuilt
   or extended store is a new key and only ``store_for`` needs clearing after a build.
@@ -21,7 +21,6 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -42,19 +41,14 @@ from core.stats import bootstrap_ci, slice_accuracy
 from core.store import Store, find_store
 from core.summary import attribute_accuracy, class_accuracy, confusion, intersection_accuracy
 from core.ui.keys import state_key
-from core.workspace import Workspace, WorkspaceList, load_workspaces
+from core.ui.listing import ground_truth_hidden
+from core.workspace import Workspace
 
 T = TypeVar("T")
 # A store is identified by its fingerprint and stored layers, never by its arrays.
 STORE_HASH = {Store: lambda store: (store.fingerprint, tuple(store.layers))}
 
 # --------------------------------------------------------------------------- loaders
-
-
-@st.cache_data(show_spinner=False, ttl=10)
-def workspace_list(path: str, mtime_ns: int) -> WorkspaceList:
-    """The workspace file, re-read when it changes (mtime is part of the key)."""
-    return load_workspaces(Path(path))
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
@@ -99,8 +93,6 @@ def _cohort_view(store: Store, truth: bool) -> CohortView:
 def cohort_view_for(store: Store) -> CohortView:
     """The DuckDB view over a store's (already cached) metadata, one per store; without the
     ``slice_*`` ground-truth columns while a workshop hides them (core/ui/workshop.py)."""
-    from core.ui.workshop import ground_truth_hidden  # late: workshop reads the workspace list
-
     hide = bool(store.slice_columns) and ground_truth_hidden()
     return _cohort_view(store, not hide)
 

@@ -6,35 +6,22 @@ to do and stops the page, so no page renders a traceback for a bad workspace.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-
-import pandas as pd
 import streamlit as st
 
-from core.datasets import ImageDataset
 from core.errors import BiasLensError, redact_paths
-from core.models import LoadedModel
-from core.store import Store
-from core.subsets import SubsetRegistry
-from core.ui import cache, visitor
+from core.ui import cache, workshop
 from core.ui.keys import state_key
+from core.ui.listing import workspace_list
+from core.ui.page import PageContext
 from core.workspace import (
     DEMO_NAME,
     Workspace,
-    WorkspaceList,
     default_workspaces_file,
     load_workspaces,
 )
 
 WORKSPACE_KEY = state_key("app", "workspace")
 ROUTED_KEY = state_key("app", "routed")  # set by a session's first run (see through_app)
-
-
-def workspace_list() -> WorkspaceList:
-    path = default_workspaces_file()
-    mtime = path.stat().st_mtime_ns if path.exists() else 0
-    return cache.workspace_list(str(path), mtime)
 
 
 def sidebar_picker() -> Workspace:
@@ -63,52 +50,6 @@ def sidebar_picker() -> Workspace:
     if listing.hosted:
         st.sidebar.caption("Hosted mode: registered workspaces only; stores are built ahead of time.")
     return listing.workspaces[st.session_state[WORKSPACE_KEY]]
-
-
-@dataclass
-class PageContext:
-    """The chosen workspace and what has been loaded for it."""
-
-    workspace: Workspace
-    hosted: bool
-    model: LoadedModel
-    dataset: ImageDataset
-    store: Store | None
-    _registry: SubsetRegistry | None = field(default=None, init=False, repr=False)
-
-    @property
-    def key(self) -> str:
-        return self.workspace.key()
-
-    def meta(self) -> pd.DataFrame:
-        assert self.store is not None
-        return cache.meta_for(self.store)
-
-    def run_model(self) -> AbstractContextManager[LoadedModel]:
-        """A private copy of the model for one run (``with ctx.run_model() as model:``).
-
-        Every run that executes the model uses one: runs swap its weights
-        (torch.func.functional_call) or hook its modules while they go, so the shared
-        ``self.model`` is only read (its layers, sizes, filter shapes), never run."""
-        return cache.private_model(self.workspace, self.hosted, self.model)
-
-    def subsets(self) -> SubsetRegistry:
-        """The workspace's saved subsets: in the store's folder (``subsets.json``, shared by
-        every session and kept across restarts), or in this visitor's own record on the server
-        when hosted, in workshop mode (each student's own, kept across reloads, cleared by the
-        instructor's reset) or before the store exists (core/ui/visitor.py).
-
-        One registry per page run: it reads its storage once, so a subset listed by one part
-        of the page is still there when another part fetches it, whatever other sessions or
-        processes write meanwhile; its own saves show at once."""
-        from core.ui import workshop  # late: workshop imports this module
-
-        if self._registry is None:
-            if self.hosted or self.store is None or workshop.workshop_on():
-                self._registry = SubsetRegistry(visitor.VisitorStorage(visitor.record(), self.key))
-            else:
-                self._registry = SubsetRegistry.in_folder(self.store.path, n=self.store.n)
-        return self._registry
 
 
 def through_app() -> None:
@@ -164,8 +105,6 @@ def page_context(require_store: bool = True) -> PageContext:
     name = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)
     workspace = listing.workspaces.get(name, listing.workspaces[DEMO_NAME])
     key = workspace.key()
-    from core.ui import workshop  # late: workshop mode's sidebar (steps, instructor panel)
-
     workshop.sidebar(listing, workspace)
     try:
         dataset = cache.dataset_for(workspace, key)

@@ -23,7 +23,7 @@ from core.errors import BiasLensError
 from core.images import placeholder, thumbnail
 from core.methods import GradCAM, overlay
 from core.models import model_view
-from core.ui import cache
+from core.ui import cache, workshop
 from core.ui.context import PageContext
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
 from core.ui.widgets import how_to_read, percent
@@ -72,11 +72,8 @@ def show_requested(ctx: PageContext, meta: pd.DataFrame, origin: str) -> None:
     if wanted and wanted[0] == origin and 0 <= wanted[1] < len(meta):
         st.session_state[DRAWN] = wanted
         image_detail(ctx, meta, wanted[1])
-        if origin.startswith("subgroups."):
-            from core.ui import workshop  # late: workshop imports the context module
-
-            if workshop.workshop_on():
-                workshop.note_step(ctx.key, workshop.GRAD_CAM_STEP)  # the step's "press CAM"
+        if origin.startswith("subgroups.") and workshop.workshop_on():
+            workshop.note_step(ctx.key, workshop.GRAD_CAM_STEP)  # the step's "press CAM"
 
 
 def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
@@ -111,8 +108,6 @@ def _facts(ctx: PageContext, meta: pd.DataFrame, row: int) -> tuple[pd.DataFrame
             "": ["true" if i == rec["label_idx"] else "" for i in top],
         }
     )
-    from core.ui import workshop  # late: workshop imports the context module
-
     columns = workshop.visible_columns(list(store.attribute_columns) + list(store.slice_columns))
     attributes = pd.DataFrame({"attribute": columns, "value": [str(rec[c]) for c in columns]})
     return scores, attributes

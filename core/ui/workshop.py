@@ -32,9 +32,17 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.server import SERVER, WorkshopSnapshot
-from core.ui import visitor
+from core.server import SERVER
+from core.ui import cache, visitor
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
+from core.ui.listing import (
+    ground_truth_hidden,
+    hidden_notice,  # noqa: F401  (re-exported: views and pages import it from here)
+    visible_columns,  # noqa: F401  (re-exported: views and pages import it from here)
+    workshop_on,
+    workshop_state,
+)
+from core.ui.page import PageContext
 from core.ui.widgets import how_to_read, percent
 from core.workshop import random_baseline, score_finding, student_view
 from core.workspace import Workspace, WorkspaceList
@@ -62,34 +70,8 @@ PAGE_PATH = "pages/workshop.py"
 POLL_S = 2.0  # how often an open page checks for the instructor's changes
 
 
-def _state() -> WorkshopSnapshot:
-    return SERVER.workshop.snapshot()
-
-
-def _listing() -> WorkspaceList:
-    from core.ui.context import workspace_list  # late: context imports the page furniture
-
-    return workspace_list()
-
-
-def workshop_on(listing: WorkspaceList | None = None) -> bool:
-    """Whether workshop mode is on: the instructor's switch if set, else the settings."""
-    return _state().mode((listing or _listing()).workshop)
-
-
-def ground_truth_hidden(listing: WorkspaceList | None = None) -> bool:
-    """True while workshop mode is on and the instructor has not revealed the ground truth."""
-    return workshop_on(listing) and not _state().revealed
-
-
-def visible_columns(columns: list[str], hidden: bool | None = None) -> list[str]:
-    """The metadata columns a student may see: no ``slice_*`` columns while hidden."""
-    hidden = ground_truth_hidden() if hidden is None else hidden
-    return [c for c in columns if not (hidden and str(c).startswith("slice_"))]
-
-
-def hidden_notice(what: str) -> None:
-    st.info(f":material/visibility_off: {what} is hidden during the workshop until the instructor reveals it.")
+# Workshop mode and the hidden ground truth are read in core/ui/listing.py (re-exported here:
+# workshop_on, ground_truth_hidden, visible_columns, hidden_notice), below the loaders.
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -130,7 +112,7 @@ STEP_SOURCES = ("workshop.", "spotlight.run:", "spotlight.panel", "subgroups.run
 def _apply_reset() -> None:
     """Bring this session up to the server's reset count: forget its workshop progress (the
     visitor's record was cleared by the reset itself) and what its steps were read from."""
-    state = _state()
+    state = workshop_state()
     if st.session_state.get(EPOCH, 0) == state.epoch:
         return
     for key in [k for k in st.session_state if str(k).startswith(STEP_SOURCES) and k not in (UNLOCKED, EPOCH)]:
@@ -147,7 +129,7 @@ def instructor_panel(listing: WorkspaceList, clear_subsets: Any = None) -> None:
     on = workshop_on(listing)
     if not on and not listing.passphrase:
         return
-    state = _state()
+    state = workshop_state()
     with st.sidebar.expander("Instructor", icon=":material/lock:"):
         if not listing.passphrase:
             st.caption("No instructor passphrase is set on this server, so the ground truth cannot be revealed "
@@ -258,9 +240,6 @@ def steps_panel(workspace_key: str) -> None:
 def _clear_subsets(workspace: Workspace, listing: WorkspaceList) -> None:
     """Delete the saved subsets of ``workspace`` in its shared file (the visitors' own were
     cleared with their records)."""
-    from core.ui import cache
-    from core.ui.context import PageContext
-
     key = workspace.key()
     try:
         ctx = PageContext(workspace, listing.hosted, cache.model_for(workspace, key, listing.hosted),
@@ -284,7 +263,7 @@ def _live(listing: WorkspaceList, workspace_key: str) -> None:
     without a reload); otherwise only the steps are redrawn (a step ticked in a dialog shows).
     A details dialog whose click this poll's run handled (its gallery fragment did not run)
     is drawn by one page rerun."""
-    version = _state().version
+    version = workshop_state().version
     seen = st.session_state.setdefault(SEEN, version)
     if version != seen:
         st.session_state[SEEN] = version
@@ -304,7 +283,7 @@ def sidebar(listing: WorkspaceList, workspace: Workspace) -> None:
     """Everything workshop mode adds to the sidebar (nothing when it is off and no passphrase
     is set). Drawn by each page (``page_context``), after the page's own progress is known."""
     _apply_reset()
-    st.session_state[SEEN] = _state().version  # this run draws the state as it is now
+    st.session_state[SEEN] = workshop_state().version  # this run draws the state as it is now
     if workshop_on(listing) or listing.passphrase:
         with st.sidebar:
             _live(listing, workspace.key())
@@ -312,7 +291,7 @@ def sidebar(listing: WorkspaceList, workspace: Workspace) -> None:
     if workshop_on(listing):
         st.sidebar.caption(
             ":material/school: Workshop mode: the ground truth is "
-            + ("**revealed**." if _state().revealed else "hidden until the instructor reveals it.")
+            + ("**revealed**." if workshop_state().revealed else "hidden until the instructor reveals it.")
         )
 
 
@@ -327,8 +306,6 @@ def _baseline(size: int, fingerprint: str, _loss: np.ndarray, _truth: np.ndarray
 def check_finding_section(ctx: Any, meta: pd.DataFrame) -> None:
     """A student picks a saved subset or types a WHERE filter; it is scored against the
     planted slices without naming any slice it does not identify."""
-    from core.ui import cache  # late: cache imports this module's caller chain
-
     store = ctx.store
     st.subheader("Check my finding")
     if not store.slice_columns:
