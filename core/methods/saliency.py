@@ -44,6 +44,7 @@ from core.filters import (
     filter_profiles,
     math_attention,
     standardise,
+    twice_differentiable,
 )
 from core.models import LoadedModel, make_transform, model_view
 from core.stats import bootstrap_ci
@@ -293,8 +294,9 @@ def _input_gradient(
     z(x) is rebuilt inside the graph (create_graph=True) so it can be differentiated again
     with respect to the input; s'_F (eq. 3) is the detached z with the top filters times
     ``boost``. The conv weights need ``requires_grad`` for the first backward: it is set for
-    the call and restored after; ``autograd.grad`` never writes ``.grad``. Attention runs its
-    math kernel (``math_attention``): a ViT's fused kernels have no double backward.
+    the call and restored after; ``autograd.grad`` never writes ``.grad``. The model runs
+    ``twice_differentiable``: a ViT's fused attention kernels and MobileNetV3's hardsigmoid
+    have no double backward.
     """
     modules = dict(model.module.named_modules())
     weights = [modules[layer].weight for layer in index.layers]
@@ -302,7 +304,7 @@ def _input_gradient(
     mu_t = torch.as_tensor(mu, dtype=torch.float32, device=x.device)
     sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
     try:
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model.module), math_attention():
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model.module), twice_differentiable():
             for w in weights:
                 w.requires_grad_(True)
             xi = x.detach().clone().requires_grad_(True)
