@@ -55,7 +55,15 @@ from core.methods import (
 )
 from core.methods.saliency import TOUR_MARGIN, curves_summary, tour_error
 from core.models import LoadedModel, make_transform
-from core.saliency_store import SaliencyProfiles, build_profiles, find_profiles, nearest, row_norms
+from core.saliency_store import (
+    SaliencyProfiles,
+    build_profiles,
+    find_profiles,
+    nearest,
+    profile_problem,
+    row_norms,
+    size_message,
+)
 from core.scorecard import scorecard
 from core.store import Store
 from core.subsets import scope_digest
@@ -809,3 +817,74 @@ def pick_image(ctx: PageContext, wrong_rows: np.ndarray, subset_names: Sequence[
                    f"{100 * TOUR_MARGIN:.0f}-point margin. The highest-loss errors are often 100% confident, and turning "
                    "filters off, masking or one fine-tuning step rarely move them; a moderate margin shows what they can do.")
     return int(st.session_state[picked])
+
+
+def profiles_section(ctx: PageContext) -> tuple[SaliencyProfiles, FilterIndex]:
+    """Step 1 of the page: the conv layers to profile, and the dataset's profiles over them,
+    opened, or computed with progress after the button (refused ones rebuilt; hosted servers
+    show only what ``prepare`` computed). Stops the page until they exist."""
+    store = ctx.store
+    try:
+        choices = layer_choices(ctx)
+    except BiasLensError as exc:
+        st.info(str(exc))
+        st.stop()
+    if ctx.model.only_patch_embedding:
+        st.info(
+            f"This model's only convolution is its patch embedding (`{choices[0]}`, as in a vision transformer). Filter "
+            "saliency ranks conv filters, so here it ranks only that layer's filters, each of which sees one image patch "
+            "before any attention layer; the transformer blocks after it have no filters and are not ranked."
+        )
+    if store.n < 2:
+        st.error(f"The dataset has {store.n} image(s); saliency profiles are standardised over the dataset and need at least 2.")
+        st.stop()
+    chosen = st.multiselect(
+        "Conv layers profiled", choices, **kept(state_key(PAGE, "layers", ctx.key), choices),
+        help="The filters of these conv layers (or blocks) make up each image's profile. Default: all of them.",
+    )
+    if not chosen:
+        st.warning("Pick at least one conv layer.")
+        st.stop()
+    layers = requested_layers(chosen, choices)
+    try:
+        index = conv_filters(ctx.model.module, layers)
+    except BiasLensError as exc:
+        st.error(str(exc))
+        st.stop()
+    profiles = profiles_for(ctx, layers)
+    if profiles is None:
+        if ctx.hosted:  # visitors cannot start a pass over the whole dataset
+            st.info(not_prepared(ctx, layers))
+            st.stop()
+        problem = profile_problem(store, ctx.model, layers)  # kept profiles that are refused
+        before = st.empty()  # the size and the button, cleared once the build starts
+        with before.container():
+            if problem:
+                st.warning(f"{problem} They are not used; the button below computes them again from the start.")
+            st.info(f"{size_message(store.n, index)} Expected: {on_this_server(build_seconds(ctx))}.")
+            if uses_loop(ctx, index):
+                st.info(LOOP_NOTE)
+            command = f"python -m core saliency {ctx.workspace.name}" + (f" --layers {','.join(layers)}" if layers else "")
+            st.caption(f"Or from a terminal: `{command}` (resumes where it stopped).")
+            clicked = st.button("Rebuild the saliency profiles" if problem else "Compute saliency profiles", type="primary",
+                                icon=":material/tune:", key=state_key(PAGE, "build"))
+        if not clicked:
+            st.stop()
+        before.empty()
+        try:
+            with cache.queued("The saliency profiles", expected_s=build_seconds(ctx)):
+                profiles = run_with_progress(
+                    "Computing saliency profiles...",
+                    lambda progress: build(ctx, layers, progress, notice=st.info),
+                    lambda p: f"Saliency profiles of {p.n:,} images over {p.n_filters:,} filters",
+                    unit="image",
+                )
+        except BiasLensError as exc:
+            st.error(f"The saliency profiles cannot be computed: {exc}")
+            st.stop()
+    m = profiles.manifest
+    st.caption(f"{profiles.n:,} images × {profiles.n_filters:,} filters over {len(index.layers)} conv layer(s), "
+               f"computed in {float(m.get('seconds', 0)):.0f} s.")
+    if uses_loop(ctx, index, profiles):
+        st.info(LOOP_NOTE)
+    return profiles, index
