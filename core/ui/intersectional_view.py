@@ -229,7 +229,7 @@ def curves_chart(curves: pd.DataFrame) -> alt.Chart:
 def naps_for(store: Store, groups: Groups, rows: np.ndarray, layer: str) -> NAPs:
     """NAPs of the groups in one layer over these rows (the store's mean-pooled channels), once."""
     key = cache.run_key(groups_key(groups), scope_digest(rows), layer)
-    channels = store.representation(f"{layer}:mean").shape[1]
+    channels = int(store.manifest["layer_channels"][layer])  # from the manifest: nothing opened on a rerun
     return cache.computed_once("naps", store.fingerprint, key, "The NAPs", lambda: group_naps(store, groups, rows, layer),
                                expected_s=naps_seconds(len(rows), channels))
 
