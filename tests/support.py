@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -105,22 +104,3 @@ def slots_held(queue: RunQueue, count: int = 1, release_after_s: float | None = 
             timer.cancel()
         for worker in workers:
             worker.join()
-
-
-ESTIMATE_FACTOR = 3.0  # an expected time (core/estimates.py) must lie within this factor of the measured one
-
-
-def fastest(run: Callable[[], object], repeats: int = 3) -> float:
-    """The fewest CPU seconds of a few runs (CPU time: other processes on the machine do not
-    count, as they would in wall-clock time)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best
-
-
-def within(estimate: float, measured: float) -> bool:
-    """Whether an expected time lies within ESTIMATE_FACTOR of the measured one."""
-    return measured / ESTIMATE_FACTOR <= estimate <= measured * ESTIMATE_FACTOR

@@ -174,24 +174,10 @@ def reference_stats(store: Store, profiles: SaliencyProfiles, rows: np.ndarray |
 # --------------------------------------------------------------------------- Fig. 1 and 2
 
 
-def mean_profiles(store: Store, profiles: SaliencyProfiles, correct: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
-    """Mean raw profile s over the correctly classified and the misclassified images (one pass)."""
-
-    def compute() -> dict[str, np.ndarray]:
-        f = profiles.n_filters
-        sums = {"correct": np.zeros(f), "misclassified": np.zeros(f)}
-        counts = {"correct": 0, "misclassified": 0}
-        for start in range(0, profiles.n, chunk):
-            block = profiles.rows(slice(start, start + chunk)).astype(np.float64)
-            right = correct[start : start + len(block)]
-            sums["correct"] += block[right].sum(axis=0)
-            sums["misclassified"] += block[~right].sum(axis=0)
-            counts["correct"] += int(right.sum())
-            counts["misclassified"] += int((~right).sum())
-        return {g: sums[g] / counts[g] for g in sums if counts[g]}
-
+def mean_profiles(store: Store, profiles: SaliencyProfiles, correct: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean raw profile s over the correctly classified and the misclassified images, once per server."""
     return cache.computed_once("saliency-means", store.fingerprint, cache.run_key(profile_id(profiles)),
-                               "The mean profiles", compute,
+                               "The mean profiles", lambda: profiles.mean_by_outcome(correct),
                                expected_s=saliency_means_seconds(profiles.n, profiles.n_filters))
 
 
