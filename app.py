@@ -11,7 +11,7 @@ _loading = st.empty()
 if "core.ui.context" not in sys.modules:
     _loading.info(":material/hourglass_top: Starting BiasLens: loading the model libraries (about 10 s the first time)...")
 
-from core.server import freeze_imports, start_stats_writer  # noqa: E402
+from core.services.server import freeze_imports, start_stats_writer  # noqa: E402
 from core.ui import visitor, workshop  # noqa: E402  (heavy: after the loading message)
 from core.ui.context import ignore_clear_cache_when_hosted, sidebar_picker, workspace_list  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Benchmark: ActiVis's neuron activation matrix, projection and model graph (core.methods.activis).
+"""Benchmark: ActiVis's neuron activation matrix, projection and model graph (core.methods.activis.matrix).
 
 Keys (CPU):
 - ``matrix_s_1m``: seconds of ``ActivationMatrix().fit`` (S^T A) of 20 random subsets of
@@ -9,7 +9,7 @@ Keys (CPU):
   (10,000 x 128), warm: the second fit in the process. Target <= 0.2 s.
 - ``tsne_s_5k``: ``Projection(method="tsne", max_points=5000).fit`` on 5,000 x 512 points in
   10 Gaussian clusters (PCA-50, then scikit-learn's Barnes-Hut t-SNE). Target <= 30 s.
-- ``graph_s_resnet50``: ``core.model_graph.model_graph`` of torchvision's ResNet-50 (four
+- ``graph_s_resnet50``: ``core.methods.activis.graph.model_graph`` of torchvision's ResNet-50 (four
   stored stages, fc the embedding) in a fresh process, so torch's first-forward warm-up is
   included; ``graph_s_resnet50_again`` the second call. Target <= 5 s.
 
@@ -102,7 +102,7 @@ def tsne_figures(points: int = 5000, dims: int = 512) -> dict:
 
 GRAPH_SCRIPT = """
 import time, torchvision
-from core.model_graph import model_graph
+from core.methods.activis.graph import model_graph
 model = torchvision.models.resnet50()
 start = time.perf_counter()
 graph = model_graph(model, 224, ["layer1", "layer2", "layer3", "layer4"], "fc", False)

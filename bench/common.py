@@ -19,11 +19,11 @@ if str(ROOT) not in sys.path:
 
 def demo_parts():
     """(model, dataset, store) of the demo workspace; the store is built first if missing."""
-    from core.extract import build_store
-    from core.models import load_model
-    from core.sources import build_dataset
-    from core.store import find_store
-    from core.workspace import demo_workspace
+    from core.data.sources import build_dataset
+    from core.models.loading import load_model
+    from core.services.workspace import demo_workspace
+    from core.store.build import build_store
+    from core.store.read import find_store
 
     workspace = demo_workspace()
     model = load_model(workspace.model, None)

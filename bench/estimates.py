@@ -1,4 +1,4 @@
-"""Expected run times (core/estimates.py) against measured runs on this machine.
+"""Expected run times (core/services/estimates.py) against measured runs on this machine.
 
 Every heavy run states its expected time before it starts; the estimates are CPU seconds of
 one thread, calibrated on the project's 2-core VM. This bench runs each estimated operation on
@@ -30,9 +30,6 @@ import torch
 from common import machine_figures
 from threadpoolctl import threadpool_limits
 
-from core import estimates as e
-from core.extract import build_store
-from core.filters import conv_filters
 from core.methods import (
     UDIS,
     ActivationMatrix,
@@ -47,10 +44,13 @@ from core.methods import (
     Spotlight,
     TopographicLayout,
 )
-from core.models import make_transform
-from core.saliency_store import SaliencyProfiles, build_profiles, nearest, row_norms
-from core.score import spotlight_held_out, udis_held_out
-from core.summary import project_2d
+from core.methods.saliency.filters import conv_filters
+from core.methods.saliency.profiles import SaliencyProfiles, build_profiles, nearest, row_norms
+from core.models.loading import make_transform
+from core.scoring.score import spotlight_held_out, udis_held_out
+from core.scoring.summary import project_2d
+from core.services import estimates as e
+from core.store.build import build_store
 from tests.support import digits_dataset, tiny_model
 
 Case = tuple[str, float, float]  # operation, expected seconds, measured seconds

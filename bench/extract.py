@@ -53,10 +53,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
-from core.extract import build_store  # noqa: E402
-from core.models import ModelSpec, load_model  # noqa: E402
-from core.pipeline import StageTimes, image_batches, resolve_decode  # noqa: E402
-from core.sources import DatasetSpec, build_dataset  # noqa: E402
+from core.data.sources import DatasetSpec, build_dataset  # noqa: E402
+from core.models.loading import ModelSpec, load_model  # noqa: E402
+from core.store.build import build_store  # noqa: E402
+from core.store.pipeline import StageTimes, image_batches, resolve_decode  # noqa: E402
 
 
 def bare_forward_seconds(model, dataset, batch_size: int) -> float:
@@ -112,7 +112,7 @@ def jpeg_folder(root: Path, count: int = JPEG_IMAGES) -> Path:
 
 def gpu_forward_ips(model, batch_size: int, precision: str, seconds: float = 10.0) -> float:
     """Images/s of the forward pass alone on one preloaded batch on the GPU (the ceiling)."""
-    from core.pipeline import PRECISIONS
+    from core.store.pipeline import PRECISIONS
 
     batch = torch.randn(batch_size, 3, 224, 224, device="cuda")
     dtype = PRECISIONS[precision]
@@ -201,10 +201,10 @@ def ray_figures() -> dict:
     try:
         import ray
 
-        from core.ray_extract import RaySource, init_local_ray
+        from core.store.ray_source import RaySource, init_local_ray
     except ImportError:
         return {"ray_over_single_cpu": "ray not installed", "ray_identical": None}
-    from core.workspace import demo_workspace
+    from core.services.workspace import demo_workspace
 
     ws = demo_workspace()
     model = load_model(ws.model, "cpu")

@@ -1,4 +1,4 @@
-"""Benchmark: intersectional NAPs and topographic layouts (core.methods.naps).
+"""Benchmark: intersectional NAPs and topographic layouts (core.methods.intersectional.naps).
 
 Keys (CPU):
 - ``topomap_s_512``, ``topomap_s_2048``: seconds of ``TopographicLayout().fit`` (seeded UMAP
@@ -43,12 +43,12 @@ import numpy as np  # noqa: E402
 
 import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
 from bench.common import machine_figures  # noqa: E402
-from core.extract import build_store  # noqa: E402
-from core.groups import build_groups, capped_rows  # noqa: E402
+from core.data.sources import DatasetSpec, build_dataset  # noqa: E402
 from core.methods import LinearProbes, NAPs, TopographicLayout  # noqa: E402
-from core.models import ModelSpec, load_model  # noqa: E402
-from core.probe_store import default_probe_layers, reduced_activations  # noqa: E402
-from core.sources import DatasetSpec, build_dataset  # noqa: E402
+from core.methods.intersectional.features import default_probe_layers, reduced_activations  # noqa: E402
+from core.methods.intersectional.groups import build_groups, capped_rows  # noqa: E402
+from core.models.loading import ModelSpec, load_model  # noqa: E402
+from core.store.build import build_store  # noqa: E402
 
 N_GROUPS = 126  # FairFace: 7 races x 9 ages x 2 genders
 

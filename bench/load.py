@@ -28,7 +28,7 @@ Classroom (--classroom, issue 21): a workshop class on one hosted server (BIASLE
 BIASLENS_WORKSHOP=1, an instructor passphrase, no workspaces file, a cache of its own). The CLI
 prepares the demo first, as `make serve` does (`prepare demo` where the CLI has it: store, saliency
 profiles, the Intersectional defaults' probes and layout; else `build` and `saliency`). The server runs `streamlit run app.py` through a
-small launcher whose thread reads core.server.SERVER in the server's own process (its run queues,
+small launcher whose thread reads core.services.server.SERVER in the server's own process (its run queues,
 its reveal state, how late it gets the GIL back) and dumps every thread's stack on SIGUSR1 (sent at
 the first failed step); --no-probe-queue starts it plainly. One Debian Chromium then holds:
 - the instructor, who first does the students' steps once (the shared results are computed, as
@@ -84,7 +84,7 @@ from common import ROOT, demo_parts, machine_figures, start_server, stop_server
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from core.cohorts import CohortView
+from core.services.cohorts import CohortView
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = [
@@ -397,7 +397,7 @@ REVEALED = f"names => {{ const t = {APP_TEXT}; return names.some(n => t.includes
 HIDDEN_AGAIN = (f"([names, hidden]) => {{ const t = {APP_TEXT}; "
                 "return t.includes(hidden) && !names.some(n => t.includes(n)) ? Date.now() : false; }")
 # The server, started through this code so that a thread of its own process can read the run
-# queues (core/server.py) and write what it saw to a JSON file: the app has no such hook yet.
+# queues (core/services/server.py) and write what it saw to a JSON file: the app has no such hook yet.
 PROBED_SERVER = r"""
 import json, os, sys, threading, time
 path = sys.argv[1]
@@ -418,7 +418,7 @@ def timed_gc(phase, info):  # every collection's pause (the event loop stops whi
 gc.callbacks.append(timed_gc)
 
 def watch():
-    from core import server as shared  # the module the app imports: the same SERVER
+    from core.services import server as shared  # the module the app imports: the same SERVER
     last_write, last_census, census = 0.0, 0.0, {}
     episodes, over, samples, last, revealed, changes = 0, False, 0, 0.0, False, []
     lags = [0.0]

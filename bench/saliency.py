@@ -56,8 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import core.demo  # noqa: E402, F401  (registers the demo model and dataset kinds)
 from bench.common import machine_figures  # noqa: E402
-from core.extract import build_store  # noqa: E402
-from core.filters import ProfileStats, conv_filters, eval_mode, filter_profiles, loop_profiles  # noqa: E402
+from core.data.sources import DatasetSpec, build_dataset  # noqa: E402
 from core.methods import (  # noqa: E402
     FailureModes,
     FilterSaliency,
@@ -66,12 +65,19 @@ from core.methods import (  # noqa: E402
     confusion_cell_groups,
     failure_mode_scorecard,
 )
-from core.methods.saliency import marker_mass_ratio  # noqa: E402
-from core.models import ModelSpec, load_model  # noqa: E402
-from core.pipeline import image_batches  # noqa: E402
-from core.saliency_store import build_profiles, nearest, row_norms  # noqa: E402
-from core.scorecard import scorecard  # noqa: E402
-from core.sources import DatasetSpec, build_dataset  # noqa: E402
+from core.methods.saliency.explain import marker_mass_ratio  # noqa: E402
+from core.methods.saliency.filters import (  # noqa: E402
+    ProfileStats,
+    conv_filters,
+    eval_mode,
+    filter_profiles,
+    loop_profiles,
+)
+from core.methods.saliency.profiles import build_profiles, nearest, row_norms  # noqa: E402
+from core.models.loading import ModelSpec, load_model  # noqa: E402
+from core.scoring.scorecard import scorecard  # noqa: E402
+from core.store.build import build_store  # noqa: E402
+from core.store.pipeline import image_batches  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -29,7 +29,7 @@ from common import demo_parts, machine_figures
 
 from core.errors import BiasLensError  # noqa: E402
 from core.methods import Spotlight  # noqa: E402
-from core.scorecard import precision_at_k, precision_matrix  # noqa: E402
+from core.scoring.scorecard import precision_at_k, precision_matrix  # noqa: E402
 
 N, D = 50_000, 512
 

@@ -37,7 +37,7 @@ from core.methods import (
     NeuronSelector,
     top_loss_rows,
 )
-from core.scorecard import precision_at_k
+from core.scoring.scorecard import precision_at_k
 
 D = 512
 

@@ -16,21 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import MAX_BATCH, MAX_WORKERS
+from core.data.sources import build_dataset
 from core.demo.train import train_demo
 from core.errors import BiasLensError, StoreError
-from core.extract import build_store
-from core.filters import conv_filters
-from core.models import LoadedModel, load_model
-from core.pipeline import StageTimes
-from core.ray_extract import RaySource  # Ray itself is imported only when --ray is given
-from core.saliency_store import build_profiles, size_message
-from core.sources import build_dataset
-from core.store import find_store
-from core.workspace import REPO_ROOT, Workspace, WorkspaceList, load_workspaces
+from core.methods.saliency.filters import conv_filters
+from core.methods.saliency.profiles import build_profiles, size_message
+from core.models.loading import LoadedModel, load_model
+from core.services.config import MAX_BATCH, MAX_WORKERS
+from core.services.workspace import REPO_ROOT, Workspace, WorkspaceList, load_workspaces
+from core.store.build import build_store
+from core.store.pipeline import StageTimes
+from core.store.ray_source import RaySource  # Ray itself is imported only when --ray is given
+from core.store.read import find_store
 
 if TYPE_CHECKING:
-    from core.datasets import ImageDataset
+    from core.data.datasets import ImageDataset
 
 
 def _workspaces(args: argparse.Namespace) -> WorkspaceList:
@@ -135,7 +135,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
-    from core.estimates import model_cost, on_this_server, profile_seconds
+    from core.services.estimates import model_cost, on_this_server, profile_seconds
 
     listing = _workspaces(args)
     ws = _pick(listing, args.workspace)
@@ -175,7 +175,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Prepare a workspace for a hosted server: store, saliency profiles, the Intersectional
     page's default probes and layout; each step skipped when done, resumed when interrupted."""
     # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
-    from core.prepare import Preparer, parse_steps
+    from core.services.prepare import Preparer, parse_steps
 
     steps = parse_steps(args.only, args.skip)
     listing = _workspaces(args)
@@ -196,7 +196,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     import json
 
     # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
-    from core.score import figures, held_out_tables, score_store
+    from core.scoring.score import figures, held_out_tables, score_store
 
     listing = _workspaces(args)
     ws = _pick(listing, args.workspace)
@@ -217,7 +217,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"slices where a method beats the baseline by >= 0.3 in P@10: {', '.join(result['beats_baseline']) or 'none'}")
     if held_out:
         # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
-        from core.significance import HELD_OUT_SHOWN
+        from core.scoring.significance import HELD_OUT_SHOWN
 
         for method, table in held_out.items():
             print(f"\n{method}: found on a random half, measured on the other")

@@ -2,16 +2,16 @@
 
 A workspace's ``model = { kind = ... }`` and ``dataset = { kind = ... }`` name a kind;
 ``load_model`` and ``build_dataset`` look the kind up here. The built-in kinds register
-on import: ``torchvision`` and ``entrypoint`` (core/statedict.py), ``torchscript``
-(core/torchscript.py), ``imagefolder`` (core/folders.py), ``csv`` (core/manifest.py) and
-``celeba`` (core/celeba.py). The ``demo`` model and dataset register in core/demo, which
-generic code never imports: core/workspace.py does, for the always-present demo.
+on import: ``torchvision`` and ``entrypoint`` (core/models/statedict.py), ``torchscript``
+(core/models/torchscript.py), ``imagefolder`` (core/data/folders.py), ``csv`` (core/data/manifest.py) and
+``celeba`` (core/data/celeba.py). The ``demo`` model and dataset register in core/demo, which
+generic code never imports: core/services/workspace.py does, for the always-present demo.
 
 A model loader takes the ``ModelSpec`` and returns a ``BuiltModel``: the module, a
 description and the input preprocessing its source implies. A dataset builder takes the
 ``DatasetSpec`` and returns an ``ImageDataset``. Both raise ModelError / DataError for
 problems the user can fix. ``MODEL_KINDS`` and ``DATASET_KINDS`` name the kinds a
-workspace may use: the strict schema of workspaces.toml (core/config.py) accepts exactly
+workspace may use: the strict schema of workspaces.toml (core/services/config.py) accepts exactly
 these, with the keys it lists for each.
 """
 
@@ -27,11 +27,11 @@ from core.specs import Triple
 if TYPE_CHECKING:
     from torch import nn
 
-    from core.datasets import ImageDataset
+    from core.data.datasets import ImageDataset
     from core.specs import DatasetSpec, ModelSpec
 
 # The kinds a workspace may name, in the order messages list them. Each is registered by
-# the module that implements it; a new kind is added here, in core/config.py's key tables
+# the module that implements it; a new kind is added here, in core/services/config.py's key tables
 # and in its own module.
 MODEL_KINDS = ("demo", "torchvision", "torchscript", "entrypoint")
 DATASET_KINDS = ("demo", "imagefolder", "csv", "celeba")

@@ -2,8 +2,8 @@
 ``dataset`` table).
 
 Plain dataclasses that import nothing of the kinds, so both the generic loaders
-(core/models.py, core/sources.py, which re-export them) and every kind's module
-(core/statedict.py, core/torchscript.py, core/folders.py, core/manifest.py, core/celeba.py,
+(core/models/loading.py, core/data/sources.py, which re-export them) and every kind's module
+(core/models/statedict.py, core/models/torchscript.py, core/data/folders.py, core/data/manifest.py, core/data/celeba.py,
 core/demo) can import them without an import cycle.
 """
 
@@ -55,7 +55,7 @@ class DatasetSpec:
       default the CSV's folder).
     csv: manifest file (csv only).
     path_column: manifest column of image paths; empty = first of
-      PATH_COLUMN_CANDIDATES (core/manifest.py) present.
+      PATH_COLUMN_CANDIDATES (core/data/manifest.py) present.
     label_column: manifest column of class labels.
     attribute_columns: manifest columns kept as attributes; None = all other columns.
     missing: 'skip' drops rows whose file is missing (listed in ``skipped``), 'error'

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from core.cohorts import QUERY_MEMORY_MB, QUERY_SECONDS, CohortError
+from core.services.cohorts import QUERY_MEMORY_MB, QUERY_SECONDS, CohortError
 from core.ui import cache, cohort_link, subset_view
 from core.ui.context import page_context
 from core.ui.keys import state_key

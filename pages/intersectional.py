@@ -3,9 +3,12 @@ and whether their activations look alike (Krug & Stober: linear probes and NAP m
 
 import streamlit as st
 
-from core import prepare
 from core.errors import BiasLensError
-from core.estimates import (
+from core.methods import LinearProbes, map_scale, nap_similarity
+from core.methods.intersectional.features import MODES, default_probe_layers
+from core.methods.intersectional.groups import capped_rows, counts_table
+from core.services import prepare
+from core.services.estimates import (
     HOSTED_MAX_EPOCHS,
     HOSTED_MAX_PER_GROUP,
     HOSTED_MAX_PROBE_LAYERS,
@@ -16,9 +19,6 @@ from core.estimates import (
     megabytes,
     on_this_server,
 )
-from core.groups import capped_rows, counts_table
-from core.methods import LinearProbes, map_scale, nap_similarity
-from core.probe_store import MODES, default_probe_layers
 from core.ui import intersectional_view as view
 from core.ui.charts import show, show_selectable
 from core.ui.context import page_context

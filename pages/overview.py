@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from core.cohorts import equals_filter
-from core.store import metadata_attribute_names
-from core.summary import GALLERY_FILTERS, gallery_rows, intersection_axes
+from core.scoring.summary import GALLERY_FILTERS, gallery_rows, intersection_axes
+from core.services.cohorts import equals_filter
+from core.store.read import metadata_attribute_names
 from core.ui import cache, charts
 from core.ui.cohort_link import open_cohort, selected_cell
 from core.ui.context import page_context

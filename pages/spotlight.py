@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
-from core.score import MIN_SPOTLIGHT_TOP, default_size
+from core.scoring.score import MIN_SPOTLIGHT_TOP, default_size
 from core.ui import cohort_link, image_detail, subset_view
 from core.ui import spotlight_view as view
 from core.ui.charts import show, show_selectable

@@ -9,7 +9,7 @@ from core.methods import (
     VISCUIT_THRESHOLD,
     subgroups_csv,
 )
-from core.score import loss_rankings
+from core.scoring.score import loss_rankings
 from core.ui import cache, cohort_link, subset_view
 from core.ui import subgroups_view as view
 from core.ui.context import page_context

@@ -12,9 +12,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from core.models import LoadedModel, ModelSpec, load_model
-from core.runqueue import RunQueue
-from core.sources import ArrayDataset
+from core.data.sources import ArrayDataset
+from core.models.loading import LoadedModel, ModelSpec, load_model
+from core.services.runqueue import RunQueue
 
 SIZE = 16
 

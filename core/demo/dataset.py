@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from core.datasets import PLANTED_SLICE_COLUMNS, ImageDataset
+from core.data.datasets import PLANTED_SLICE_COLUMNS, ImageDataset
 from core.demo.fashion import FASHION_CLASSES, fashion_digest, load_fashion_mnist
 from core.demo.generator import SPLITS, RenderedSplit, render
 from core.demo.spec import DEFAULT_SLICES, DemoSpec

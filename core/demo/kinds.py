@@ -1,6 +1,6 @@
 """The demo's two kinds: the ``demo`` model (``DemoCNN``) and the ``demo`` dataset
 (``DemoDataset``). Importing ``core.demo`` registers them; generic code never does, so the
-demo sits above the generic loaders (core/workspace.py imports it for the built-in demo).
+demo sits above the generic loaders (core/services/workspace.py imports it for the built-in demo).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from core.demo import dataset, model
 from core.registry import BuiltModel, register_dataset_kind, register_model_kind
 
 if TYPE_CHECKING:
-    from core.datasets import ImageDataset
+    from core.data.datasets import ImageDataset
     from core.specs import DatasetSpec, ModelSpec
 
 

@@ -16,15 +16,14 @@ case in tests/unit/test_methods.py.
     udis.under_performing(0.5)
 """
 
-from core.methods.activis import (
+from core.methods.activis.matrix import (
     ActivationMatrix,
     Projection,
     instance_grid,
     membership_matrix,
     pages_for,
 )
-from core.methods.gradcam import GradCAM, overlay
-from core.methods.naps import (
+from core.methods.intersectional.naps import (
     NAPs,
     TopographicLayout,
     map_scale,
@@ -32,18 +31,8 @@ from core.methods.naps import (
     relaxation_step,
     topomap,
 )
-from core.methods.neurons import (
-    CLUSTER_THRESHOLD,
-    ConceptPatches,
-    ConceptPatchFinder,
-    Neuron,
-    NeuronClusters,
-    NeuronSelector,
-    neuron_columns,
-    panel_neurons,
-)
-from core.methods.probes import LinearProbes
-from core.methods.saliency import (
+from core.methods.intersectional.probes import LinearProbes
+from core.methods.saliency.explain import (
     FilterSaliency,
     FilterTurnOff,
     FineTuneCheck,
@@ -51,13 +40,13 @@ from core.methods.saliency import (
     marker_mass_ratio,
     postprocess,
 )
-from core.methods.saliency_search import (
+from core.methods.saliency.failure_modes import (
     FailureMode,
     FailureModes,
     confusion_cell_groups,
     failure_mode_scorecard,
 )
-from core.methods.spotlight import (
+from core.methods.spotlight.search import (
     KERNELS,
     PRECISIONS,
     NothingToFind,
@@ -68,7 +57,18 @@ from core.methods.spotlight import (
     summary,
     weights_table,
 )
-from core.methods.udis import (
+from core.methods.subgroups.gradcam import GradCAM, overlay
+from core.methods.subgroups.neurons import (
+    CLUSTER_THRESHOLD,
+    ConceptPatches,
+    ConceptPatchFinder,
+    Neuron,
+    NeuronClusters,
+    NeuronSelector,
+    neuron_columns,
+    panel_neurons,
+)
+from core.methods.subgroups.udis import (
     UDIS,
     UDIS_THRESHOLD,
     VISCUIT_THRESHOLD,

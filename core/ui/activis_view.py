@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import matrix_rows
 from core.errors import BiasLensError, DataError
-from core.estimates import matrix_seconds, projection_seconds
 from core.methods import ActivationMatrix, Projection, instance_grid, pages_for
-from core.model_graph import ModelGraph, is_per_channel, model_graph
-from core.store import POOLS, Store
-from core.subsets import scope_digest
+from core.methods.activis import rows as matrix_rows
+from core.methods.activis.graph import ModelGraph, is_per_channel, model_graph
+from core.services.estimates import matrix_seconds, projection_seconds
+from core.services.subsets import scope_digest
+from core.store.read import POOLS, Store
 from core.ui import cache
 from core.ui.charts import MAX_ROWS, show_selectable
 from core.ui.context import PageContext
@@ -55,7 +55,7 @@ def open_nodes(ctx: PageContext) -> list[str]:
 
 
 def rows(ctx: PageContext, store: Store) -> list[dict[str, Any]]:
-    """The matrix rows (core.matrix_rows dicts), one per true class at first (``class_rows``)."""
+    """The matrix rows (core.methods.activis.rows dicts), one per true class at first (``class_rows``)."""
     if _key("rows", ctx) not in st.session_state:
         st.session_state[_key("rows", ctx)] = class_rows(store, ctx.meta())
     return st.session_state[_key("rows", ctx)]

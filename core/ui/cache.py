@@ -6,8 +6,8 @@
   store itself: ``STORE_HASH`` hashes a Store by its fingerprint and layers, so a rebuilt
   or extended store is a new key and only ``store_for`` needs clearing after a build.
 - Heavy runs are computed once per inputs into a shared slot (``computed_once``), inside
-  a place of the server's run queue (core/runqueue.py): visitors are served in turn. The
-  queues and the slots live in core/server.py, never in Streamlit's caches (a client can
+  a place of the server's run queue (core/services/runqueue.py): visitors are served in turn. The
+  queues and the slots live in core/services/server.py, never in Streamlit's caches (a client can
   clear those). Each
   method's own cached runs live beside its view module (core/ui/<method>_view.py), keyed
   by its estimator's ``get_params()``.
@@ -28,21 +28,26 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.cohorts import CohortView
-from core.datasets import ImageDataset
+from core.data.datasets import ImageDataset
+from core.data.images import framed
+from core.data.sources import build_dataset
 from core.errors import BiasLensError
-from core.estimates import duration
-from core.images import framed
-from core.models import LoadedModel, load_model
-from core.runqueue import RunQueue
-from core.server import SERVER
-from core.sources import build_dataset
-from core.stats import bootstrap_ci, slice_accuracy
-from core.store import Store, find_store
-from core.summary import attribute_accuracy, class_accuracy, confusion, intersection_accuracy
+from core.models.loading import LoadedModel, load_model
+from core.scoring.stats import bootstrap_ci, slice_accuracy
+from core.scoring.summary import (
+    attribute_accuracy,
+    class_accuracy,
+    confusion,
+    intersection_accuracy,
+)
+from core.services.cohorts import CohortView
+from core.services.estimates import duration
+from core.services.runqueue import RunQueue
+from core.services.server import SERVER
+from core.services.workspace import Workspace
+from core.store.read import Store, find_store
 from core.ui.keys import state_key
 from core.ui.listing import ground_truth_hidden
-from core.workspace import Workspace
 
 T = TypeVar("T")
 # A store is identified by its fingerprint and stored layers, never by its arrays.
@@ -113,7 +118,7 @@ def overview_tables(store: Store) -> dict[str, Any]:
 
 @st.cache_data(show_spinner=False, max_entries=64, hash_funcs=STORE_HASH)
 def intersection_table(store: Store, row_column: str, column_column: str) -> pd.DataFrame:
-    """The Overview's accuracy per cell of two columns (core.summary.intersection_accuracy),
+    """The Overview's accuracy per cell of two columns (core.scoring.summary.intersection_accuracy),
     computed once per store and pair of columns."""
     return intersection_accuracy(meta_for(store), row_column, column_column)
 
@@ -174,7 +179,7 @@ class RunCancelled(BiasLensError):
 
 
 def run_queue(lane: str = HEAVY) -> RunQueue:
-    """The server's queue of one lane (core/server.py: never in Streamlit's caches, which a
+    """The server's queue of one lane (core/services/server.py: never in Streamlit's caches, which a
     client can clear). Heavy runs (over a dataset) use the shared model one at a time; light
     runs (one image's Grad-CAM, concept patches) never wait behind them: each uses a private
     copy of the model (``private_model``), because heavy runs swap the shared model's weights
@@ -184,7 +189,7 @@ def run_queue(lane: str = HEAVY) -> RunQueue:
 
 def private_model(workspace: Workspace, hosted: bool, shared: LoadedModel) -> contextlib.AbstractContextManager[LoadedModel]:
     """A copy of the workspace's model for one light run alone, loaded afresh like ``shared``
-    (core.server.ModelCopies keeps at most one per light-lane place)."""
+    (core.services.server.ModelCopies keeps at most one per light-lane place)."""
     key = f"{workspace.key()}|{shared.weights_fingerprint}"
     return SERVER.copies.borrow(key, lambda: load_model(workspace.model, shared.device, hosted=hosted))
 

@@ -201,7 +201,7 @@ def cell_text(value: Any) -> str:
 
 
 def intersection_heatmap(table: pd.DataFrame, row_title: str, column_title: str) -> alt.LayerChart:
-    """Accuracy per cell of two columns (core.summary.intersection_accuracy): colour and text
+    """Accuracy per cell of two columns (core.scoring.summary.intersection_accuracy): colour and text
     show the accuracy and the count, the tooltip the 95% interval; empty cells stay blank.
 
     A click selects a cell: the point selection ``cell`` over the fields ``row_text`` and

@@ -69,7 +69,7 @@ def within_select(ctx: Any, registry: Any) -> tuple[str | None, np.ndarray | Non
 
 
 def selected_cell(table: pd.DataFrame, event: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The row of an intersection table (core.summary.intersection_accuracy) that a click on its
+    """The row of an intersection table (core.scoring.summary.intersection_accuracy) that a click on its
     heatmap selected, or None (nothing selected, or an empty cell)."""
     points = ((event or {}).get("selection") or {}).get(CELL_SELECTION) or []
     if not points:

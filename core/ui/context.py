@@ -9,16 +9,16 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import BiasLensError, redact_paths
-from core.ui import cache, workshop
-from core.ui.keys import state_key
-from core.ui.listing import workspace_list
-from core.ui.page import PageContext
-from core.workspace import (
+from core.services.workspace import (
     DEMO_NAME,
     Workspace,
     default_workspaces_file,
     load_workspaces,
 )
+from core.ui import cache, workshop
+from core.ui.keys import state_key
+from core.ui.listing import workspace_list
+from core.ui.page import PageContext
 
 WORKSPACE_KEY = state_key("app", "workspace")
 ROUTED_KEY = state_key("app", "routed")  # set by a session's first run (see through_app)
@@ -81,7 +81,7 @@ def ignore_clear_cache_when_hosted() -> None:
 
     Any browser can send it (the menu's "Clear cache", or by hand over the page's WebSocket),
     and it empties every cache of the server for all visitors, so a visitor could make the
-    server recompute everything. Nothing a visitor shares lives in those caches (core/server.py),
+    server recompute everything. Nothing a visitor shares lives in those caches (core/services/server.py),
     so this is defence in depth. Local mode keeps the menu item. Patched once per process.
     """
     from streamlit.runtime.app_session import AppSession

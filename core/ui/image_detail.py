@@ -19,10 +19,10 @@ import streamlit as st
 from PIL import Image
 from sklearn.base import clone
 
+from core.data.images import placeholder, thumbnail
 from core.errors import BiasLensError
-from core.images import placeholder, thumbnail
 from core.methods import GradCAM, overlay
-from core.models import model_view
+from core.models.loading import model_view
 from core.ui import cache, workshop
 from core.ui.context import PageContext
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key

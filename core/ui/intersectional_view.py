@@ -1,13 +1,13 @@
 """The Intersectional page's cached runs, charts and maps (Krug & Stober: linear probes per
 layer, and NAP topographic maps of intersectional groups).
 
-Groups are built from the store's metadata (core/groups.py); probes train on reduced
-activations kept with the store (core/probe_store.py); NAPs read the store's mean-pooled
+Groups are built from the store's metadata (core/methods/intersectional/groups.py); probes train on reduced
+activations kept with the store (core/methods/intersectional/features.py); NAPs read the store's mean-pooled
 channels. Every heavy run goes through ``cache.computed_once``, keyed by the store's
 fingerprint, the groups and the estimator's ``get_params()``, so a rerun recomputes nothing.
-Probes and layouts that ``python -m core prepare`` kept beside the store (core/prepare.py)
+Probes and layouts that ``python -m core prepare`` kept beside the store (core/services/prepare.py)
 are read from disk when no run of this server process holds them. On a hosted server a
-visitor's probe run is checked against the hosted caps first (core/estimates.py).
+visitor's probe run is checked against the hosted caps first (core/services/estimates.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ import streamlit as st
 from PIL import Image
 from sklearn.base import clone
 
-from core.estimates import HOSTED_REQUEST_DISK_BYTES, naps_seconds, topomap_seconds
-from core.groups import Groups, build_groups, default_group_columns, groups_from_subsets
 from core.methods import LinearProbes, NAPs, TopographicLayout, topomap
-from core.prepare import (
+from core.methods.intersectional.groups import (
+    Groups,
+    build_groups,
+    default_group_columns,
+    groups_from_subsets,
+)
+from core.services.estimates import HOSTED_REQUEST_DISK_BYTES, naps_seconds, topomap_seconds
+from core.services.prepare import (
     GROUP_COLUMNS,
     MIN_GROUP_SIZE,
     ProbeRun,
@@ -39,8 +44,8 @@ from core.prepare import (
     probe_run,
     probes_key,
 )
-from core.store import Store
-from core.subsets import scope_digest
+from core.services.subsets import scope_digest
+from core.store.read import Store
 from core.ui import cache
 from core.ui.charts import MAX_ROWS, evenly, safe_fields
 from core.ui.context import PageContext
@@ -308,7 +313,7 @@ def similarity_chart(names: Sequence[str], similarity: np.ndarray, order: np.nda
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs=cache.STORE_HASH)
 def default_columns(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
     """(the variables the page opens on, [(attribute passed over, why)]): the first attribute
-    columns that split the images into groups (``core.groups.default_group_columns``)."""
+    columns that split the images into groups (``core.methods.intersectional.groups.default_group_columns``)."""
     return default_group_columns(cache.meta_for(store), list(store.attribute_columns), GROUP_COLUMNS, MIN_GROUP_SIZE)
 
 

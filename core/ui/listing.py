@@ -6,9 +6,9 @@ loaders (core/ui/cache.py), the page context (core/ui/context.py) and the worksh
 late to learn whether the ground truth is hidden.
 
 Workshop mode is on when the settings say so (``[settings] workshop = true`` or
-``BIASLENS_WORKSHOP=1``, core/workspace.py) unless the instructor switched it for the server
+``BIASLENS_WORKSHOP=1``, core/services/workspace.py) unless the instructor switched it for the server
 in the sidebar; the ground truth is hidden while it is on and not revealed. The state is
-core/server.py's ``SERVER.workshop`` (see core/ui/workshop.py).
+core/services/server.py's ``SERVER.workshop`` (see core/ui/workshop.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.server import SERVER, WorkshopSnapshot
-from core.workspace import WorkspaceList, default_workspaces_file, load_workspaces
+from core.services.server import SERVER, WorkshopSnapshot
+from core.services.workspace import WorkspaceList, default_workspaces_file, load_workspaces
 
 
 @st.cache_data(show_spinner=False, ttl=10)

@@ -16,9 +16,9 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.scorecard import baseline_groups, compare_with_baseline, domino_scorecard
-from core.significance import HELD_OUT_SHOWN, group_tests
-from core.store import Store
+from core.scoring.scorecard import baseline_groups, compare_with_baseline, domino_scorecard
+from core.scoring.significance import HELD_OUT_SHOWN, group_tests
+from core.store.read import Store
 from core.ui import cache, image_detail
 from core.ui.context import PageContext
 from core.ui.keys import state_key
@@ -158,7 +158,7 @@ def significance_section(
 ) -> None:
     """Is each discovered group's accuracy gap evidence or chance? Fisher's exact test of the
     group against the rest, Newcombe's 95% interval of the gap, and Benjamini-Hochberg q-values
-    over every candidate of the run (core/significance.py). ``held_out`` (a cached table or
+    over every candidate of the run (core/scoring/significance.py). ``held_out`` (a cached table or
     None, and the run that computes it) adds the split-half confirmation on a button."""
     with st.expander(f"Significance of the {len(names)} {what}", icon=":material/functions:"):
         if held_out is not None:

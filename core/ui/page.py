@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from core.datasets import ImageDataset
-from core.models import LoadedModel
-from core.store import Store
-from core.subsets import SubsetRegistry
+from core.data.datasets import ImageDataset
+from core.models.loading import LoadedModel
+from core.services.subsets import SubsetRegistry
+from core.services.workspace import Workspace
+from core.store.read import Store
 from core.ui import cache, visitor
 from core.ui.listing import workshop_on
-from core.workspace import Workspace
 
 
 @dataclass

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.data.images import placeholder
 from core.errors import BiasLensError
-from core.estimates import HOSTED_MAX_FILTERS_K
-from core.filters import FilterIndex
-from core.images import placeholder
 from core.methods import FilterSaliency, FilterTurnOff, FineTuneCheck, MaskingExperiment, overlay
-from core.saliency_store import SaliencyProfiles
+from core.methods.saliency.filters import FilterIndex
+from core.methods.saliency.profiles import SaliencyProfiles
+from core.services.estimates import HOSTED_MAX_FILTERS_K
 from core.ui.charts import show
 from core.ui.image_detail import enlarged
 from core.ui.keys import state_key

@@ -1,12 +1,12 @@
 """The Filter saliency page's cached runs and charts (parameter-space saliency, Levin et al.).
 
-The dataset's profiles live on disk with the store (core/saliency_store.py); everything
+The dataset's profiles live on disk with the store (core/methods/saliency/profiles.py); everything
 computed from them, or from the model for one image, is run once per inputs with
 ``cache.computed_once``, keyed by the store's fingerprint, the profiles' key, the reference
 set and the estimator's ``get_params()``, so a rerun never calls the model again. Cached
 objects are fitted clones, never the caller's estimator. Runs over many images show their
 expected time beside their button, and on a hosted server a visitor's run must pass the
-hosted caps (core/estimates.py).
+hosted caps (core/services/estimates.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,29 @@ import torch
 from sklearn.base import clone
 
 from core.errors import BiasLensError, DataError
-from core.estimates import (
+from core.methods import (
+    FailureModes,
+    FilterSaliency,
+    FilterTurnOff,
+    FineTuneCheck,
+    MaskingExperiment,
+    confusion_cell_groups,
+    failure_mode_scorecard,
+)
+from core.methods.saliency.explain import TOUR_MARGIN, curves_summary, tour_error
+from core.methods.saliency.filters import FilterIndex, conv_filters, resolve_method
+from core.methods.saliency.profiles import (
+    SaliencyProfiles,
+    build_profiles,
+    find_profiles,
+    nearest,
+    profile_problem,
+    row_norms,
+    size_message,
+)
+from core.models.loading import LoadedModel, make_transform
+from core.scoring.scorecard import scorecard
+from core.services.estimates import (
     HOSTED_MAX_IMAGES,
     HOSTED_MAX_RUN_SECONDS,
     HostedLimit,
@@ -43,30 +65,8 @@ from core.estimates import (
     saliency_means_seconds,
     turn_off_seconds,
 )
-from core.filters import FilterIndex, conv_filters, resolve_method
-from core.methods import (
-    FailureModes,
-    FilterSaliency,
-    FilterTurnOff,
-    FineTuneCheck,
-    MaskingExperiment,
-    confusion_cell_groups,
-    failure_mode_scorecard,
-)
-from core.methods.saliency import TOUR_MARGIN, curves_summary, tour_error
-from core.models import LoadedModel, make_transform
-from core.saliency_store import (
-    SaliencyProfiles,
-    build_profiles,
-    find_profiles,
-    nearest,
-    profile_problem,
-    row_norms,
-    size_message,
-)
-from core.scorecard import scorecard
-from core.store import Store
-from core.subsets import scope_digest
+from core.services.subsets import scope_digest
+from core.store.read import Store
 from core.ui import cache
 from core.ui.charts import evenly, show
 from core.ui.context import PageContext

@@ -16,14 +16,20 @@ import pandas as pd
 import streamlit as st
 from sklearn.base import clone
 
-from core.cohorts import equals_filter
-from core.estimates import map_seconds, spotlight_held_out_seconds, spotlight_seconds
 from core.methods import Spotlight, SpotlightFit
-from core.score import spotlight_held_out
-from core.stats import bootstrap_ci
-from core.store import Store
-from core.subsets import expand, scope_digest
-from core.summary import attribute_enrichment, project_2d, stored_value, top_shares, weighted_shares
+from core.scoring.score import spotlight_held_out
+from core.scoring.stats import bootstrap_ci
+from core.scoring.summary import (
+    attribute_enrichment,
+    project_2d,
+    stored_value,
+    top_shares,
+    weighted_shares,
+)
+from core.services.cohorts import equals_filter
+from core.services.estimates import map_seconds, spotlight_held_out_seconds, spotlight_seconds
+from core.services.subsets import expand, scope_digest
+from core.store.read import Store
 from core.ui import cache
 from core.ui.charts import show
 from core.ui.cohort_link import open_cohort
@@ -99,7 +105,7 @@ def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scop
 def held_out_for(
     store: Store, representation: str, spotlight: Spotlight, scope: np.ndarray | None = None
 ) -> tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]]:
-    """The split-half confirmation of the spotlights (core.score.spotlight_held_out): (its
+    """The split-half confirmation of the spotlights (core.scoring.score.spotlight_held_out): (its
     cached table or None, the run that computes it once)."""
     key = _run_key(representation, spotlight, scope)
 
@@ -178,7 +184,7 @@ SHARE_BAND = 30  # px per class in the share charts, whatever the number of clas
 
 def shares_chart(shares: pd.DataFrame, title: str, top: int = 12) -> alt.Chart:
     """Grouped bars: each value's share inside the spotlight vs in the dataset, for the ``top``
-    values most present inside and one "other" bar for the rest (``core.summary.top_shares``).
+    values most present inside and one "other" bar for the rest (``core.scoring.summary.top_shares``).
 
     Each value gets a band of SHARE_BAND px (a Vega-Lite step), so 2 or 4 classes read as well
     as 12: a chart of fixed height squeezed their bars to slivers under the axis and legend.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import BiasLensError, redact_paths
-from core.extract import build_store
-from core.store import Store
+from core.store.build import build_store
+from core.store.read import Store
 from core.ui import cache
 from core.ui.context import PageContext
 from core.ui.keys import state_key

@@ -15,7 +15,6 @@ import streamlit as st
 from sklearn.base import clone
 
 from core.errors import BiasLensError
-from core.estimates import udis_held_out_seconds, udis_seconds
 from core.methods import (
     CLUSTER_THRESHOLD,
     UDIS,
@@ -27,10 +26,11 @@ from core.methods import (
     panel_neurons,
     subgroup_confusion,
 )
-from core.score import udis_held_out
-from core.server import SERVER
-from core.store import Store
-from core.subsets import expand, scope_digest
+from core.scoring.score import udis_held_out
+from core.services.estimates import udis_held_out_seconds, udis_seconds
+from core.services.server import SERVER
+from core.services.subsets import expand, scope_digest
+from core.store.read import Store
 from core.ui import cache, image_detail
 from core.ui.charts import confusion_matrix, show
 from core.ui.context import PageContext
@@ -70,7 +70,7 @@ def subgroups_for(store: Store, udis: UDIS, scope: np.ndarray | None = None) -> 
 def held_out_for(
     store: Store, udis: UDIS, threshold: float, scope: np.ndarray | None = None
 ) -> tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]]:
-    """The split-half confirmation of the under-performing subgroups (core.score.udis_held_out):
+    """The split-half confirmation of the under-performing subgroups (core.scoring.score.udis_held_out):
     (its cached table or None, the run that computes it once)."""
     key = cache.run_key(udis.get_params(), threshold, None if scope is None else scope_digest(scope))
 

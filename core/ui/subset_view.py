@@ -1,6 +1,6 @@
 """The saved subsets on the Cohorts & subsets page: open one (its gallery, accuracy with an
 interval, class mix and attribute lift), rename it, note it, delete it, export it; export
-them all as CSV or as a findings report (core/report.py)."""
+them all as CSV or as a findings report (core/services/report.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.cohorts import sql_literal
-from core.datasets import ImageDataset
+from core.data.datasets import ImageDataset
+from core.data.images import placeholder
 from core.errors import BiasLensError
-from core.images import placeholder
-from core.report import SubsetFigures, build_report, subset_figures
-from core.store import Store
-from core.subsets import SubsetRegistry, fitted_name, params_text
-from core.summary import subset_vs_rest
+from core.scoring.summary import subset_vs_rest
+from core.services.cohorts import sql_literal
+from core.services.report import SubsetFigures, build_report, subset_figures
+from core.services.subsets import SubsetRegistry, fitted_name, params_text
+from core.store.read import Store
 from core.ui import cache
 from core.ui.cohort_link import ALL_IMAGES
 from core.ui.context import PageContext
@@ -59,7 +59,7 @@ def compare_select(ctx: PageContext, page: str) -> tuple[str | None, np.ndarray 
 
 
 def compare_panel(meta: pd.DataFrame, name: str, rows: np.ndarray, groups: dict[str, np.ndarray], what: str) -> None:
-    """The subset-versus-rest table over the method's groups (core.summary.subset_vs_rest)."""
+    """The subset-versus-rest table over the method's groups (core.scoring.summary.subset_vs_rest)."""
     st.subheader(f"Subset '{name}' versus the rest")
     compared = subset_vs_rest(groups, rows, meta["correct"].to_numpy())
     empty = "no image on that side of the group (no accuracy, no interval)"

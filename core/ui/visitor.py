@@ -1,7 +1,7 @@
 """Who this browser is, across reloads: a random visitor key kept in the page's URL (``?v=``).
 
 A reload or a new tab with the same URL starts a new Streamlit session with an empty session
-state; the key finds the visitor's record on the server again (core/server.py: their saved
+state; the key finds the visitor's record on the server again (core/services/server.py: their saved
 subsets and workshop steps). The key is 128 random bits, so one student never lands on
 another's work unless given their URL. The records live in the server process, never in
 Streamlit's caches, so a client's clear-cache message cannot wipe them.
@@ -15,8 +15,8 @@ from typing import Any
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.server import SERVER, VISITOR_KEY, VisitorRecord, new_visitor_key
-from core.subsets import SessionStorage, Subset
+from core.services.server import SERVER, VISITOR_KEY, VisitorRecord, new_visitor_key
+from core.services.subsets import SessionStorage, Subset
 from core.ui.keys import state_key
 
 PARAM = "v"

@@ -1,7 +1,7 @@
 """Workshop mode in the app: hide the ground truth until the instructor reveals it, the
 instructor's sidebar panel, the guided steps and "Check my finding".
 
-**Reveal is per server.** The state is core/server.py's ``SERVER.workshop``, a plain object of
+**Reveal is per server.** The state is core/services/server.py's ``SERVER.workshop``, a plain object of
 the server process shared by every session (never a Streamlit cache, which any client can
 clear): when the instructor presses "Reveal" every open page follows within about
 ``POLL_S`` seconds (a sidebar fragment polls the state's version and reruns its page), and
@@ -10,7 +10,7 @@ fails closed. Reset also pins workshop mode to what it is, so it never reveals b
 mode off.
 
 Workshop mode is on when the settings say so (``[settings] workshop = true`` or
-``BIASLENS_WORKSHOP=1``, core/workspace.py) unless the instructor switched it for the server
+``BIASLENS_WORKSHOP=1``, core/services/workspace.py) unless the instructor switched it for the server
 in the sidebar. The instructor unlocks the panel with the passphrase
 (``instructor_passphrase`` or ``BIASLENS_INSTRUCTOR_PASSPHRASE``), compared with
 ``hmac.compare_digest``; it is never shown, and failed attempts are throttled per visitor
@@ -32,7 +32,9 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.server import SERVER
+from core.services.server import SERVER
+from core.services.workshop import random_baseline, score_finding, student_view
+from core.services.workspace import Workspace, WorkspaceList
 from core.ui import cache, visitor
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
 from core.ui.listing import (
@@ -44,8 +46,6 @@ from core.ui.listing import (
 )
 from core.ui.page import PageContext
 from core.ui.widgets import how_to_read, percent
-from core.workshop import random_baseline, score_finding, student_view
-from core.workspace import Workspace, WorkspaceList
 
 UNLOCKED = state_key("workshop", "unlocked")
 EPOCH = state_key("workshop", "epoch")

@@ -10,7 +10,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.server import SERVER
+from core.services.server import SERVER
 from tests.support import SIZE, digits_arrays
 
 REPO = Path(__file__).resolve().parents[2]

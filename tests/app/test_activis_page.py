@@ -10,8 +10,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.methods import ActivationMatrix
-from core.subsets import SubsetRegistry
-from core.workspace import load_workspaces
+from core.services.subsets import SubsetRegistry
+from core.services.workspace import load_workspaces
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 
@@ -76,7 +76,7 @@ def test_matrix_values_are_the_class_means_of_the_store(page, tmp_path):
 
     at = page
     store_path = next((tmp_path / "cache").rglob("manifest.json")).parent
-    from core.store import open_store
+    from core.store.read import open_store
 
     store = open_store(store_path)
     meta = store.meta()
@@ -102,7 +102,7 @@ def test_adding_cohort_subset_predicted_and_image_rows(page, tmp_path):
     widget(at.selectbox, "Subset").set_value("first ten")
     press(at, "Add the subset row")
     no_exception(at)
-    from core.store import open_store
+    from core.store.read import open_store
 
     predicted = int(open_store(store_path).meta()["pred_idx"].mode()[0])  # a class the tiny model predicts
     widget(at.selectbox, "Predicted class").set_value(predicted)

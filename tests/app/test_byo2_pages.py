@@ -13,7 +13,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.saliency_store import PROFILES_FILE
+from core.methods.saliency.profiles import PROFILES_FILE
 from tests.app.conftest import REPO
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_saliency_page import BUILD, open_saliency, texts, ws_key

@@ -65,8 +65,8 @@ def test_details_dialog_of_a_missing_image_says_so(folder_app):
 
 def test_thumbnails_of_missing_and_damaged_files_are_placeholders(folder_app):
     _, root = folder_app
-    from core.folders import ImageFolderDataset
-    from core.images import placeholder
+    from core.data.folders import ImageFolderDataset
+    from core.data.images import placeholder
 
     dataset = ImageFolderDataset(root)
     gone, damaged, kept = 0, 1, 2

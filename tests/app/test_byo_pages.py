@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from core.methods import UDIS, UDIS_THRESHOLD
-from core.scorecard import domino_scorecard
-from core.store import Store, open_store
+from core.scoring.scorecard import domino_scorecard
+from core.store.read import Store, open_store
 from core.ui import cache
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception

@@ -1,7 +1,7 @@
 """A class on one hosted server (issue 21): what every visitor shares survives a client's
 clear-cache message, Reset never reveals, a student's work survives a reload, steps tick from
 their actions, passphrase guesses are throttled. Each of these failed on the code before
-core/server.py (state in Streamlit's caches, steps and subsets in the session)."""
+core/services/server.py (state in Streamlit's caches, steps and subsets in the session)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.server import SERVER
+from core.services.server import SERVER
 from core.ui import cache
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.estimates import spotlight_seconds
+from core.services.estimates import spotlight_seconds
 from core.ui import cache
 from tests.app.test_app import build_tiny
 from tests.app.test_spotlight_page import open_spotlight, run_spotlights

@@ -11,9 +11,9 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core import estimates
 from core.__main__ import main
 from core.methods import LinearProbes, TopographicLayout
+from core.services import estimates
 from core.ui import saliency_view
 from tests.app.conftest import REPO
 from tests.app.test_app import no_exception
@@ -79,7 +79,7 @@ def open_page(at: AppTest, page: str) -> AppTest:
 def test_intersectional_shows_the_prepared_probes_and_maps_without_running_them(visitor, monkeypatch):
     monkeypatch.setattr(LinearProbes, "fit", refuse)
     monkeypatch.setattr(TopographicLayout, "fit", refuse)
-    monkeypatch.setattr("core.probe_store._build", refuse)
+    monkeypatch.setattr("core.methods.intersectional.features._build", refuse)
     at = open_page(visitor, "pages/intersectional.py")
     assert any(m.value.startswith("**Most frequent errors**") for m in at.markdown)
     assert not [b for b in at.button if b.label == "Train the probes"]

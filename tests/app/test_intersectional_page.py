@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.workspace import load_workspaces
+from core.services.workspace import load_workspaces
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.support import digits_arrays
@@ -110,7 +110,7 @@ def test_the_default_subsets_never_overlap(app, tmp_path):
     """The page used to open on the first two saved subsets and, when they shared images,
     on an error the user had not caused. The default now skips a subset that overlaps those
     already chosen. Overlapping subsets the user picks are still a clear error."""
-    from core.subsets import SubsetRegistry
+    from core.services.subsets import SubsetRegistry
 
     at = build_tiny(app, "folder")
     registry = SubsetRegistry.in_folder(next((tmp_path / "cache").rglob("manifest.json")).parent)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
+from core.services.workspace import load_workspaces
 from core.ui.spotlight_view import MAP_BRUSH, MAP_PICK, map_selection
-from core.workspace import load_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_spotlight_page import open_spotlight, run_spotlights
 from tests.app.test_subgroups_page import CHOICE, buttons, open_subgroups

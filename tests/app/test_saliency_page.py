@@ -9,7 +9,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.workspace import load_workspaces
+from core.services.workspace import load_workspaces
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_hosted import _app, _scripted_workspace
@@ -197,8 +197,8 @@ dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
 
 def test_warm_rerun_calls_no_model(built, monkeypatch):
     """A rerun reads every result from the cache: the estimators are never fitted again."""
-    import core.methods.saliency as saliency
-    import core.methods.saliency_search as search
+    import core.methods.saliency.explain as saliency
+    import core.methods.saliency.failure_modes as search
 
     def refuse(*args, **kwargs):
         raise AssertionError("a rerun fitted an estimator again")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.services.workspace import load_workspaces
 from core.ui import cache
-from core.workspace import load_workspaces
 from tests.app.test_app import build_tiny, no_exception
 
 

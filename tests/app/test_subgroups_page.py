@@ -16,8 +16,8 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 import core.methods
+from core.services.workspace import load_workspaces
 from core.ui import cache
-from core.workspace import load_workspaces
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 

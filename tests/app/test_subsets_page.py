@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import core.subsets
-from core.subsets import SubsetRegistry
+import core.services.subsets
+from core.services.subsets import SubsetRegistry
 from tests.app.conftest import REPO
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_hosted import _app, _scripted_workspace
@@ -22,7 +22,7 @@ def fresh_session(name: str) -> AppTest:
     """A new browser session after a server restart: no caches, nothing in memory."""
     st.cache_data.clear()
     st.cache_resource.clear()
-    core.subsets._READ_CACHE.clear()
+    core.services.subsets._READ_CACHE.clear()
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
     at.session_state["app.workspace"] = name
     at.run()
@@ -262,9 +262,9 @@ dataset = {{ kind = "csv", csv = "{tmp_path / 'long.csv'}" }}
     no_exception(at)
     assert not at.error
     names = listed(at)
-    assert len(names) == 10 and all(len(n) <= core.subsets.MAX_NAME for n in names)
+    assert len(names) == 10 and all(len(n) <= core.services.subsets.MAX_NAME for n in names)
     (long_name,) = [n for n in names if n.startswith("class: 3 very long")]
-    assert long_name == core.subsets.fitted_name(long_label, "class: ") and len(long_name) == core.subsets.MAX_NAME
+    assert long_name == core.services.subsets.fitted_name(long_label, "class: ") and len(long_name) == core.services.subsets.MAX_NAME
     meta = pd.read_parquet(_store_folder(tmp_path) / "meta.parquet")
     saved = SubsetRegistry.in_folder(_store_folder(tmp_path)).get(long_name)
     assert list(saved.rows) == list(meta.loc[meta["label"] == long_label.strip(), "row"])

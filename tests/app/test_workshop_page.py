@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.server import SERVER
+from core.services.server import SERVER
 from tests.app.conftest import REPO
 from tests.app.test_app import no_exception
 
@@ -191,10 +191,10 @@ def test_a_checked_finding_stays_with_its_workspace(tmp_path, monkeypatch):
     """A finding checked on one workspace was shown, and scored against a baseline, on the
     next one: a crash when the next was smaller ("A baseline needs a size between 1 and 200"),
     another workspace's result when larger. Found by a hostile-input sweep."""
-    from core.extract import build_store
-    from core.models import load_model
-    from core.sources import build_dataset
-    from core.workspace import load_workspaces
+    from core.data.sources import build_dataset
+    from core.models.loading import load_model
+    from core.services.workspace import load_workspaces
+    from core.store.build import build_store
 
     settings = tmp_path / "workspaces.toml"
     settings.write_text("".join(

@@ -1,4 +1,4 @@
-"""ActiVis (core.methods.activis): S^T A, sorting, the projection and the instance panel,
+"""ActiVis (core.methods.activis.matrix): S^T A, sorting, the projection and the instance panel,
 checked by hand on tiny cases."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from core.errors import DataError
 from core.methods import ActivationMatrix, Projection, instance_grid, membership_matrix, pages_for
-from core.methods.activis import MAX_ROWS
+from core.methods.activis.matrix import MAX_ROWS
 
 RNG = np.random.default_rng(0)
 A = RNG.normal(size=(30, 7))

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from torchvision.models import resnet50
 
-from core.filters import FilterIndex, conv_filters
-from core.groups import build_groups, counts_table, default_group_columns
-from core.methods.saliency import tour_error
-from core.subsets import defining_params, params_text
-from core.summary import intersection_axes
+from core.methods.intersectional.groups import build_groups, counts_table, default_group_columns
+from core.methods.saliency.explain import tour_error
+from core.methods.saliency.filters import FilterIndex, conv_filters
+from core.scoring.summary import intersection_axes
+from core.services.subsets import defining_params, params_text
 from core.ui import charts
 from core.ui import intersectional_view as iview
 from core.ui import saliency_view as sview

@@ -10,9 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v3_small
 
-from core.filters import ProfileStats, conv_filters, filter_profiles, twice_differentiable
 from core.methods import FilterSaliency
-from core.models import ModelSpec, load_model, make_transform
+from core.methods.saliency.filters import (
+    ProfileStats,
+    conv_filters,
+    filter_profiles,
+    twice_differentiable,
+)
+from core.models.loading import ModelSpec, load_model, make_transform
 from tests.support import digits_dataset
 
 SIZE = 32

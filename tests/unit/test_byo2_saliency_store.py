@@ -12,15 +12,15 @@ import pytest
 
 from core.__main__ import main
 from core.errors import StoreError
-from core.extract import build_store
-from core.saliency_store import (
+from core.methods.saliency.profiles import (
     PROFILES_FILE,
     build_profiles,
     find_profiles,
     open_profiles,
     profile_problem,
 )
-from core.store import open_store
+from core.store.build import build_store
+from core.store.read import open_store
 from tests.support import digits_dataset, tiny_model
 from tests.unit.test_cli import _workspace_file
 

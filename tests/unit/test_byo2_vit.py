@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from core.filters import ProfileStats, conv_filters, filter_profiles
 from core.methods import FilterSaliency, FilterTurnOff, MaskingExperiment
-from core.models import ModelSpec, load_model, make_transform
+from core.methods.saliency.filters import ProfileStats, conv_filters, filter_profiles
+from core.models.loading import ModelSpec, load_model, make_transform
 from tests.support import SIZE, digits_dataset
 
 

@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from core.layers import find_layers, probe_forward
-from core.models import ModelSpec, load_model
+from core.models.layers import find_layers, probe_forward
+from core.models.loading import ModelSpec, load_model
 
 SMALL = 32  # every CNN below runs at 32 px: its blocks are the same as at 224 px, in a tenth of the time
 
@@ -112,7 +112,7 @@ def vit() -> nn.Module:
 
 @pytest.mark.parametrize("wrap", ["bare", "one wrapper", "normalise in a Sequential"])
 def test_vit_has_only_its_patch_embedding(vit, wrap):
-    from core.layers import is_patch_embedding
+    from core.models.layers import is_patch_embedding
 
     make, prefix = WRAPS[wrap]
     model = make(vit)
@@ -123,7 +123,7 @@ def test_vit_has_only_its_patch_embedding(vit, wrap):
 
 
 def test_patch_embedding_test():
-    from core.layers import is_patch_embedding
+    from core.models.layers import is_patch_embedding
 
     assert is_patch_embedding(nn.Conv2d(3, 8, 16, stride=16))
     assert not is_patch_embedding(nn.Conv2d(3, 8, 3, stride=1))

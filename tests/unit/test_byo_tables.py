@@ -29,7 +29,7 @@ def test_percent_columns_share_one_format_and_missing_values_are_dashes():
 
 
 def shares(n: int) -> pd.DataFrame:
-    from core.summary import weighted_shares
+    from core.scoring.summary import weighted_shares
 
     labels = pd.Series([f"class {i:04d}" for i in np.arange(4 * n) % n])
     return weighted_shares(labels, np.linspace(1, 0, 4 * n))
@@ -37,7 +37,7 @@ def shares(n: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("n", [2, 4, 10, 1000])
 def test_share_charts_give_every_class_a_band(n):
-    from core.summary import top_shares
+    from core.scoring.summary import top_shares
     from core.ui.spotlight_view import SHARE_BAND, shares_chart
 
     part = top_shares(shares(n), 12)
@@ -63,7 +63,7 @@ def test_one_class_confusion_legend_counts_in_whole_numbers():
 
 
 def test_placeholder_is_a_grey_tile_with_a_cross_and_the_id():
-    from core.images import PLACEHOLDER_GREY, placeholder
+    from core.data.images import PLACEHOLDER_GREY, placeholder
 
     tile = placeholder(96, "cat/0001.png")
     assert tile.shape == (96, 96, 3) and tile.dtype == np.uint8

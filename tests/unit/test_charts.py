@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.summary import gallery_rows
+from core.scoring.summary import gallery_rows
 from core.ui import charts
 
 

@@ -62,13 +62,13 @@ def test_layers_and_build(tmp_path, capsys, monkeypatch):
 
 
 def test_build_with_ray_but_no_ray_says_how_to_install(tmp_path, capsys, monkeypatch):
-    import core.ray_extract
+    import core.store.ray_source
     from core.errors import StoreError
 
     def missing():
-        raise StoreError(core.ray_extract._INSTALL)
+        raise StoreError(core.store.ray_source._INSTALL)
 
-    monkeypatch.setattr(core.ray_extract, "_import_ray", missing)
+    monkeypatch.setattr(core.store.ray_source, "_import_ray", missing)
     path = _workspace_file(tmp_path)
     assert main(["--file", str(path), "build", "tiny", "--ray", "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err

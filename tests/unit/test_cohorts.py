@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.cohorts import CohortError, CohortView
+from core.services.cohorts import CohortError, CohortView
 
 
 @pytest.fixture
@@ -75,15 +75,15 @@ def test_empty_expression(view):
 def test_a_filter_cannot_stall_the_server(monkeypatch):
     """sleep_ms(10000) held a visitor's thread for 10 s per row (hours on the demo); it is
     refused, and any filter still running after QUERY_SECONDS is interrupted with a message."""
-    import core.cohorts
+    import core.services.cohorts
 
     big = CohortView(pd.DataFrame({"row": np.arange(2_000_000), "k": np.arange(2_000_000) % 7}))
     with pytest.raises(CohortError, match="'sleep_ms' is not a scalar function"):
         big.rows("sleep_ms(10) IS NULL")
-    monkeypatch.setattr(core.cohorts, "QUERY_SECONDS", 0.05)
+    monkeypatch.setattr(core.services.cohorts, "QUERY_SECONDS", 0.05)
     with pytest.raises(CohortError, match=r"stopped after 0.05 s: simplify it"):
         big.rows("md5(md5(md5(CAST(row AS VARCHAR)))) LIKE '%abc%'")
-    monkeypatch.setattr(core.cohorts, "QUERY_SECONDS", 10.0)
+    monkeypatch.setattr(core.services.cohorts, "QUERY_SECONDS", 10.0)
     assert len(big.rows("k = 3")) == 285_714  # the connection still answers
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.cohorts
-from core.cohorts import QUERY_SECONDS, CohortError, CohortView
+import core.services.cohorts
+from core.services.cohorts import QUERY_SECONDS, CohortError, CohortView
 
 REPORTED = "length(array_to_string(range(0, 80000000), ',')) > 0"
-CAP_MB = getattr(core.cohorts, "QUERY_MEMORY_MB", 512)
+CAP_MB = getattr(core.services.cohorts, "QUERY_MEMORY_MB", 512)
 SLACK_MB = 64  # allocator rounding and the answer's own bytes
 
 BOMBS = [
@@ -80,7 +80,7 @@ def test_the_reported_filter_is_stopped_within_its_limits(view):
 
 @pytest.mark.parametrize("where", BOMBS)
 def test_allocation_bombs_are_stopped_within_their_limits(view, where, monkeypatch):
-    monkeypatch.setattr(core.cohorts, "QUERY_SECONDS", 3.0)
+    monkeypatch.setattr(core.services.cohorts, "QUERY_SECONDS", 3.0)
     _stopped_within_limits(view, where, 3.0)
 
 
@@ -94,7 +94,7 @@ def test_aggregates_and_joins_are_refused_before_running(view, where):
 
 def test_a_stalled_filter_does_not_hold_other_visitors(view, monkeypatch):
     """While one visitor's filter runs to its limit, another's ordinary filter is answered."""
-    monkeypatch.setattr(core.cohorts, "QUERY_SECONDS", 8.0)
+    monkeypatch.setattr(core.services.cohorts, "QUERY_SECONDS", 8.0)
     view.rows("row < 1")
     stalled = threading.Thread(target=lambda: pytest.raises(CohortError, view.rows, STALL))
     began = time.monotonic()

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.__main__ import main
-from core.config import check_settings, check_workspace
-from core.workspace import (
+from core.services.config import check_settings, check_workspace
+from core.services.workspace import (
     DEMO_NAME,
     build_workspace,
     hosted_from_env,

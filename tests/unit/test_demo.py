@@ -383,7 +383,7 @@ def test_demo_dataset_describes_its_planted_slices() -> None:
 
 def test_planted_slice_where_is_a_cohort_filter_that_selects_the_slice() -> None:
     """The Overview's "where" column pasted into Cohorts selects exactly the slice's images."""
-    from core.cohorts import CohortView
+    from core.services.cohorts import CohortView
 
     ds = DemoDataset("test")
     meta = pd.concat([ds.attributes, ds.ground_truth], axis=1)

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from core import estimates
-from core.estimates import (
+from core.methods import LinearProbes
+from core.methods.intersectional.features import (
+    PROBES_DIR,
+    feature_bytes,
+    feature_dims,
+    reduced_activations,
+)
+from core.models.torchscript import ScriptedModel
+from core.services import estimates
+from core.services.estimates import (
     HostedLimit,
     ModelCost,
     check_disk,
@@ -22,11 +30,8 @@ from core.estimates import (
     model_cost,
     on_this_server,
 )
-from core.extract import build_store
-from core.methods import LinearProbes
-from core.prepare import ProbeRun, check_hosted_probes
-from core.probe_store import PROBES_DIR, feature_bytes, feature_dims, reduced_activations
-from core.torchscript import ScriptedModel
+from core.services.prepare import ProbeRun, check_hosted_probes
+from core.store.build import build_store
 from tests.support import digits_dataset, make_tiny_cnn, tiny_model
 
 
@@ -106,7 +111,7 @@ def test_fewer_layers_reuse_the_activations_saved_for_more(model, dataset, store
     rows = np.arange(1, 240, 4)
     full = reduced_activations(store, model, dataset, rows, ["input", "block1", "block3"])
     folders = sorted((store.path / PROBES_DIR).iterdir())
-    monkeypatch.setattr("core.probe_store._build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    monkeypatch.setattr("core.methods.intersectional.features._build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
     part = reduced_activations(store, model, dataset, rows, ["block3", "embedding"], max_new_bytes=0)
     np.testing.assert_array_equal(part["block3"], full["block3"])
     assert sorted((store.path / PROBES_DIR).iterdir()) == folders

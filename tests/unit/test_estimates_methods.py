@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from core import estimates as e
-from core.estimates import ModelCost
 from core.methods import UDIS, Spotlight
+from core.services import estimates as e
+from core.services.estimates import ModelCost
 
 SMALL = ModelCost(macs=10**6)
 LARGE = ModelCost(macs=4 * 10**9)  # a resnet50 at 224 px

@@ -1,4 +1,4 @@
-"""Per-image filter saliency profiles (core/filters.py) against the batch-1 reference loop,
+"""Per-image filter saliency profiles (core/methods/saliency/filters.py) against the batch-1 reference loop,
 and the dataset statistics against numpy and hand-computed values."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
-import core.filters as filters
+import core.methods.saliency.filters as filters
 from core.errors import ModelError
-from core.filters import (
+from core.methods.saliency.filters import (
     ProfileStats,
     conv_filters,
     filter_profiles,
@@ -21,7 +21,7 @@ from core.filters import (
     resolve_method,
     standardise,
 )
-from core.models import ModelSpec, load_model
+from core.models.loading import ModelSpec, load_model
 from tests.support import make_tiny_cnn
 
 

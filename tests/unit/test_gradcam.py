@@ -9,8 +9,8 @@ from PIL import Image
 from torch import nn
 
 from core.errors import ModelError
-from core.methods.gradcam import GradCAM, overlay
-from core.models import LoadedModel, make_transform
+from core.methods.subgroups.gradcam import GradCAM, overlay
+from core.models.loading import LoadedModel, make_transform
 from tests.support import digits_dataset, tiny_model
 
 SIZE = 16

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from core.errors import DataError
-from core.groups import Groups, build_groups, capped_rows, counts_table, groups_from_subsets
+from core.methods.intersectional.groups import (
+    Groups,
+    build_groups,
+    capped_rows,
+    counts_table,
+    groups_from_subsets,
+)
 
 
 @pytest.fixture

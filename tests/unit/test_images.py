@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.data.images import ERROR_RED, frame_width, framed, mark_error, thumbnail
 from core.demo.generator import _marker_masks
 from core.demo.spec import DEFAULT_SLICES, DemoSpec
-from core.images import ERROR_RED, frame_width, framed, mark_error, thumbnail
 
 SIDE = 96
 

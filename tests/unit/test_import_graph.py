@@ -190,7 +190,7 @@ def has_reason(item: Import) -> bool:
 def test_the_graph_sees_the_project():
     edges = graph(project_imports())
     assert {"core.ui.context", "core.ui.workshop"} <= edges["app"]  # `from core.ui import workshop`
-    assert "core.methods.spotlight" in edges["core.methods"]  # a package's re-exports
+    assert "core.methods.spotlight.search" in edges["core.methods"]  # a package's re-exports
     assert len(project_files()) > 50
 
 
@@ -220,3 +220,15 @@ def test_late_imports_are_few_and_explained():
     assert len(late) <= MAX_LATE_IMPORTS, "\n".join(
         f"{item.path.relative_to(REPO)}:{item.line} imports {item.imported}" for item in late
     )
+
+
+def test_core_is_packages_by_job():
+    """core/'s top level is the architecture: packages, plus at most 6 modules."""
+    core = REPO / "core"
+    modules = sorted(p.name for p in core.glob("*.py"))
+    packages = sorted(p.name for p in core.iterdir() if (p / "__init__.py").exists())
+    assert len(modules) <= 6, modules
+    assert {"data", "models", "store", "methods", "scoring", "services", "ui", "demo"} <= set(packages)
+    methods = sorted(p.name for p in (core / "methods").iterdir() if (p / "__init__.py").exists())
+    assert not [p.name for p in (core / "methods").glob("*.py") if p.name != "__init__.py"], "a method lives in its own package"
+    assert methods == ["activis", "intersectional", "saliency", "spotlight", "subgroups"]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cohorts import CohortView, equals_filter
-from core.summary import intersection_accuracy, intersection_axes, stored_value
+from core.scoring.summary import intersection_accuracy, intersection_axes, stored_value
+from core.services.cohorts import CohortView, equals_filter
 
 
 def small() -> pd.DataFrame:

@@ -9,8 +9,14 @@ import torchvision
 from torch import nn
 
 from core.demo.model import INPUT_SIZE, DemoCNN
-from core.model_graph import GraphNode, ModelGraph, is_per_channel, model_graph, shape_text
-from core.torchscript import ScriptedModel
+from core.methods.activis.graph import (
+    GraphNode,
+    ModelGraph,
+    is_per_channel,
+    model_graph,
+    shape_text,
+)
+from core.models.torchscript import ScriptedModel
 
 STORABLE = ["block", "pool", "fc.0"]
 

@@ -14,9 +14,15 @@ from PIL import Image
 from torch import nn
 
 from core.errors import ModelError
-from core.layers import find_final_linear, list_conv_blocks
-from core.models import ModelSpec, load_model, make_transform, model_view, weights_fingerprint
-from core.torchscript import ScriptedModel
+from core.models.layers import find_final_linear, list_conv_blocks
+from core.models.loading import (
+    ModelSpec,
+    load_model,
+    make_transform,
+    model_view,
+    weights_fingerprint,
+)
+from core.models.torchscript import ScriptedModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
 SIZE = 16

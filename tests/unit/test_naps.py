@@ -1,4 +1,4 @@
-"""NAPs, the topographic layout and the maps (core.methods.naps), checked by hand on tiny cases."""
+"""NAPs, the topographic layout and the maps (core.methods.intersectional.naps), checked by hand on tiny cases."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from core.methods import (
     relaxation_step,
     topomap,
 )
-from core.methods.naps import relax
+from core.methods.intersectional.naps import relax
 
 # 3 groups of sizes 1, 2 and 3 over 2 channels, plus rows left out (-1), one of them NaN
 ROWS = np.array(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.errors import ModelError
-from core.methods.neurons import (
+from core.methods.subgroups.neurons import (
     ConceptPatches,
     ConceptPatchFinder,
     NeuronClusters,
@@ -19,7 +19,7 @@ from core.methods.neurons import (
     neuron_columns,
     patch_size_for,
 )
-from core.models import make_transform
+from core.models.loading import make_transform
 from tests.support import digits_dataset, tiny_model
 
 LAYERS = ("block1", "block3")
@@ -309,7 +309,7 @@ def test_tied_concept_patches_prefer_other_images_then_other_positions():
     """A flat neuron: many masked inputs give the same activation. Among them the patches
     shown come from images (then positions) not shown yet, not the first masks of one image,
     and the ties are counted."""
-    from core.methods.neurons import _Best, _distinct, _merge, _tied
+    from core.methods.subgroups.neurons import _Best, _distinct, _merge, _tied
 
     # 9 pairs: pair 0 is the best; pairs 1-8 tie. Pairs 0-4 are image 10, 5-6 image 11,
     # 7-8 image 12; pairs 1 and 2 share a position, so do 5 and 3.

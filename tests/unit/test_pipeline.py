@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.extract import build_store
-from core.hooks import ActivationRecorder
-from core.models import make_transform
-from core.pipeline import (
+from core.models.loading import make_transform
+from core.store.build import build_store
+from core.store.hooks import ActivationRecorder
+from core.store.pipeline import (
     LocalSource,
     OrderedWriter,
     StageTimes,
@@ -123,7 +123,7 @@ def test_an_unknown_precision_is_refused(model):
 
 def _jpeg_folder(root, n: int = 48, side: int = 40, png_every: int = 7):
     """Digits saved as JPEG files (a few as PNG) in an ImageFolder, larger than the model's input."""
-    from core.sources import DatasetSpec, build_dataset
+    from core.data.sources import DatasetSpec, build_dataset
     from tests.support import digits_arrays
 
     images, labels, _ = digits_arrays(n)
@@ -159,7 +159,7 @@ def test_torchcodec_decoding_equals_the_pil_path_within_its_tolerance(tmp_path, 
 def test_a_corrupt_jpeg_in_a_batch_is_named_and_the_others_decode(tmp_path, model):
     pytest.importorskip("torchcodec")
     from core.errors import DataError
-    from core.pipeline import _EncodedImages, decoded_images
+    from core.store.pipeline import _EncodedImages, decoded_images
 
     dataset = _jpeg_folder(tmp_path / "jpeg", n=8, png_every=100)
     broken = dataset.image_path(3)

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import prepare
 from core.__main__ import main
-from core.groups import build_groups, capped_rows
+from core.data.sources import build_dataset
 from core.methods import LinearProbes, TopographicLayout
-from core.models import load_model
-from core.probe_store import PROBES_DIR, default_probe_layers
-from core.sources import build_dataset
-from core.store import Store, find_store
-from core.workspace import load_workspaces
+from core.methods.intersectional.features import PROBES_DIR, default_probe_layers
+from core.methods.intersectional.groups import build_groups, capped_rows
+from core.models.loading import load_model
+from core.services import prepare
+from core.services.workspace import load_workspaces
+from core.store.read import Store, find_store
 from tests.support import digits_arrays
 
 MODEL = (

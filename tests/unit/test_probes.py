@@ -8,10 +8,10 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from core.errors import DataError, StoreError
-from core.extract import build_store
 from core.methods import LinearProbes
-from core.pipeline import image_batches
-from core.probe_store import default_probe_layers, reduced_activations
+from core.methods.intersectional.features import default_probe_layers, reduced_activations
+from core.store.build import build_store
+from core.store.pipeline import image_batches
 from tests.support import digits_dataset, tiny_model
 
 # --------------------------------------------------------------------------- probes
@@ -160,8 +160,8 @@ def test_the_demo_marker_is_found_by_a_probe_and_not_by_the_shuffled_control():
     margin 0.75 at block2, shuffled control within 0.05 of chance."""
     import core.demo  # noqa: F401  (registers the demo kinds)
     from core.demo.dataset import DemoDataset
-    from core.models import ModelSpec, load_model, make_transform
-    from core.probe_store import reduce_map
+    from core.methods.intersectional.features import reduce_map
+    from core.models.loading import ModelSpec, load_model, make_transform
 
     model = load_model(ModelSpec(kind="demo"), "cpu")
     dataset = DemoDataset("test")

@@ -1,4 +1,4 @@
-"""core/ray_extract.py: the Ray Data output source gives the local path's outputs and store.
+"""core/store/ray_source.py: the Ray Data output source gives the local path's outputs and store.
 
 One local Ray (2 CPUs) for the module; each RaySource call starts one CPU actor.
 """
@@ -19,12 +19,12 @@ pytest.importorskip("ray")
 
 import ray  # noqa: E402
 
+from core.data.sources import DatasetSpec, build_dataset  # noqa: E402
 from core.errors import StoreError  # noqa: E402
-from core.hooks import ActivationRecorder  # noqa: E402
-from core.models import load_model, make_transform  # noqa: E402
-from core.ray_extract import RaySource, _consecutive_runs, init_local_ray  # noqa: E402
-from core.sources import DatasetSpec, build_dataset  # noqa: E402
-from core.workspace import Workspace  # noqa: E402
+from core.models.loading import load_model, make_transform  # noqa: E402
+from core.services.workspace import Workspace  # noqa: E402
+from core.store.hooks import ActivationRecorder  # noqa: E402
+from core.store.ray_source import RaySource, _consecutive_runs, init_local_ray  # noqa: E402
 from tests.support import digits_arrays, tiny_model_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -161,10 +161,10 @@ class _Stop(Exception):
 
 
 def test_build_store_with_ray_source_equals_local(local_ray, ws, tmp_path):
-    from core.extract import build_store
+    from core.store.build import build_store
 
     if "source" not in inspect.signature(build_store).parameters:
-        pytest.skip("core/extract.py's build_store does not accept source= yet")
+        pytest.skip("core/store/build.py's build_store does not accept source= yet")
     model = load_model(ws.model, "cpu")
     dataset = build_dataset(ws.dataset)
     local = build_store(ws.name, model, dataset, LAYERS, batch_size=64, root=tmp_path / "local")

@@ -11,11 +11,11 @@ from typing import get_args
 import numpy as np
 import pytest
 
-import core.workspace  # noqa: F401  (imports the demo, so every kind is registered)
+import core.services.workspace  # noqa: F401  (imports the demo, so every kind is registered)
 from core import registry
-from core.config import DatasetTable, ModelTable
+from core.data.sources import ArrayDataset, DatasetSpec, build_dataset
 from core.errors import DataError, ModelError
-from core.sources import ArrayDataset, DatasetSpec, build_dataset
+from core.services.config import DatasetTable, ModelTable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,12 +28,12 @@ def test_the_schema_accepts_exactly_the_registered_kinds():
 
 
 def test_generic_modules_never_import_the_demo():
-    """Only core/demo/, core/workspace.py (which registers the demo's kinds for the built-in
+    """Only core/demo/, core/services/workspace.py (which registers the demo's kinds for the built-in
     demo workspace) and the CLI entry point (its demo-train command) may."""
     offenders = []
     for path in sorted((REPO / "core").rglob("*.py")):
         relative = path.relative_to(REPO).as_posix()
-        if relative.startswith("core/demo/") or relative in ("core/workspace.py", "core/__main__.py"):
+        if relative.startswith("core/demo/") or relative in ("core/services/workspace.py", "core/__main__.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -47,7 +47,7 @@ def test_generic_modules_never_import_the_demo():
 
 def test_loading_and_building_do_not_import_the_demo():
     code = (
-        "import sys, core.models, core.sources, core.store, core.extract, core.summary\n"
+        "import sys, core.models.loading, core.data.sources, core.store.read, core.store.build, core.scoring.summary\n"
         "from core.registry import registered_dataset_kinds, registered_model_kinds\n"
         "assert not [m for m in sys.modules if m.startswith('core.demo')], 'demo imported'\n"
         "print(registered_model_kinds(), registered_dataset_kinds())\n"
@@ -81,5 +81,5 @@ def test_a_new_dataset_kind_is_one_registration(monkeypatch):
     assert ds.name == "six" and len(ds) == 4
     with pytest.raises(DataError, match="Use one of: demo, imagefolder, csv, celeba, arrays"):
         build_dataset(DatasetSpec("nope"))
-    with pytest.raises(ValueError, match="dataset kind 'csv' is already registered by core.manifest"):
+    with pytest.raises(ValueError, match="dataset kind 'csv' is already registered by core.data.manifest"):
         registry.register_dataset_kind("csv", build_arrays)

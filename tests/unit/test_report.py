@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.report import build_report, subset_figures
-from core.subsets import SubsetRegistry
+from core.services.report import build_report, subset_figures
+from core.services.subsets import SubsetRegistry
 
 
 @pytest.fixture

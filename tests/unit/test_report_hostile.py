@@ -6,8 +6,8 @@ import re
 import pandas as pd
 from PIL import Image
 
-from core.report import build_report
-from core.subsets import SubsetRegistry
+from core.services.report import build_report
+from core.services.subsets import SubsetRegistry
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"

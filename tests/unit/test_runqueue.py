@@ -8,7 +8,7 @@ import time
 import pytest
 
 from core.errors import redact_paths
-from core.runqueue import QueueBusy, RunQueue
+from core.services.runqueue import QueueBusy, RunQueue
 
 
 def _start_in_thread(queue: RunQueue, session: str, log: list[str], hold: threading.Event) -> threading.Thread:

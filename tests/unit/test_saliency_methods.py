@@ -1,4 +1,4 @@
-"""Parameter-space saliency estimators (core/methods/saliency.py) on the tiny CNN, and a
+"""Parameter-space saliency estimators (core/methods/saliency/explain.py) on the tiny CNN, and a
 known-answer check on the demo's marked sandals (slow)."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from core.errors import DataError
-from core.filters import ProfileStats, conv_filters, filter_profiles, standardise
-from core.methods.saliency import (
+from core.methods.saliency.explain import (
     FilterSaliency,
     FilterTurnOff,
     FineTuneCheck,
@@ -21,7 +20,8 @@ from core.methods.saliency import (
     marker_mass_ratio,
     postprocess,
 )
-from core.models import make_transform
+from core.methods.saliency.filters import ProfileStats, conv_filters, filter_profiles, standardise
+from core.models.loading import make_transform
 from tests.support import digits_dataset, tiny_model
 
 
@@ -221,7 +221,7 @@ def test_turning_off_salient_filters_corrects_more_errors_than_random_ones_on_th
     green_coats 25% vs 4% vs 3%."""
     import core.demo  # noqa: F401  (registers the demo kinds)
     from core.demo.dataset import DemoDataset
-    from core.models import ModelSpec, load_model
+    from core.models.loading import ModelSpec, load_model
 
     model = load_model(ModelSpec(kind="demo"), "cpu")
     dataset = DemoDataset("test")

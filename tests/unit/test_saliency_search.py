@@ -1,5 +1,5 @@
 """Failure modes in saliency space: planted groups recovered, the layer restriction, the
-notes for clamped and dropped groups, P@k through core.scorecard and the confusion-cell baseline."""
+notes for clamped and dropped groups, P@k through core.scoring.scorecard and the confusion-cell baseline."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from core.errors import DataError
-from core.filters import FilterIndex
 from core.methods import (
     FailureModes,
     confusion_cell_groups,
     failure_mode_scorecard,
-    saliency_search,
 )
-from core.scorecard import precision_at_k
+from core.methods.saliency import failure_modes as saliency_search
+from core.methods.saliency.filters import FilterIndex
+from core.scoring.scorecard import precision_at_k
 
 INDEX = FilterIndex(layers=("conv1", "conv2", "conv3"), counts=(20, 20, 20), sizes=(27, 180, 180))
 BLOCKS = [np.arange(20, 26), np.arange(30, 36), np.arange(45, 51)]  # filters of conv2, conv2, conv3

@@ -14,10 +14,8 @@ from filelock import FileLock
 
 from core.__main__ import main
 from core.errors import DataError, ModelError, StoreError
-from core.extract import build_store
-from core.filters import FilterIndex, conv_filters, filter_profiles
-from core.pipeline import image_batches
-from core.saliency_store import (
+from core.methods.saliency.filters import FilterIndex, conv_filters, filter_profiles
+from core.methods.saliency.profiles import (
     build_profiles,
     find_profiles,
     nearest,
@@ -26,6 +24,8 @@ from core.saliency_store import (
     row_norms,
     size_message,
 )
+from core.store.build import build_store
+from core.store.pipeline import image_batches
 from tests.support import digits_dataset, tiny_model
 from tests.unit.test_cli import _workspace_file
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.scorecard import (
+from core.scoring.scorecard import (
     baseline_groups,
     compare_with_baseline,
     domino_scorecard,

@@ -1,4 +1,4 @@
-"""core/server.py: the state every visitor of a server shares, with known answers."""
+"""core/services/server.py: the state every visitor of a server shares, with known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from core.server import (
+from core.services.server import (
     ModelCopies,
     PassphraseThrottle,
     ResultSlots,
@@ -156,7 +156,7 @@ def test_model_copies_forget_idle_models_and_recover_from_a_failed_load():
 def test_freeze_imports_takes_the_libraries_out_of_full_collections(monkeypatch):
     import gc
 
-    import core.server as server
+    import core.services.server as server
 
     monkeypatch.setattr(server, "_frozen", False)
     calls = []

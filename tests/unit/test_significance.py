@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.significance import benjamini_hochberg, group_tests, newcombe_interval, split_half
+from core.scoring.significance import benjamini_hochberg, group_tests, newcombe_interval, split_half
 
 
 def _hand_case() -> tuple[np.ndarray, np.ndarray]:

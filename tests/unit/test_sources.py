@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.celeba import CelebADataset
+from core.data.celeba import CelebADataset
+from core.data.folders import ImageFolderDataset
+from core.data.images import is_probably_image, load_rgb
+from core.data.manifest import CsvManifestDataset
+from core.data.sources import ArrayDataset, DatasetSpec, build_dataset, limit_dataset
 from core.errors import DataError
-from core.folders import ImageFolderDataset
-from core.images import is_probably_image, load_rgb
-from core.manifest import CsvManifestDataset
-from core.sources import ArrayDataset, DatasetSpec, build_dataset, limit_dataset
 
 
 def save(path: Path, im: Image.Image, fmt: str | None = None) -> Path:
@@ -638,7 +638,7 @@ def test_demo_kind_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_classes_option_sets_the_model_output_order(tmp_path):
-    from core.sources import DatasetSpec, build_dataset
+    from core.data.sources import DatasetSpec, build_dataset
 
     for name in ("cat", "dog"):
         (tmp_path / name).mkdir()

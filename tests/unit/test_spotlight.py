@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from core.errors import BiasLensError
-from core.methods.spotlight import (
+from core.methods.spotlight.search import (
     NothingToFind,
     Spotlight,
     SpotlightError,
@@ -15,7 +15,7 @@ from core.methods.spotlight import (
     summary,
     weights_table,
 )
-from core.summary import attribute_enrichment, project_2d, weighted_shares
+from core.scoring.summary import attribute_enrichment, project_2d, weighted_shares
 
 STEPS = 400
 
@@ -294,7 +294,7 @@ def test_weights_for_needs_a_fit(blobs):
 def test_held_out_half_confirms_a_planted_blob_and_not_noise():
     """Split-half: the high-loss blob found on one half keeps its accuracy gap on the other;
     spotlights on losses independent of the images keep no gap there."""
-    from core.score import spotlight_held_out
+    from core.scoring.score import spotlight_held_out
 
     x, losses, blob_a, blob_b = planted(n=4000)
     correct = np.ones(len(x), dtype=bool)

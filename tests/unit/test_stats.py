@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.stats import accuracy_by, bootstrap_ci, slice_accuracy
+from core.scoring.stats import accuracy_by, bootstrap_ci, slice_accuracy
 
 
 def test_bootstrap_interval_matches_binomial_width():

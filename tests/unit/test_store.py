@@ -16,13 +16,13 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
-import core.extract
+import core.store.build
+from core.data.manifest import CsvManifestDataset
+from core.data.sources import ArrayDataset
 from core.errors import DataError, StoreError
-from core.extract import build_store
-from core.manifest import CsvManifestDataset
-from core.models import make_transform
-from core.sources import ArrayDataset
-from core.store import (
+from core.models.loading import make_transform
+from core.store.build import build_store
+from core.store.read import (
     RESERVED_COLUMNS,
     find_store,
     metadata_attribute_names,
@@ -154,7 +154,7 @@ def test_fingerprint_follows_weights_and_data(model, dataset):
     other = tiny_model()
     with torch.no_grad():
         other.module.fc1.weight[0, 0] += 1e-3
-    from core.models import weights_fingerprint
+    from core.models.loading import weights_fingerprint
 
     other.weights_fingerprint = weights_fingerprint(other.module)
     assert store_fingerprint(other, dataset) != base
@@ -323,7 +323,7 @@ def test_ground_truth_clash_is_refused_before_extraction(tmp_path, model):
 
 
 def test_failed_metadata_write_recovers(tmp_path, model, dataset, monkeypatch):
-    original = core.extract._write_meta
+    original = core.store.build._write_meta
     calls = []
 
     def fail_once(*args):
@@ -332,7 +332,7 @@ def test_failed_metadata_write_recovers(tmp_path, model, dataset, monkeypatch):
             raise OSError(28, "No space left on device")
         return original(*args)
 
-    monkeypatch.setattr(core.extract, "_write_meta", fail_once)
+    monkeypatch.setattr(core.store.build, "_write_meta", fail_once)
     with pytest.raises(StoreError, match="meta.parquet.*No space left.*run the build again"):
         build_store("t", model, dataset, ["block1"], batch_size=64, root=tmp_path)
     directory = store_dir("t", store_fingerprint(model, dataset), tmp_path)
@@ -420,7 +420,7 @@ def test_a_damaged_store_is_refused_then_rebuilt(tmp_path, model, dataset, damag
 BUILD_SCRIPT = """
 import sys
 from pathlib import Path
-from core.extract import build_store
+from core.store.build import build_store
 from tests.support import digits_dataset, tiny_model
 store = build_store("t", tiny_model(), digits_dataset(240), ["block1", "block2"], batch_size=16, root=Path(sys.argv[1]))
 print(store.path)

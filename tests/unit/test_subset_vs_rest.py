@@ -1,10 +1,10 @@
-"""core.summary.subset_vs_rest by hand: a saved subset's place in a method's groups."""
+"""core.scoring.summary.subset_vs_rest by hand: a saved subset's place in a method's groups."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from core.summary import subset_vs_rest
+from core.scoring.summary import subset_vs_rest
 
 
 def test_shares_lift_and_accuracies_by_hand() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from core.errors import BiasLensError
-from core.subsets import SubsetRegistry
+from core.services.subsets import SubsetRegistry
 
 
 @pytest.fixture
@@ -220,12 +220,12 @@ def test_csv_columns_exact():
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
-    import core.subsets
+    import core.services.subsets
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(core.subsets.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(core.services.subsets.tempfile, "mkstemp", refuse)
     reg = SubsetRegistry.in_folder(tmp_path)
     with pytest.raises(BiasLensError, match="could not be saved.*Permission denied"):
         reg.add("a", [1], origin="manual")

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import core.subsets
+import core.services.subsets
 from core.errors import BiasLensError
-from core.subsets import MAX_NAME, SubsetRegistry
+from core.services.subsets import MAX_NAME, SubsetRegistry
 
 ENTRY = {"origin": "manual", "created": "2026-01-01T00:00:00Z"}
 # One good entry and one of each kind the registry skips as damaged.
@@ -166,7 +166,7 @@ def test_add_many_saves_all_or_nothing(tmp_path, storage):
 
 
 def test_fitted_name_fits_every_class_and_is_stable():
-    fitted_name = core.subsets.fitted_name
+    fitted_name = core.services.subsets.fitted_name
     long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
     a, b = fitted_name(long_a, "class: "), fitted_name(long_b, "class: ")
     assert len(a) == len(b) == MAX_NAME and a != b and a == fitted_name(long_a, "class: ")

@@ -8,7 +8,7 @@ from scipy.cluster.hierarchy import linkage
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from core.methods.udis import (
+from core.methods.subgroups.udis import (
     UDIS,
     SubgroupError,
     WardTree,
@@ -22,7 +22,7 @@ from core.methods.udis import (
     ward_tree,
     weighted_ward,
 )
-from core.stats import binary_bootstrap_ci, bootstrap_ci
+from core.scoring.stats import binary_bootstrap_ci, bootstrap_ci
 
 
 def test_weighted_ward_with_unit_weights_is_scipys_ward():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import BiasLensError
-from core.workshop import random_baseline, score_finding, student_view, top_by_loss
+from core.services.workshop import random_baseline, score_finding, student_view, top_by_loss
 
 # 30 images; loss = 30 - row, so a lower row has a higher loss.
 N = 30

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from core.workspace import DEMO_NAME, load_workspaces
+from core.services.workspace import DEMO_NAME, load_workspaces
 
 
 def write(tmp_path: Path, text: str) -> Path:
