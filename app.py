@@ -11,20 +11,18 @@ _loading = st.empty()
 if "core.ui.context" not in sys.modules:
     _loading.info(":material/hourglass_top: Starting BiasLens: loading the model libraries (about 10 s the first time)...")
 
+from core.methods.records import method_records  # noqa: E402
 from core.services.server import freeze_imports, start_stats_writer  # noqa: E402
 from core.ui import visitor, workshop  # noqa: E402  (heavy: after the loading message)
 from core.ui.context import ignore_clear_cache_when_hosted, sidebar_picker, workspace_list  # noqa: E402
 
 _loading.empty()
 
+# The Overview and Cohorts, then one page per method, from the methods' records.
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/cohorts.py", title="Cohorts & subsets", icon=":material/filter_alt:"),
-    st.Page("pages/spotlight.py", title="Spotlight", icon=":material/highlight:"),
-    st.Page("pages/subgroups.py", title="Subgroups", icon=":material/groups:"),
-    st.Page("pages/saliency.py", title="Filter saliency", icon=":material/tune:"),
-    st.Page("pages/intersectional.py", title="Intersectional", icon=":material/category:"),
-    st.Page("pages/activis.py", title="ActiVis", icon=":material/hub:"),
+    *[st.Page(record.page, title=record.title, icon=record.icon) for record in method_records()],
 ]
 
 # Workshop mode (core/ui/workshop.py) adds the "Check my finding" page and the sidebar's steps.

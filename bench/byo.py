@@ -34,6 +34,8 @@ from common import ROOT, machine_figures, start_server, stop_server
 from PIL import Image, ImageDraw
 from playwright.sync_api import Page, sync_playwright
 
+from core.methods.records import method_records
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,7 +45,7 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "vit_b_16")
 CLASSES = ("circles", "squares", "stripes", "blobs")
 SIDE = 224
-PAGES = ("Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional", "ActiVis")
+PAGES = ("Overview", "Cohorts & subsets", *(record.title for record in method_records()))
 PAGE_TIMEOUT_MS = 900_000
 
 

@@ -46,8 +46,9 @@ from core.methods import (
 )
 from core.methods.saliency.filters import conv_filters
 from core.methods.saliency.profiles import SaliencyProfiles, build_profiles, nearest, row_norms
+from core.methods.spotlight.record import spotlight_held_out
+from core.methods.subgroups.record import udis_held_out
 from core.models.loading import make_transform
-from core.scoring.score import spotlight_held_out, udis_held_out
 from core.scoring.summary import project_2d
 from core.services import estimates as e
 from core.store.build import build_store
@@ -149,18 +150,22 @@ def saliency_cases() -> Iterator[Case]:
         labels = dataset.labels[:21]
         z = np.random.default_rng(0).normal(size=(21, index.n_filters))
         yield ("turning filters off", e.turn_off_seconds(cost, 10, max_k=30),
-               fastest(lambda: FilterTurnOff().fit(model, x[:10], labels[:10], z[:10], index)))
+               fastest(lambda: FilterTurnOff().explain(model, x[:10], labels[:10], z=z[:10], index=index)))
         check = FineTuneCheck()
         yield ("fine-tuning check", e.fine_tune_seconds(cost, 3, index.n_filters, store.n),
-               fastest(lambda: [check.fit(model, x[i : i + 1], int(labels[i]), z[i], index, x[11:21], labels[11:21]) for i in range(3)]))
+               fastest(lambda: [check.explain(model, x[i : i + 1], int(labels[i]), z=z[i], index=index, neighbours=x[11:21],
+                                              neighbour_targets=labels[11:21]) for i in range(3)]))
         mu, sigma = np.zeros(index.n_filters), np.ones(index.n_filters)
         image = dataset.load_image(0)
-        fitted = FilterSaliency().fit(model, image, 0, mu, sigma, index)
-        yield "one image's saliency", e.image_saliency_seconds(cost), fastest(lambda: FilterSaliency().fit(model, image, 0, mu, sigma, index))
+        explained = FilterSaliency().explain(model, image, 0, mu=mu, sigma=sigma, index=index)
+        yield ("one image's saliency", e.image_saliency_seconds(cost),
+               fastest(lambda: FilterSaliency().explain(model, image, 0, mu=mu, sigma=sigma, index=index)))
         yield ("masking experiment", e.masking_seconds(cost),
-               fastest(lambda: MaskingExperiment().fit(model, image, 0, fitted.map_, mu, sigma, index, fitted.top_)))
+               fastest(lambda: MaskingExperiment().explain(model, image, 0, saliency_map=explained.map, top=explained.top,
+                                                           mu=mu, sigma=sigma, index=index)))
         yield ("one image's fine-tuning check", e.image_fine_tune_seconds(cost, 10),
-               fastest(lambda: check.fit(model, x[:1], int(dataset.labels[0]), z[0], index, x[1:11], dataset.labels[1:11])))
+               fastest(lambda: check.explain(model, x[:1], int(dataset.labels[0]), z=z[0], index=index, neighbours=x[1:11],
+                                             neighbour_targets=dataset.labels[1:11])))
 
     n, n_filters = 12000, 1500
     values = np.random.default_rng(0).random((n, n_filters)).astype(np.float16)

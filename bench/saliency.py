@@ -20,7 +20,7 @@ Keys (CPU; with CUDA the same keys again with the suffix ``_cuda`` and ``cuda_de
   deleted after), with the rows' norms precomputed once (``neighbours_norms_s_50k``, once
   per profiles and layer range); ``neighbours_s_50k_layers`` restricts to a third of the
   columns and ``neighbours_s_50k_cold`` computes the norms in the call.
-- ``input_map_s_resnet18``: seconds of one ``FilterSaliency`` fit (profile, top-10 filters,
+- ``input_map_s_resnet18``: seconds of one ``FilterSaliency.explain`` (profile, top-10 filters,
   double-backward input map) on one 224 px image, resnet18 with random weights.
 - ``marker_mass_ratio``, with ``marker_mass_ratio_loss_gradient`` beside it (the same
   measure on the plain loss gradient |dL/dx|, channel max, the trivial baseline), ``turn_off_10_corrected_demo``, ``fine_tune_corrected_demo`` (share
@@ -171,7 +171,7 @@ def neighbours(n: int, f: int, repeats: int) -> dict:
 
 
 def input_map_seconds(device: str) -> float:
-    """Seconds of one FilterSaliency fit (profile, top-10, double-backward input map) on a
+    """Seconds of one FilterSaliency.explain (profile, top-10, double-backward input map) on a
     224 px image, resnet18 with random weights (statistics from 8 images, not timed)."""
     model = load_model(ModelSpec(kind="torchvision", arch="resnet18", num_classes=10, input_size=224), device)
     dataset = build_dataset(DatasetSpec(kind="demo", split="test", limit=8))
@@ -179,8 +179,8 @@ def input_map_seconds(device: str) -> float:
     x, y = _batch(model, 8)
     stats = ProfileStats(index.n_filters).update(filter_profiles(model.module, x, y, index).cpu().numpy())
     image, label = dataset.load_image(0), int(dataset.labels[0])
-    fit = lambda: FilterSaliency().fit(model, image, label, stats.mu, stats.sigma, index)  # noqa: E731
-    return _best(fit, 2, model.device)
+    explain = lambda: FilterSaliency().explain(model, image, label, mu=stats.mu, sigma=stats.sigma, index=index)  # noqa: E731
+    return _best(explain, 2, model.device)
 
 
 def marker_box(dataset, size: int) -> np.ndarray:
@@ -220,7 +220,8 @@ def demo_slice_figures(device: str, profiles, store) -> dict:
     wrong_slice = np.flatnonzero(meta["slice_marked_sandals"].to_numpy() & ~meta["correct"].to_numpy())[:60]
     box = marker_box(dataset, model.input_size)
     maps = [
-        FilterSaliency().fit(model, dataset.load_image(int(r)), int(meta["label_idx"].iloc[r]), mu, sigma, index).map_
+        FilterSaliency().explain(model, dataset.load_image(int(r)), int(meta["label_idx"].iloc[r]), mu=mu, sigma=sigma,
+                                 index=index).map
         for r in wrong_slice
     ]
     boxes = np.repeat(box[None], len(maps), axis=0)
@@ -228,11 +229,11 @@ def demo_slice_figures(device: str, profiles, store) -> dict:
     x = torch.cat(list(image_batches(dataset, model, 0, len(meta), 0)))[wrong_slice]
     y = torch.as_tensor(meta["label_idx"].to_numpy()[wrong_slice])
     baseline_ratio = marker_mass_ratio(loss_gradient_maps(model, x, y), boxes)
-    turned = FilterTurnOff(max_k=10, n_random=5).fit(model, x, y, profiles.z(wrong_slice), index).summary()
+    turned = FilterTurnOff(max_k=10, n_random=5).explain(model, x, y, z=profiles.z(wrong_slice), index=index).summary()
     at_10 = turned[turned["k"] == 10].set_index("order")["corrected"]
     z_slice = profiles.z(wrong_slice)
     tuned = [
-        FineTuneCheck().fit(model, x[i : i + 1], int(y[i]), z_slice[i], index).results_.set_index("variant")["image_corrected"]
+        FineTuneCheck().explain(model, x[i : i + 1], int(y[i]), z=z_slice[i], index=index).results.set_index("variant")["image_corrected"]
         for i in range(min(20, len(wrong_slice)))
     ]
     fine_tune = {variant: round(float(np.mean([t[variant] for t in tuned])), 3) for variant in ("salient", "random", "least")}

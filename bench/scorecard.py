@@ -3,7 +3,7 @@ baseline, and the false-alarm rate of the significance test (issue 15).
 
 Keys (JSON line last):
 - ``<method>_<slice>_{p10,p100,recall,auroc}`` for spotlight, udis and the confusion-cell
-  baseline on every demo slice (``core.scoring.score.score_store``, the pages' default runs);
+  baseline on every demo slice (``core.services.score.score_store``, the pages' default runs);
 - ``slices_identified``: slices with P@10 >= 0.8 by at least one method (target: all);
 - ``methods_beat_baseline``: slices where the best method's P@10 exceeds the baseline's by
   >= 0.3 (target >= 1);
@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench.common import demo_parts, machine_figures  # noqa: E402
-from core.scoring.score import BASELINE, figures, score_store  # noqa: E402
 from core.scoring.significance import group_tests  # noqa: E402
+from core.services.score import BASELINE, figures, score_store  # noqa: E402
 
 NULL_RUNS, NULL_N, FEATURES = 200, 400, 5
 TARGETS = {"false_alarm_rate": 0.07}

@@ -44,13 +44,15 @@ from common import ROOT, machine_figures, start_server, stop_server
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from core.methods.records import method_records
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-PAGES = ["Overview", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional", "ActiVis"]
+PAGES = ["Overview", "Cohorts & subsets", *[record.title for record in method_records()]]
 COHORT = "label = 'Sandal' AND marker = 'square'"
 TARGET_S, CAM_TARGET_S = 1.0, 2.0
 # Records every script-state change with the page's clock, across in-app navigation.

@@ -196,7 +196,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     import json
 
     # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
-    from core.scoring.score import figures, held_out_tables, score_store
+    from core.services.score import figures, held_out_tables, score_store
 
     listing = _workspaces(args)
     ws = _pick(listing, args.workspace)

@@ -1,7 +1,10 @@
 """User-facing errors: a problem the user can fix, with a message that says what to do.
 
 The app shows ``str(error)`` in ``st.error`` and the CLI prints it and exits with status 2;
-neither shows a traceback for these.
+neither shows a traceback for these. Every error a user can cause (with a widget, a
+workspace file, a CLI argument, or a notebook's data and parameters) is one of these;
+``ValueError`` and ``TypeError`` are left for programming errors, each raise marked with a
+``# programming error`` comment (tests/unit/test_user_errors.py checks both rules).
 """
 
 import re
@@ -25,6 +28,22 @@ class WorkspaceError(BiasLensError):
 
 class StoreError(BiasLensError):
     """The activation store is missing, incomplete, locked or lacks a requested layer."""
+
+
+# The classes below are also ValueErrors: they replace ValueErrors that callers (and
+# scikit-learn's estimator checks, and pydantic's validators) may catch as such.
+
+
+class ParameterError(BiasLensError, ValueError):
+    """A parameter set by the user (a widget, a notebook, an estimator's ``__init__``) is out of range or not one of its choices."""
+
+
+class InputError(DataError, ValueError):
+    """Arrays, rows, groups or saved entries given to a method have the wrong shape, length or values."""
+
+
+class ConfigError(WorkspaceError, ValueError):
+    """A workspace-file value breaks a rule between keys; a ValueError so that pydantic reports it as a problem."""
 
 
 # An absolute POSIX path of two or more parts, not part of a URL, fraction or word.

@@ -65,6 +65,7 @@ def _register(table: dict[str, Callable], what: str, name: str, function: Callab
         function.__module__,
         function.__qualname__,
     ):  # the same function again is a module reload, anything else a clash
+        # programming error: a plugin registers a kind name that another module already took
         raise ValueError(f"The {what} kind '{name}' is already registered by {old.__module__}.")
     table[name] = function
 

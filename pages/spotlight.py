@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
-from core.scoring.score import MIN_SPOTLIGHT_TOP, default_size
+from core.methods.spotlight.record import MIN_SPOTLIGHT_TOP, default_size
 from core.ui import cohort_link, image_detail, subset_view
 from core.ui import spotlight_view as view
 from core.ui.charts import show, show_selectable
@@ -14,6 +14,7 @@ from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import (
     gallery,
+    kept_run,
     remember_settings,
     save_subset_form,
     scorecard_section,
@@ -86,24 +87,20 @@ if run is None:
     st.info(f"Choose the settings and press **Run** to find spotlights among the {n:,} images.")
     st.stop()
 
-GOOD_KEY = state_key(PAGE, "last_good_run", ctx.key)
-try:
-    result = view.run_spotlights(store, run["representation"], Spotlight(**run["params"]), scope=scope_rows)
-    st.session_state[GOOD_KEY] = run
-    st.session_state[f"{GOOD_KEY}:scope"] = (scope_name, scope_rows)
-except BiasLensError as exc:
+
+
+def spotlight_failed(exc: BiasLensError) -> None:
     if isinstance(exc, NothingToFind):
         st.success(f"Nothing to find: {exc}")
     else:
         st.error(f"The spotlight cannot run: {exc}")
-    good = st.session_state.get(GOOD_KEY)
-    good_scope = st.session_state.get(f"{GOOD_KEY}:scope", (None, None))
-    if good is None or (good == run and good_scope[0] == scope_name):
-        st.stop()
-    # a rejected run keeps the results already on screen: the last run that succeeded (cached)
-    st.caption("Below: the last run that succeeded, with its own settings.")
-    run, (scope_name, scope_rows) = good, good_scope
-    result = view.run_spotlights(store, run["representation"], Spotlight(**run["params"]), scope=scope_rows)
+
+
+result, run, (scope_name, scope_rows) = kept_run(
+    PAGE, ctx.key, run, (scope_name, scope_rows),
+    lambda chosen, rows: view.run_spotlights(store, chosen["representation"], Spotlight(**chosen["params"]), scope=rows),
+    spotlight_failed,
+)
 representation, params = run["representation"], run["params"]
 if not result.spotlights_:
     st.success("Nothing to find: " + " ".join(result.notes_))

@@ -1,20 +1,21 @@
 """Subgroups: where the model fails (UDIS) and why (VisCUIT's Grad-CAM, neurons and concepts)."""
 
+import numpy as np
 import streamlit as st
 
-from core.errors import BiasLensError
 from core.methods import (
     UDIS,
     UDIS_THRESHOLD,
     VISCUIT_THRESHOLD,
     subgroups_csv,
 )
-from core.scoring.score import loss_rankings
+from core.scoring.scorecard import loss_rankings
 from core.ui import cache, cohort_link, subset_view
 from core.ui import subgroups_view as view
 from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import (
+    kept_run,
     remember_settings,
     save_subset_form,
     scorecard_section,
@@ -74,13 +75,19 @@ if choice == "Custom":
 else:
     threshold = UDIS_THRESHOLD if choice and choice.startswith(str(UDIS_THRESHOLD)) else VISCUIT_THRESHOLD
 
-try:
-    scoped = f"the {len(scope_rows):,} images of subset '{scope_name}'" if scope_name else f"{len(meta):,} images"
+
+
+def cluster(params: dict, rows: np.ndarray | None) -> UDIS:
+    scoped = f"the {len(rows):,} images of the subset" if rows is not None else f"{len(meta):,} images"
     with st.spinner(f"Clustering {scoped} (cached afterwards)..."):
-        result = view.subgroups_for(store, udis, scope=scope_rows)
-except BiasLensError as exc:
-    st.error(f"The subgroups cannot be computed: {exc}")
-    st.stop()
+        return view.subgroups_for(store, UDIS(**params), scope=rows)
+
+
+result, params, (scope_name, scope_rows) = kept_run(
+    PAGE, ctx.key, udis.get_params(), (scope_name, scope_rows), cluster,
+    lambda exc: st.error(f"The subgroups cannot be computed: {exc}"),
+)
+udis = UDIS(**params)
 table = result.subgroups_.set_index("subgroup", drop=False)
 under = result.under_performing(threshold)
 st.caption(

@@ -14,7 +14,7 @@ st.caption(
     "against the planted slices, which stay hidden until the instructor reveals them."
 )
 with st.expander("The steps, with hints", expanded=False, icon=":material/checklist:"):
-    for i, (step, done) in enumerate(zip(workshop.STEPS, workshop.steps_done(ctx.key), strict=True)):
+    for i, (step, done) in enumerate(zip(workshop.steps(), workshop.steps_done(ctx.key), strict=True)):
         mark = ":material/check_circle:" if done else ":material/radio_button_unchecked:"
         st.markdown(f"{mark} **{i + 1}. {step.title}**: {step.hint}")
         if step.page != workshop.PAGE_PATH:

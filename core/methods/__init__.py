@@ -1,19 +1,28 @@
-"""The audit methods, one module each, every one a scikit-learn estimator.
+"""The audit methods, one module each: scikit-learn estimators and per-image explainers.
 
-The contract: a method is a ``sklearn.base.BaseEstimator`` whose ``__init__`` only stores
-its parameters (keywords with defaults, named as the attributes, so ``get_params``,
-``set_params`` and ``clone`` work); ``fit(...)`` validates them and the data (numpy arrays,
-torch modules: never Streamlit state), stores what it learned in attributes ending with
-``_`` and returns ``self``; methods read the fitted state. ``get_params()`` is the key of a
-cached run. To add a method: one module here with its estimator, its names below, and a
-case in tests/unit/test_methods.py.
+The estimator contract: a method that learns from a dataset is a
+``sklearn.base.BaseEstimator`` whose ``__init__`` only stores its parameters (keywords with
+defaults, named as the attributes, so ``get_params``, ``set_params`` and ``clone`` work);
+``fit(...)`` validates them and the data (numpy arrays, torch modules: never Streamlit
+state), stores what it learned in attributes ending with ``_`` and returns ``self``;
+methods read the fitted state. ``get_params()`` is the key of a cached run. To add one: one
+module here with its estimator, its names below, and a case in tests/unit/test_methods.py.
 
-    from core.methods import UDIS, Spotlight
+The explainer contract (``core.methods.explainer.Explainer``): a method that explains one
+image or a batch under a model learns nothing, so it has no ``fit``: keyword-only
+parameters in ``__init__``, ``get_params()``, and one call ``explain(model, images,
+targets, **context)`` that returns a frozen result dataclass (``GradCAM``,
+``FilterSaliency``, ``FilterTurnOff``, ``FineTuneCheck``, ``MaskingExperiment``). To add
+one: its names below and a case in tests/unit/test_explainers.py.
+
+    from core.methods import UDIS, GradCAM, Spotlight
 
     spotlight = Spotlight(size=0.02, n_spotlights=5).fit(embeddings, losses)
     spotlight.spotlights_[0].top_rows(10)
     udis = UDIS().fit(embeddings, correct)
     udis.under_performing(0.5)
+    cam = GradCAM(layer="layer4").explain(model, image, targets=[3, 7])
+    cam.maps[0]
 """
 
 from core.methods.activis.matrix import (
@@ -23,6 +32,7 @@ from core.methods.activis.matrix import (
     membership_matrix,
     pages_for,
 )
+from core.methods.explainer import Explainer
 from core.methods.intersectional.naps import (
     NAPs,
     TopographicLayout,
@@ -34,9 +44,13 @@ from core.methods.intersectional.naps import (
 from core.methods.intersectional.probes import LinearProbes
 from core.methods.saliency.explain import (
     FilterSaliency,
+    FilterSaliencyResult,
     FilterTurnOff,
+    FilterTurnOffResult,
     FineTuneCheck,
+    FineTuneResult,
     MaskingExperiment,
+    MaskingResult,
     marker_mass_ratio,
     postprocess,
 )
@@ -57,7 +71,7 @@ from core.methods.spotlight.search import (
     summary,
     weights_table,
 )
-from core.methods.subgroups.gradcam import GradCAM, overlay
+from core.methods.subgroups.gradcam import GradCAM, GradCAMResult, overlay
 from core.methods.subgroups.neurons import (
     CLUSTER_THRESHOLD,
     ConceptPatches,
@@ -91,14 +105,20 @@ __all__ = [
     "VISCUIT_THRESHOLD",
     "ConceptPatchFinder",
     "ConceptPatches",
+    "Explainer",
     "FilterSaliency",
+    "FilterSaliencyResult",
     "FilterTurnOff",
+    "FilterTurnOffResult",
     "FineTuneCheck",
+    "FineTuneResult",
     "FailureMode",
     "FailureModes",
     "GradCAM",
+    "GradCAMResult",
     "LinearProbes",
     "MaskingExperiment",
+    "MaskingResult",
     "NAPs",
     "Neuron",
     "NeuronClusters",
@@ -128,3 +148,14 @@ __all__ = [
     "top_loss_rows",
     "weights_table",
 ]
+
+# Each method's record, registered in navigation order (core.methods.records).
+from core.methods.activis import record as _activis_record  # noqa: E402
+from core.methods.intersectional import record as _intersectional_record  # noqa: E402
+from core.methods.records import register_method  # noqa: E402
+from core.methods.saliency import record as _saliency_record  # noqa: E402
+from core.methods.spotlight import record as _spotlight_record  # noqa: E402
+from core.methods.subgroups import record as _subgroups_record  # noqa: E402
+
+for _module in (_spotlight_record, _subgroups_record, _saliency_record, _intersectional_record, _activis_record):
+    register_method(_module.RECORD)

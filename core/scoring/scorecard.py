@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from core.errors import DataError
+from core.errors import DataError, InputError, ParameterError
 
 IDENTIFIED = 0.8
 
@@ -37,13 +37,13 @@ def ranking_of(group: np.ndarray, n: int, k: int) -> np.ndarray:
     """The top-k rows of a group given as scores (N floats) or as a ranking (row indices)."""
     group = np.asarray(group)
     if group.ndim != 1:
-        raise ValueError("A group must be a 1-D array of scores or of row indices.")
+        raise InputError("A group must be a 1-D array of scores or of row indices: flatten it.")
     if np.issubdtype(group.dtype, np.integer):
         if group.size and (group.min() < 0 or group.max() >= n):
-            raise ValueError(f"Ranking holds rows outside 0..{n - 1}.")
+            raise InputError(f"Ranking holds rows outside 0..{n - 1}: rank rows of these images only.")
         return group[:k]
     if group.size != n:
-        raise ValueError(f"Scores must have one value per image ({n}), got {group.size}.")
+        raise InputError(f"Scores must have one value per image ({n}), got {group.size}: score every image, or give a ranking of row indices.")
     return top_k(group, k)
 
 
@@ -51,7 +51,7 @@ def precision_at_k(truth: np.ndarray, group: np.ndarray, k: int = 10) -> float:
     """Share of the group's top-k images inside the true slice (missing slots of a short ranking count as misses)."""
     truth = np.asarray(truth, dtype=bool)
     if k < 1:
-        raise ValueError("k must be at least 1.")
+        raise ParameterError(f"k must be at least 1, got {k}: use e.g. k=10.")
     rows = ranking_of(group, truth.size, k)
     return float(truth[rows].sum() / k)
 
@@ -60,7 +60,7 @@ def precision_matrix(truth: np.ndarray, groups: Sequence[np.ndarray], k: int = 1
     """(slices, groups) P@k of every group against every true slice; ``truth`` is (N, slices) bool."""
     truth = np.asarray(truth, dtype=bool)
     if truth.ndim != 2:
-        raise ValueError("The ground truth must be an (images x slices) boolean matrix.")
+        raise InputError("The ground truth must be an (images x slices) boolean matrix: give one column per slice.")
     out = np.zeros((truth.shape[1], len(groups)))
     for g, group in enumerate(groups):
         rows = ranking_of(group, truth.shape[0], k)
@@ -86,9 +86,12 @@ def scorecard(
     slice_names = list(slice_names) if slice_names is not None else [f"slice {i + 1}" for i in range(truth.shape[1])]
     group_names = list(group_names) if group_names is not None else [f"group {g + 1}" for g in range(len(groups))]
     if len(slice_names) != truth.shape[1] or len(group_names) != len(groups):
-        raise ValueError("Give one name per slice and one per group.")
+        raise InputError(
+            f"Give one name per slice and one per group: {len(slice_names)} name(s) for {truth.shape[1]} slice(s), "
+            f"{len(group_names)} for {len(groups)} group(s)."
+        )
     if members is not None and len(members) != len(groups):
-        raise ValueError("Give the members of every group, or of none.")
+        raise InputError(f"Give the members of every group, or of none: {len(members)} member list(s) for {len(groups)} group(s).")
     matrix = precision_matrix(truth, groups, k)
     rows = []
     for i, name in enumerate(slice_names):
@@ -128,7 +131,7 @@ def membership_score(group: np.ndarray, n: int) -> np.ndarray:
         np.maximum.at(score, group, (group.size - np.arange(group.size)).astype(np.float64))
         return score
     if group.ndim != 1 or group.size != n:
-        raise ValueError(f"Scores must have one value per image ({n}).")
+        raise InputError(f"Scores must have one value per image ({n}): score every image, or give a ranking of row indices.")
     return group.astype(np.float64)
 
 
@@ -159,10 +162,10 @@ def domino_scorecard(
     truth = np.asarray(truth, dtype=bool)
     ks = [int(k) for k in ks]
     if not ks:
-        raise ValueError("Give at least one k.")
+        raise ParameterError("Give at least one k: e.g. ks=(10, 25, 100).")
     card = scorecard(truth, groups, slice_names, group_names, k=ks[0])  # checks names, picks the best
     if members is not None and len(members) != len(groups):
-        raise ValueError("Give the members of every group, or of none.")
+        raise InputError(f"Give the members of every group, or of none: {len(members)} member list(s) for {len(groups)} group(s).")
     n, n_slices = truth.shape
     precision = {k: precision_matrix(truth, groups, k) for k in ks}
     recall = np.full((n_slices, len(groups)), np.nan)
@@ -280,3 +283,10 @@ def compare_with_baseline(
             "beats_baseline": method[p] - base[p] >= margin - 1e-9,  # 0.7 - 0.4 is 0.2999...
         }
     )
+
+
+def loss_rankings(members: Sequence[np.ndarray], losses: np.ndarray) -> list[np.ndarray]:
+    """Each group's whole membership, highest loss first: the ranking its P@k and AUROC are
+    measured on. Cutting it short (to the 10 highest-loss images, say) caps P@25 at 10/25 and
+    P@100 at 0.10, and scores the rest of the group like images outside it in AUROC."""
+    return [top_loss_rows(rows, losses, len(rows)) for rows in members]

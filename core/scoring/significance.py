@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.errors import DataError, InputError, ParameterError
+
 ALPHA = 0.05
 METHODS = ("exact", "permutation")
 
@@ -82,16 +84,16 @@ def _rows(group: np.ndarray, n: int) -> np.ndarray:
     """A group's unique member rows, from row indices or a boolean mask over all ``n`` rows."""
     group = np.asarray(group)
     if group.ndim != 1:
-        raise ValueError("A group must be a 1-D array of row indices or a boolean mask.")
+        raise InputError("A group must be a 1-D array of row indices or a boolean mask: flatten it, or give its rows.")
     if group.dtype == bool:
         if group.size != n:
-            raise ValueError(f"A boolean mask must have one value per image ({n}), got {group.size}.")
+            raise InputError(f"A boolean mask must have one value per image ({n}), got {group.size}: build it over all the images.")
         return np.flatnonzero(group)
     if group.size and not np.issubdtype(group.dtype, np.integer):
-        raise ValueError("Row indices must be integers.")
+        raise InputError("Row indices must be integers: cast them with .astype(int), or give a boolean mask.")
     group = np.unique(group.astype(np.int64))
     if group.size and (group[0] < 0 or group[-1] >= n):
-        raise ValueError(f"A group holds rows outside 0..{n - 1}.")
+        raise InputError(f"A group holds rows outside 0..{n - 1}: use rows of these images only.")
     return group
 
 
@@ -100,7 +102,7 @@ def _compare(
 ) -> dict[str, np.ndarray | list[str]]:
     """Gap, interval and p-value of each group (unique rows of ``correct``) against the rest."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}.")
+        raise ParameterError(f"method must be one of {METHODS}, got {method!r}: use one of those.")
     total_n, total_k = correct.size, int(correct.sum())
     n = np.array([len(m) for m in members], dtype=np.int64)
     k = np.array([int(correct[m].sum()) for m in members], dtype=np.int64)
@@ -163,10 +165,10 @@ def group_tests(
     """
     correct = np.asarray(correct, dtype=bool)
     if correct.ndim != 1:
-        raise ValueError("correct must be one boolean per image.")
+        raise InputError("correct must be one boolean per image: give a 1-D array.")
     names = list(names) if names is not None else [f"group {g + 1}" for g in range(len(members))]
     if len(names) != len(members):
-        raise ValueError("Give one name per group.")
+        raise InputError(f"Give one name per group: {len(names)} name(s) for {len(members)} group(s).")
     if not len(members):
         return pd.DataFrame(columns=_COLUMNS)
     rows = [_rows(m, correct.size) for m in members]
@@ -203,7 +205,7 @@ def split_half(
     """
     correct = np.asarray(correct, dtype=bool)
     if correct.ndim != 1 or correct.size < 2:
-        raise ValueError("correct must be one boolean per image, at least two images.")
+        raise InputError("correct must be one boolean per image, at least two images: give a 1-D array of two or more.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(correct.size)
     halves = (np.sort(order[: correct.size // 2]), np.sort(order[correct.size // 2 :]))
@@ -229,6 +231,16 @@ def _members_in(group: Group, half: np.ndarray, n: int) -> np.ndarray:
     if callable(group):
         mask = np.asarray(group(half.copy()), dtype=bool)
         if mask.shape != half.shape:
-            raise ValueError("A membership rule must return one bool per row it is given.")
+            raise InputError("A membership rule must return one bool per row it is given: return a mask over its rows argument.")
         return np.flatnonzero(mask)
     return np.flatnonzero(np.isin(half, _rows(group, n), assume_unique=True))
+
+
+def check_halves(n: int, minimum: int, search: str) -> None:
+    """DataError unless each half of ``n`` images holds the ``minimum`` the search needs."""
+    if n // 2 < minimum:
+        raise DataError(
+            f"The held-out check finds the groups on one half of the images and measures them on the "
+            f"other; {search} needs at least {minimum} images per half, so at least {2 * minimum} "
+            f"images, and this set has {n}."
+        )

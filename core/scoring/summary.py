@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
+from core.errors import ParameterError
 from core.scoring.stats import accuracy_by, binary_bootstrap_ci
 
 GALLERY_FILTERS = ("misclassified", "correct", "all")
@@ -55,7 +56,7 @@ def intersection_accuracy(meta: pd.DataFrame, row_column: str, column_column: st
     low, high, sorted by row then column value.
     """
     if row_column == column_column:
-        raise ValueError("Pick two different columns to cross.")
+        raise ParameterError(f"Pick two different columns to cross (both are '{row_column}').")
     row_codes, row_values = pd.factorize(meta[row_column], sort=True, use_na_sentinel=True)
     col_codes, col_values = pd.factorize(meta[column_column], sort=True, use_na_sentinel=True)
     rows = [*row_values.tolist(), *([None] if (row_codes < 0).any() else [])]
@@ -85,7 +86,7 @@ def gallery_rows(meta: pd.DataFrame, show: str, label: str | None, count: int, s
     """A reproducible random sample of images for the gallery, errors or not, one class or all,
     in random order (sorting it, e.g. by loss, would make it look like a ranking)."""
     if show not in GALLERY_FILTERS:
-        raise ValueError(f"show must be one of {GALLERY_FILTERS}")
+        raise ParameterError(f"show must be one of {', '.join(GALLERY_FILTERS)}, got {show!r}: pick one of those.")
     pool = meta
     if show != "all":
         pool = pool[pool["correct"] == (show == "correct")]
@@ -173,7 +174,7 @@ def project_2d(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
 
         neighbours = max(2, min(15, x.shape[0] - 1))
         return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(x).astype(np.float32)
-    raise ValueError(f"Unknown map method '{method}'; use 'pca' or 'umap'.")
+    raise ParameterError(f"Unknown map method '{method}'; use 'pca' or 'umap'.")
 
 
 def subset_vs_rest(groups: dict[str, np.ndarray], subset: np.ndarray, correct: np.ndarray) -> pd.DataFrame:

@@ -42,7 +42,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from core.errors import BiasLensError
+from core.errors import BiasLensError, ParameterError
 
 MAX_FILTER_CHARS = 4_000
 # Expression node classes a filter may contain (DuckDB's parse-tree names).
@@ -355,7 +355,7 @@ def equals_filter(pairs: dict[str, object]) -> str:
     ``"label" = 'Sandal' AND "marker" = 'square'``; a missing value (None, NaN, NA) gives
     ``IS NULL``."""
     if not pairs:
-        raise ValueError("equals_filter needs at least one column.")
+        raise ParameterError("equals_filter needs at least one column: give a column and its value.")
     parts = []
     for column, value in pairs.items():
         missing = value is None or (not isinstance(value, str) and bool(np.ndim(value) == 0 and pd.isna(value)))

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from core.errors import ConfigError
 from core.registry import DATASET_KINDS, MODEL_KINDS
 
 Text = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=4096)]
@@ -67,10 +68,10 @@ class _Table(BaseModel):
         for key in sorted(self.model_fields_set):
             if key in kind_keys and kind not in kind_keys[key]:
                 takers = " or ".join(f"'{k}'" for k in kind_keys[key])
-                raise ValueError(f"'{key}' does not apply to a '{kind}' {part}, only to {takers}")
+                raise ConfigError(f"'{key}' does not apply to a '{kind}' {part}, only to {takers}: remove it")
         for key in REQUIRED_KEYS.get((part, kind), ()):
             if key not in self.model_fields_set:
-                raise ValueError(f"a '{kind}' {part} needs '{key}'")
+                raise ConfigError(f"a '{kind}' {part} needs '{key}': set it")
 
 
 class ModelTable(_Table):
@@ -92,9 +93,9 @@ class ModelTable(_Table):
     def _kind_rules(self) -> ModelTable:
         self._check_kind_keys(self.kind, "model", MODEL_KIND_KEYS)
         if self.pretrained and self.weights:
-            raise ValueError("set either 'weights' (a state_dict file) or 'pretrained = true', not both")
+            raise ConfigError("set either 'weights' (a state_dict file) or 'pretrained = true', not both")
         if self.layers is not None and len(set(self.layers)) != len(self.layers):
-            raise ValueError("'layers' lists a layer twice")
+            raise ConfigError("'layers' lists a layer twice: list each layer once")
         return self
 
 
@@ -120,9 +121,9 @@ class DatasetTable(_Table):
         self._check_kind_keys(self.kind, "dataset", DATASET_KIND_KEYS)
         if self.split is not None and self.split not in SPLITS[self.kind]:
             allowed = ", ".join(f"'{s}'" for s in SPLITS[self.kind])
-            raise ValueError(f"split '{self.split}' is not one of {allowed} for a '{self.kind}' dataset")
+            raise ConfigError(f"split '{self.split}' is not one of {allowed} for a '{self.kind}' dataset: use one of those")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError("'classes' lists a class twice")
+            raise ConfigError("'classes' lists a class twice: list each class once")
         return self
 
 

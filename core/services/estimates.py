@@ -55,8 +55,8 @@ of 2 or 3 repeats, a single run for k-means and the weighted Ward tree; syntheti
   ``FailureModes.fit`` of 300 x 500 and 1,000 x 4,800 (14, 142 ms); the topographic
   layout (``TopographicLayout.fit``) of 8 x 64, 36 x 256 and 36 x 512 NAPs (0.07 to 0.89 s;
   1,000 relaxation steps of 64 to 512 channels 0.7 ns per channel pair and step);
-- one image's Filter saliency (``FilterSaliency.fit``) and masking
-  (``MaskingExperiment.fit``) with the tiny CNN and resnet18: 5.4 ms and 0.69 s, 4.0 ms
+- one image's Filter saliency (``FilterSaliency.explain``) and masking
+  (``MaskingExperiment.explain``) with the tiny CNN and resnet18: 5.4 ms and 0.69 s, 4.0 ms
   and 0.47 s.
 """
 
@@ -312,7 +312,7 @@ def spotlight_seconds(n: int, d: int, n_spotlights: int = 1, steps: int = 1000, 
 
 
 def spotlight_held_out_seconds(n: int, d: int, **params: Any) -> float:
-    """The split-half check of the spotlights (``core.scoring.score.spotlight_held_out``): the search
+    """The split-half check of the spotlights (``core.services.score.spotlight_held_out``): the search
     on half the images, then the found kernels on every image."""
     spotlights = max(int(params.get("n_spotlights", 1)), 1)
     return spotlight_seconds(max(int(n) // 2, 1), d, **params) + SPOTLIGHT_VALUE_S * int(n) * int(d) * spotlights
@@ -341,7 +341,7 @@ def udis_seconds(n: int, d: int, max_cuts: int = 40, silhouette_sample: int = 40
 
 
 def udis_held_out_seconds(n: int, d: int, **params: Any) -> float:
-    """The split-half check of UDIS's subgroups (``core.scoring.score.udis_held_out``): UDIS on half
+    """The split-half check of UDIS's subgroups (``core.services.score.udis_held_out``): UDIS on half
     the images, then each image's nearest subgroup."""
     return udis_seconds(max(int(n) // 2, 1), d, **params) + SPOTLIGHT_VALUE_S * int(n) * int(d)
 
@@ -435,20 +435,20 @@ def neighbours_seconds(images: int, n_filters: int, columns: int | None = None) 
 
 
 def image_saliency_seconds(cost: ModelCost) -> float:
-    """One image's Filter saliency (``FilterSaliency.fit``): its profile, top filters and map."""
+    """One image's Filter saliency (``FilterSaliency.explain``): its profile, top filters and map."""
     overhead, profiles = IMAGE_SALIENCY
     return overhead + profiles * profile_seconds(cost, 1)
 
 
 def masking_seconds(cost: ModelCost) -> float:
-    """The masking experiment on one image (``MaskingExperiment.fit``)."""
+    """The masking experiment on one image (``MaskingExperiment.explain``)."""
     overhead, profiles = MASKING
     return overhead + profiles * profile_seconds(cost, 1)
 
 
 def image_fine_tune_seconds(cost: ModelCost, neighbours: int, n_random: int = 5) -> float:
     """The fine-tuning check of one image with ``neighbours`` neighbours already found
-    (``FineTuneCheck.fit``): n_random + 3 passes over the image and its neighbours."""
+    (``FineTuneCheck.explain``): n_random + 3 passes over the image and its neighbours."""
     return (n_random + 3) * (1 + int(neighbours)) * _per_image(CHECK_PASS, cost)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from core.data.images import thumbnail
+from core.errors import ParameterError
 from core.scoring.stats import bootstrap_ci
 from core.scoring.summary import attribute_enrichment
 from core.services.subsets import Subset, defining_params
@@ -116,7 +117,7 @@ def build_report(
     """The report as text: per subset its origin, note, size, accuracy with interval, mean
     loss, largest classes, top lift values and the thumbnails of its highest-loss images."""
     if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}")
+        raise ParameterError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}: use one of those.")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     overall = float(meta["correct"].mean()) if len(meta) else float("nan")
     sections: list[dict[str, Any]] = []

@@ -37,7 +37,7 @@ class RunQueue:
 
     def __init__(self, slots: int, per_session: int = 1, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
         if slots < 1 or per_session < 1:
-            raise ValueError("slots and per_session must be at least 1")
+            raise ValueError("slots and per_session must be at least 1")  # programming error: default_slots() >= 1
         self.slots = slots
         self.per_session = per_session
         self.max_wait_s = max_wait_s

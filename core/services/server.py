@@ -127,7 +127,7 @@ class Visitors:
     def get(self, key: str) -> VisitorRecord:
         """The record of ``key`` (made when new). ValueError for a malformed key."""
         if not VISITOR_KEY.match(key or ""):
-            raise ValueError("malformed visitor key")
+            raise ValueError("malformed visitor key")  # programming error: visitor_key() checks the URL's
         with self._lock:
             record = self._records.get(key)
             if record is None:

@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from core.errors import BiasLensError
+from core.errors import BiasLensError, InputError
+from core.methods.records import method_records
 
-ORIGINS = ("cohort", "spotlight", "subgroup", "saliency", "activis", "class", "manual")
 FILE_NAME = "subsets.json"
 FORMAT_VERSION = 1
 MAX_NAME = 120
@@ -59,6 +59,12 @@ MAX_NOTE = 5000
 RESERVED_NAMES = ("All images", "(none)", "All misclassified images", "Whole dataset", "(network order)")
 # Store metadata columns that are not attributes (see core.store.read.RESERVED_COLUMNS).
 RUN_ONLY_PARAMS = ("device", "threads", "n_jobs", "num_workers", "batch_size", "chunk", "chunk_size", "verbose")
+
+
+def origins() -> tuple[str, ...]:
+    """Where a subset can come from: a cohort, each registered method's origin
+    (core.methods.records), a class, or a hand-picked list."""
+    return ("cohort", *[r.origin for r in method_records() if r.origin], "class", "manual")
 
 
 def defining_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,9 +97,9 @@ def check_name(name: str) -> str:
     if not name:
         raise BiasLensError("Give the subset a name.")
     if len(name) > MAX_NAME:
-        raise BiasLensError(f"A subset name has at most {MAX_NAME} characters; this one has {len(name)}.")
+        raise BiasLensError(f"A subset name has at most {MAX_NAME} characters; this one has {len(name)}: shorten it.")
     if re.search(r"[\x00-\x1f\x7f]", name):
-        raise BiasLensError("A subset name cannot hold line breaks, tabs or other control characters.")
+        raise BiasLensError("A subset name cannot hold line breaks, tabs or other control characters: remove them.")
     if _folded(name) in _RESERVED:
         raise BiasLensError(f"'{name}' is a reserved name (the pages' selects use it for all images or for no "
                             "subset): pick another name.")
@@ -141,29 +147,29 @@ class Subset:
 
     @classmethod
     def from_json(cls, entry: dict[str, Any], n: int | None = None) -> Subset:
-        """The subset an entry of subsets.json describes; ValueError (or KeyError, TypeError)
-        when it is damaged: a bad or reserved name, an unknown origin, no rows, a negative
+        """The subset an entry of subsets.json describes; InputError (a ValueError; or KeyError,
+        TypeError) when it is damaged: a bad or reserved name, an unknown origin, no rows, a negative
         row, or with ``n`` (the store's images) a row beyond the store."""
         try:
             name = check_name(entry["name"])
         except BiasLensError as exc:
-            raise ValueError(str(exc)) from None
+            raise InputError(str(exc)) from None
         created = entry.get("created_ts")
         if not isinstance(created, (int, float)):
             created = datetime.strptime(str(entry["created"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
         origin = str(entry["origin"])
-        if origin not in ORIGINS:
-            raise ValueError(f"unknown origin '{origin}' (saved by a newer BiasLens?)")
+        if origin not in origins():
+            raise InputError(f"unknown origin '{origin}' (saved by a newer BiasLens?)")
         params = entry.get("params") or {}
         if not isinstance(params, dict):
-            raise ValueError("params is not a table")
+            raise InputError("params is not a table")
         rows = tuple(int(r) for r in np.unique(np.asarray([int(r) for r in entry["rows"]], dtype=np.int64)))
         if not rows:
-            raise ValueError("no rows")
+            raise InputError("no rows")
         if rows[0] < 0:
-            raise ValueError(f"row {rows[0]} is negative")
+            raise InputError(f"row {rows[0]} is negative")
         if n is not None and rows[-1] >= n:
-            raise ValueError(f"row {rows[-1]} is beyond the store's {n} images")
+            raise InputError(f"row {rows[-1]} is beyond the store's {n} images")
         return cls(
             name=name, rows=rows, origin=origin,
             detail=str(entry.get("detail", "")), created=float(created), note=str(entry.get("note", "")), params=params,
@@ -296,7 +302,7 @@ class FileStorage:
             try:
                 subset = Subset.from_json(entry, self.n)
                 if subset.name in content.subsets:
-                    raise ValueError("a second entry with this name (rename it in the file to see it)")
+                    raise InputError("a second entry with this name (rename it in the file to see it)")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 reason = str(exc) if isinstance(exc, ValueError) else "unreadable"
                 bad.append(f"'{entry_name}': {reason}" if entry_name is not None else reason)
@@ -398,7 +404,7 @@ class SubsetRegistry:
             self.storage: SubsetStorage = storage
         else:
             if workspace_key is None:
-                raise TypeError("a dict-like storage needs a workspace key")
+                raise TypeError("a dict-like storage needs a workspace key")  # programming error: our callers pass one
             self.storage = SessionStorage(storage, workspace_key)
         self._snapshot: tuple[dict[str, Subset], str, dict[str, str]] | None = None
 
@@ -439,16 +445,16 @@ class SubsetRegistry:
                note: str = "") -> Subset:
         """A checked subset; BiasLensError for a bad name, an empty set, an unknown origin or rows outside the store."""
         name = check_name(name)
-        if origin not in ORIGINS:
-            raise BiasLensError(f"Unknown subset origin '{origin}'; use one of {', '.join(ORIGINS)}.")
+        if origin not in origins():
+            raise BiasLensError(f"Unknown subset origin '{origin}'; use one of {', '.join(origins())}.")
         unique = tuple(int(r) for r in np.unique(np.asarray(rows, dtype=np.int64)))
         if not unique:
-            raise BiasLensError("A subset needs at least one image; this one is empty.")
+            raise BiasLensError("A subset needs at least one image; this one is empty: pick a finding that holds images.")
         if unique[0] < 0:
-            raise BiasLensError("Subset rows are store rows: they cannot be negative.")
+            raise BiasLensError("Subset rows are store rows: they cannot be negative. Use rows 0 or more.")
         n = getattr(self.storage, "n", None)
         if n is not None and unique[-1] >= n:
-            raise BiasLensError(f"Subset rows are store rows 0..{n - 1}; this set has row {unique[-1]}.")
+            raise BiasLensError(f"Subset rows are store rows 0..{n - 1}; this set has row {unique[-1]}: use rows of this store only.")
         return Subset(name=name, rows=unique, origin=origin, detail=str(detail), note=self._check_note(note),
                       params=_plain(params))
 
@@ -480,7 +486,7 @@ class SubsetRegistry:
             try:
                 subset = self._build(**spec)
                 if any(s.name == subset.name for s in built):
-                    raise BiasLensError(f"The name '{subset.name}' is given twice.")
+                    raise BiasLensError(f"The name '{subset.name}' is given twice: give each subset its own name.")
             except BiasLensError as exc:
                 raise BiasLensError(self._which(i, len(specs), spec, exc)) from None
             built.append(subset)
@@ -513,7 +519,7 @@ class SubsetRegistry:
 
         def move(subsets: dict[str, Subset]) -> Subset:
             if old not in subsets:
-                raise BiasLensError(f"No subset named '{old}'.")
+                raise BiasLensError(f"No subset named '{old}': pick one of the saved subsets.")
             if new == old:
                 return subsets[old]
             taken = self._taken(new, subsets)
@@ -530,7 +536,7 @@ class SubsetRegistry:
     def _check_note(note: str) -> str:
         note = str(note).strip()
         if len(note) > MAX_NOTE:
-            raise BiasLensError(f"A note has at most {MAX_NOTE:,} characters; this one has {len(note):,}.")
+            raise BiasLensError(f"A note has at most {MAX_NOTE:,} characters; this one has {len(note):,}: shorten it.")
         return note
 
     def set_note(self, name: str, note: str) -> Subset:
@@ -538,7 +544,7 @@ class SubsetRegistry:
 
         def write(subsets: dict[str, Subset]) -> Subset:
             if name not in subsets:
-                raise BiasLensError(f"No subset named '{name}'.")
+                raise BiasLensError(f"No subset named '{name}': pick one of the saved subsets.")
             subsets[name] = replace(subsets[name], note=note)
             return subsets[name]
 
@@ -547,7 +553,7 @@ class SubsetRegistry:
     def get(self, name: str) -> Subset:
         subsets = self._view()[0]
         if name not in subsets:
-            raise BiasLensError(f"No subset named '{name}'.")
+            raise BiasLensError(f"No subset named '{name}': pick one of the saved subsets.")
         return subsets[name]
 
     def names(self) -> list[str]:
@@ -603,12 +609,3 @@ class SubsetRegistry:
 def scope_digest(rows: Any) -> str:
     """A short stable key of a set of store rows (for caching a run scoped to a subset)."""
     return hashlib.sha1(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def expand(values: Any, rows: Any, n: int, fill: float = 0.0) -> np.ndarray:
-    """Map per-row values of a run scoped to ``rows`` back to all ``n`` store rows
-    (``fill`` outside the scope), so galleries and saved subsets use store rows."""
-    values = np.asarray(values)
-    out = np.full(n, fill, dtype=values.dtype)
-    out[np.asarray(rows, dtype=np.int64)] = values
-    return out

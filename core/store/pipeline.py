@@ -36,6 +36,7 @@ from PIL import Image
 from torchvision import transforms
 
 from core.data.datasets import ImageDataset
+from core.errors import ParameterError
 from core.models.loading import LoadedModel, _to_rgb, make_transform
 from core.store.hooks import ActivationRecorder
 
@@ -142,7 +143,7 @@ def resolve_decode(decode: str, dataset: ImageDataset, device: torch.device) -> 
     """"torchcodec" (batched JPEG decoding where the model runs: nvJPEG on CUDA) or "pil" (the
     loader workers decode). "auto" picks torchcodec on CUDA for file datasets when it loads."""
     if decode not in DECODES:
-        raise ValueError(f"Unknown decode '{decode}'; use one of {', '.join(DECODES)}.")
+        raise ParameterError(f"Unknown decode '{decode}'; use one of {', '.join(DECODES)}.")
     files = len(dataset) > 0 and dataset.image_path(0) is not None
     if decode == "auto":
         return "torchcodec" if device.type == "cuda" and files and torchcodec_available() else "pil"
@@ -225,7 +226,7 @@ class LocalSource:
     def __init__(self, model: LoadedModel, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
                  precision: str = "fp32", times: StageTimes | None = None, decode: str = "auto") -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}.")
+            raise ParameterError(f"Unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}.")
         self.model, self.dataset = model, dataset
         self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
         self.times = times or StageTimes()

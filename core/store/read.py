@@ -308,3 +308,12 @@ def metadata_attribute_names(dataset: ImageDataset) -> list[str]:
             taken.add(name.lower())
         result.append(name)
     return result
+
+
+def expand(values: Any, rows: Any, n: int, fill: float = 0.0) -> np.ndarray:
+    """Map per-row values of a run scoped to ``rows`` back to all ``n`` store rows
+    (``fill`` outside the scope), so galleries and saved subsets use store rows."""
+    values = np.asarray(values)
+    out = np.full(n, fill, dtype=values.dtype)
+    out[np.asarray(rows, dtype=np.int64)] = values
+    return out

@@ -43,7 +43,9 @@ from core.scoring.summary import (
 from core.services.cohorts import CohortView
 from core.services.estimates import duration
 from core.services.runqueue import RunQueue
+from core.services.runs import fit_on_store, held_out_on_store
 from core.services.server import SERVER
+from core.services.subsets import scope_digest
 from core.services.workspace import Workspace
 from core.store.read import Store, find_store
 from core.ui.keys import state_key
@@ -287,3 +289,48 @@ def computed_once(kind: str, fingerprint: str, key: str, label: str, compute: Ca
         st.caption(f":material/schedule: {label} took {duration(took)} on this server "
                    f"({about(expected)} was expected).")
     return slot["result"]
+
+
+def fit_slot(estimator: Any, representation: str, scope: np.ndarray | None = None) -> tuple[str, str]:
+    """(kind, key) of a method run's result slot: the estimator's class, its ``get_params()``,
+    the representation and the scope's digest (the store's fingerprint is the slot's other key)."""
+    parts: tuple[Any, ...] = (representation, estimator.get_params())
+    if scope is not None:
+        parts += ("scope", scope_digest(scope))
+    return f"fit:{type(estimator).__name__}", run_key(*parts)
+
+
+def _slot(store: Store, estimator: Any, representation: str, scope: np.ndarray | None) -> tuple[str, str, str]:
+    kind, key = fit_slot(estimator, representation, scope)
+    return kind, store.fingerprint, key
+
+
+def cached_fit(store: Store, estimator: Any, representation: str = "embedding", scope: np.ndarray | None = None) -> Any | None:
+    """The fitted run ``fitted_once`` holds for these inputs, or None (nothing is computed)."""
+    return cached_result(*_slot(store, estimator, representation, scope))
+
+
+def fitted_once(store: Store, estimator: Any, representation: str = "embedding", scope: np.ndarray | None = None, *,
+                label: str, expected_s: float | None = None, **fit_params: Any) -> Any:
+    """A method fitted on the store (``core.services.runs.fit_on_store``: scoped to ``scope``'s
+    rows and mapped back to store rows), once per server for these inputs; the result is a
+    fitted clone, never the caller's estimator. ``fit_params`` go to ``fit`` (e.g. progress)."""
+    kind, fingerprint, key = _slot(store, estimator, representation, scope)
+    return computed_once(kind, fingerprint, key, label,
+                         lambda: fit_on_store(estimator, store, representation, scope, meta_for(store), **fit_params),
+                         expected_s=expected_s)
+
+
+def held_out_once(store: Store, estimator: Any, representation: str = "embedding", scope: np.ndarray | None = None, *,
+                  expected_s: float | None = None, **options: Any) -> tuple[Any | None, Callable[[], Any]]:
+    """A method's split-half confirmation (``core.services.runs.held_out_on_store``): (its
+    cached table or None, the run that computes it once). ``options`` go to the check."""
+    kind, fingerprint, key = _slot(store, estimator, representation, scope)
+    kind, key = f"held-out:{kind}", run_key(key, options)
+
+    def run() -> Any:
+        return computed_once(kind, fingerprint, key, "The held-out confirmation",
+                             lambda: held_out_on_store(estimator, store, representation, scope, meta_for(store), **options),
+                             expected_s=expected_s)
+
+    return cached_result(kind, fingerprint, key), run

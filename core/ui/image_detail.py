@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
-from sklearn.base import clone
 
 from core.data.images import placeholder, thumbnail
 from core.errors import BiasLensError
-from core.methods import GradCAM, overlay
+from core.methods import GradCAM, GradCAMResult, overlay
 from core.models.loading import model_view
 from core.ui import cache, workshop
 from core.ui.context import PageContext
@@ -76,12 +75,12 @@ def show_requested(ctx: PageContext, meta: pd.DataFrame, origin: str) -> None:
             workshop.note_step(ctx.key, workshop.GRAD_CAM_STEP)  # the step's "press CAM"
 
 
-def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAM:
-    """Grad-CAM of one image for these classes, fitted once per ``cam.get_params()`` (a clone),
-    in the light lane on a private copy of the model (it never waits behind heavy runs)."""
-    def compute() -> GradCAM:
+def grad_cam_for(ctx: PageContext, row: int, cam: GradCAM, targets: tuple[int, ...]) -> GradCAMResult:
+    """Grad-CAM of one image for these classes, computed once per ``cam.get_params()``, in
+    the light lane on a private copy of the model (it never waits behind heavy runs)."""
+    def compute() -> GradCAMResult:
         with ctx.run_model() as model:
-            return clone(cam).fit(model, ctx.dataset.load_image(row), targets)
+            return cam.explain(model, ctx.dataset.load_image(row), targets)
 
     return cache.computed_once(
         "gradcam", ctx.key, cache.run_key(row, cam.get_params(), targets), "Grad-CAM", compute, lane=cache.LIGHT,
@@ -163,6 +162,6 @@ def _grad_cam(ctx: PageContext, rec: Any, row: int, image: np.ndarray) -> None:
         st.error(f"Grad-CAM failed: {exc}")
         return
     c1, c2 = st.columns(2)
-    c1.image(enlarged(overlay(image, result.maps_[0]), VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities_[targets[0]])})", width="stretch")
-    c2.image(enlarged(overlay(image, result.maps_[1]), VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities_[targets[1]])})", width="stretch")
+    c1.image(enlarged(overlay(image, result.maps[0]), VIEW), caption=f"Predicted: {rec['pred']} ({percent(result.probabilities[targets[0]])})", width="stretch")
+    c2.image(enlarged(overlay(image, result.maps[1]), VIEW), caption=f"True: {rec['label']} ({percent(result.probabilities[targets[1]])})", width="stretch")
     how_to_read("red = regions that raise that class's score most at this layer (Grad-CAM), blue = little or none; each map is scaled to its own maximum.")

@@ -7,13 +7,21 @@ two workspaces or two subgroups never share a value by accident.
 
 from __future__ import annotations
 
-PAGES = ("app", "run", "overview", "cohorts", "spotlight", "subgroups", "saliency", "intersectional", "activis", "store", "workshop", "detail")
+from core.methods.records import method_records
+
+# Pages that are not a method's (a method's page is its record's name, core.methods.records).
+FIXED_PAGES = ("app", "run", "overview", "cohorts", "store", "workshop", "detail")
+
+
+def pages() -> tuple[str, ...]:
+    """Every page a key may belong to: the fixed ones and each registered method's."""
+    return FIXED_PAGES + tuple(r.name for r in method_records())
 
 
 def state_key(page: str, name: str, *scope: object) -> str:
     """The session-state key of ``name`` on ``page``, scoped by ``scope``."""
-    if page not in PAGES:
-        raise ValueError(f"Unknown page {page!r} for a session-state key; use one of {PAGES}.")
+    if page not in pages():
+        raise ValueError(f"Unknown page {page!r} for a session-state key; use one of {pages()}.")  # programming error: a page without a record
     key = f"{page}.{name}"
     return key + "".join(f":{part}" for part in scope)
 

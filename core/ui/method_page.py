@@ -59,6 +59,28 @@ def run_with_progress(
     return result
 
 
+def kept_run(page: str, workspace_key: str, run: Any, scope: tuple[str | None, np.ndarray | None],
+             fit: Callable[[Any, np.ndarray | None], T], failed: Callable[[BiasLensError], None]) -> tuple[T, Any, tuple[str | None, np.ndarray | None]]:
+    """The result of ``fit(run, scope rows)``; when it raises a BiasLensError, ``failed(error)``
+    shows why, and the last run that succeeded on this page stays on screen under a caption
+    (its results are cached), so a rejected setting never wipes the results. Without an
+    earlier good run (or when the failing run is that run) the page stops after the message.
+    Returns (result, the run shown, its scope)."""
+    good_key = state_key(page, "last_good_run", workspace_key)
+    try:
+        result = fit(run, scope[1])
+        st.session_state[good_key] = (run, scope)
+        return result, run, scope
+    except BiasLensError as exc:
+        failed(exc)
+        good = st.session_state.get(good_key)
+        if good is None or (good[0] == run and good[1][0] == scope[0]):
+            st.stop()
+        st.caption("Below: the last run that succeeded, with its own settings.")
+        run, scope = good
+        return fit(run, scope[1]), run, scope
+
+
 def remember_settings(page: str, defaults: dict[str, Any], last: dict[str, Any] | None) -> None:
     """Seed the settings form's widget keys (``state_key(page, name)``) once.
 

@@ -79,19 +79,20 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     k = int(st.number_input("Top filters (k)", 1, HOSTED_MAX_FILTERS_K if ctx.hosted else 100_000, **kept(state_key(PAGE, "k"), 10),
                             help="The paper's F: the k filters of highest z, boosted for the input-space map (eq. 3)."
                             + (f" This server allows at most {HOSTED_MAX_FILTERS_K}." if ctx.hosted else "")))
+    saliency = FilterSaliency(k=k)
     try:
         with st.spinner("Computing the image's saliency (cached afterwards)..."):
-            fitted = saliency_for(ctx, profiles, row, label, stats, FilterSaliency(k=k))
+            explained = saliency_for(ctx, profiles, row, label, stats, saliency)
     except BiasLensError as exc:
         st.error(f"The image's saliency cannot be computed: {exc}")
         st.stop()
-    for note in fitted.notes_:
+    for note in explained.notes:
         st.caption(note)
     left, middle, right = st.columns([1, 1, 2])
-    left.image(enlarged(fitted.view_, VIEW), caption="Image (as the model sees it)", width="stretch")
-    middle.image(enlarged(overlay(fitted.view_, fitted.map_), VIEW), caption=f"Input-space saliency of the top {len(fitted.top_)} filters",
-                 width="stretch")
-    right.dataframe(top_filters_table(fitted), hide_index=True, height=260,
+    left.image(enlarged(explained.view, VIEW), caption="Image (as the model sees it)", width="stretch")
+    middle.image(enlarged(overlay(explained.view, explained.map), VIEW),
+                 caption=f"Input-space saliency of the top {len(explained.top)} filters", width="stretch")
+    right.dataframe(top_filters_table(explained), hide_index=True, height=260,
                     column_config={"z": st.column_config.NumberColumn("z", format="%.2f")})
     how_to_read("the map shows the pixels that drive the top filters' saliency (red = most; eq. 4); the table lists "
                 "the filters with the highest z for this image: the candidates for the error.")
@@ -99,7 +100,7 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     z = profiles.z([row], mu, sigma)[0]
     st.markdown("**Turning the salient filters off**")
     turned = turn_off_for(ctx, profiles, row, label, z, ref, FilterTurnOff(max_k=max_k))
-    show(turn_off_chart, curves_frame(turned.curves_), False)
+    show(turn_off_chart, curves_frame(turned.curves), False)
     how_to_read("zeroing the most salient filters (red) should lower the wrong class's confidence (dashed) and raise the "
                 "true class's (solid) faster than random (grey) or least salient (green) filters.")
 
@@ -108,19 +109,20 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     threshold = c1.slider("Mask pixels with map ≥", 0.05, 0.95, step=0.05, **kept(state_key(PAGE, "threshold"), 0.5))
     least = c2.toggle("least salient (control)", **kept(state_key(PAGE, "least"), False),
                       help="Mask as many pixels, but those of lowest saliency instead.")
-    masking = masking_for(ctx, profiles, row, label, fitted, stats, MaskingExperiment(threshold=threshold, least=least))
+    masking = masking_for(ctx, profiles, row, label, saliency, explained, stats,
+                          MaskingExperiment(threshold=threshold, least=least))
     left, right = st.columns([1, 2])
-    left.image(enlarged(masked_view(fitted.view_, masking.mask_, ctx.model.mean), VIEW),
-               caption=f"Masked: {percent(masking.masked_share_)} of the pixels", width="stretch")
+    left.image(enlarged(masked_view(explained.view, masking.mask, ctx.model.mean), VIEW),
+               caption=f"Masked: {percent(masking.masked_share)} of the pixels", width="stretch")
     pred = int(rec["pred_idx"])
-    shown = list(dict.fromkeys([label, pred, int(np.argmax(masking.probabilities_after_))]))
+    shown = list(dict.fromkeys([label, pred, int(np.argmax(masking.probabilities_after))]))
     right.dataframe(pd.DataFrame({
         "class": [classes[c] + (" (true)" if c == label else "") for c in shown],
-        "before": [masking.probabilities_before_[c] for c in shown],
-        "after masking": [masking.probabilities_after_[c] for c in shown],
+        "before": [masking.probabilities_before[c] for c in shown],
+        "after masking": [masking.probabilities_after[c] for c in shown],
     }), hide_index=True, column_config={c: st.column_config.ProgressColumn(c, min_value=0, max_value=1, format="%.3f")
                                         for c in ("before", "after masking")})
-    right.metric("Top filters' mean z", f"{masking.top_saliency_after_:.2f}", f"{-masking.saliency_drop_:+.2f} after masking",
+    right.metric("Top filters' mean z", f"{masking.top_saliency_after:.2f}", f"{-masking.saliency_drop:+.2f} after masking",
                  delta_color="inverse")
     how_to_read("masking the most salient pixels should lower the top filters' saliency (and change the output) more "
                 "than masking the same number of least salient pixels (the control).")
@@ -144,16 +146,16 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     except BiasLensError as exc:
         st.error(f"The fine-tuning check cannot run: {exc}")
     else:
-        st.dataframe(check.results_, hide_index=True, column_config={
+        st.dataframe(check.results, hide_index=True, column_config={
             "image_corrected": st.column_config.NumberColumn("image corrected", format="percent"),
             "image_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (image)", format="%+.4f"),
             "neighbours_corrected_share": st.column_config.NumberColumn("neighbours corrected", format="percent"),
             "neighbours_true_confidence_change": st.column_config.NumberColumn("Δ true conf. (neighbours)", format="%+.4f"),
         })
-        st.caption(f"One normalised gradient step on this image through {check.k_} filter(s) only, chosen as the most "
+        st.caption(f"One normalised gradient step on this image through {check.k} filter(s) only, chosen as the most "
                    f"salient, random or least salient; measured on the image and its {len(all_neighbours)} saliency-space "
                    "neighbours. The step is applied to copies of the weights: the model in the app is never modified. "
-                   + " ".join(check.notes_))
+                   + " ".join(check.notes))
         how_to_read("if the salient filters cause the error, updating them corrects the image and helps its neighbours more "
                     "than random or least salient filters do.")
 

@@ -3,8 +3,9 @@
 The dataset's profiles live on disk with the store (core/methods/saliency/profiles.py); everything
 computed from them, or from the model for one image, is run once per inputs with
 ``cache.computed_once``, keyed by the store's fingerprint, the profiles' key, the reference
-set and the estimator's ``get_params()``, so a rerun never calls the model again. Cached
-objects are fitted clones, never the caller's estimator. Runs over many images show their
+set and the explainer's or estimator's ``get_params()``, so a rerun never calls the model
+again. Cached objects are explainers' frozen results and fitted clones of estimators, never
+the caller's estimator. Runs over many images show their
 expected time beside their button, and on a hosted server a visitor's run must pass the
 hosted caps (core/services/estimates.py).
 """
@@ -25,9 +26,13 @@ from core.errors import BiasLensError, DataError
 from core.methods import (
     FailureModes,
     FilterSaliency,
+    FilterSaliencyResult,
     FilterTurnOff,
+    FilterTurnOffResult,
     FineTuneCheck,
+    FineTuneResult,
     MaskingExperiment,
+    MaskingResult,
     confusion_cell_groups,
     failure_mode_scorecard,
 )
@@ -250,10 +255,10 @@ def image_tensor(ctx: PageContext, rows: Sequence[int]) -> torch.Tensor:
     return torch.stack([transform(ctx.dataset.load_image(int(r))) for r in rows])
 
 
-def on_copy(ctx: PageContext, fit: Callable[[LoadedModel], T]) -> T:
-    """``fit`` run on a private copy of the model (``PageContext.run_model``)."""
+def on_copy(ctx: PageContext, run: Callable[[LoadedModel], T]) -> T:
+    """``run`` on a private copy of the model (``PageContext.run_model``)."""
     with ctx.run_model() as model:
-        return fit(model)
+        return run(model)
 
 
 def _image_key(profiles: SaliencyProfiles, ref: str, row: int, params: dict[str, Any], *more: Any) -> str:
@@ -261,58 +266,60 @@ def _image_key(profiles: SaliencyProfiles, ref: str, row: int, params: dict[str,
 
 
 def saliency_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, stats: tuple[np.ndarray, np.ndarray, str],
-                 estimator: FilterSaliency) -> FilterSaliency:
-    """FilterSaliency of one image (profile, top filters, input map), fitted once (a clone)."""
+                 explainer: FilterSaliency) -> FilterSaliencyResult:
+    """FilterSaliency of one image (profile, top filters, input map), computed once."""
     mu, sigma, ref = stats
     if ctx.hosted:
-        check_saliency_request(k=int(estimator.k or 0))
+        check_saliency_request(k=int(explainer.k or 0))
     return cache.computed_once(
-        "saliency-image", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "The input-space map",
-        lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, ctx.dataset.load_image(row), label, mu, sigma,
-                                                                profiles.index)),
+        "saliency-image", ctx.store.fingerprint, _image_key(profiles, ref, row, explainer.get_params()), "The input-space map",
+        lambda: on_copy(ctx, lambda model: explainer.explain(model, ctx.dataset.load_image(row), label, mu=mu, sigma=sigma,
+                                                             index=profiles.index)),
         expected_s=image_saliency_seconds(model_cost(ctx.model)),
     )
 
 
 def turn_off_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, z: np.ndarray, ref: str,
-                 estimator: FilterTurnOff) -> FilterTurnOff:
-    """Turning-off curves of one image, fitted once (a clone)."""
+                 explainer: FilterTurnOff) -> FilterTurnOffResult:
+    """Turning-off curves of one image, computed once."""
     return cache.computed_once(
-        "saliency-turnoff", ctx.store.fingerprint, _image_key(profiles, ref, row, estimator.get_params()), "Turning filters off",
-        lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, image_tensor(ctx, [row]), np.array([label]), z[None],
-                                                                profiles.index)),
-        expected_s=turn_off_seconds(model_cost(ctx.model), 1, int(estimator.max_k), int(estimator.n_random)),
+        "saliency-turnoff", ctx.store.fingerprint, _image_key(profiles, ref, row, explainer.get_params()), "Turning filters off",
+        lambda: on_copy(ctx, lambda model: explainer.explain(model, image_tensor(ctx, [row]), np.array([label]), z=z[None],
+                                                             index=profiles.index)),
+        expected_s=turn_off_seconds(model_cost(ctx.model), 1, int(explainer.max_k), int(explainer.n_random)),
     )
 
 
-def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, fitted: FilterSaliency,
-                stats: tuple[np.ndarray, np.ndarray, str], estimator: MaskingExperiment) -> MaskingExperiment:
-    """The masking experiment on one image's input map, fitted once (a clone)."""
+def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, saliency: FilterSaliency,
+                explained: FilterSaliencyResult, stats: tuple[np.ndarray, np.ndarray, str],
+                explainer: MaskingExperiment) -> MaskingResult:
+    """The masking experiment on one image's input map (``explained``, what ``saliency`` gave),
+    computed once."""
     mu, sigma, ref = stats
-    key = _image_key(profiles, ref, row, estimator.get_params(), fitted.get_params())
+    key = _image_key(profiles, ref, row, explainer.get_params(), saliency.get_params())
     return cache.computed_once(
         "saliency-masking", ctx.store.fingerprint, key, "The masking experiment",
-        lambda: on_copy(ctx, lambda model: clone(estimator).fit(model, ctx.dataset.load_image(row), label, fitted.map_,
-                                                                mu, sigma, profiles.index, fitted.top_)),
+        lambda: on_copy(ctx, lambda model: explainer.explain(model, ctx.dataset.load_image(row), label, saliency_map=explained.map,
+                                                             top=explained.top, mu=mu, sigma=sigma, index=profiles.index)),
         expected_s=masking_seconds(model_cost(ctx.model)),
     )
 
 
 def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, z: np.ndarray, ref: str,
-                  neighbours: np.ndarray, labels: np.ndarray, estimator: FineTuneCheck) -> FineTuneCheck:
-    """The one-step fine-tuning check on one image and its neighbours, fitted once (a clone)."""
+                  neighbours: np.ndarray, labels: np.ndarray, explainer: FineTuneCheck) -> FineTuneResult:
+    """The one-step fine-tuning check on one image and its neighbours, computed once."""
     if ctx.hosted:
-        check_saliency_request(k=int(estimator.k or 0))
+        check_saliency_request(k=int(explainer.k or 0))
     present = readable(ctx, neighbours)
     neighbours, labels = np.asarray(neighbours)[present], np.asarray(labels)[present]
-    key = _image_key(profiles, ref, row, estimator.get_params(), [int(r) for r in neighbours])
+    key = _image_key(profiles, ref, row, explainer.get_params(), [int(r) for r in neighbours])
     return cache.computed_once(
         "saliency-finetune", ctx.store.fingerprint, key, "The fine-tuning check",
-        lambda: on_copy(ctx, lambda model: clone(estimator).fit(
-            model, image_tensor(ctx, [row]), label, z, profiles.index,
-            image_tensor(ctx, neighbours) if len(neighbours) else None,
-            np.asarray(labels, dtype=np.int64) if len(neighbours) else None)),
-        expected_s=image_fine_tune_seconds(model_cost(ctx.model), len(neighbours), int(estimator.n_random)),
+        lambda: on_copy(ctx, lambda model: explainer.explain(
+            model, image_tensor(ctx, [row]), label, z=z, index=profiles.index,
+            neighbours=image_tensor(ctx, neighbours) if len(neighbours) else None,
+            neighbour_targets=np.asarray(labels, dtype=np.int64) if len(neighbours) else None)),
+        expected_s=image_fine_tune_seconds(model_cost(ctx.model), len(neighbours), int(explainer.n_random)),
     )
 
 
@@ -349,13 +356,13 @@ def neighbours_for(store: Store, profiles: SaliencyProfiles, row: int, stats: tu
 
 
 def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.ndarray, labels: np.ndarray,
-                       stats: tuple[np.ndarray, np.ndarray, str], estimator: FilterTurnOff,
+                       stats: tuple[np.ndarray, np.ndarray, str], explainer: FilterTurnOff,
                        progress: Callable[[int, int, str], None] | None = None, batch: int = 10) -> pd.DataFrame:
-    """``FilterTurnOff.summary()`` over these images (bootstrap intervals over images),
-    fitted in batches of ``batch`` images so the page can show progress; computed once.
+    """``FilterTurnOffResult.summary()`` over these images (bootstrap intervals over images),
+    explained in batches of ``batch`` images so the page can show progress; computed once.
     On a hosted server the run must pass the hosted caps (HostedLimit otherwise)."""
     mu, sigma, ref = stats
-    seconds = turn_off_estimate(ctx, len(rows), estimator)
+    seconds = turn_off_estimate(ctx, len(rows), explainer)
     if ctx.hosted:
         check_image_run(len(rows), seconds, "Turning filters off")
 
@@ -372,50 +379,50 @@ def aggregate_turn_off(ctx: PageContext, profiles: SaliencyProfiles, rows: np.nd
                 progress(start, len(rows), "Turning filters off")
             if not len(part):
                 continue
-            fitted = clone(estimator).fit(model, image_tensor(ctx, part), part_labels,
-                                          profiles.z(part, mu, sigma), profiles.index)
-            curves = fitted.curves_.copy()
+            turned = explainer.explain(model, image_tensor(ctx, part), part_labels,
+                                       z=profiles.z(part, mu, sigma), index=profiles.index)
+            curves = turned.curves.copy()
             curves["image"] += start
             parts.append(curves)
         if progress:
             progress(len(rows), len(rows), "Turning filters off")
         if not parts:
             raise DataError("None of these images can be read any more (deleted or damaged since the store was built).")
-        return curves_summary(pd.concat(parts, ignore_index=True), seed=estimator.seed)
+        return curves_summary(pd.concat(parts, ignore_index=True), seed=explainer.seed)
 
-    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
+    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows))
     return cache.computed_once("saliency-aggregate", ctx.store.fingerprint, key, "Turning filters off over many images", compute,
                                expected_s=seconds)
 
 
-def turn_off_estimate(ctx: PageContext, images: int, estimator: FilterTurnOff) -> float:
+def turn_off_estimate(ctx: PageContext, images: int, explainer: FilterTurnOff) -> float:
     """Expected seconds of turning filters off on ``images`` images."""
-    return turn_off_seconds(model_cost(ctx.model), images, int(estimator.max_k), int(estimator.n_random))
+    return turn_off_seconds(model_cost(ctx.model), images, int(explainer.max_k), int(explainer.n_random))
 
 
-def fine_tune_estimate(ctx: PageContext, profiles: SaliencyProfiles, images: int, estimator: FineTuneCheck) -> float:
+def fine_tune_estimate(ctx: PageContext, profiles: SaliencyProfiles, images: int, explainer: FineTuneCheck) -> float:
     """Expected seconds of the fine-tuning check on ``images`` images."""
     return fine_tune_seconds(model_cost(ctx.model), images, profiles.n_filters, profiles.n,
-                             int(estimator.n_neighbours), int(estimator.n_random))
+                             int(explainer.n_neighbours), int(explainer.n_random))
 
 
 def cached_aggregate(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, ref: str,
-                     estimator: FilterTurnOff | FineTuneCheck) -> pd.DataFrame | None:
+                     explainer: FilterTurnOff | FineTuneCheck) -> pd.DataFrame | None:
     """The aggregate already computed for these inputs, or None (nothing is computed)."""
-    kind = "saliency-aggregate" if isinstance(estimator, FilterTurnOff) else "saliency-finetune-aggregate"
-    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
+    kind = "saliency-aggregate" if isinstance(explainer, FilterTurnOff) else "saliency-finetune-aggregate"
+    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows))
     return cache.cached_result(kind, store.fingerprint, key)
 
 
 def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.ndarray, labels: np.ndarray,
-                        stats: tuple[np.ndarray, np.ndarray, str], estimator: FineTuneCheck,
+                        stats: tuple[np.ndarray, np.ndarray, str], explainer: FineTuneCheck,
                         progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """``FineTuneCheck.aggregate`` over these misclassified images (Fig. 6 on the dataset level):
     each image's check against its nearest misclassified neighbours in saliency space (all
     layers), as the paper restricts the neighbours to errors; computed once. On a hosted
     server the run must pass the hosted caps (HostedLimit otherwise)."""
     mu, sigma, ref = stats
-    seconds = fine_tune_estimate(ctx, profiles, len(rows), estimator)
+    seconds = fine_tune_estimate(ctx, profiles, len(rows), explainer)
     if ctx.hosted:
         check_image_run(len(rows), seconds, "The fine-tuning check")
     columns = np.arange(profiles.index.n_filters)
@@ -435,21 +442,21 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
                 progress(i, len(rows), "Fine-tuning check")
             if not readable(ctx, [row])[0]:  # an image lost since the store was built is left out
                 continue
-            near, _ = nearest(profiles.profiles, profiles.z([int(row)], mu, sigma)[0], k=estimator.n_neighbours,
+            near, _ = nearest(profiles.profiles, profiles.z([int(row)], mu, sigma)[0], k=explainer.n_neighbours,
                               columns=columns, rows=errors, query_row=int(row), affine=affine, norms=norms)
             near = near[readable(ctx, near)]
-            fitted = clone(estimator).fit(model, image_tensor(ctx, [int(row)]), int(labels[i]),
-                                          profiles.z([int(row)], mu, sigma)[0], profiles.index,
-                                          image_tensor(ctx, near) if len(near) else None,
-                                          cache.meta_for(store)["label_idx"].to_numpy()[near] if len(near) else None)
-            frames.append(fitted.results_)
+            checked = explainer.explain(
+                model, image_tensor(ctx, [int(row)]), int(labels[i]), z=profiles.z([int(row)], mu, sigma)[0],
+                index=profiles.index, neighbours=image_tensor(ctx, near) if len(near) else None,
+                neighbour_targets=cache.meta_for(store)["label_idx"].to_numpy()[near] if len(near) else None)
+            frames.append(checked.results)
         if progress:
             progress(len(rows), len(rows), "Fine-tuning check")
         if not frames:
             raise DataError("None of these images can be read any more (deleted or damaged since the store was built).")
-        return FineTuneCheck.aggregate(frames, seed=estimator.seed)
+        return FineTuneCheck.aggregate(frames, seed=explainer.seed)
 
-    key = cache.run_key(profile_id(profiles), ref, estimator.get_params(), scope_digest(rows))
+    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows))
     return cache.computed_once("saliency-finetune-aggregate", store.fingerprint, key, "The fine-tuning check over many images",
                                compute, expected_s=seconds)
 
@@ -478,7 +485,7 @@ def curves_frame(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """``FilterTurnOff.summary()`` long: order, k, measure, value, low, high."""
+    """``FilterTurnOffResult.summary()`` long: order, k, measure, value, low, high."""
     parts = []
     for column, name in (("true_confidence", "true class (solid)"), ("wrong_confidence", "predicted class (dashed)")):
         part = summary[["order", "k", column, f"{column}_low", f"{column}_high"]].copy()
@@ -509,9 +516,9 @@ def turn_off_chart(frame: pd.DataFrame, bands: bool) -> alt.LayerChart:
     return chart.properties(height=280)
 
 
-def top_filters_table(fitted: FilterSaliency) -> pd.DataFrame:
+def top_filters_table(explained: FilterSaliencyResult) -> pd.DataFrame:
     """The picked image's top filters: rank, layer, filter, z."""
-    table = pd.DataFrame(fitted.top_filters_)[["layer", "filter", "z"]]
+    table = pd.DataFrame(explained.top_filters)[["layer", "filter", "z"]]
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
 

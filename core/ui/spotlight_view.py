@@ -7,7 +7,6 @@ estimator's ``get_params()``; the cached object is a fitted clone, never the cal
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import altair as alt
@@ -17,7 +16,6 @@ import streamlit as st
 from sklearn.base import clone
 
 from core.methods import Spotlight, SpotlightFit
-from core.scoring.score import spotlight_held_out
 from core.scoring.stats import bootstrap_ci
 from core.scoring.summary import (
     attribute_enrichment,
@@ -28,7 +26,6 @@ from core.scoring.summary import (
 )
 from core.services.cohorts import equals_filter
 from core.services.estimates import map_seconds, spotlight_held_out_seconds, spotlight_seconds
-from core.services.subsets import expand, scope_digest
 from core.store.read import Store
 from core.ui import cache
 from core.ui.charts import show
@@ -55,12 +52,6 @@ def representation_label(store: Store, name: str) -> str:
 # --------------------------------------------------------------------------- cached runs
 
 
-def _run_key(representation: str, spotlight: Spotlight, scope: np.ndarray | None = None) -> str:
-    if scope is None:
-        return cache.run_key(representation, spotlight.get_params())
-    return cache.run_key(representation, spotlight.get_params(), "scope", scope_digest(scope))
-
-
 def search_size(store: Store, representation: str, scope: np.ndarray | None = None) -> tuple[int, int]:
     """(images, dims) a run searches: the representation's shape, its rows limited to the
     scope (read from the memory map's header, nothing loaded)."""
@@ -75,8 +66,7 @@ def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scop
     subset) the search runs on those images only, and each spotlight's weights are mapped
     back to all store rows (0 outside the scope). Errors propagate (nothing is cached).
     """
-    key = _run_key(representation, spotlight, scope)
-    cached = cache.cached_result("spotlight", store.fingerprint, key)
+    cached = cache.cached_fit(store, spotlight, representation, scope)
     if cached is not None:
         return cached
     larger = _larger_cached_run(store, representation, spotlight, scope)
@@ -84,17 +74,9 @@ def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scop
         return larger.first(int(spotlight.n_spotlights))
 
     def work(progress: Any) -> Spotlight:
-        def compute() -> Spotlight:
-            losses = cache.meta_for(store)["loss"].to_numpy()
-            x = store.representation(representation)
-            if scope is None:
-                return clone(spotlight).fit(x, losses, progress=progress)
-            fitted = clone(spotlight).fit(np.asarray(x[scope]), losses[scope], progress=progress)
-            fitted.spotlights_ = [replace(f, weights=expand(f.weights, scope, len(losses))) for f in fitted.spotlights_]
-            return fitted
-
         expected = spotlight_seconds(*search_size(store, representation, scope), **spotlight.get_params())
-        return cache.computed_once("spotlight", store.fingerprint, key, "The spotlight search", compute, expected_s=expected)
+        return cache.fitted_once(store, spotlight, representation, scope, label="The spotlight search", expected_s=expected,
+                                 progress=progress)
 
     return run_with_progress(
         "Shining the spotlights...", work, lambda fitted: f"{len(fitted.spotlights_)} spotlight(s) in {fitted.seconds_:.1f} s",
@@ -105,23 +87,10 @@ def run_spotlights(store: Store, representation: str, spotlight: Spotlight, scop
 def held_out_for(
     store: Store, representation: str, spotlight: Spotlight, scope: np.ndarray | None = None
 ) -> tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]]:
-    """The split-half confirmation of the spotlights (core.scoring.score.spotlight_held_out): (its
-    cached table or None, the run that computes it once)."""
-    key = _run_key(representation, spotlight, scope)
-
-    def compute() -> pd.DataFrame:
-        meta = cache.meta_for(store)
-        x, losses, correct = store.representation(representation), meta["loss"].to_numpy(), meta["correct"].to_numpy()
-        if scope is not None:
-            x, losses, correct = np.asarray(x[scope]), losses[scope], correct[scope]
-        return spotlight_held_out(x, losses, correct, spotlight)
-
-    def run() -> pd.DataFrame:
-        expected = spotlight_held_out_seconds(*search_size(store, representation, scope), **spotlight.get_params())
-        return cache.computed_once("spotlight-split-half", store.fingerprint, key, "The held-out confirmation", compute,
-                                   expected_s=expected)
-
-    return cache.cached_result("spotlight-split-half", store.fingerprint, key), run
+    """The split-half confirmation of the spotlights (its cached table or None, the run that
+    computes it once)."""
+    expected = spotlight_held_out_seconds(*search_size(store, representation, scope), **spotlight.get_params())
+    return cache.held_out_once(store, spotlight, representation, scope, expected_s=expected)
 
 
 def _larger_cached_run(
@@ -131,8 +100,7 @@ def _larger_cached_run(
     spotlights are found in sequence, so its first ones are the ones asked for."""
     wanted = int(spotlight.n_spotlights)
     for more in range(wanted + 1, max(MAX_SPOTLIGHTS, wanted) + 1):
-        key = _run_key(representation, clone(spotlight).set_params(n_spotlights=more), scope)
-        found = cache.cached_result("spotlight", store.fingerprint, key)
+        found = cache.cached_fit(store, clone(spotlight).set_params(n_spotlights=more), representation, scope)
         if found is not None:
             return found
     return None

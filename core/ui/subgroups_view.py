@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sklearn.base import clone
 
 from core.errors import BiasLensError
 from core.methods import (
@@ -26,10 +25,8 @@ from core.methods import (
     panel_neurons,
     subgroup_confusion,
 )
-from core.scoring.score import udis_held_out
 from core.services.estimates import udis_held_out_seconds, udis_seconds
 from core.services.server import SERVER
-from core.services.subsets import expand, scope_digest
 from core.store.read import Store
 from core.ui import cache, image_detail
 from core.ui.charts import confusion_matrix, show
@@ -52,42 +49,19 @@ def subgroups_for(store: Store, udis: UDIS, scope: np.ndarray | None = None) -> 
     the page applies the threshold). With ``scope`` (store rows of a subset) it clusters
     those images only, and ``labels_`` is mapped back to all store rows (-1 outside), so
     ``rows(g)`` gives store rows."""
-
-    def compute() -> UDIS:
-        correct = cache.meta_for(store)["correct"].to_numpy()
-        if scope is None:
-            return clone(udis).fit(store.representation("embedding"), correct)
-        fitted = clone(udis).fit(np.asarray(store.representation("embedding")[scope]), correct[scope])
-        fitted.labels_ = expand(fitted.labels_, scope, len(correct), fill=-1)
-        return fitted
-
-    key = cache.run_key(udis.get_params()) if scope is None else cache.run_key(udis.get_params(), "scope", scope_digest(scope))
     n, d = store.representation("embedding").shape
     expected = udis_seconds(int(n) if scope is None else len(scope), int(d), **udis.get_params())
-    return cache.computed_once("subgroups", store.fingerprint, key, "The clustering", compute, expected_s=expected)
+    return cache.fitted_once(store, udis, "embedding", scope, label="The clustering", expected_s=expected)
 
 
 def held_out_for(
     store: Store, udis: UDIS, threshold: float, scope: np.ndarray | None = None
 ) -> tuple[pd.DataFrame | None, Callable[[], pd.DataFrame]]:
-    """The split-half confirmation of the under-performing subgroups (core.scoring.score.udis_held_out):
-    (its cached table or None, the run that computes it once)."""
-    key = cache.run_key(udis.get_params(), threshold, None if scope is None else scope_digest(scope))
-
-    def compute() -> pd.DataFrame:
-        correct = cache.meta_for(store)["correct"].to_numpy()
-        x = store.representation("embedding")
-        if scope is not None:
-            x, correct = np.asarray(x[scope]), correct[scope]
-        return udis_held_out(x, correct, udis, threshold)
-
-    def run() -> pd.DataFrame:
-        n, d = store.representation("embedding").shape
-        expected = udis_held_out_seconds(int(n) if scope is None else len(scope), int(d), **udis.get_params())
-        return cache.computed_once("split-half", store.fingerprint, key, "The held-out confirmation", compute,
-                                   expected_s=expected)
-
-    return cache.cached_result("split-half", store.fingerprint, key), run
+    """The split-half confirmation of the under-performing subgroups at ``threshold`` (its cached
+    table or None, the run that computes it once)."""
+    n, d = store.representation("embedding").shape
+    expected = udis_held_out_seconds(int(n) if scope is None else len(scope), int(d), **udis.get_params())
+    return cache.held_out_once(store, udis, "embedding", scope, expected_s=expected, threshold=threshold)
 
 
 @st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)

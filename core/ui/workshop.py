@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
+from core.methods.records import WorkshopStep, method_records
 from core.services.server import SERVER
 from core.services.workshop import random_baseline, score_finding, student_view
 from core.services.workspace import Workspace, WorkspaceList
@@ -173,68 +173,64 @@ def instructor_panel(listing: WorkspaceList, clear_subsets: Any = None) -> None:
 # --------------------------------------------------------------------------- guided steps
 
 
-@dataclass(frozen=True)
-class Step:
-    title: str
-    hint: str
-    page: str
-
-
-STEPS = (
-    Step("Overview", "Read overall accuracy, then the Attributes tab: which attribute values sit below the dashed line?",
-         "pages/overview.py"),
-    Step("Spotlight", "Run Spotlight with its defaults: each spotlight is a high-loss region of the model's last hidden layer.",
-         "pages/spotlight.py"),
-    Step("Read the lift", "Open a spotlight and read its top attribute values by lift, and its class mix: "
-                          "what do its images share?", "pages/spotlight.py"),
-    Step("Confirm as a cohort", "On Cohorts, type a WHERE filter from what the lift suggests (e.g. "
-                                "label = '...' AND attribute = '...'); check its accuracy and save it as a subset.",
-         "pages/cohorts.py"),
-    Step("Grad-CAM and neurons", "On Subgroups, run the clustering, select the subgroup that matches your cohort, "
-                                 "press CAM under an image and read the neuron panel: what does the model look at?",
-         "pages/subgroups.py"),
-    Step("Check my finding", "On Workshop, check your subset or filter against the hidden planted slices.", PAGE_PATH),
+# The steps that are no method's; each method's record adds its own (core.methods.records).
+FIXED_STEPS = (
+    WorkshopStep("overview", "Overview", "Read overall accuracy, then the Attributes tab: which attribute values sit below "
+                 "the dashed line?", "pages/overview.py", 0),
+    WorkshopStep("cohort", "Confirm as a cohort", "On Cohorts, type a WHERE filter from what the lift suggests (e.g. "
+                 "label = '...' AND attribute = '...'); check its accuracy and save it as a subset.", "pages/cohorts.py", 3),
+    WorkshopStep("check", "Check my finding", "On Workshop, check your subset or filter against the hidden planted slices.",
+                 PAGE_PATH, 9),
 )
-COHORT_STEP, GRAD_CAM_STEP = 3, 4  # ticked where they happen (note_step)
+COHORT_STEP, GRAD_CAM_STEP = "cohort", "grad-cam"  # ticked where they happen (note_step)
 
 
-def note_step(workspace_key: str, step: int) -> None:
-    """Tick ``step`` (0-based) for this visitor: for actions that happen where the steps panel
-    cannot see them (a cohort saved as a subset, a Grad-CAM opened in a fragment's dialog); the
-    panel shows it on its next poll."""
+def steps() -> tuple[WorkshopStep, ...]:
+    """The guided steps in order: the fixed ones and every registered method's."""
+    return tuple(sorted(FIXED_STEPS + tuple(s for r in method_records() for s in r.steps), key=lambda s: s.order))
+
+
+def note_step(workspace_key: str, step: str) -> None:
+    """Tick the step keyed ``step`` for this visitor: for actions that happen where the steps
+    panel cannot see them (a cohort saved as a subset, a Grad-CAM opened in a fragment's
+    dialog); the panel shows it on its next poll."""
     visitor.record().steps[f"{workspace_key}:{step}"] = True
 
 
-def steps_done(workspace_key: str) -> list[bool]:
-    """Which steps this visitor has done: read from session state (step 3 counts once a
-    spotlight's panel has been shown) and kept in the visitor's server-side record, where a
-    step once done stays done (across pages and reloads) until the instructor's Reset."""
+def _seen(workspace_key: str) -> dict[str, bool]:
+    """The steps session state shows done: the Overview visited, a spotlight run, a spotlight's
+    panel opened, a finding checked. The others are ticked by note_step."""
     state = st.session_state
     ran_spotlight = state.get(state_key("spotlight", "run", workspace_key)) is not None
-    now = [
-        bool(state.get(VISITED)),
-        ran_spotlight,
-        ran_spotlight and str(state.get(state_key("spotlight", "panel"), "")).startswith("Spotlight"),
-        False,  # ticked by note_step when a cohort is saved as a subset
-        False,  # ticked by note_step when a Grad-CAM is drawn on Subgroups
-        state.get(check_key(workspace_key)) is not None,
-    ]
+    return {
+        "overview": bool(state.get(VISITED)),
+        "spotlight-run": ran_spotlight,
+        "spotlight-lift": ran_spotlight and str(state.get(state_key("spotlight", "panel"), "")).startswith("Spotlight"),
+        "check": state.get(check_key(workspace_key)) is not None,
+    }
+
+
+def steps_done(workspace_key: str) -> list[bool]:
+    """Which steps (in ``steps()`` order) this visitor has done: read from session state and
+    kept in the visitor's server-side record, where a step once done stays done (across pages
+    and reloads) until the instructor's Reset."""
+    seen = _seen(workspace_key)
     sticky = visitor.record().steps
-    done = [bool(d or sticky.get(f"{workspace_key}:{i}")) for i, d in enumerate(now)]
-    sticky.update({f"{workspace_key}:{i}": True for i, d in enumerate(done) if d})
+    done = [bool(seen.get(step.key) or sticky.get(f"{workspace_key}:{step.key}")) for step in steps()]
+    sticky.update({f"{workspace_key}:{step.key}": True for step, d in zip(steps(), done, strict=True) if d})
     return done
 
 
 def steps_panel(workspace_key: str) -> None:
     """The guided steps, marked from what this visitor has done."""
-    done = steps_done(workspace_key)
+    done, guided = steps_done(workspace_key), steps()
     following = next((i for i, d in enumerate(done) if not d), None)
-    with st.expander(f"Workshop steps ({sum(done)} of {len(STEPS)} done)", expanded=True, icon=":material/checklist:"):
-        for i, (step, ok) in enumerate(zip(STEPS, done, strict=True)):
+    with st.expander(f"Workshop steps ({sum(done)} of {len(guided)} done)", expanded=True, icon=":material/checklist:"):
+        for i, (step, ok) in enumerate(zip(guided, done, strict=True)):
             mark = ":material/check_circle:" if ok else ":material/radio_button_unchecked:"
             st.markdown(f"{mark} {i + 1}. **{step.title}**" if i == following else f"{mark} {i + 1}. {step.title}")
         if following is not None:
-            st.caption(f"Next: {STEPS[following].hint}")
+            st.caption(f"Next: {guided[following].hint}")
 
 
 def _clear_subsets(workspace: Workspace, listing: WorkspaceList) -> None:

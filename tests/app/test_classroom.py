@@ -168,7 +168,7 @@ def test_cam_on_subgroups_ticks_its_step_and_reset_clears_every_step(tiny_class)
     cam[0].click().run()  # opens the details dialog with Grad-CAM (a fragment's rerun)
     no_exception(at)
     workspace = at.session_state["app.workspace"]
-    assert any(k.endswith(":4") for k in record.steps), record.steps  # step 5, Grad-CAM and neurons
+    assert any(k.endswith(":grad-cam") for k in record.steps), record.steps  # step 5, Grad-CAM and neurons
     at.run()
     ticked = int(steps_label(at).split("(")[1].split(" ")[0])
     assert ticked >= 2, (workspace, record.steps)  # Spotlight, Grad-CAM and neurons

@@ -196,16 +196,17 @@ dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
 
 
 def test_warm_rerun_calls_no_model(built, monkeypatch):
-    """A rerun reads every result from the cache: the estimators are never fitted again."""
+    """A rerun reads every result from the cache: the explainers never explain again and the
+    estimators are never fitted again."""
     import core.methods.saliency.explain as saliency
     import core.methods.saliency.failure_modes as search
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a rerun fitted an estimator again")
+        raise AssertionError("a rerun called the model again")
 
-    for cls in (saliency.FilterSaliency, saliency.FilterTurnOff, saliency.FineTuneCheck, saliency.MaskingExperiment,
-                search.FailureModes):
-        monkeypatch.setattr(cls, "fit", refuse)
+    for cls in (saliency.FilterSaliency, saliency.FilterTurnOff, saliency.FineTuneCheck, saliency.MaskingExperiment):
+        monkeypatch.setattr(cls, "explain", refuse)
+    monkeypatch.setattr(search.FailureModes, "fit", refuse)
     built.run()
     no_exception(built)
     assert not built.error

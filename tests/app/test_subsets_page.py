@@ -269,3 +269,19 @@ dataset = {{ kind = "csv", csv = "{tmp_path / 'long.csv'}" }}
     saved = SubsetRegistry.in_folder(_store_folder(tmp_path)).get(long_name)
     assert list(saved.rows) == list(meta.loc[meta["label"] == long_label.strip(), "row"])
     assert saved.detail == f"label = '{long_label.strip()}'"
+
+
+def test_a_rejected_subgroups_run_keeps_the_last_good_one(app):
+    """UDIS on a subset too small to cluster is refused with a message; the subgroups of the last
+    run that succeeded stay on screen (method_page.kept_run), as on Spotlight."""
+    at = build_tiny(app)
+    save_cohort(at, "label_idx = 3 AND tint = 'red'")  # a handful of images: fewer than UDIS needs
+    at.switch_page("pages/subgroups.py").run()
+    no_exception(at)
+    assert not at.error
+    first = [c.value for c in at.caption if "subgroups (" in c.value]
+    next(s for s in at.selectbox if s.label == "Scope").set_value("label_idx = 3 AND tint = 'red'").run()
+    no_exception(at)
+    assert at.error and "The subgroups cannot be computed" in at.error[0].value
+    assert any("last run that succeeded" in c.value for c in at.caption)
+    assert [c.value for c in at.caption if "subgroups (" in c.value] == first  # the whole-dataset run, still shown

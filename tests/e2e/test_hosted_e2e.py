@@ -33,7 +33,7 @@ def hosted_url(tmp_path_factory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300  # the CLI may build the demo store first
+        deadline = time.monotonic() + 900  # the CLI may prepare the demo first (store, profiles, probes: minutes on a busy 2-core machine)
         while time.monotonic() < deadline:
             try:
                 if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":

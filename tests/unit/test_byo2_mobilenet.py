@@ -50,5 +50,5 @@ def test_the_input_map_differentiates_through_a_mobilenet_v3():
     x = torch.stack([transform(dataset.load_image(i)) for i in range(len(dataset))])
     y = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.int64)
     stats = ProfileStats(index.n_filters).update(filter_profiles(model.module, x, y, index).numpy())
-    fit = FilterSaliency(k=4).fit(model, dataset.load_image(0), int(y[0]), stats.mu, stats.sigma, index)
-    assert fit.raw_map_.shape == (SIZE, SIZE) and np.isfinite(fit.raw_map_).all() and fit.raw_map_.max() > 0
+    result = FilterSaliency(k=4).explain(model, dataset.load_image(0), int(y[0]), mu=stats.mu, sigma=stats.sigma, index=index)
+    assert result.raw_map.shape == (SIZE, SIZE) and np.isfinite(result.raw_map).all() and result.raw_map.max() > 0

@@ -52,11 +52,12 @@ def test_profiles_agree_through_attention(vit, method):
 def test_the_input_map_differentiates_through_attention(vit):
     model, dataset, index, x, y = vit
     stats = ProfileStats(index.n_filters).update(filter_profiles(model.module, x, y, index).numpy())
-    fit = FilterSaliency(k=4).fit(model, dataset.load_image(0), int(y[0]), stats.mu, stats.sigma, index)  # a double backward
-    assert fit.raw_map_.shape == (SIZE, SIZE) and fit.raw_map_.max() > 0
-    masking = MaskingExperiment(threshold=0.5).fit(model, dataset.load_image(0), int(y[0]), fit.map_, stats.mu, stats.sigma,
-                                                   index, fit.top_)
-    assert np.isfinite(masking.probabilities_after_).all()
+    result = FilterSaliency(k=4).explain(model, dataset.load_image(0), int(y[0]), mu=stats.mu, sigma=stats.sigma,
+                                         index=index)  # a double backward
+    assert result.raw_map.shape == (SIZE, SIZE) and result.raw_map.max() > 0
+    masking = MaskingExperiment(threshold=0.5).explain(model, dataset.load_image(0), int(y[0]), saliency_map=result.map,
+                                                       top=result.top, mu=stats.mu, sigma=stats.sigma, index=index)
+    assert np.isfinite(masking.probabilities_after).all()
     z = (filter_profiles(model.module, x[:1], y[:1], index).numpy() - stats.mu) / stats.sigma
-    turned = FilterTurnOff(max_k=4, n_random=1).fit(model, x[:1], y[:1].numpy(), z, index)
-    assert len(turned.curves_) and np.isfinite(turned.curves_["true_confidence"]).all()
+    turned = FilterTurnOff(max_k=4, n_random=1).explain(model, x[:1], y[:1].numpy(), z=z, index=index)
+    assert len(turned.curves) and np.isfinite(turned.curves["true_confidence"]).all()

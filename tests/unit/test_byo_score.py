@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import core.scoring.score
+import core.methods.spotlight.record
+import core.scoring.scorecard
+import core.services.score
 from core.data.sources import ArrayDataset
 from core.errors import DataError
 from core.methods import Spotlight
@@ -27,7 +29,7 @@ def hand_case() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
 
 def test_whole_group_rankings_give_the_hand_computed_scorecard():
     losses, truth, members = hand_case()
-    rankings = core.scoring.score.loss_rankings(members, losses)
+    rankings = core.scoring.scorecard.loss_rankings(members, losses)
     assert rankings[0].tolist() == list(range(60))  # highest loss first
     card = domino_scorecard(truth, rankings, ["s"], ["A", "B"], members=members).iloc[0]
     assert card["best group"] == "A"
@@ -42,7 +44,7 @@ def test_whole_group_rankings_give_the_hand_computed_scorecard():
 def test_a_ranking_cut_to_ten_caps_the_deeper_measures():
     """What the Subgroups page reported before: each group's 10 highest-loss images only."""
     losses, truth, members = hand_case()
-    cut = [r[:10] for r in core.scoring.score.loss_rankings(members, losses)]
+    cut = [r[:10] for r in core.scoring.scorecard.loss_rankings(members, losses)]
     card = domino_scorecard(truth, cut, ["s"], ["A", "B"], members=members).iloc[0]
     assert (card["P@25"], card["P@100"]) == (0.40, 0.10) and card["AUROC"] == pytest.approx(4500 / 7500)
 
@@ -51,8 +53,8 @@ def test_a_ranking_cut_to_ten_caps_the_deeper_measures():
     (200, 0.125, 25), (50, 0.25, 12), (40, 0.25, 10), (300, 0.0834, 25), (1250, 0.02, 25), (10_000, 0.02, 200),
 ])
 def test_default_size_is_two_percent_but_at_least_25_images(n, share, count):
-    assert core.scoring.score.default_size(n) == pytest.approx(share)
-    assert round(core.scoring.score.default_size(n) * n) == count
+    assert core.methods.spotlight.record.default_size(n) == pytest.approx(share)
+    assert round(core.methods.spotlight.record.default_size(n) * n) == count
 
 
 def small_store(n: int, tmp_path):
@@ -63,25 +65,25 @@ def small_store(n: int, tmp_path):
 
 @pytest.mark.parametrize("n", [40, 50])
 def test_held_out_runs_on_the_smallest_promised_datasets(n, tmp_path):
-    tables = core.scoring.score.held_out_tables(small_store(n, tmp_path), ["spotlight", "udis"])
+    tables = core.services.score.held_out_tables(small_store(n, tmp_path), ["spotlight", "udis"])
     spot = tables["spotlight"]
     assert list(spot["group"]) == [f"Spotlight {i}" for i in range(1, 6)]
-    assert (spot["discovery n"] == round(core.scoring.score.default_size(n) * (n // 2))).all()  # each its top S on the half
+    assert (spot["discovery n"] == round(core.methods.spotlight.record.default_size(n) * (n // 2))).all()  # each its top S on the half
 
 
 def test_held_out_on_39_images_names_the_minimum(tmp_path):
     with pytest.raises(DataError, match=r"at least 40 images, and this set has 39"):
-        core.scoring.score.held_out_tables(small_store(39, tmp_path), ["spotlight"])
+        core.services.score.held_out_tables(small_store(39, tmp_path), ["spotlight"])
 
 
 def test_a_page_size_too_small_for_a_half_says_what_to_set():
     x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
     losses, correct = np.abs(x[:, 0]), x[:, 1] > 0
     with pytest.raises(DataError, match=r"S = 1% covers 0.3 images.*Raise Size S to at least 3.34% on the Spotlight page"):
-        core.scoring.score.spotlight_held_out(x, losses, correct, Spotlight(size=0.01))
+        core.methods.spotlight.record.spotlight_held_out(x, losses, correct, Spotlight(size=0.01))
     with pytest.raises(DataError, match=r"covers all of them. Lower Size S"):
-        core.scoring.score.spotlight_held_out(x, losses, correct, Spotlight(size=30))
-    table = core.scoring.score.spotlight_held_out(x, losses, correct, Spotlight(size=0.0334, n_spotlights=1, steps=50))
+        core.methods.spotlight.record.spotlight_held_out(x, losses, correct, Spotlight(size=30))
+    table = core.methods.spotlight.record.spotlight_held_out(x, losses, correct, Spotlight(size=0.0334, n_spotlights=1, steps=50))
     assert table["discovery n"].tolist() == [1]
 
 

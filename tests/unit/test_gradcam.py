@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.errors import ModelError
-from core.methods.subgroups.gradcam import GradCAM, overlay
+from core.errors import InputError, ModelError, ParameterError
+from core.methods.subgroups.gradcam import GradCAM, GradCAMResult, overlay
 from core.models.loading import LoadedModel, make_transform
 from tests.support import digits_dataset, tiny_model
 
@@ -75,29 +75,30 @@ def image():
 
 
 def test_maps_shape_range_and_probabilities(model, image):
-    result = GradCAM(layer="block2").fit(model, image, [0, 3, 7])
-    assert result.targets_ == [0, 3, 7]
-    assert result.maps_.shape == (3, SIZE, SIZE)
-    assert result.maps_.min() >= 0 and result.maps_.max() <= 1
-    for cam in result.maps_:
+    result = GradCAM(layer="block2").explain(model, image, [0, 3, 7])
+    assert isinstance(result, GradCAMResult) and result.layer == "block2"
+    assert result.targets == [0, 3, 7]
+    assert result.maps.shape == (3, SIZE, SIZE)
+    assert result.maps.min() >= 0 and result.maps.max() <= 1
+    for cam in result.maps:
         assert cam.max() == pytest.approx(1.0) or cam.max() == 0
     x = make_transform(model.input_size, model.mean, model.std)(image)[None]
     with torch.no_grad():
         expected = torch.softmax(model.module(x), dim=1)[0].numpy()
-    np.testing.assert_allclose(result.probabilities_, expected, rtol=1e-5, atol=1e-7)
-    assert GradCAM(layer="block3").fit(model, image, []).maps_.shape == (0, SIZE, SIZE)
+    np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5, atol=1e-7)
+    assert GradCAM(layer="block3").explain(model, image, []).maps.shape == (0, SIZE, SIZE)
 
 
 def test_default_layer_is_the_last_conv_block(model, image):
-    last = GradCAM().fit(model, image, [0, 3])
-    assert last.layer_ == model.conv_layers[-1]
-    explicit = GradCAM(layer=model.conv_layers[-1]).fit(model, image, [0, 3])
-    np.testing.assert_array_equal(last.maps_, explicit.maps_)
+    last = GradCAM().explain(model, image, [0, 3])
+    assert last.layer == model.conv_layers[-1]
+    explicit = GradCAM(layer=model.conv_layers[-1]).explain(model, image, [0, 3])
+    np.testing.assert_array_equal(last.maps, explicit.maps)
 
 
 def test_leaves_no_trace_on_the_model(model, image):
     before = [p.requires_grad for p in model.module.parameters()]
-    GradCAM(layer="block3").fit(model, image, [1, 2])
+    GradCAM(layer="block3").explain(model, image, [1, 2])
     for module in model.module.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
         assert not module._backward_hooks
@@ -110,36 +111,36 @@ def test_works_on_frozen_parameters_and_under_inference_mode(image):
     frozen = tiny_model()
     frozen.module.requires_grad_(False)
     with torch.inference_mode():
-        result = GradCAM(layer="block2").fit(frozen, image, [4])
-    assert result.maps_.max() > 0
+        result = GradCAM(layer="block2").explain(frozen, image, [4])
+    assert result.maps.max() > 0
     assert not any(p.requires_grad for p in frozen.module.parameters())
 
 
 @pytest.mark.parametrize("square", [SQUARE, (slice(9, 14), slice(10, 15))])
 def test_peaks_on_the_planted_region(square):
-    result = GradCAM(layer="0").fit(_bright_spot_model(), _square_image(square), [1, 0])
-    assert result.probabilities_[1] > result.probabilities_[0]
+    result = GradCAM(layer="0").explain(_bright_spot_model(), _square_image(square), [1, 0])
+    assert result.probabilities[1] > result.probabilities[0]
     inside = np.zeros((SIZE, SIZE), dtype=bool)
     inside[square] = True
-    cam = result.maps_[0]
+    cam = result.maps[0]
     assert cam.max() == pytest.approx(1.0)
     assert cam[inside].mean() > 2 * cam[~inside].mean()
     assert inside[np.unravel_index(cam.argmax(), cam.shape)]
     # class 0's logit only falls with the square: no positive evidence, an all-zero map
-    assert (result.maps_[1] == 0).all()
+    assert (result.maps[1] == 0).all()
 
 
 def test_clear_errors():
     flat = _loaded(nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 2)), [], "1")
     with pytest.raises(ModelError, match="without convolutional layers"):
-        GradCAM(layer="1").fit(flat, _square_image(), [0])
+        GradCAM(layer="1").explain(flat, _square_image(), [0])
     planted = _bright_spot_model()
     with pytest.raises(ModelError, match="not a module.*pick one"):
-        GradCAM(layer="features.9").fit(planted, _square_image(), [0])
+        GradCAM(layer="features.9").explain(planted, _square_image(), [0])
     with pytest.raises(ModelError, match="2 outputs"):
-        GradCAM(layer="0").fit(planted, _square_image(), [2])
+        GradCAM(layer="0").explain(planted, _square_image(), [2])
     with pytest.raises(ModelError, match="spatial map"):
-        GradCAM(layer="3").fit(planted, _square_image(), [0])
+        GradCAM(layer="3").explain(planted, _square_image(), [0])
 
 
 def test_overlay():
@@ -154,5 +155,7 @@ def test_overlay():
     assert (hot == [128, 0, 0]).all() and (cold == [0, 0, 128]).all()  # dark red, dark blue
     assert blended[0, 0, 0] > blended[-1, -1, 0] and blended[0, 0, 2] < blended[-1, -1, 2]
     assert overlay(pixels[..., 0], cam).shape == (20, 30, 3)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ParameterError, match="alpha"):  # also a ValueError
         overlay(pixels, cam, alpha=1.5)
+    with pytest.raises(InputError, match="2-D map"):
+        overlay(pixels, np.ones((1, 4, 4)))

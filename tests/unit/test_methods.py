@@ -1,4 +1,7 @@
-"""Every method in core.methods keeps scikit-learn's estimator contract, checked on tiny data.
+"""Every estimator in core.methods keeps scikit-learn's estimator contract, checked on tiny data.
+
+(The per-image explainers, which learn nothing and have no ``fit``, keep their own contract:
+tests/unit/test_explainers.py.)
 
 Parameters are stored unchanged by ``__init__`` (keywords with defaults), so ``clone``,
 ``get_params`` and ``set_params`` work and ``get_params()`` can key a cache; ``fit`` returns
@@ -15,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import (
@@ -34,12 +36,7 @@ from core.methods import (
     ConceptPatches,
     ConceptPatchFinder,
     FailureModes,
-    FilterSaliency,
-    FilterTurnOff,
-    FineTuneCheck,
-    GradCAM,
     LinearProbes,
-    MaskingExperiment,
     NAPs,
     NeuronClusters,
     NeuronSelector,
@@ -81,52 +78,6 @@ def _concepts() -> tuple:
     return (patches,)
 
 
-def _gradcam_data() -> tuple:
-    return tiny_model(), digits_dataset(2).load_image(0), [0, 1]
-
-
-def _saliency_setup() -> tuple:
-    """The tiny model, its filter index, 8 digits (image, normalised batch, labels), their z
-    profiles and reference statistics."""
-    from core.methods.saliency.filters import (
-        ProfileStats,
-        conv_filters,
-        filter_profiles,
-        standardise,
-    )
-    from core.models.loading import make_transform
-
-    model, dataset = tiny_model(), digits_dataset(8)
-    index = conv_filters(model.module)
-    transform = make_transform(model.input_size, model.mean, model.std)
-    x = torch.stack([transform(dataset.load_image(i)) for i in range(8)])
-    y = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.int64)
-    profiles = filter_profiles(model.module, x, y, index).numpy()
-    stats = ProfileStats(index.n_filters).update(profiles)
-    return model, dataset, index, x, y, stats.mu, stats.sigma, standardise(profiles, stats.mu, stats.sigma)
-
-
-def _filter_saliency_data() -> tuple:
-    model, dataset, index, _, y, mu, sigma, _ = _saliency_setup()
-    return model, dataset.load_image(0), int(y[0]), mu, sigma, index
-
-
-def _turn_off_data() -> tuple:
-    model, _, index, x, y, _, _, z = _saliency_setup()
-    return model, x[:2], y[:2], z[:2], index
-
-
-def _fine_tune_data() -> tuple:
-    model, _, index, x, y, _, _, z = _saliency_setup()
-    return model, x[:1], int(y[0]), z[0], index, x[1:4], y[1:4]
-
-
-def _masking_data() -> tuple:
-    model, dataset, index, _, y, mu, sigma, _ = _saliency_setup()
-    saliency_map = np.linspace(0, 1, model.input_size**2).reshape(model.input_size, model.input_size)
-    return model, dataset.load_image(0), int(y[0]), saliency_map, mu, sigma, index, np.arange(3)
-
-
 # estimator -> (constructor parameters for a quick fit, the fit's arguments)
 CASES: dict[type, tuple[dict[str, Any], Callable[[], tuple]]] = {
     Spotlight: ({"steps": 30}, _spotlight_data),
@@ -134,11 +85,6 @@ CASES: dict[type, tuple[dict[str, Any], Callable[[], tuple]]] = {
     NeuronSelector: ({"mass": 0.5}, lambda: (np.random.default_rng(0).random((10, 4)),)),
     ConceptPatchFinder: ({"n_images": 2, "n_masks": 3, "n_patches": 2}, _patch_data),
     NeuronClusters: ({}, _concepts),
-    GradCAM: ({"layer": "block2"}, _gradcam_data),
-    FilterSaliency: ({"k": 3}, _filter_saliency_data),
-    FilterTurnOff: ({"max_k": 2, "n_random": 1}, _turn_off_data),
-    FineTuneCheck: ({"n_random": 1}, _fine_tune_data),
-    MaskingExperiment: ({"threshold": 0.9}, _masking_data),
     FailureModes: ({"n_groups": 2, "min_size": 2}, lambda: (np.random.default_rng(0).normal(size=(12, 6)), np.arange(12))),
     LinearProbes: ({"epochs": 2, "n_seeds": 2}, lambda: (
         {"l": np.random.default_rng(0).normal(size=(30, 4))}, np.arange(30) % 3, ["a", "b", "c"])),

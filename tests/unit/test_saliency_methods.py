@@ -1,4 +1,4 @@
-"""Parameter-space saliency estimators (core/methods/saliency/explain.py) on the tiny CNN, and a
+"""Parameter-space saliency explainers (core/methods/saliency/explain.py) on the tiny CNN, and a
 known-answer check on the demo's marked sandals (slow)."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.exceptions import NotFittedError
 
-from core.errors import DataError
+from core.errors import DataError, InputError, ParameterError
 from core.methods.saliency.explain import (
     FilterSaliency,
     FilterTurnOff,
@@ -50,19 +49,19 @@ def _unchanged(model, before: dict[str, torch.Tensor]) -> bool:
 
 def test_input_map_shape_range_and_top_filters(setup):
     model, dataset, index, x, y, mu, sigma, _ = setup
-    fit = FilterSaliency(k=5).fit(model, dataset.load_image(0), int(y[0]), mu, sigma, index)
+    result = FilterSaliency(k=5).explain(model, dataset.load_image(0), int(y[0]), mu=mu, sigma=sigma, index=index)
     size = model.input_size
-    assert fit.map_.shape == (size, size) and fit.raw_map_.shape == (size, size)
-    assert np.isfinite(fit.map_).all() and fit.map_.min() >= 0 and fit.map_.max() <= 1
-    assert fit.raw_map_.max() > 0  # the double backward reached the input
-    assert fit.profile_.shape == fit.z_.shape == (index.n_filters,)
-    assert len(fit.top_) == 5 and np.all(np.diff(fit.z_[fit.top_]) <= 0)
-    assert fit.z_[fit.top_].min() >= np.delete(fit.z_, fit.top_).max()
-    first = fit.top_filters_[0]
+    assert result.map.shape == (size, size) and result.raw_map.shape == (size, size)
+    assert np.isfinite(result.map).all() and result.map.min() >= 0 and result.map.max() <= 1
+    assert result.raw_map.max() > 0  # the double backward reached the input
+    assert result.profile.shape == result.z.shape == (index.n_filters,)
+    assert len(result.top) == 5 and np.all(np.diff(result.z[result.top]) <= 0)
+    assert result.z[result.top].min() >= np.delete(result.z, result.top).max()
+    first = result.top_filters[0]
     assert (first["layer"], first["filter"]) == index.name(first["column"])
-    assert fit.probabilities_.shape == (10,) and np.isclose(fit.probabilities_.sum(), 1, atol=1e-5)
-    assert fit.view_.shape == (size, size, 3) and fit.view_.dtype == np.uint8
-    assert fit.notes_ == []
+    assert result.probabilities.shape == (10,) and np.isclose(result.probabilities.sum(), 1, atol=1e-5)
+    assert result.view.shape == (size, size, 3) and result.view.dtype == np.uint8
+    assert result.notes == []
 
 
 def test_postprocess_hand_made_case():
@@ -81,24 +80,28 @@ def test_postprocess_hand_made_case():
     blurred = postprocess(gradient, low=90, high=99, blur_sigma=1.0)
     assert blurred.min() >= 0 and blurred.max() == pytest.approx(1.0) and (blurred > 0).sum() > 2
     assert not postprocess(np.ones((3, 4, 4))).any()  # constant: nothing stands out
+    with pytest.raises(ParameterError, match="percentiles"):
+        postprocess(gradient, low=99, high=90)
+    with pytest.raises(InputError, match="channels"):
+        postprocess(gradient[0])
 
 
 def test_turn_off_zero_filters_matches_the_model_and_keeps_it_intact(setup):
     model, _, index, x, y, _, _, z = setup
     before = _snapshot(model)
-    fit = FilterTurnOff(max_k=3, n_random=2).fit(model, x[:4], y[:4], z[:4], index)
+    result = FilterTurnOff(max_k=3, n_random=2).explain(model, x[:4], y[:4], z=z[:4], index=index)
     assert _unchanged(model, before)
     with torch.inference_mode():
         probs = torch.softmax(model.module(x[:4]), dim=1).numpy()
-    start = fit.curves_[fit.curves_["k"] == 0]
+    start = result.curves[result.curves["k"] == 0]
     assert set(start["order"]) == {"salient", "random", "least"}
     for _, row in start.iterrows():
         i = int(row["image"])
         assert row["true_confidence"] == pytest.approx(probs[i, int(y[i])], abs=1e-5)
         assert row["wrong_confidence"] == pytest.approx(probs[i].max(), abs=1e-5)
         assert row["correct"] == float(probs[i].argmax() == int(y[i]))
-    assert len(fit.curves_) == 4 * 3 * 4
-    assert list(fit.curves_.columns) == ["image", "order", "k", "true_confidence", "wrong_confidence", "correct"]
+    assert len(result.curves) == 4 * 3 * 4
+    assert list(result.curves.columns) == ["image", "order", "k", "true_confidence", "wrong_confidence", "correct"]
 
 
 def test_turning_off_a_whole_layer_changes_the_output(setup):
@@ -107,8 +110,8 @@ def test_turning_off_a_whole_layer_changes_the_output(setup):
     first = index.columns(["block1.0"])
     z = np.zeros((2, n))
     z[:, first] = 10.0  # block1's 8 filters are the most salient by |z|
-    fit = FilterTurnOff(max_k=len(first), n_random=1).fit(model, x[:2], y[:2], z, index)
-    salient = fit.curves_[fit.curves_["order"] == "salient"].set_index(["image", "k"])
+    result = FilterTurnOff(max_k=len(first), n_random=1).explain(model, x[:2], y[:2], z=z, index=index)
+    salient = result.curves[result.curves["order"] == "salient"].set_index(["image", "k"])
     for i in range(2):
         assert salient.loc[(i, 0), "true_confidence"] != pytest.approx(
             salient.loc[(i, len(first)), "true_confidence"], abs=1e-6
@@ -117,10 +120,10 @@ def test_turning_off_a_whole_layer_changes_the_output(setup):
 
 def test_turn_off_clamps_max_k_with_a_note(setup):
     model, _, index, x, y, _, _, z = setup
-    fit = FilterTurnOff(max_k=index.n_filters + 5, n_random=1).fit(model, x[:1], y[:1], z[:1], index)
-    assert fit.max_k_ == index.n_filters and fit.curves_["k"].max() == index.n_filters
-    assert any("more than" in note for note in fit.notes_)
-    everything_off = fit.curves_[fit.curves_["k"] == index.n_filters]
+    result = FilterTurnOff(max_k=index.n_filters + 5, n_random=1).explain(model, x[:1], y[:1], z=z[:1], index=index)
+    assert result.max_k == index.n_filters and result.curves["k"].max() == index.n_filters
+    assert any("more than" in note for note in result.notes)
+    everything_off = result.curves[result.curves["k"] == index.n_filters]
     assert everything_off["true_confidence"].nunique() == 1  # same (all-zero) weights in every order
 
 
@@ -146,59 +149,61 @@ def test_summary_bootstrap_on_a_hand_made_frame():
     assert curves_summary(curves, seed=0).equals(table)  # seeded
 
 
-def test_summary_reader_needs_a_fit():
-    with pytest.raises(NotFittedError):
-        FilterTurnOff().summary()
+def test_summary_of_a_result_is_the_curves_summary(setup):
+    model, _, index, x, y, _, _, z = setup
+    result = FilterTurnOff(max_k=2, n_random=1, seed=3).explain(model, x[:3], y[:3], z=z[:3], index=index)
+    assert result.summary().equals(curves_summary(result.curves, seed=3))  # the explainer's seed
+    assert not hasattr(FilterTurnOff(), "summary") and not hasattr(FilterTurnOff(), "fit")
 
 
 def test_fine_tune_check_keeps_the_model_and_reports_each_variant(setup):
     model, _, index, x, y, _, _, z = setup
     before = _snapshot(model)
-    fit = FineTuneCheck(k=50, step=0.5, n_random=2).fit(model, x[:1], int(y[0]), z[0], index, x[1:6], y[1:6])
+    result = FineTuneCheck(k=50, step=0.5, n_random=2).explain(model, x[:1], int(y[0]), z=z[0], index=index,
+                                                            neighbours=x[1:6], neighbour_targets=y[1:6])
     assert _unchanged(model, before)
-    assert fit.k_ == max(1, index.n_filters // 100) and any("1%" in n for n in fit.notes_)
-    assert list(fit.results_["variant"]) == ["salient", "random", "least"]
-    assert np.isfinite(fit.results_["image_true_confidence_change"]).all()
+    assert result.k == max(1, index.n_filters // 100) and any("1%" in n for n in result.notes)
+    assert list(result.results["variant"]) == ["salient", "random", "least"]
+    assert np.isfinite(result.results["image_true_confidence_change"]).all()
     # a normalised step on the image's own loss raises its true-class confidence
-    assert fit.results_.loc[0, "image_true_confidence_change"] > 0
-    table = aggregate([fit.results_, fit.results_])
+    assert result.results.loc[0, "image_true_confidence_change"] > 0
+    table = aggregate([result.results, result.results])
     assert list(table["variant"]) == ["salient", "random", "least"] and (table["n"] == 2).all()
-    assert FineTuneCheck.aggregate([fit.results_]).shape[0] == 3
+    assert FineTuneCheck.aggregate([result.results]).shape[0] == 3
 
 
 def test_filter_saliency_keeps_the_model_and_clamps_k(setup):
     model, dataset, index, _, y, mu, sigma, _ = setup
     flags = [p.requires_grad for p in model.module.parameters()]
     before = _snapshot(model)
-    fit = FilterSaliency(k=index.n_filters + 1).fit(model, dataset.load_image(1), int(y[1]), mu, sigma, index)
+    result = FilterSaliency(k=index.n_filters + 1).explain(model, dataset.load_image(1), int(y[1]), mu=mu, sigma=sigma, index=index)
     assert _unchanged(model, before)
     assert [p.requires_grad for p in model.module.parameters()] == flags
     assert all(p.grad is None for p in model.module.parameters())
-    assert len(fit.top_) == index.n_filters and fit.notes_
+    assert len(result.top) == index.n_filters and result.notes
 
 
 def test_filter_saliency_refuses_bad_input(setup):
     model, dataset, index, _, _, mu, sigma, _ = setup
     with pytest.raises(DataError, match="class index"):
-        FilterSaliency().fit(model, dataset.load_image(0), 99, mu, sigma, index)
+        FilterSaliency().explain(model, dataset.load_image(0), 99, mu=mu, sigma=sigma, index=index)
     with pytest.raises(DataError, match="one value per filter"):
-        FilterSaliency().fit(model, dataset.load_image(0), 0, mu[:3], sigma[:3], index)
+        FilterSaliency().explain(model, dataset.load_image(0), 0, mu=mu[:3], sigma=sigma[:3], index=index)
 
 
 def test_masking_above_the_map_masks_nothing(setup):
     model, dataset, index, _, y, mu, sigma, _ = setup
     image = dataset.load_image(0)
-    saliency = FilterSaliency().fit(model, image, int(y[0]), mu, sigma, index)
-    fit = MaskingExperiment(threshold=1.5).fit(model, image, int(y[0]), saliency.map_, mu, sigma, index, saliency.top_)
-    assert fit.masked_share_ == 0 and not fit.mask_.any()
-    np.testing.assert_allclose(fit.probabilities_after_, fit.probabilities_before_, atol=1e-6)
-    assert fit.saliency_drop_ == pytest.approx(0, abs=1e-4)
-    masked = MaskingExperiment(threshold=0.5).fit(model, image, int(y[0]), saliency.map_, mu, sigma, index, saliency.top_)
-    control = MaskingExperiment(threshold=0.5, least=True).fit(
-        model, image, int(y[0]), saliency.map_, mu, sigma, index, saliency.top_
-    )
-    assert masked.masked_share_ > 0 and control.mask_.sum() == masked.mask_.sum()
-    assert not (control.mask_ & masked.mask_).any()
+    saliency = FilterSaliency().explain(model, image, int(y[0]), mu=mu, sigma=sigma, index=index)
+    context = {"saliency_map": saliency.map, "top": saliency.top, "mu": mu, "sigma": sigma, "index": index}
+    result = MaskingExperiment(threshold=1.5).explain(model, image, int(y[0]), **context)
+    assert result.masked_share == 0 and not result.mask.any()
+    np.testing.assert_allclose(result.probabilities_after, result.probabilities_before, atol=1e-6)
+    assert result.saliency_drop == pytest.approx(0, abs=1e-4)
+    masked = MaskingExperiment(threshold=0.5).explain(model, image, int(y[0]), **context)
+    control = MaskingExperiment(threshold=0.5, least=True).explain(model, image, int(y[0]), **context)
+    assert masked.masked_share > 0 and control.mask.sum() == masked.mask.sum()
+    assert not (control.mask & masked.mask).any()
 
 
 def test_marker_mass_ratio():
@@ -246,7 +251,7 @@ def test_turning_off_salient_filters_corrects_more_errors_than_random_ones_on_th
     xw = torch.stack([transform(dataset.load_image(int(i))) for i in rows])
     yw = torch.as_tensor(labels[rows])
     z = standardise(filter_profiles(model.module, xw, yw, index).numpy(), stats.mu, stats.sigma)
-    summary = FilterTurnOff(max_k=10, n_random=5).fit(model, xw, yw, z, index).summary()
+    summary = FilterTurnOff(max_k=10, n_random=5).explain(model, xw, yw, z=z, index=index).summary()
     at_10 = summary[summary["k"] == 10].set_index("order")
     assert at_10.loc["salient", "corrected_low"] > at_10.loc["random", "corrected_high"]
     assert at_10.loc["least", "corrected"] < at_10.loc["random", "corrected"]

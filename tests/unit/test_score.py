@@ -8,7 +8,7 @@ import pytest
 
 from core.data.sources import ArrayDataset
 from core.errors import DataError
-from core.scoring.score import BASELINE, figures, score_store
+from core.services.score import BASELINE, figures, score_store
 from core.store.build import build_store
 from tests.support import digits_arrays, tiny_model
 
@@ -51,7 +51,7 @@ def test_refusals(store, tmp_path):
 
 @pytest.mark.slow
 def test_held_out_tables_per_method(store):
-    from core.scoring.score import held_out_tables
+    from core.services.score import held_out_tables
 
     tables = held_out_tables(store, ["spotlight", "udis"])
     assert set(tables) == {"spotlight", "udis"}
@@ -68,7 +68,8 @@ def test_held_out_needs_the_minimum_on_each_half():
     import numpy as np
 
     from core.methods import UDIS, Spotlight
-    from core.scoring.score import spotlight_held_out, udis_held_out
+    from core.methods.spotlight.record import spotlight_held_out
+    from core.methods.subgroups.record import udis_held_out
 
     rng = np.random.default_rng(0)
     x, losses, correct = rng.normal(size=(39, 4)), rng.random(39), rng.random(39) < 0.7

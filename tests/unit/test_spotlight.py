@@ -294,7 +294,7 @@ def test_weights_for_needs_a_fit(blobs):
 def test_held_out_half_confirms_a_planted_blob_and_not_noise():
     """Split-half: the high-loss blob found on one half keeps its accuracy gap on the other;
     spotlights on losses independent of the images keep no gap there."""
-    from core.scoring.score import spotlight_held_out
+    from core.methods.spotlight.record import spotlight_held_out
 
     x, losses, blob_a, blob_b = planted(n=4000)
     correct = np.ones(len(x), dtype=bool)

@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 from torch import fx, nn
 
-from core.errors import first_line
+from core.errors import ModelError, first_line
 from core.models.torchscript import ScriptedModel
 
 OP = "op"
@@ -398,8 +398,9 @@ def _traced(model: nn.Module, input_size: int, depth: int | None) -> _Raw:
     from torch.fx.passes.shape_prop import ShapeProp
 
     if isinstance(model, torch.jit.ScriptModule) or _is_scripted(model):
-        raise TypeError(
-            f"{type(model).__name__} is a TorchScript model, which torch.fx cannot trace"
+        raise ModelError(
+            f"{type(model).__name__} is a TorchScript model, which torch.fx cannot trace: "
+            "load the model as a Python module (entrypoint or torchvision) to see its full graph"
         )
     tracer = _Tracer(depth)
     graph = tracer.trace(model)

@@ -59,7 +59,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from core.errors import DataError
+from core.errors import DataError, ParameterError
 
 MAX_ROWS = 50  # rows (subsets and single instances) one matrix shows
 RANKS = ("row", "variance")
@@ -152,11 +152,11 @@ class ActivationMatrix(BaseEstimator):
         """One pass over the instances: the sum of S[chunk]^T A[chunk] over the chunks."""
         start = time.perf_counter()
         if int(self.chunk) < 1:
-            raise ValueError(f"chunk must be at least 1, got {self.chunk}")
+            raise ParameterError(f"chunk must be at least 1, got {self.chunk}: set a positive number of rows per step")
         if int(self.top_n) < 1:
-            raise ValueError(f"top_n must be at least 1, got {self.top_n}")
+            raise ParameterError(f"top_n must be at least 1, got {self.top_n}: show at least one column")
         if self.rank not in RANKS:
-            raise ValueError(f"rank must be one of {RANKS}, got {self.rank!r}")
+            raise ParameterError(f"rank must be one of {RANKS}, got {self.rank!r}: use one of those")
         if getattr(activations, "ndim", None) != 2:
             raise DataError(f"activations must be a 2-D array (images x neurons), got shape {np.shape(activations)}")
         n, c = activations.shape
@@ -293,11 +293,11 @@ class Projection(BaseEstimator):
         """Sample, drop non-finite rows, PCA-50 for wide layers, then the 2-D embedding."""
         start = time.perf_counter()
         if self.method not in PROJECTIONS:
-            raise ValueError(f"method must be one of {PROJECTIONS}, got {self.method!r}")
+            raise ParameterError(f"method must be one of {PROJECTIONS}, got {self.method!r}: use one of those")
         if int(self.max_points) < MIN_POINTS:
-            raise ValueError(f"max_points must be at least {MIN_POINTS}, got {self.max_points}")
+            raise ParameterError(f"max_points must be at least {MIN_POINTS}, got {self.max_points}: raise it to {MIN_POINTS} or more")
         if not float(self.perplexity) > 0:
-            raise ValueError(f"perplexity must be positive, got {self.perplexity}")
+            raise ParameterError(f"perplexity must be positive, got {self.perplexity}: use e.g. 30")
         if getattr(activations, "ndim", None) != 2:
             raise DataError(f"activations must be a 2-D array (images x neurons), got shape {np.shape(activations)}")
         n, d = activations.shape
@@ -405,7 +405,7 @@ GRID_COLUMNS = ["row", "label", "pred", "score", "correct", "x", "y", "class_tot
 def pages_for(labels: np.ndarray, per_class: int) -> int:
     """Pages of ``instance_grid``: enough for the largest class to show every instance (>= 1)."""
     if int(per_class) < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+        raise ParameterError(f"per_class must be at least 1, got {per_class}: show at least one image per class")
     labels = np.asarray(labels)
     if labels.size == 0:
         return 1
@@ -452,7 +452,7 @@ def instance_grid(
             f"{labels.shape}, {predictions.shape}, {scores.shape}"
         )
     if int(per_class) < 1 or int(columns) < 1:
-        raise ValueError(f"per_class and columns must be at least 1, got {per_class}, {columns}")
+        raise ParameterError(f"per_class and columns must be at least 1, got {per_class}, {columns}: set both to 1 or more")
     n_classes = int(n_classes)
     for name, values in (("labels", labels), ("predictions", predictions)):
         if n and (not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() >= n_classes):

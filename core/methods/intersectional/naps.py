@@ -39,7 +39,7 @@ from scipy.spatial.distance import squareform
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from core.errors import DataError
+from core.errors import DataError, InputError, ParameterError
 
 MIN_LAYOUT_CHANNELS = 16  # the paper draws maps only for layers with more than 15 channels
 
@@ -77,7 +77,7 @@ class NAPs(BaseEstimator):
         """One pass over the rows: S^T A per chunk, S the normalised membership matrix."""
         start = time.perf_counter()
         if int(self.chunk) < 1:
-            raise ValueError(f"chunk must be at least 1, got {self.chunk}")
+            raise ParameterError(f"chunk must be at least 1, got {self.chunk}: set a positive number of rows per step")
         if getattr(activations, "ndim", None) != 2:
             raise DataError(f"activations must be a 2-D array (rows x channels), got shape {np.shape(activations)}")
         n, c = activations.shape
@@ -237,7 +237,7 @@ def relaxation_step(positions: np.ndarray) -> np.ndarray:
     """
     p = np.asarray(positions, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or len(p) < 2:
-        raise ValueError(f"positions must be (n >= 2, 2), got shape {p.shape}")
+        raise InputError(f"positions must be (n >= 2, 2), got shape {p.shape}: give an (x, y) pair for at least two particles")
     diff = p[None, :, :] - p[:, None, :]  # diff[i, j] = p_j - p_i
     d = np.sqrt((diff**2).sum(axis=2))
     np.maximum(d, MIN_DISTANCE, out=d)
@@ -360,7 +360,10 @@ class TopographicLayout(BaseEstimator):
         if not np.isfinite(naps).all():
             raise DataError("the NAPs hold NaN or infinite values; no layout can be computed")
         if int(self.n_neighbors) < 2 or int(self.iterations) < 0:
-            raise ValueError("n_neighbors must be at least 2 and iterations not negative")
+            raise ParameterError(
+                f"n_neighbors must be at least 2 and iterations not negative, got {self.n_neighbors} and "
+                f"{self.iterations}: use e.g. n_neighbors=15, iterations=1000"
+            )
 
         start = time.perf_counter()
         points = naps.T  # C points in G dimensions
@@ -411,7 +414,10 @@ def topomap(positions: np.ndarray, values: np.ndarray, size: int = 100) -> np.nd
     positions = np.asarray(positions, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if positions.ndim != 2 or positions.shape[1] != 2 or values.shape != (len(positions),):
-        raise ValueError(f"positions (C, 2) and values (C,) expected, got {positions.shape} and {values.shape}")
+        raise InputError(
+            f"positions (C, 2) and values (C,) expected, got {positions.shape} and {values.shape}: "
+            "give one value per positioned channel"
+        )
     grid = np.linspace(0.0, 1.0, int(size))
     gx, gy = np.meshgrid(grid, grid)  # gx[r, c] = grid[c], gy[r, c] = grid[r]
     try:
@@ -448,7 +454,7 @@ def nap_similarity(naps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     naps = np.asarray(naps, dtype=np.float64)
     if naps.ndim != 2 or len(naps) == 0:
-        raise ValueError(f"naps must be (G >= 1, C), got shape {naps.shape}")
+        raise InputError(f"naps must be (G >= 1, C), got shape {naps.shape}: give the NAPs of at least one group")
     norms = np.linalg.norm(naps, axis=1)
     unit = naps / np.where(norms > 0, norms, 1.0)[:, None]
     similarity = np.clip(unit @ unit.T, -1.0, 1.0)

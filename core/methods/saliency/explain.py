@@ -2,7 +2,9 @@
 
 The per-image filter profiles s(x) (eq. 1) and their standardisation z = (s - mu) / sigma
 (eq. 2) live in ``core.methods.saliency.filters``. This module builds the paper's analyses on top of them,
-each a scikit-learn estimator:
+each a per-image explainer (``core.methods.explainer``): parameters in ``__init__``, one
+``explain(model, images, targets, **context)`` call that returns a frozen result
+(``FilterSaliencyResult``, ``FilterTurnOffResult``, ``FineTuneResult``, ``MaskingResult``):
 
 - ``FilterSaliency``: an image's profile, its top-k filters by z, and the input-space
   saliency map M_F = |d/dx D_C(z(x), s'_F)| (eq. 3-4), post-processed as in the authors'
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from core.errors import DataError, ModelError
+from core.errors import DataError, InputError, ModelError, ParameterError
+from core.methods.explainer import Explainer
 from core.methods.saliency.filters import (
     METHODS,
     FilterIndex,
@@ -269,9 +271,12 @@ def postprocess(gradient: np.ndarray, low: float = 90.0, high: float = 99.0, blu
     """
     grad = np.asarray(gradient, dtype=np.float64)
     if grad.ndim != 3:
-        raise ValueError(f"gradient must be (channels, S, S), got shape {grad.shape}.")
+        raise InputError(
+            f"gradient must be (channels, S, S), got shape {grad.shape}: use one image's input gradient, "
+            "without the batch dimension."
+        )
     if not 0 <= low <= high <= 100:
-        raise ValueError(f"Need 0 <= low <= high <= 100 percentiles, got {low} and {high}.")
+        raise ParameterError(f"Need 0 <= low <= high <= 100 percentiles, got {low} and {high}: pick two such percentiles.")
     grad = np.abs(grad.max(axis=0))  # signed max over channels, then |.|
     grad = np.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     floor, ceiling = np.percentile(grad, [low, high])
@@ -332,7 +337,31 @@ def _input_gradient(
     return gradient[0].detach().float().cpu().numpy()
 
 
-class FilterSaliency(BaseEstimator):
+@dataclass(frozen=True, eq=False)
+class FilterSaliencyResult:
+    """``FilterSaliency.explain``'s result for one image.
+
+    ``index`` the filter index used; ``profile`` (F,) s(x) (eq. 1); ``z`` (F,) (eq. 2);
+    ``top`` the k columns of highest z, descending; ``top_filters`` a dict per top filter
+    (column, layer, filter, z); ``probabilities`` (K,) softmax; ``prediction``;
+    ``raw_map`` (S, S) |max over channels of dD_C/dx| (eq. 4); ``map`` (S, S) in [0, 1];
+    ``view`` uint8 (S, S, 3) the image as the model sees it; ``notes`` list of str.
+    """
+
+    index: FilterIndex
+    profile: np.ndarray
+    z: np.ndarray
+    top: np.ndarray
+    top_filters: list[dict[str, Any]]
+    probabilities: np.ndarray
+    prediction: int
+    raw_map: np.ndarray
+    map: np.ndarray
+    view: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+class FilterSaliency(Explainer):
     """One image's filter saliency profile, its top filters and its input-space map.
 
     ``k``: the filters boosted (the paper's F, authors' default 10); more than the model
@@ -340,15 +369,14 @@ class FilterSaliency(BaseEstimator):
     ``high_percentile``, ``blur_sigma``: the map's post-processing (``postprocess``).
     ``method``: how ``core.methods.saliency.filters.filter_profiles`` computes the profile.
 
-    Fitted attributes: ``index_``; ``profile_`` (F,) s(x) (eq. 1); ``z_`` (F,) (eq. 2);
-    ``top_`` the k columns of highest z, descending; ``top_filters_`` a dict per top filter
-    (column, layer, filter, z); ``probabilities_`` (K,) softmax; ``prediction_``;
-    ``raw_map_`` (S, S) |max over channels of dD_C/dx| (eq. 4); ``map_`` (S, S) in [0, 1];
-    ``view_`` uint8 (S, S, 3) the image as the model sees it; ``notes_`` list of str.
+    ``explain(model, image, label, mu=, sigma=, index=)`` returns a ``FilterSaliencyResult``.
     """
+
+    result_type = FilterSaliencyResult
 
     def __init__(
         self,
+        *,
         k: int = 10,
         boost: float = 100.0,
         low_percentile: float = 90.0,
@@ -363,11 +391,14 @@ class FilterSaliency(BaseEstimator):
         self.blur_sigma = blur_sigma
         self.method = method
 
-    def fit(
-        self, model: LoadedModel, image: Image.Image, label: int,
+    def explain(
+        self, model: LoadedModel, images: Image.Image, targets: int, *,
         mu: np.ndarray, sigma: np.ndarray, index: FilterIndex,
-    ) -> FilterSaliency:
-        """Profile, top-k filters and input map of ``image`` with true class ``label``."""
+    ) -> FilterSaliencyResult:
+        """Profile, top-k filters and input map of one PIL image ``images`` with true class
+        ``targets`` (an int), standardised with the reference ``mu`` and ``sigma`` (F,) of
+        the filters of ``index`` (``core.methods.saliency.filters.ProfileStats``)."""
+        image, label = images, targets
         k = _check_count(self.k, "k", 1)
         boost = _check_positive(self.boost, "boost")
         blur = _check_positive(self.blur_sigma, "blur_sigma", allow_zero=True)
@@ -377,7 +408,7 @@ class FilterSaliency(BaseEstimator):
         if self.method not in METHODS:
             raise DataError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}.")
         if not isinstance(image, Image.Image):
-            raise DataError(f"image must be a PIL image, got {type(image).__name__}.")
+            raise DataError(f"The image must be one PIL image, got {type(image).__name__}.")
         label = _check_label(label, model.num_classes)
         _check_index(model.module, index)
         mu, sigma = _check_stats(mu, sigma, index)
@@ -395,21 +426,22 @@ class FilterSaliency(BaseEstimator):
         z = standardise(profile[None], mu, sigma)[0]
         top = np.argsort(-z, kind="stable")[:k]
         gradient = _input_gradient(model, x, y, index, mu, sigma, top, boost)
-        self.index_ = index
-        self.profile_ = profile.astype(np.float32)
-        self.z_ = z
-        self.top_ = top.astype(np.int64)
-        self.top_filters_ = [
-            {"column": int(c), "layer": index.name(int(c))[0], "filter": index.name(int(c))[1], "z": float(z[c])}
-            for c in top
-        ]
-        self.probabilities_ = probabilities
-        self.prediction_ = int(np.argmax(probabilities))
-        self.raw_map_ = np.abs(gradient.max(axis=0)).astype(np.float32)
-        self.map_ = postprocess(gradient, low, high, blur)
-        self.view_ = model_view(model, image)
-        self.notes_ = notes
-        return self
+        return FilterSaliencyResult(
+            index=index,
+            profile=profile.astype(np.float32),
+            z=z,
+            top=top.astype(np.int64),
+            top_filters=[
+                {"column": int(c), "layer": index.name(int(c))[0], "filter": index.name(int(c))[1], "z": float(z[c])}
+                for c in top
+            ],
+            probabilities=probabilities,
+            prediction=int(np.argmax(probabilities)),
+            raw_map=np.abs(gradient.max(axis=0)).astype(np.float32),
+            map=postprocess(gradient, low, high, blur),
+            view=model_view(model, image),
+            notes=notes,
+        )
 
 
 # --------------------------------------------------------------------------- turning filters off
@@ -420,7 +452,30 @@ def _ci_columns(values: np.ndarray, name: str, seed: int) -> dict[str, float]:
     return {name: mean, f"{name}_low": low, f"{name}_high": high}
 
 
-class FilterTurnOff(BaseEstimator):
+@dataclass(frozen=True, eq=False)
+class FilterTurnOffResult:
+    """``FilterTurnOff.explain``'s result for a batch of images.
+
+    ``curves`` DataFrame (image, order, k, true_confidence, wrong_confidence, correct): the
+    softmax of the true class and of the class the unchanged model predicted, and whether
+    the prediction is now the true class (for ``random``, the mean over the random orders,
+    so a share); ``predictions`` (B,) the unchanged model's classes; ``max_k`` the k
+    reached; ``notes`` list of str; ``seed`` the explainer's seed (``summary``'s resamples).
+    """
+
+    curves: pd.DataFrame
+    predictions: np.ndarray
+    max_k: int
+    notes: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def summary(self) -> pd.DataFrame:
+        """Per (order, k): images n, mean true and wrong confidence and share corrected, each
+        with a 95% percentile bootstrap interval over images (1000 resamples, ``seed``)."""
+        return curves_summary(self.curves, seed=self.seed)
+
+
+class FilterTurnOff(Explainer):
     """Turning the most salient filters off, against random and least salient ones (Fig. 3).
 
     For each image, filters are zeroed cumulatively, k = 0..``max_k``, in three orders:
@@ -428,26 +483,26 @@ class FilterTurnOff(BaseEstimator):
     random orders, averaged per image) and ``least`` (ascending |z|). A filter is turned
     off by W[f] = 0 in new weight tensors (any conv bias or BN after it is kept).
 
-    Fitted attributes: ``curves_`` DataFrame (image, order, k, true_confidence,
-    wrong_confidence, correct): the softmax of the true class and of the class the unchanged
-    model predicted, and whether the prediction is now the true class (for ``random``, the
-    mean over the random orders, so a share); ``predictions_`` (B,) the unchanged model's
-    classes; ``max_k_`` the k reached; ``notes_`` list of str.
+    ``explain(model, x, labels, z=, index=)`` returns a ``FilterTurnOffResult``.
     """
 
-    def __init__(self, max_k: int = 30, n_random: int = 5, seed: int = 0) -> None:
+    result_type = FilterTurnOffResult
+
+    def __init__(self, *, max_k: int = 30, n_random: int = 5, seed: int = 0) -> None:
         self.max_k = max_k
         self.n_random = n_random
         self.seed = seed
 
-    def fit(
-        self, model: LoadedModel, x: torch.Tensor, labels: Any, z: np.ndarray, index: FilterIndex
-    ) -> FilterTurnOff:
-        """Confidence curves of the images ``x`` (normalised) with profiles ``z`` (B, F)."""
+    def explain(
+        self, model: LoadedModel, images: torch.Tensor, targets: Any, *, z: np.ndarray, index: FilterIndex
+    ) -> FilterTurnOffResult:
+        """Confidence curves of the batch ``images`` (B, 3, S, S), normalised as the model
+        takes them, with true classes ``targets`` (B,) and standardised profiles ``z`` (B, F)
+        over the filters of ``index``."""
         max_k = _check_count(self.max_k, "max_k", 0)
         n_random = _check_count(self.n_random, "n_random", 1)
-        x = _check_images(x, model.input_size)
-        y = _check_labels(labels, len(x), model.num_classes)
+        x = _check_images(images, model.input_size, "images")
+        y = _check_labels(targets, len(x), model.num_classes, "targets")
         z = np.asarray(z, dtype=np.float64)
         n = index.n_filters
         if z.shape != (len(x), n):
@@ -498,21 +553,17 @@ class FilterTurnOff(BaseEstimator):
                 f"{int((predictions == y.numpy()).sum())} of the {len(x)} images are already "
                 "classified correctly: their 'wrong' class is the true one."
             )
-        self.curves_ = pd.DataFrame(rows, columns=["image", "order", "k", "true_confidence", "wrong_confidence", "correct"])
-        self.predictions_ = predictions.astype(np.int64)
-        self.max_k_ = max_k
-        self.notes_ = notes
-        return self
-
-    def summary(self) -> pd.DataFrame:
-        """Per (order, k): images n, mean true and wrong confidence and share corrected, each
-        with a 95% percentile bootstrap interval over images (1000 resamples, ``seed``)."""
-        check_is_fitted(self, "curves_")
-        return curves_summary(self.curves_, seed=self.seed)
+        return FilterTurnOffResult(
+            curves=pd.DataFrame(rows, columns=["image", "order", "k", "true_confidence", "wrong_confidence", "correct"]),
+            predictions=predictions.astype(np.int64),
+            max_k=max_k,
+            notes=notes,
+            seed=self.seed,
+        )
 
 
 def curves_summary(curves: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """``FilterTurnOff.summary`` for any curves frame (image, order, k, true_confidence,
+    """``FilterTurnOffResult.summary`` for any curves frame (image, order, k, true_confidence,
     wrong_confidence, correct): one row per (order, k) with bootstrap intervals over images."""
     rows = []
     rank = {name: i for i, name in enumerate(ORDERS)}
@@ -541,7 +592,24 @@ FINE_TUNE_METRICS = (
 )
 
 
-class FineTuneCheck(BaseEstimator):
+@dataclass(frozen=True, eq=False)
+class FineTuneResult:
+    """``FineTuneCheck.explain``'s result for one image.
+
+    ``results`` DataFrame, one row per variant: image_corrected (share for random),
+    image_true_confidence_change, neighbours_corrected_share (of the neighbours the
+    unchanged model got wrong, the share now right; NaN without any), and
+    neighbours_true_confidence_change (mean over the neighbours); ``k`` the filters
+    updated; ``selected`` (variant -> chosen columns; random: the first set); ``notes``.
+    """
+
+    results: pd.DataFrame
+    k: int
+    selected: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+class FineTuneCheck(Explainer):
     """One normalised gradient step on a single image through k filters only (Fig. 6).
 
     The step updates the chosen filters alone: W[f] -= step * ||W_selected|| * g[f] /
@@ -555,15 +623,14 @@ class FineTuneCheck(BaseEstimator):
     (random) and 7% (least salient); 1e-3 of the raw weights moved nothing.
     ``n_neighbours``: the first neighbours given are used (pass them nearest first).
 
-    Fitted attributes: ``results_`` DataFrame, one row per variant: image_corrected (share
-    for random), image_true_confidence_change, neighbours_corrected_share (of the neighbours
-    the unchanged model got wrong, the share now right; NaN without any), and
-    neighbours_true_confidence_change (mean over the neighbours); ``k_``; ``selected_``
-    (variant -> chosen columns; random: the first set); ``notes_``.
+    ``explain(model, x_image, label, z=, index=, neighbours=, neighbour_targets=)`` returns
+    a ``FineTuneResult``.
     """
 
+    result_type = FineTuneResult
+
     def __init__(
-        self, k: int | None = None, step: float = 0.1, n_neighbours: int = 10, n_random: int = 5, seed: int = 0
+        self, *, k: int | None = None, step: float = 0.1, n_neighbours: int = 10, n_random: int = 5, seed: int = 0
     ) -> None:
         self.k = k
         self.step = step
@@ -571,22 +638,29 @@ class FineTuneCheck(BaseEstimator):
         self.n_random = n_random
         self.seed = seed
 
-    def fit(
-        self, model: LoadedModel, x_image: torch.Tensor, label: int, z_image: np.ndarray, index: FilterIndex,
-        neighbour_x: torch.Tensor | None = None, neighbour_labels: Any = None,
-    ) -> FineTuneCheck:
-        """The effect of the one-step update of each variant on the image and its neighbours."""
+    def explain(
+        self, model: LoadedModel, images: torch.Tensor, targets: int, *, z: np.ndarray, index: FilterIndex,
+        neighbours: torch.Tensor | None = None, neighbour_targets: Any = None,
+    ) -> FineTuneResult:
+        """The effect of the one-step update of each variant on the image and its neighbours.
+
+        ``images``: a batch (1, 3, S, S) of the one image, normalised as the model takes it;
+        ``targets``: its true class (an int); ``z`` (F,) its standardised profile over the
+        filters of ``index``; ``neighbours`` (N, 3, S, S), nearest first, and their true
+        classes ``neighbour_targets`` (N,): the images the step should also help (None:
+        none)."""
         step = _check_positive(self.step, "step")
         n_neighbours = _check_count(self.n_neighbours, "n_neighbours", 0)
         n_random = _check_count(self.n_random, "n_random", 1)
-        x_image = _check_images(x_image, model.input_size, "x_image")
+        x_image = _check_images(images, model.input_size, "images")
         if len(x_image) != 1:
-            raise DataError(f"x_image must hold exactly one image, got {len(x_image)}.")
-        label = _check_label(label, model.num_classes)
+            raise DataError(f"images must hold exactly one image, got {len(x_image)}: pass one, e.g. x[i : i + 1].")
+        label = _check_label(targets, model.num_classes)
         n = index.n_filters
+        z_image = z
         z = np.asarray(z_image, dtype=np.float64).reshape(-1)
         if z.shape != (n,):
-            raise DataError(f"z_image must hold one value per filter ({n}), got shape {np.shape(z_image)}.")
+            raise DataError(f"z must hold one value per filter ({n}), got shape {np.shape(z_image)}.")
         cap = max(1, n // 100)
         notes: list[str] = []
         if self.k is None:
@@ -596,11 +670,11 @@ class FineTuneCheck(BaseEstimator):
             if k > cap:
                 notes.append(f"k = {k} is more than 1% of the model's {n} filters: clamped to {cap}.")
                 k = cap
-        if neighbour_x is None:
-            neighbour_x = torch.zeros((0, 3, model.input_size, model.input_size))
-            neighbour_labels = np.zeros(0, dtype=np.int64)
-        neighbour_x = _check_images(neighbour_x, model.input_size, "neighbour_x")
-        neighbour_y = _check_labels(neighbour_labels, len(neighbour_x), model.num_classes, "neighbour_labels")
+        if neighbours is None:
+            neighbours = torch.zeros((0, 3, model.input_size, model.input_size))
+            neighbour_targets = np.zeros(0, dtype=np.int64)
+        neighbour_x = _check_images(neighbours, model.input_size, "neighbours")
+        neighbour_y = _check_labels(neighbour_targets, len(neighbour_x), model.num_classes, "neighbour_targets")
         neighbour_x, neighbour_y = neighbour_x[:n_neighbours], neighbour_y[:n_neighbours]
         if len(neighbour_x) == 0:
             notes.append("No neighbours given: their columns are NaN.")
@@ -630,15 +704,16 @@ class FineTuneCheck(BaseEstimator):
                         after = _softmax(runner.logits(batch, weights))
                         results.append(_fine_tune_effect(before, after, targets.cpu().numpy()))
                     rows.append({"variant": variant, **{m: float(np.mean([r[m] for r in results])) for m in FINE_TUNE_METRICS}})
-        self.results_ = pd.DataFrame(rows, columns=["variant", *FINE_TUNE_METRICS])
-        self.k_ = k
-        self.selected_ = {v: np.asarray(c[0], dtype=np.int64) for v, c in choices.items()}
-        self.notes_ = list(dict.fromkeys(notes))
-        return self
+        return FineTuneResult(
+            results=pd.DataFrame(rows, columns=["variant", *FINE_TUNE_METRICS]),
+            k=k,
+            selected={v: np.asarray(c[0], dtype=np.int64) for v, c in choices.items()},
+            notes=list(dict.fromkeys(notes)),
+        )
 
-    @classmethod
-    def aggregate(cls, frames: Sequence[pd.DataFrame], seed: int = 0) -> pd.DataFrame:
-        """Per variant, the mean of each metric over many images' ``results_`` with a 95%
+    @staticmethod
+    def aggregate(frames: Sequence[pd.DataFrame], seed: int = 0) -> pd.DataFrame:
+        """Per variant, the mean of each metric over many images' ``results`` with a 95%
         percentile bootstrap interval over images (NaN entries, e.g. no neighbours, skipped)."""
         return aggregate(frames, seed=seed)
 
@@ -700,7 +775,28 @@ def _fine_tune_effect(before: np.ndarray, after: np.ndarray, targets: np.ndarray
 # --------------------------------------------------------------------------- masking
 
 
-class MaskingExperiment(BaseEstimator):
+@dataclass(frozen=True, eq=False)
+class MaskingResult:
+    """``MaskingExperiment.explain``'s result for one image.
+
+    ``mask`` (S, S) bool, the pixels masked; ``masked_share``; ``probabilities_before`` and
+    ``probabilities_after`` (K,); ``z_before`` and ``z_after`` (F,); ``top_saliency_before``
+    and ``top_saliency_after`` the mean z of the top filters; ``saliency_drop`` = before -
+    after.
+    """
+
+    mask: np.ndarray
+    masked_share: float
+    probabilities_before: np.ndarray
+    probabilities_after: np.ndarray
+    z_before: np.ndarray
+    z_after: np.ndarray
+    top_saliency_before: float
+    top_saliency_after: float
+    saliency_drop: float
+
+
+class MaskingExperiment(Explainer):
     """Masking the most salient pixels of an input map, or the least salient as a control (Fig. 7).
 
     Pixels with ``map >= threshold`` are set to the dataset mean colour (zero after
@@ -708,35 +804,41 @@ class MaskingExperiment(BaseEstimator):
     values are masked instead. The image's top filters (``top``) are re-scored on the
     masked image: the paper's check that the highlighted pixels drive their saliency.
 
-    Fitted attributes: ``mask_`` (S, S) bool; ``masked_share_``; ``probabilities_before_``
-    and ``probabilities_after_`` (K,); ``z_before_`` and ``z_after_`` (F,);
-    ``top_saliency_before_`` and ``top_saliency_after_`` the mean z of the top filters;
-    ``saliency_drop_`` = before - after.
+    ``explain(model, image, label, saliency_map=, top=, mu=, sigma=, index=)`` returns a
+    ``MaskingResult``.
     """
 
-    def __init__(self, threshold: float = 0.5, least: bool = False) -> None:
+    result_type = MaskingResult
+
+    def __init__(self, *, threshold: float = 0.5, least: bool = False) -> None:
         self.threshold = threshold
         self.least = least
 
-    def fit(
-        self, model: LoadedModel, image: Image.Image, label: int, input_map: np.ndarray,
-        mu: np.ndarray, sigma: np.ndarray, index: FilterIndex, top: Sequence[int] | np.ndarray,
-    ) -> MaskingExperiment:
-        """Output and top-filter saliency of ``image`` before and after masking."""
+    def explain(
+        self, model: LoadedModel, images: Image.Image, targets: int, *, saliency_map: np.ndarray,
+        top: Sequence[int] | np.ndarray, mu: np.ndarray, sigma: np.ndarray, index: FilterIndex,
+    ) -> MaskingResult:
+        """Output and top-filter saliency of one PIL image ``images`` with true class
+        ``targets`` (an int), before and after masking by its ``saliency_map`` (S, S) in
+        [0, 1]; ``top`` the filter columns re-scored (both from ``FilterSaliency.explain``:
+        its result's ``map`` and ``top``), standardised with ``mu`` and ``sigma`` (F,)."""
+        image, label = images, targets
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float) or not np.isfinite(self.threshold):
             raise DataError(f"threshold must be a number (maps are in [0, 1]), got {self.threshold!r}.")
         if not isinstance(image, Image.Image):
-            raise DataError(f"image must be a PIL image, got {type(image).__name__}.")
+            raise DataError(f"The image must be one PIL image, got {type(image).__name__}.")
         label = _check_label(label, model.num_classes)
         _check_index(model.module, index)
         mu, sigma = _check_stats(mu, sigma, index)
         size = model.input_size
-        input_map = np.asarray(input_map, dtype=np.float64)
+        input_map = np.asarray(saliency_map, dtype=np.float64)
         if input_map.shape != (size, size) or not np.isfinite(input_map).all():
-            raise DataError(f"input_map must be a finite ({size}, {size}) map (FilterSaliency.map_), got {input_map.shape}.")
+            raise DataError(
+                f"saliency_map must be a finite ({size}, {size}) map (FilterSaliencyResult.map), got {input_map.shape}."
+            )
         top = np.asarray(top, dtype=np.int64).reshape(-1)
         if top.size == 0 or top.min() < 0 or top.max() >= index.n_filters:
-            raise DataError(f"top must hold filter columns in 0..{index.n_filters - 1} (FilterSaliency.top_).")
+            raise DataError(f"top must hold filter columns in 0..{index.n_filters - 1} (FilterSaliencyResult.top).")
         mask = input_map >= self.threshold
         if self.least:
             flat = np.zeros(size * size, dtype=bool)
@@ -751,14 +853,18 @@ class MaskingExperiment(BaseEstimator):
                 probabilities = _softmax(model.module(batch))
             profiles = filter_profiles(model.module, batch, y, index).cpu().numpy()
         z = standardise(profiles, mu, sigma)
-        self.mask_ = mask
-        self.masked_share_ = float(mask.mean())
-        self.probabilities_before_, self.probabilities_after_ = probabilities[0], probabilities[1]
-        self.z_before_, self.z_after_ = z[0], z[1]
-        self.top_saliency_before_ = float(z[0, top].mean())
-        self.top_saliency_after_ = float(z[1, top].mean())
-        self.saliency_drop_ = self.top_saliency_before_ - self.top_saliency_after_
-        return self
+        before, after = float(z[0, top].mean()), float(z[1, top].mean())
+        return MaskingResult(
+            mask=mask,
+            masked_share=float(mask.mean()),
+            probabilities_before=probabilities[0],
+            probabilities_after=probabilities[1],
+            z_before=z[0],
+            z_after=z[1],
+            top_saliency_before=before,
+            top_saliency_after=after,
+            saliency_drop=before - after,
+        )
 
 
 # --------------------------------------------------------------------------- known-answer measure
@@ -774,7 +880,10 @@ def marker_mass_ratio(maps: np.ndarray, boxes_mask: np.ndarray) -> float:
     maps = np.asarray(maps, dtype=np.float64)
     boxes = np.asarray(boxes_mask, dtype=bool)
     if maps.shape != boxes.shape or maps.ndim != 3:
-        raise ValueError(f"maps and boxes_mask must both be (n, S, S), got {maps.shape} and {boxes.shape}.")
+        raise InputError(
+            f"maps and boxes_mask must both be (n, S, S), got {maps.shape} and {boxes.shape}: "
+            "give one map and one box mask per image, at the same size."
+        )
     total = maps.sum()
     area = boxes.mean() if boxes.size else 0.0
     if not total > 0 or not area > 0:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from core.errors import ModelError
+from core.errors import InputError, ModelError, ParameterError
 from core.models.torchscript import ScriptedModel
 
 SIGMA_FLOOR = 1e-14  # the authors' clamp: a filter with sigma <= 1e-14 gets sigma = 1
@@ -308,7 +308,7 @@ def resolve_method(module: nn.Module, index: FilterIndex, method: str = "auto") 
     and module hooks cannot run.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise ParameterError(f"method must be one of {', '.join(METHODS)}, not {method!r}: use one of those ('auto' picks for you).")
     if method != "auto":
         return method
     if _is_scripted(module):
@@ -334,7 +334,7 @@ def filter_profiles(
     out of memory the chunk is halved and ``notice`` is told, down to one image.
     """
     if len(x) != len(y):
-        raise ValueError(f"{len(x)} images but {len(y)} labels")
+        raise InputError(f"{len(x)} images but {len(y)} labels: give one label per image.")
     method = resolve_method(module, index, method)
     with eval_mode(module):
         if method == "loop":
@@ -378,7 +378,7 @@ class ProfileStats:
     def update(self, batch: np.ndarray) -> ProfileStats:
         batch = np.asarray(batch, dtype=np.float64)
         if batch.ndim != 2 or batch.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"expected a (B, {self.mean.shape[0]}) batch, got {batch.shape}")
+            raise InputError(f"expected a (B, {self.mean.shape[0]}) batch, got {batch.shape}: give profiles over the same filters.")
         n_b = len(batch)
         if n_b == 0:
             return self
@@ -399,8 +399,8 @@ class ProfileStats:
     def sigma(self) -> np.ndarray:
         """Unbiased standard deviation (n - 1), clamped: sigma <= 1e-14 -> 1."""
         if self.count < 2:
-            raise ValueError(
-                f"The reference set has {self.count} image(s); the statistics need at least 2."
+            raise InputError(
+                f"The reference set has {self.count} image(s); the statistics need at least 2: add more images."
             )
         sigma = np.sqrt(self.m2 / (self.count - 1))
         return np.where(sigma <= SIGMA_FLOOR, 1.0, sigma)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from core.data.datasets import ImageDataset
-from core.errors import BiasLensError, DataError, StoreError
+from core.errors import BiasLensError, DataError, InputError, StoreError
 from core.methods.saliency.filters import (
     FilterIndex,
     ProfileStats,
@@ -255,7 +255,7 @@ def open_profiles(path: Path, n: int | None = None, index: FilterIndex | None = 
         kept = _index_from_json(json.loads((path / "index.json").read_text()))
         rows, f = int(manifest["n"]), int(manifest["n_filters"])
         if rows < 1 or f < 1:
-            raise ValueError(f"{rows} images x {f} filters")
+            raise _damaged(path, f"{rows} images x {f} filters")
         profiles = np.memmap(path / PROFILES_FILE, dtype=np.float16, mode="r", shape=(rows, f))
         scale = np.load(path / "scale.npy")
         with np.load(path / "stats.npz") as stats:
@@ -566,7 +566,7 @@ def nearest(
         cols = None
     q = np.asarray(query_z, dtype=np.float64).reshape(-1)
     if q.shape[0] != f:
-        raise ValueError(f"query_z has {q.shape[0]} values for {f} profile columns")
+        raise InputError(f"query_z has {q.shape[0]} values for {f} profile columns: give one value per profile column.")
     if cols is not None:
         q = q[cols]
     q_norm = float(np.linalg.norm(q))
@@ -586,7 +586,7 @@ def nearest(
         norms = row_norms(z_memmap, cols, affine)
     norms = np.asarray(norms, dtype=np.float32)
     if len(norms) != n:
-        raise ValueError(f"norms has {len(norms)} values for {n} rows")
+        raise InputError(f"norms has {len(norms)} values for {n} rows: compute them with row_norms on the same profiles.")
     candidates = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     if candidates is not None and query_row is not None:
         candidates = candidates[candidates != query_row]

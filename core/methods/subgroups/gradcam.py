@@ -3,40 +3,57 @@
 For a target class c and a convolutional block with output channels A^k, Grad-CAM weights
 each channel by alpha_k^c, the mean over space of the class logit's gradient dy^c/dA^k,
 sums the weighted channels, keeps the positive part, ReLU(sum_k alpha_k^c A^k), and
-upsamples it to the input: where the block saw evidence for the class. ``GradCAM`` fits one
-map per requested class, scaled to [0, 1], and the softmax probabilities; ``overlay``
-blends a map onto the image with a jet-like colour map.
+upsamples it to the input: where the block saw evidence for the class. ``GradCAM`` is a
+per-image explainer (``core.methods.explainer``): ``explain(model, image, targets)`` returns
+one map per requested class, scaled to [0, 1], and the softmax probabilities
+(``GradCAMResult``); ``overlay`` blends a map onto the image with a jet-like colour map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.base import BaseEstimator
 
-from core.errors import ModelError
+from core.errors import InputError, ModelError, ParameterError
+from core.methods.explainer import Explainer
 from core.models.loading import LoadedModel, make_transform
 
 
-class GradCAM(BaseEstimator):
-    """Grad-CAM at one block of a model, as a scikit-learn estimator.
+@dataclass(frozen=True, eq=False)
+class GradCAMResult:
+    """``GradCAM.explain``'s result for one image.
+
+    ``layer`` the block explained; ``targets`` the classes explained, in order; ``maps``
+    (len(targets), S, S) Grad-CAM maps at the model's input resolution, in [0, 1] (each
+    divided by its maximum; a map with no positive evidence stays all zero);
+    ``probabilities`` (K,) softmax of the model's output for the image.
+    """
+
+    layer: str
+    targets: list[int]
+    maps: np.ndarray
+    probabilities: np.ndarray
+
+
+class GradCAM(Explainer):
+    """Grad-CAM at one block of a model.
 
     ``layer``: the block's module name (None: the model's last convolutional block).
 
-    Fitted attributes: ``layer_`` (the block explained); ``targets_`` (the classes
-    explained, in order); ``maps_`` (len(targets_), S, S) Grad-CAM maps at the model's input
-    resolution, in [0, 1] (each divided by its maximum; a map with no positive evidence
-    stays all zero); ``probabilities_`` (K,) softmax of the model's output for the image.
+    ``explain(model, image, targets)`` returns a ``GradCAMResult``.
     """
 
-    def __init__(self, layer: str | None = None) -> None:
+    result_type = GradCAMResult
+
+    def __init__(self, *, layer: str | None = None) -> None:
         self.layer = layer
 
-    def fit(self, model: LoadedModel, image: Image.Image, targets: Sequence[int]) -> GradCAM:
-        """Grad-CAM maps of ``image`` for each class in ``targets``.
+    def explain(self, model: LoadedModel, images: Image.Image, targets: Sequence[int]) -> GradCAMResult:
+        """Grad-CAM maps of one PIL image ``images`` for each class in ``targets``.
 
         The image goes through the model's own transform; every target is explained in one
         batched forward and backward pass. The model's parameters, mode and hooks are left as
@@ -48,9 +65,8 @@ class GradCAM(BaseEstimator):
                 "block whose output is a spatial map. Use another view for this model."
             )
         layer = model.conv_layers[-1] if self.layer is None else self.layer
-        self.probabilities_, self.targets_, self.maps_ = _grad_cam(model, image, layer, targets)
-        self.layer_ = layer
-        return self
+        probabilities, explained, maps = _grad_cam(model, images, layer, targets)
+        return GradCAMResult(layer=layer, targets=explained, maps=maps, probabilities=probabilities)
 
 
 def _grad_cam(
@@ -111,15 +127,18 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     """``image`` (uint8 (H, W, 3) RGB, or (H, W) grey) blended with the jet colours of
     ``cam`` (values in [0, 1], any size: resized to the image bilinearly), as uint8 RGB."""
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+        raise ParameterError(f"alpha must be in [0, 1], got {alpha}: use 0 for the image alone, 1 for the map alone.")
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=2)
     if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) RGB or (H, W) grey, got {pixels.shape}.")
+        raise InputError(
+            f"image must be (H, W, 3) RGB or (H, W) grey, got {pixels.shape}: use an RGB or grey "
+            "picture, such as core.models.loading.model_view returns."
+        )
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2:
-        raise ValueError(f"cam must be a 2-D map, got shape {cam.shape}.")
+        raise InputError(f"cam must be a 2-D map, got shape {cam.shape}: use one map, e.g. GradCAMResult.maps[0].")
     height, width = pixels.shape[:2]
     resized = np.asarray(
         Image.fromarray(cam).resize((width, height), Image.Resampling.BILINEAR)

@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from core.data.datasets import ImageDataset
-from core.errors import DataError, ModelError, StoreError
+from core.errors import DataError, InputError, ModelError, ParameterError, StoreError
 from core.models.loading import LoadedModel, make_transform, model_view
 from core.store.hooks import ActivationRecorder
 
@@ -68,10 +68,10 @@ class NeuronSelector(BaseEstimator):
         """
         mass = self.mass
         if not 0 < mass <= 1:
-            raise ValueError(f"mass must be in (0, 1], got {mass}.")
+            raise ParameterError(f"mass must be in (0, 1], got {mass}: use a share such as 0.03.")
         values = np.maximum(np.asarray(activations, dtype=np.float64), 0.0)
         if values.ndim != 2:
-            raise ValueError(f"activations must be (images, channels), got shape {values.shape}.")
+            raise InputError(f"activations must be (images, channels), got shape {values.shape}: give one row per image.")
         ranked = -np.sort(-values, axis=1)  # each row in descending order
         running = np.cumsum(ranked, axis=1)
         before = np.concatenate([np.zeros((len(values), 1)), running[:, :-1]], axis=1)
@@ -112,12 +112,12 @@ def neuron_columns(
     are sorted by layer, then column, then descending best score.
     """
     if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
+        raise ParameterError(f"threshold must be in [0, 1], got {threshold}: use a share of the subgroup's images.")
     layers = list(dict.fromkeys([*scores_under, *scores_well]))
     order = list(dict.fromkeys(layers if layer_order is None else layer_order))
     unplaced = [layer for layer in layers if layer not in order]
     if unplaced:
-        raise ValueError(f"layer_order lacks the scored layer(s) {', '.join(unplaced)}.")
+        raise InputError(f"layer_order lacks the scored layer(s) {', '.join(unplaced)}: add them, or leave layer_order out.")
     frames = []
     for layer in layers:
         under, well = _paired_scores(layer, scores_under.get(layer), scores_well.get(layer))
@@ -175,9 +175,9 @@ def _paired_scores(
     under_scores = np.zeros_like(either) if under is None else np.asarray(under, np.float64)
     well_scores = np.zeros_like(either) if well is None else np.asarray(well, np.float64)
     if under_scores.shape != well_scores.shape or under_scores.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"Scores of layer '{layer}' must be two (C,) arrays of one length, got "
-            f"{under_scores.shape} and {well_scores.shape}."
+            f"{under_scores.shape} and {well_scores.shape}: give both subgroups' scores of the same layer."
         )
     return under_scores, well_scores
 
@@ -200,7 +200,7 @@ def patch_size_for(input_size: int) -> int:
     recognise.
     """
     if input_size < 1:
-        raise ValueError(f"input_size must be positive, got {input_size}.")
+        raise ParameterError(f"input_size must be positive, got {input_size}: give the model's input side in px.")
     scaled = round(PAPER_PATCH * input_size / PAPER_INPUT)
     return min(max(scaled, min(input_size // 4, MIN_PATCH), 3), input_size)
 
@@ -217,9 +217,9 @@ def mask_positions(
     no more fit.
     """
     if not 1 <= size <= side:
-        raise ValueError(f"size must be in [1, {side}] for a {side} px image, got {size}.")
+        raise ParameterError(f"size must be in [1, {side}] for a {side} px image, got {size}: use a size in that range.")
     if gap < 0 or count < 0 or attempts < 1:
-        raise ValueError("gap and count must be >= 0 and attempts >= 1.")
+        raise ParameterError(f"gap and count must be >= 0 and attempts >= 1, got {gap}, {count} and {attempts}: use values in those ranges.")
     corners = rng.integers(0, side - size + 1, size=(attempts, 2))
     free = np.ones(attempts, dtype=bool)
     kept: list[np.ndarray] = []
@@ -318,11 +318,11 @@ class ConceptPatchFinder(BaseEstimator):
             self.patches_ = {}
             return self
         if min(self.n_images, self.n_masks, self.n_patches, self.batch_size) < 1:
-            raise ValueError("n_images, n_masks, n_patches and batch_size must be at least 1.")
+            raise ParameterError("n_images, n_masks, n_patches and batch_size must be at least 1: set each to 1 or more.")
         side = model.input_size
         size = patch_size_for(side) if self.patch_size is None else int(self.patch_size)
         if not 1 <= size <= side:
-            raise ValueError(f"patch_size must be in [1, {side}] px, got {size}.")
+            raise ParameterError(f"patch_size must be in [1, {side}] px, got {size}: use a size in that range, or None for the default.")
         if not model.embedding_layer:
             raise ModelError("The model has no last hidden layer to embed concept patches with.")
         image_rows = _readable(dataset, _top_images(model, dataset, wanted, max_activations, self.n_images))
@@ -551,7 +551,7 @@ class NeuronClusters(BaseEstimator):
         if that similarity exceeds ``threshold``, else starts a new cluster."""
         threshold = self.threshold
         if not -1 <= threshold <= 1:
-            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}.")
+            raise ParameterError(f"threshold is a cosine similarity in [-1, 1], got {threshold}: use a value in that range, e.g. 0.9.")
         sums: list[np.ndarray] = []
         members: dict[Neuron, int] = {}
         for neuron, concept in patches.items():

@@ -1,0 +1,104 @@
+"""One record per method: what the app, the CLI and the benches need to know about it.
+
+A record names the method (its state-key page and score name), its page, its subset origin,
+its estimator with the page's defaults and the per-image target it fits, how a run on a
+subset maps back to store rows, its split-half check, the groups a run flags for scoring (in
+the page's order) and its workshop steps. Navigation (app.py), state keys (core/ui/keys.py),
+subset origins (core/services/subsets.py), the score command (core/services/score.py), the
+workshop's steps (core/ui/workshop.py) and the UI bench (bench/ui.py) are built from the
+records. Each method package defines its record in its ``record.py``; ``core.methods``
+registers them in navigation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Groups = tuple[list[str], list[np.ndarray], list[np.ndarray]]  # names, rankings, members
+
+
+@dataclass(frozen=True)
+class WorkshopStep:
+    """One of the workshop's guided steps; ``order`` places it among the others (Overview 0,
+    confirming a cohort 3, checking the finding 9)."""
+
+    key: str
+    title: str
+    hint: str
+    page: str
+    order: float
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """Everything outside a method's package needs to know about it (see the module docstring).
+
+    name: the state-key page ("spotlight", "subgroups"); score_name its name in the score
+      command and its figures ("spotlight", "udis"; empty: the name).
+    title, page, icon: its navigation entry. origin: the origin of the subsets it saves.
+    estimator: the estimator class a run fits; defaults(n) the page's defaults for n images.
+    target: the store metadata column it fits against ("loss", "correct").
+    on_rows(fitted, rows, n): a run on a subset's rows mapped back to all n store rows.
+    held_out(estimator, x, losses, correct, seed, **options): its split-half confirmation.
+    groups(fitted, meta): the groups a run flags, in the order its page lists them.
+    """
+
+    name: str
+    title: str
+    page: str
+    icon: str
+    origin: str | None = None
+    score_name: str = ""
+    estimator: type | None = None
+    defaults: Callable[[int], Any] | None = None
+    target: str = ""
+    on_rows: Callable[[Any, np.ndarray, int], Any] | None = None
+    held_out: Callable[..., pd.DataFrame] | None = None
+    groups: Callable[[Any, pd.DataFrame], Groups] | None = None
+    steps: tuple[WorkshopStep, ...] = ()
+
+
+_RECORDS: list[MethodRecord] = []
+
+
+def register_method(record: MethodRecord) -> None:
+    """Add a method's record (after the registered ones: navigation keeps this order)."""
+    if any(r.name == record.name for r in _RECORDS):
+        raise ValueError(f"A method named {record.name!r} is registered already.")  # programming error: two records, one name
+    _RECORDS.append(record)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a record (tests that add a fake method take it out again)."""
+    _RECORDS[:] = [r for r in _RECORDS if r.name != name]
+
+
+def method_records() -> tuple[MethodRecord, ...]:
+    """Every registered method, in navigation order."""
+    return tuple(_RECORDS)
+
+
+def method_record(name: str) -> MethodRecord:
+    """The record named ``name``; KeyError when there is none."""
+    for record in _RECORDS:
+        if record.name == name:
+            return record
+    raise KeyError(name)
+
+
+def record_for(estimator: Any) -> MethodRecord:
+    """The record of the method ``estimator`` belongs to (by its class)."""
+    for record in _RECORDS:
+        if record.estimator is not None and isinstance(estimator, record.estimator):
+            return record
+    raise TypeError(f"No method record fits a {type(estimator).__name__}.")  # programming error: runs take recorded estimators
+
+
+def scored_methods() -> dict[str, MethodRecord]:
+    """The methods the score command runs, by score name: those whose record turns a run into groups."""
+    return {r.score_name or r.name: r for r in _RECORDS if r.groups is not None and r.defaults is not None}

@@ -1,0 +1,106 @@
+"""The Spotlight page's record: its defaults, its split-half check, the groups it flags."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from core.errors import DataError
+from core.methods.records import Groups, MethodRecord, WorkshopStep
+from core.methods.spotlight.search import MIN_IMAGES, Spotlight
+from core.scoring.significance import check_halves, split_half
+from core.store.read import expand
+
+PAPER_SIZE = 0.02  # the paper's S: 2% of the images
+MIN_SPOTLIGHT_TOP = 25  # the default S is at least this many images (see default_size)
+MAX_DEFAULT_SIZE = 0.25  # ... but never more than a quarter of the images
+
+
+def default_size(n: int) -> float:
+    """The default spotlight size S for ``n`` images, as a fraction: the paper's 2%, but at least
+    MIN_SPOTLIGHT_TOP images and at most a quarter of them, rounded up to 0.01% (what the page's
+    box shows). A spotlight's accuracy is measured on its top S images: at 2% of 200 images that
+    is 4 images, and its 95% interval reads 0.0-0.0%; 25 images give an interval worth reading.
+    From 1,250 images on, 2% is already 25 or more, so large datasets keep the paper's S."""
+    share = min(max(PAPER_SIZE, MIN_SPOTLIGHT_TOP / max(1, n)), MAX_DEFAULT_SIZE)
+    return math.ceil(round(share * 10_000, 6)) / 10_000
+
+
+def page_spotlight(n: int) -> Spotlight:
+    """The Spotlight page's defaults for ``n`` images: 5 spotlights of ``default_size(n)``."""
+    return Spotlight(size=default_size(n), n_spotlights=5)
+
+
+def spotlight_on_rows(fitted: Spotlight, scope: np.ndarray, n: int) -> Spotlight:
+    """A Spotlight run on a subset's rows, its weights mapped back to all ``n`` store rows (0
+    outside the subset)."""
+    fitted.spotlights_ = [replace(f, weights=expand(f.weights, scope, n)) for f in fitted.spotlights_]
+    return fitted
+
+
+def spotlight_groups(fitted: Spotlight, meta: pd.DataFrame) -> Groups:
+    """The groups a Spotlight run flags, in the page's order: each spotlight ranks the images by
+    weight, and its members are its top S images."""
+    names = [f"spotlight {s.index + 1}" for s in fitted.spotlights_]
+    return names, [s.weights for s in fitted.spotlights_], [s.top_rows(fitted.size_) for s in fitted.spotlights_]
+
+
+def _check_half_size(n: int, size: float) -> None:
+    """DataError unless a spotlight of ``size`` (a fraction of the images, or a count) covers at
+    least one image of a half of ``n`` images, and not all of them. Only the page's own S can
+    fail here: the default (``default_size``) fits every half of 40 images or more."""
+    half = n // 2
+    share = isinstance(size, float) and 0 < size < 1
+    count, shown = (size * half, f"{100 * size:g}%") if share else (float(size), f"{size:g} images")
+    if round(count) < 1:
+        least = math.ceil(10_000 / half) / 100
+        raise DataError(
+            f"The held-out check searches the spotlights on one half of the images ({half:,}), where S = "
+            f"{shown} covers {count:.1f} images: fewer than 1. Raise Size S to at least {least:g}% on the "
+            "Spotlight page and run again."
+        )
+    if round(count) >= half:
+        raise DataError(
+            f"The held-out check searches the spotlights on one half of the images ({half:,}), where S = "
+            f"{shown} covers all of them. Lower Size S on the Spotlight page and run again."
+        )
+
+
+def spotlight_held_out(
+    x: np.ndarray, losses: np.ndarray, correct: np.ndarray, spotlight: Spotlight, seed: int = 0
+) -> pd.DataFrame:
+    """Split-half confirmation of the spotlights (core.scoring.significance.split_half): they are
+    searched on a random half; an image of the other half belongs to a spotlight when its
+    kernel weight reaches that of the spotlight's S-th highest-weighted image of the
+    discovery half, i.e. when it falls in the region the spotlight's top S covered there."""
+    x = np.asarray(x, dtype=np.float32)
+    check_halves(len(x), MIN_IMAGES, "the spotlight search")
+    _check_half_size(len(x), spotlight.size)
+    losses = np.asarray(losses, dtype=np.float64)
+
+    def discover(rows: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        fitted = clone(spotlight).fit(x[rows], losses[rows])
+        weights = fitted.weights_for(x)  # the fitted kernels on every image, once (the same arithmetic on both halves)
+        thresholds = -np.sort(-weights[:, rows], axis=1)[:, fitted.size_ - 1]  # each spotlight's S-th discovery weight
+        return {f"Spotlight {j + 1}": (lambda r, j=j, t=t: weights[j, r] >= t) for j, t in enumerate(thresholds)}
+
+    return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
+
+
+RECORD = MethodRecord(
+    name="spotlight", title="Spotlight", page="pages/spotlight.py", icon=":material/highlight:", origin="spotlight",
+    estimator=Spotlight, defaults=page_spotlight, target="loss", on_rows=spotlight_on_rows,
+    held_out=lambda spotlight, x, losses, correct, seed=0, **_: spotlight_held_out(x, losses, correct, spotlight, seed),
+    groups=spotlight_groups,
+    steps=(
+        WorkshopStep("spotlight-run", "Spotlight", "Run Spotlight with its defaults: each spotlight is a high-loss region of "
+                     "the model's last hidden layer.", "pages/spotlight.py", 1),
+        WorkshopStep("spotlight-lift", "Read the lift", "Open a spotlight and read its top attribute values by lift, and its "
+                     "class mix: what do its images share?", "pages/spotlight.py", 2),
+    ),
+)
