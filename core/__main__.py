@@ -204,7 +204,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                        Path(args.cache) if args.cache else None)
     if store is None:
         raise StoreError(f"Workspace '{ws.name}' has no complete activation store (never built, or interrupted or damaged): run `python -m core build {ws.name}`.")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
     result = score_store(store, methods)
     held_out = {}
     if args.held_out:  # before printing anything, so that a refusal leaves no half report
@@ -289,7 +289,8 @@ def parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score the discovery methods against a workspace's planted slices (after build)")
     score.add_argument("workspace")
-    score.add_argument("--methods", default="spotlight,udis", help="comma-separated: spotlight, udis")
+    score.add_argument("--methods", default=None,
+                       help="comma-separated score names of the methods' records (spotlight, udis); default: every one")
     score.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
     score.add_argument("--held-out", action="store_true",
                        help="also find each method's groups on a random half and measure them on the other")

@@ -33,8 +33,6 @@ from core.methods import (
     FineTuneResult,
     MaskingExperiment,
     MaskingResult,
-    confusion_cell_groups,
-    failure_mode_scorecard,
 )
 from core.methods.saliency.explain import TOUR_MARGIN, curves_summary, tour_error
 from core.methods.saliency.filters import FilterIndex, conv_filters, resolve_method
@@ -48,7 +46,6 @@ from core.methods.saliency.profiles import (
     size_message,
 )
 from core.models.loading import LoadedModel, make_transform
-from core.scoring.scorecard import scorecard
 from core.services.estimates import (
     HOSTED_MAX_IMAGES,
     HOSTED_MAX_RUN_SECONDS,
@@ -76,9 +73,8 @@ from core.ui import cache
 from core.ui.charts import evenly, show
 from core.ui.context import PageContext
 from core.ui.keys import state_key
-from core.ui.method_page import gallery, run_with_progress, save_subset_form
+from core.ui.method_page import gallery, run_with_progress, save_subset_form, scorecard_section
 from core.ui.widgets import group_select, how_to_read, kept
-from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 T = TypeVar("T")
 PAGE = "saliency"  # the page's state keys
@@ -597,29 +593,6 @@ def mode_boxes(ctx: PageContext, meta: pd.DataFrame, modes: FailureModes, shown:
                      width="stretch", output_format="PNG")
 
 
-def scorecards(store: Store, meta: pd.DataFrame, modes: FailureModes) -> None:
-    """The planted-slice scorecard of the failure modes beside the trivial baseline's (the
-    misclassified images grouped by confusion cell, by loss)."""
-    classes = store.classes
-    baseline = confusion_cell_groups(meta["label_idx"].to_numpy(), meta["pred_idx"].to_numpy(), meta["loss"].to_numpy(),
-                                     meta["row"].to_numpy())
-    cells = list(baseline["rows"])
-    config = {"P@10": st.column_config.NumberColumn("P@10", format="%.1f"),  # narrow: two tables side by side
-              "recall": st.column_config.NumberColumn(format="percent")}
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Failure modes** (saliency)")
-        st.dataframe(failure_mode_scorecard(modes, meta[store.slice_columns]), hide_index=True, column_config=config)
-    with right:
-        st.markdown("**Baseline: confusion cells** (true → predicted, by loss)")
-        st.dataframe(scorecard(meta[store.slice_columns].to_numpy(dtype=bool), cells,
-                               slice_names=[c.removeprefix("slice_") for c in store.slice_columns],
-                               group_names=[f"{classes[t]} → {classes[p]}" for t, p in zip(baseline["true"], baseline["predicted"], strict=True)],
-                               members=cells), hide_index=True, column_config=config)
-    how_to_read("for each planted slice, the group whose 10 first images hold most slice images (P@10; ≥ 0.8 = identified) "
-                "and its share of the slice (recall); the failure modes show skill only where they beat the baseline.")
-
-
 # --------------------------------------------------------------------------- the page's last two sections
 
 
@@ -710,12 +683,10 @@ def failure_modes_section(ctx: PageContext, profiles: SaliencyProfiles, stats: t
             save_subset_form(ctx, mode.rows, f"failure mode {mode.index}", ORIGIN,
                              f"failure mode {mode.index} of {len(modes.groups_)} (saliency, layers {span[0]}..{span[1]})",
                              key=state_key(PAGE, "save_mode", ctx.key, mode.index), params={**estimator.get_params(), "mode": mode.index})
-    if store.slice_columns:
-        st.subheader("Scorecard: planted slices")
-        if ground_truth_hidden():
-            hidden_notice("The scorecard against the planted slices")
-        else:
-            scorecards(store, meta, modes)
+    scorecard_section(store, [g.rows for g in modes.groups_], [f"failure mode #{g.index}" for g in modes.groups_],
+                      "for each planted slice, the failure mode whose 10 most typical errors hold most slice images "
+                      "(P@10; ≥ 0.8 = identified) and the share of the slice it contains (recall).",
+                      members=[g.rows for g in modes.groups_])
 
 
 # --------------------------------------------------------------------------- the page's first sections
