@@ -290,3 +290,38 @@ def loss_rankings(members: Sequence[np.ndarray], losses: np.ndarray) -> list[np.
     measured on. Cutting it short (to the 10 highest-loss images, say) caps P@25 at 10/25 and
     P@100 at 0.10, and scores the rest of the group like images outside it in AUROC."""
     return [top_loss_rows(rows, losses, len(rows)) for rows in members]
+
+
+BUDGETS = (5, 10)  # the first k groups a method flags: what a user reads before giving up
+
+
+def budget_scorecard(truth: np.ndarray, rankings: Sequence[np.ndarray], slice_names: Sequence[str],
+                     budgets: Sequence[int] = BUDGETS, k: int = 10) -> pd.DataFrame:
+    """The honest scorecard: a method is scored on the groups it flags, in the order it lists
+    them. Per planted slice: ``first hit``, the 1-based rank of the first group that identifies
+    it (P@k >= IDENTIFIED; NaN when none does), and ``within <b>`` for each budget b, whether
+    that rank is at most b. ``rankings`` are the flagged groups in list order (each its rows,
+    best first); ``truth`` is (N, slices) bool."""
+    truth = np.asarray(truth, dtype=bool)
+    if truth.ndim != 2 or truth.shape[1] != len(slice_names):
+        raise InputError(f"truth must be (images, {len(slice_names)}) booleans, one column per slice; got {truth.shape}: pass the slice_* columns.")
+    hits = precision_matrix(truth, list(rankings), k) >= IDENTIFIED - 1e-9 if len(rankings) else np.zeros((truth.shape[1], 0), dtype=bool)
+    rows = []
+    for s, name in enumerate(slice_names):
+        found = np.flatnonzero(hits[s])
+        first = float(found[0] + 1) if found.size else float("nan")
+        rows.append({"slice": name, "first hit": first, **{f"within {b}": bool(found.size and found[0] < b) for b in budgets}})
+    return pd.DataFrame(rows, columns=["slice", "first hit", *[f"within {b}" for b in budgets]])
+
+
+def flagged_scorecard(truth: np.ndarray, rankings: Sequence[np.ndarray], slice_names: Sequence[str],
+                      group_names: Sequence[str], members: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+    """Domino's scorecard of the groups a method flags, with the honest columns first: per
+    slice, ``first hit`` (the rank of the first flagged group that identifies it) and ``within
+    5`` / ``within 10``, then the best flagged group's measures (``best group``, P@k, recall,
+    AUROC), the secondary figure: the best of a list credits groups a user may never reach."""
+    card = domino_scorecard(truth, rankings, slice_names, group_names, members=members)
+    budget = budget_scorecard(truth, rankings, slice_names)
+    card = card.merge(budget, on="slice", how="left", sort=False)
+    first = ["slice", "images", *[c for c in budget.columns if c != "slice"]]
+    return card[first + [c for c in card.columns if c not in first]]

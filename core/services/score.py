@@ -17,7 +17,7 @@ import pandas as pd
 
 from core.errors import DataError
 from core.methods.records import scored_methods
-from core.scoring.scorecard import baseline_groups, domino_scorecard
+from core.scoring.scorecard import BUDGETS, baseline_groups, flagged_scorecard
 from core.scoring.significance import group_tests
 from core.services.runs import groups_on_store, held_out_on_store
 from core.store.read import Store
@@ -63,7 +63,7 @@ def score_store(store: Store, methods: Sequence[str] | None = None) -> dict[str,
     runs = {m: groups_on_store(records[m], store, meta) for m in methods}
     runs[BASELINE] = baseline_groups(meta)
     for method, (names, rankings, members) in runs.items():
-        card = domino_scorecard(truth, rankings, slices, names, members=members)
+        card = flagged_scorecard(truth, rankings, slices, names, members=members)
         cards.append(card.assign(method=method))
         if method != BASELINE:
             table = group_tests(meta["correct"].to_numpy(dtype=bool), members, names)
@@ -85,6 +85,12 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         for key, column in (("p10", "P@10"), ("p100", "P@100"), ("recall", "recall"), ("auroc", "AUROC")):
             value = row[column]
             out[f"{row['method']}_{row['slice']}_{key}"] = None if value != value else round(float(value), 3)
+    for method, card in result["table"].groupby("method", sort=False):
+        for row in card.to_dict("records"):
+            first = row["first hit"]
+            out[f"{method}_{row['slice']}_first_hit"] = None if first != first else int(first)
+        for budget in BUDGETS:
+            out[f"{method}_first{budget}_identified"] = int(card[f"within {budget}"].sum())
     out["methods_beat_baseline"] = len(result["beats_baseline"])
     out["slices_beaten"] = result["beats_baseline"]
     out["significance"] = result["significance"]

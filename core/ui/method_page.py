@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.scoring.scorecard import baseline_groups, compare_with_baseline, domino_scorecard
+from core.scoring.scorecard import baseline_groups, compare_with_baseline, flagged_scorecard
 from core.scoring.significance import HELD_OUT_SHOWN, group_tests
 from core.store.read import Store
 from core.ui import cache, image_detail
@@ -160,6 +160,9 @@ def scorecard_section(
                         missing="no members to count (the groups are rankings only) or the slice is empty."),
         "AUROC": Shown("number", 2, help="How well the best group's score separates the slice from the rest (0.5 = chance).",
                        missing="undefined: the slice holds every image or none."),
+        "first hit": Shown("number", 0, help="The place, in the order listed, of the first group that identifies the slice "
+                                             "(P@10 ≥ 0.8): how far a reader goes before finding it.",
+                           missing="no listed group identifies the slice."),
     }
     st.markdown("**This method**")
     table(card, columns, hide_index=True, column_config=bar)
@@ -170,7 +173,9 @@ def scorecard_section(
         "The method beats the baseline by ≥ 0.3 in P@10 on: " + ", ".join(beaten) + "." if beaten else
          "The method beats the baseline by ≥ 0.3 in P@10 on no slice: what it found, the confusion matrix already shows."
     )
-    how_to_read(how + " P@25 and P@100 rank deeper into the same group; recall is the share of the slice the group "
+    how_to_read("First hit: the place, in the order the page lists the groups, of the first group that identifies the "
+                "slice; within 5 / 10: whether a reader of the first 5 / 10 groups meets it (the baseline's list is its "
+                "cells, largest first). The best group's measures follow: " + how + " P@25 and P@100 rank deeper into the same group; recall is the share of the slice the group "
                 "holds; AUROC how well the group's score separates the slice from the rest (0.5 = chance).")
 
 
@@ -229,7 +234,7 @@ def _baseline(store: Store) -> tuple[list[str], list[np.ndarray], pd.DataFrame]:
     truth = meta[store.slice_columns].to_numpy(dtype=bool)
     names, cells, members = baseline_groups(meta)
     slices = [c.removeprefix("slice_") for c in store.slice_columns]
-    return names, cells, domino_scorecard(truth, cells, slices, names, members=members)
+    return names, cells, flagged_scorecard(truth, cells, slices, names, members=members)
 
 
 @st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
@@ -242,7 +247,7 @@ def _scorecards(
     truth = meta[store.slice_columns].to_numpy(dtype=bool)
     slices = [c.removeprefix("slice_") for c in store.slice_columns]
     names, cells, base = _baseline(store)
-    card = domino_scorecard(truth, rankings, slices, group_names, members=members)
+    card = flagged_scorecard(truth, rankings, slices, group_names, members=members)
     return card, base, compare_with_baseline(truth, rankings, cells, slices, group_names, names)
 
 

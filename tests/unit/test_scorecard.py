@@ -163,3 +163,29 @@ def test_compare_with_baseline():
     # 0.7 against 0.4 is a 0.3 margin despite floating point
     seven = np.r_[np.arange(30, 37), np.arange(50, 53)]
     assert compare_with_baseline(truth[:, 1:], [seven], rankings)["beats_baseline"].iat[0]
+
+
+def test_a_method_is_scored_on_its_list_in_order_with_a_budget():
+    """Issue 24's honest scorecard by hand: slice a is identified by the 7th group listed only
+    (outside a budget of 5, inside 10), slice b by the 2nd, slice c by none; a group later in
+    the list that also identifies b does not change its first hit."""
+    from core.scoring.scorecard import budget_scorecard, flagged_scorecard
+
+    truth = np.zeros((200, 3), dtype=bool)
+    truth[:20, 0] = truth[100:110, 1] = truth[150:160, 2] = True
+    noise = [np.arange(40 + 10 * i, 50 + 10 * i) for i in range(5)]  # groups of no slice
+    rankings = [noise[0], np.arange(100, 110), *noise[1:], np.arange(0, 20), np.arange(100, 110)]
+    card = budget_scorecard(truth, rankings, ["a", "b", "c"])
+    assert card["first hit"].tolist()[:2] == [7.0, 2.0] and np.isnan(card["first hit"].iloc[2])
+    assert card["within 5"].tolist() == [False, True, False]
+    assert card["within 10"].tolist() == [True, True, False]
+    assert budget_scorecard(truth, [], ["a", "b", "c"])["within 10"].tolist() == [False] * 3
+    # P@10 of 0.8 counts, 0.7 does not
+    almost = np.r_[np.arange(150, 157), np.arange(40, 43)]
+    assert budget_scorecard(truth, [almost], ["a", "b", "c"])["first hit"].isna().all()
+    enough = np.r_[np.arange(150, 158), np.arange(40, 42)]
+    assert budget_scorecard(truth, [enough], ["a", "b", "c"])["first hit"].tolist()[2] == 1.0
+    # the flagged scorecard puts the honest columns first, then the best group's measures
+    full = flagged_scorecard(truth, rankings, ["a", "b", "c"], [f"g{i}" for i in range(len(rankings))], members=rankings)
+    assert list(full.columns[:5]) == ["slice", "images", "first hit", "within 5", "within 10"]
+    assert full.set_index("slice").loc["a", "best group"] == "g6"

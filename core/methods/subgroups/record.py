@@ -23,9 +23,10 @@ def udis_on_rows(fitted: UDIS, scope: np.ndarray, n: int) -> UDIS:
 
 
 def udis_groups(fitted: UDIS, meta: pd.DataFrame) -> Groups:
-    """The groups a UDIS run flags: every cluster, its members ranked by loss."""
+    """The groups a UDIS run flags, as the Subgroups page lists them: its under-performing
+    subgroups at VisCUIT's threshold, worst first, each with its members ranked by loss."""
     losses = meta["loss"].to_numpy()
-    ids = [int(g) for g in fitted.subgroups_["subgroup"]]
+    ids = [int(g) for g in fitted.under_performing(VISCUIT_THRESHOLD)["subgroup"]]
     members = [fitted.rows(g) for g in ids]
     return [f"subgroup {g}" for g in ids], loss_rankings(members, losses), members
 
