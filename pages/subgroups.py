@@ -37,7 +37,7 @@ st.caption(
     "UDIS clusters the images by the model's last hidden layer (Ward, cut by silhouette score) and "
     "lists the clusters whose accuracy is far below the overall accuracy; VisCUIT then shows, for "
     "one of them and its most similar well-performing cluster, where the model looks (Grad-CAM) and "
-    "which neurons and image concepts drive it (Park et al., *VisCUIT*; Krishnakumar et al., *UDIS*)."
+    "which neurons and image concepts drive it (Lee, Wang, Hoffman & Chau, *VisCUIT*, CVPR 2022 workshop; Krishnakumar et al., *UDIS*)."
 )
 scope_name, scope_rows = subset_view.scope_select(ctx, PAGE)  # all images, or a saved subset's
 compare_name, compare_rows = subset_view.compare_select(ctx, PAGE)  # a subset to compare with the rest

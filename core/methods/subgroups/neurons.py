@@ -1,4 +1,4 @@
-"""VisCUIT's neuron activation panel (Park et al., 2022, section 3.3): which neurons a
+"""VisCUIT's neuron activation panel (Lee, Wang, Hoffman & Chau, 2022, section 3.3): which neurons a
 subgroup activates, the image concepts behind a neuron, and neurons that share a concept.
 
 - Highly activated neurons (Summit's rule, ``NeuronSelector``): per image and layer, each
