@@ -46,7 +46,7 @@ representations = list(store.representations())  # the embedding first, then lay
 last = st.session_state.get(RUN_KEY)
 default_pct = 100 * default_size(n)
 defaults = {"representation": view.EMBEDDING, "size": default_pct, "n_spotlights": 5, "steps": 1000, "kernel": KERNELS[0],
-            "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2}
+            "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2, "seed": 0}
 remember_settings(PAGE, defaults, last and {**last["params"], "representation": last["representation"],
                                             "size": 100 * last["params"]["size"], "pca": last["params"]["pca"] or 0})
 if st.session_state[state_key(PAGE, "representation")] not in representations:  # another workspace, or a rebuilt store
@@ -64,11 +64,15 @@ with st.form("spotlight_controls"):
     )
     count = int(c3.number_input("Spotlights", 1, 10, key=state_key(PAGE, "n_spotlights"), help="Found in sequence; each next one ignores losses already covered."))
     steps = int(c4.number_input("Steps", 50, 5000, step=50, key=state_key(PAGE, "steps"), help="Adam steps per spotlight (the paper: 1000-5000)."))
-    c5, c6, c7, c8 = st.columns(4)
+    c5, c6, c7, c8, c9 = st.columns(5)
     kernel = c5.selectbox("Kernel", KERNELS, key=state_key(PAGE, "kernel"), help="Gaussian exp(-d²/2) as in the paper, or compact max(1 - d², 0).")
     precision = c6.selectbox("Precision", PRECISIONS, key=state_key(PAGE, "precision"), help="Spherical c·I as in the paper, or one precision per dimension (slow on wide layers: add PCA).")
     pca = int(c7.number_input("PCA components (0 = off)", 0, 4096, key=state_key(PAGE, "pca"), help="Project the representation on its top components first."))
     lr = float(c8.number_input("Learning rate", 1e-4, 1.0, format="%.4f", key=state_key(PAGE, "lr"), help="Adam; halved each time the objective plateaus."))
+    seed = int(c9.number_input("Seed", 0, 10_000, key=state_key(PAGE, "seed"),
+                               help="Seeds the high-loss starts and the principal directions; the same store and settings "
+                                    "give the same spotlights on this server. On another machine the gradient search "
+                                    "may round differently and move a later spotlight."))
     submitted = st.form_submit_button("Run", type="primary")
 st.caption(
     f"Default S here: {default_pct:g}% = {round(default_pct * n / 100):,} of {n:,} images. It is the paper's 2%, raised to "
@@ -80,7 +84,7 @@ if submitted:
         "representation": representation,
         # S as a fraction of the images: the estimator turns it into a count
         "params": {"size": size_pct / 100, "n_spotlights": count, "kernel": kernel, "precision": precision,
-                   "steps": steps, "lr": lr, "pca": pca or None},
+                   "steps": steps, "lr": lr, "pca": pca or None, "seed": seed},
     }
 run = st.session_state.get(RUN_KEY)
 if run is None:

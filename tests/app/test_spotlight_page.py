@@ -149,3 +149,22 @@ def test_held_out_on_too_few_images_is_a_clear_error(tmp_path, tiny_files, monke
     [b for b in at.button if b.label == "Confirm on a held-out half"][0].click().run()
     no_exception(at)
     assert any("at least 40 images" in e.value and "has 30" in e.value for e in at.error)
+
+
+def test_the_seed_option_reaches_the_search(app, monkeypatch):
+    """The README lists a seed among the page's options: it is a widget, and the search gets it."""
+    from core.methods import Spotlight
+
+    seeds: list[int] = []
+    real = Spotlight.fit
+
+    def spy(self, *args, **kwargs):
+        seeds.append(self.seed)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Spotlight, "fit", spy)
+    at = open_spotlight(build_tiny(app))
+    at.number_input(key="spotlight.seed").set_value(7)
+    run_spotlights(at, 1, size=10.0)
+    assert seeds == [7]
+    assert at.number_input(key="spotlight.seed").value == 7  # kept with the run's settings
