@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods import LinearProbes, map_scale, nap_similarity
-from core.methods.intersectional.features import MODES, default_probe_layers
+from core.methods.intersectional.features import MODES, default_probe_layers, probe_layer_options
 from core.methods.intersectional.groups import capped_rows, counts_table
 from core.services import prepare
 from core.services.estimates import (
@@ -106,9 +106,9 @@ how_to_read("each cell is a group (a combination of the variables' values) with 
 
 # --------------------------------------------------------------------------- 2. linear probes
 st.subheader("Linear probes per layer")
-layer_options = default_probe_layers(store, ctx.model)
+layer_options = probe_layer_options(store, ctx.model)  # the default sweep, and the output as the paper's ends
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-chosen = c1.multiselect("Layers", layer_options, default=prepare.default_probe_choice(layer_options, hosted),
+chosen = c1.multiselect("Layers", layer_options, default=prepare.default_probe_choice(default_probe_layers(store, ctx.model), hosted),
                         key=state_key(PAGE, "probe_layers", ctx.key), max_selections=HOSTED_MAX_PROBE_LAYERS if hosted else None)
 mode = c2.radio("Reduce to ≤ 8×8 by", list(MODES), key=state_key(PAGE, "probe_mode"))
 seeds = int(c3.number_input("Seeds", 1, HOSTED_MAX_SEEDS if hosted else 20, prepare.PROBE_SEEDS, key=state_key(PAGE, "probe_seeds"),

@@ -42,8 +42,8 @@ from core.data.datasets import ImageDataset
 from core.errors import BiasLensError, DataError, StoreError
 from core.methods import NAPs, TopographicLayout
 from core.methods.intersectional.features import (
-    EMBEDDING,
     PROBES_DIR,
+    STORED,
     default_probe_layers,
     feature_bytes,
     feature_dims,
@@ -160,7 +160,7 @@ class ProbeRun:
 def probe_run(store: Store, model: LoadedModel, groups: Groups, rows: np.ndarray, layers: Sequence[str], mode: str,
               probes: LinearProbes) -> ProbeRun:
     """The expected cost of ``fit_probes`` with these inputs (nothing is computed)."""
-    saved = [ly for ly in layers if ly != EMBEDDING]
+    saved = [ly for ly in layers if ly not in STORED]
     dims = feature_dims(model, layers, mode=mode)
     seconds = probe_seconds(len(rows), list(dims.values()), groups.n_groups, int(probes.n_seeds), int(probes.epochs),
                             shuffled=bool(probes.shuffled))

@@ -9,7 +9,13 @@ from sklearn.exceptions import NotFittedError
 
 from core.errors import DataError, StoreError
 from core.methods import LinearProbes
-from core.methods.intersectional.features import default_probe_layers, reduced_activations
+from core.methods.intersectional.features import (
+    default_probe_layers,
+    feature_bytes,
+    feature_dims,
+    probe_layer_options,
+    reduced_activations,
+)
 from core.store.build import build_store
 from core.store.pipeline import image_batches
 from tests.support import digits_dataset, tiny_model
@@ -104,6 +110,21 @@ def store(tmp_path_factory, model, dataset):
 
 def test_default_layers(store, model):
     assert default_probe_layers(store, model) == ["input", "block1", "block3", "embedding"]
+    assert probe_layer_options(store, model) == ["input", "block1", "block3", "embedding", "output"]
+
+
+def test_the_sweep_can_end_at_the_output_as_the_papers_does(store, model, dataset):
+    """The output layer (the logits) is read from the store, like the embedding: nothing is written."""
+    rows = np.array([3, 9, 0])
+    widths = feature_dims(model, ["block1", "output"])
+    assert widths["output"] == 10 and feature_bytes(len(rows), widths) == 4 * len(rows) * widths["block1"]
+    out = reduced_activations(store, model, dataset, rows, ["output"])
+    np.testing.assert_allclose(out["output"], np.asarray(store.logits())[rows])
+    logits = np.asarray(store.logits(), dtype=np.float32)
+    margin = logits[:, 0] - logits[:, 1]
+    labels = (margin > np.median(margin)).astype(int)  # two halves a linear read of the logits separates
+    probes = LinearProbes(epochs=60, n_seeds=1).fit({"output": logits}, labels, ["low", "high"])
+    assert probes.summary().set_index("layer").loc["output", "train_accuracy"] > 0.8
 
 
 @pytest.mark.parametrize("mode", ["subsample", "avgpool"])

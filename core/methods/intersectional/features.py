@@ -12,8 +12,9 @@ they belong to, so a rerun reads them instead of recomputing::
         progress.json     while building: how many rows are safely on disk
         .lock             file lock: two processes never build the same arrays
 
-``"input"`` is the normalised image itself, reduced the same way; ``"embedding"`` is read
-from the store (no forward pass). Saved arrays of more layers over the same rows serve any
+``"input"`` is the normalised image itself, reduced the same way; ``"embedding"`` and
+``"output"`` (the logits, which the paper's sweep ends with) are read from the store (no
+forward pass). Saved arrays of more layers over the same rows serve any
 subset of them, so probing fewer layers writes nothing new. ``max_new_bytes`` refuses a
 build that would write more (a hosted visitor's budget, core/services/estimates.py).
 """
@@ -45,6 +46,8 @@ PROBE_VERSION = 1  # bump when the reduction or the file layout changes
 PROBES_DIR = "probes"
 INPUT = "input"
 EMBEDDING = "embedding"
+OUTPUT = "output"  # the logits: the last layer of the paper's sweep
+STORED = (EMBEDDING, OUTPUT)  # read from the store, never written beside it
 MODES = ("subsample", "avgpool")
 CHECKPOINT_SECONDS = 2.0
 
@@ -52,10 +55,16 @@ Progress = Callable[[int, int, str], None]
 
 
 def default_probe_layers(store: Store, model: LoadedModel) -> list[str]:
-    """The paper's layer sweep: the input, the store's conv blocks in network order, the embedding."""
+    """The layers probed by default: the input, the store's conv blocks in network order, the embedding."""
     order = {name: i for i, name in enumerate(dict(model.module.named_modules()))}
     blocks = sorted(store.layers, key=lambda name: order.get(name, len(order)))
     return [INPUT, *blocks, EMBEDDING]
+
+
+def probe_layer_options(store: Store, model: LoadedModel) -> list[str]:
+    """Every layer the probes can read: the default sweep, then the output (the logits), as the
+    paper's sweep ends."""
+    return [*default_probe_layers(store, model), OUTPUT]
 
 
 def reduce_map(a: torch.Tensor, size: int = 8, mode: str = "subsample") -> torch.Tensor:
@@ -125,7 +134,7 @@ def _check(store: Store, model: LoadedModel, rows: np.ndarray, layers: list[str]
     if rows.min() < 0 or rows.max() >= store.n:
         raise DataError(f"Rows must lie in 0..{store.n - 1}; got {rows.min()}..{rows.max()}.")
     modules = dict(model.module.named_modules())
-    unknown = [ly for ly in layers if ly not in (INPUT, EMBEDDING) and (ly == "" or ly not in modules)]
+    unknown = [ly for ly in layers if ly not in (INPUT, *STORED) and (ly == "" or ly not in modules)]
     if unknown:
         raise StoreError(
             f"Layer(s) {', '.join(repr(u) for u in unknown)} do not exist in the model; "
@@ -141,7 +150,7 @@ def feature_dims(model: LoadedModel, layers: Sequence[str], size: int = 8, mode:
     private copy of the model (hooks on the shared model would meet other sessions' passes),
     once per model, layer, size and mode."""
     known = _WIDTHS.setdefault(model.module, {})
-    missing = [ly for ly in layers if ly not in (INPUT, EMBEDDING) and (ly, size, mode) not in known]
+    missing = [ly for ly in layers if ly not in (INPUT, *STORED) and (ly, size, mode) not in known]
     if missing:
         twin = hook_free_copy(model.module)
         modules = dict(twin.named_modules())
@@ -157,15 +166,15 @@ def feature_dims(model: LoadedModel, layers: Sequence[str], size: int = 8, mode:
                 modules[ly].register_forward_hook(record(ly))  # on the private copy, discarded afterwards
         with torch.inference_mode():
             twin(torch.zeros(1, 3, model.input_size, model.input_size, device=model.device))
-    widths = {EMBEDDING: int(model.embedding_dim), INPUT: 3 * min(size, model.input_size) ** 2}
+    widths = {EMBEDDING: int(model.embedding_dim), OUTPUT: int(model.num_classes), INPUT: 3 * min(size, model.input_size) ** 2}
     return {ly: widths[ly] if ly in widths else known[(ly, size, mode)] for ly in layers
             if ly in widths or (ly, size, mode) in known}
 
 
 def feature_bytes(n_rows: int, dims: dict[str, int]) -> int:
-    """Disk bytes of the reduced activations of ``n_rows`` images (the embedding is read from
-    the store, never written)."""
-    return 4 * int(n_rows) * sum(d for ly, d in dims.items() if ly != EMBEDDING)
+    """Disk bytes of the reduced activations of ``n_rows`` images (the embedding and the output
+    are read from the store, never written)."""
+    return 4 * int(n_rows) * sum(d for ly, d in dims.items() if ly not in STORED)
 
 
 def _load(directory: Path, layers: list[str]) -> dict[str, np.ndarray] | None:
@@ -188,7 +197,7 @@ def reduced_dir(store: Store, rows: np.ndarray, layers: Sequence[str], size: int
     embedding aside), or None: the one saved for exactly these layers, else any over the
     same rows, size and mode that holds them all. Nothing is computed."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    wanted = [str(ly) for ly in layers if ly != EMBEDDING]
+    wanted = [str(ly) for ly in layers if ly not in STORED]
     if not wanted:
         return None
     root = store.path / PROBES_DIR
@@ -217,7 +226,7 @@ def find_reduced(store: Store, rows: np.ndarray, layers: Sequence[str], size: in
     """The saved reduced activations of ``rows`` for ``layers`` (the embedding aside), opened
     from ``reduced_dir``, or None."""
     directory = reduced_dir(store, rows, layers, size, mode)
-    return None if directory is None else _load(directory, [str(ly) for ly in layers if ly != EMBEDDING])
+    return None if directory is None else _load(directory, [str(ly) for ly in layers if ly not in STORED])
 
 
 def reduced_activations(
@@ -235,7 +244,7 @@ def reduced_activations(
 ) -> dict[str, np.ndarray]:
     """layer -> (n, C*h*w) float32 reduced activations of the store ``rows`` (in that order).
 
-    ``layers``: module names, ``"input"`` or ``"embedding"`` (None: ``default_probe_layers``).
+    ``layers``: module names, ``"input"``, ``"embedding"`` or ``"output"`` (None: ``default_probe_layers``).
     Computed once by a batched forward pass, checkpointed (an interrupted build resumes)
     and kept under ``<store>/probes/<key>/``; later calls open the saved arrays
     (memory-mapped) without a forward pass, as do calls for fewer layers over the same rows.
@@ -245,7 +254,7 @@ def reduced_activations(
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     layers = default_probe_layers(store, model) if layers is None else [str(ly) for ly in layers]
     _check(store, model, rows, layers, size, mode)
-    saved_layers = [ly for ly in layers if ly != EMBEDDING]
+    saved_layers = [ly for ly in layers if ly not in STORED]
     out: dict[str, np.ndarray] = {}
     if saved_layers:
         key = probe_key(store.fingerprint, rows, saved_layers, size, mode)
@@ -278,6 +287,8 @@ def reduced_activations(
     if EMBEDDING in layers:
         embedding = store.representation(EMBEDDING)
         out[EMBEDDING] = np.asarray(embedding[rows], dtype=np.float32)
+    if OUTPUT in layers:
+        out[OUTPUT] = np.asarray(store.logits()[rows], dtype=np.float32)
     return {ly: out[ly] for ly in layers}
 
 
