@@ -1,6 +1,6 @@
 # The hosted demo, with the same steps as `make serve`: Debian, the Fashion-MNIST package,
 # the pinned install, the demo prepared by the CLI (store, saliency profiles, default probes
-# and layout), then the app in hosted mode.
+# and layout; the control model's store for Compare), then the app in hosted mode.
 #   docker build -t biaslens . && docker run -p 8501:8501 biaslens
 FROM debian:bookworm-slim
 
@@ -19,7 +19,7 @@ COPY .streamlit ./.streamlit
 RUN make setup
 # Prepare everything visitors need and cannot start now, so they only read it.
 ENV BIASLENS_HOSTED=1 BIASLENS_CACHE=/app/cache
-RUN .venv/bin/python -m core prepare demo
+RUN .venv/bin/python -m core prepare demo && .venv/bin/python -m core prepare demo-control --only store
 
 EXPOSE 8501
 CMD ["make", "serve", "ADDRESS=0.0.0.0", "PORT=8501"]

@@ -40,10 +40,12 @@ run: setup
 	$(PY) -m streamlit run app.py --server.port=$(PORT)
 
 # The hosted demo: the CLI prepares what visitors cannot start (the demo's store, saliency
-# profiles, default probes and layout; each step a no-op once done), then the app runs in
-# hosted mode. `make serve ADDRESS=0.0.0.0 PORT=80` to listen publicly.
+# profiles, default probes and layout, and the control model's store for Compare; each step a
+# no-op once done), then the app runs in hosted mode. `make serve ADDRESS=0.0.0.0 PORT=80` to
+# listen publicly.
 serve: setup
 	BIASLENS_HOSTED=1 $(PY) -m core prepare demo
+	BIASLENS_HOSTED=1 $(PY) -m core prepare demo-control --only store
 	BIASLENS_HOSTED=1 $(PY) -m streamlit run app.py $(SERVE_FLAGS)
 
 test: setup browser

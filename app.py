@@ -18,10 +18,11 @@ from core.ui.context import ignore_clear_cache_when_hosted, sidebar_picker, work
 
 _loading.empty()
 
-# The Overview, the Findings and Cohorts, then one page per method, from the methods' records.
+# The Overview, the Findings, Compare and Cohorts, then one page per method, from the methods' records.
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/findings.py", title="Findings", icon=":material/format_list_numbered:"),
+    st.Page("pages/compare.py", title="Compare models", icon=":material/compare_arrows:"),
     st.Page("pages/cohorts.py", title="Cohorts & subsets", icon=":material/filter_alt:"),
     *[st.Page(record.page, title=record.title, icon=record.icon) for record in method_records()],
 ]

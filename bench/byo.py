@@ -45,7 +45,7 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "vit_b_16")
 CLASSES = ("circles", "squares", "stripes", "blobs")
 SIDE = 224
-PAGES = ("Overview", "Findings", "Cohorts & subsets", *(record.title for record in method_records()))
+PAGES = ("Overview", "Findings", "Compare models", "Cohorts & subsets", *(record.title for record in method_records()))
 PAGE_TIMEOUT_MS = 900_000
 
 

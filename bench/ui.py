@@ -52,7 +52,7 @@ BROWSER_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-PAGES = ["Overview", "Findings", "Cohorts & subsets", *[record.title for record in method_records()]]
+PAGES = ["Overview", "Findings", "Compare models", "Cohorts & subsets", *[record.title for record in method_records()]]
 COHORT = "label = 'Sandal' AND marker = 'square'"
 TARGET_S, CAM_TARGET_S = 1.0, 2.0
 # Records every script-state change with the page's clock, across in-app navigation.

@@ -27,7 +27,7 @@ from core.services.workspace import REPO_ROOT, Workspace, WorkspaceList, load_wo
 from core.store.build import build_store
 from core.store.pipeline import StageTimes
 from core.store.ray_source import RaySource  # Ray itself is imported only when --ray is given
-from core.store.read import find_store
+from core.store.read import Store, find_store
 
 if TYPE_CHECKING:
     from core.data.datasets import ImageDataset
@@ -190,6 +190,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _built_store(listing: WorkspaceList, name: str, cache: str | None) -> Store:
+    """A workspace's complete store; StoreError naming the build command when it has none."""
+    ws = _pick(listing, name)
+    store = find_store(ws.name, load_model(ws.model, "cpu", hosted=listing.hosted), build_dataset(ws.dataset),
+                       Path(cache) if cache else None)
+    if store is None:
+        raise StoreError(f"Workspace '{ws.name}' has no complete activation store (never built, or interrupted or damaged): run `python -m core build {ws.name}`.")
+    return store
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Run the discovery methods with their defaults on a workspace with ground truth; print
     each one's scorecard beside the confusion-cell baseline, then a JSON line."""
@@ -198,12 +208,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
     from core.services.score import figures, held_out_tables, score_store
 
-    listing = _workspaces(args)
-    ws = _pick(listing, args.workspace)
-    store = find_store(ws.name, load_model(ws.model, "cpu", hosted=listing.hosted), build_dataset(ws.dataset),
-                       Path(args.cache) if args.cache else None)
-    if store is None:
-        raise StoreError(f"Workspace '{ws.name}' has no complete activation store (never built, or interrupted or damaged): run `python -m core build {ws.name}`.")
+    store = _built_store(_workspaces(args), args.workspace, args.cache)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
     result = score_store(store, methods)
     held_out = {}
@@ -224,6 +229,47 @@ def cmd_score(args: argparse.Namespace) -> int:
             with pd.option_context("display.width", 200, "display.max_columns", 20):
                 print(table[HELD_OUT_SHOWN].to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(table) else "  no groups")
     print(json.dumps(figures(result)))
+    return 0
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    """Pool every discovery source's groups on a workspace's store, test and rank them; print a
+    table (or JSON, or Markdown)."""
+    import json
+
+    # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
+    from core.services.findings import find_failures
+
+    store = _built_store(_workspaces(args), args.workspace, args.cache)
+    report = find_failures(store, with_attributes=not args.without_attributes)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    elif args.markdown:
+        print(report.to_markdown())
+    else:
+        print(report.to_text())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare model B's workspace with model A's on the same images: where did B get worse,
+    and is it real; print a summary (or JSON, or Markdown)."""
+    import json
+
+    # late: scikit-learn (about 1 s to import) stays off --help, list, layers and build
+    from core.services.compare import compare_stores
+
+    listing = _workspaces(args)
+    store_a = _built_store(listing, args.workspace_a, args.cache)
+    store_b = _built_store(listing, args.workspace_b, args.cache)
+    result = compare_stores(store_a, store_b, seed=args.seed, embedding_of=args.embedding,
+                            name_a=args.workspace_a, name_b=args.workspace_b)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif args.markdown:
+        print(result.to_markdown())
+    else:
+        print(result.to_text())
     return 0
 
 
@@ -295,6 +341,27 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--held-out", action="store_true",
                        help="also find each method's groups on a random half and measure them on the other")
     score.set_defaults(func=cmd_score)
+
+    findings = sub.add_parser("findings", help="where does the model fail: every method's groups pooled, tested and ranked (after build)")
+    findings.add_argument("workspace")
+    shown = findings.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    shown.add_argument("--markdown", action="store_true", help="print a Markdown report instead of the table")
+    findings.add_argument("--without-attributes", action="store_true",
+                          help="leave the dataset's attributes out (no SliceLine slices; descriptions by label and prediction)")
+    findings.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    findings.set_defaults(func=cmd_findings)
+
+    compare = sub.add_parser("compare", help="compare two models on the same images: where did B get worse, and is it real (after build)")
+    compare.add_argument("workspace_a", metavar="WS_A", help="the old model's workspace (A)")
+    compare.add_argument("workspace_b", metavar="WS_B", help="the new model's workspace (B), on the same dataset")
+    compared = compare.add_mutually_exclusive_group()
+    compared.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    compared.add_argument("--markdown", action="store_true", help="print a Markdown report instead of the summary")
+    compare.add_argument("--embedding", choices=["B", "A"], default="B", help="search the slices in B's embedding (default) or A's")
+    compare.add_argument("--seed", type=int, default=0, help="the random halves of the held-out check")
+    compare.add_argument("--cache", default=None, help="cache folder (default: $BIASLENS_CACHE or ./cache)")
+    compare.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="the planted-bias demo").add_subparsers(dest="demo_command", required=True)
     train = demo.add_parser("train", help="train the demo CNN on a slices file")

@@ -62,9 +62,9 @@ RUN_ONLY_PARAMS = ("device", "threads", "n_jobs", "num_workers", "batch_size", "
 
 
 def origins() -> tuple[str, ...]:
-    """Where a subset can come from: a cohort, a finding (the Findings page), each registered
+    """Where a subset can come from: a cohort, a finding (the Findings page), a comparison of two models, each registered
     method's origin (core.methods.records), a class, or a hand-picked list."""
-    return ("cohort", "finding", *[r.origin for r in method_records() if r.origin], "class", "manual")
+    return ("cohort", "finding", "comparison", *[r.origin for r in method_records() if r.origin], "class", "manual")
 
 
 def defining_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Workspaces: a model source + a dataset source + options, listed in a TOML file.
 
 The file is ``workspaces.toml`` in the working directory, or the path in the environment
-variable ``BIASLENS_WORKSPACES``. The built-in ``demo`` workspace is always present. A
+variable ``BIASLENS_WORKSPACES``. The built-in ``demo`` and ``demo-control`` workspaces are always present. A
 broken file, or a broken entry in it, never hides the others: problems are collected and
 shown next to the workspace picker and in the CLI.
 
@@ -37,6 +37,7 @@ from typing import NamedTuple
 # the 'demo' model and dataset kinds, which importing core.demo registers.
 import core.demo  # noqa: F401
 from core.data.sources import DatasetSpec
+from core.demo.model import DEFAULT_WEIGHTS
 from core.errors import WorkspaceError
 from core.models.loading import ModelSpec
 from core.services.config import (
@@ -49,6 +50,9 @@ from core.services.config import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_NAME = "demo"
+CONTROL_NAME = "demo-control"
+# The control model: the demo's recipe trained without the plants (core/demo/train.py --control).
+CONTROL_WEIGHTS = DEFAULT_WEIGHTS.parent / "control_cnn.pt"
 # Spec fields that hold file system paths, resolved against the TOML file's folder.
 _MODEL_PATH_FIELDS = ("weights",)
 _DATASET_PATH_FIELDS = ("root", "csv", "slices")
@@ -106,6 +110,28 @@ def demo_workspace() -> Workspace:
         dataset=DatasetSpec(kind="demo", split="test"),
         batch_size=256,
     )
+
+
+def control_workspace() -> Workspace:
+    """The built-in control of the demo: the same CNN recipe trained without the plants, on the
+    same rendered test split, so ``python -m core compare demo-control demo`` shows what the
+    planting broke."""
+    return Workspace(
+        name=CONTROL_NAME,
+        title="Control model (no plants), planted-bias demo data",
+        description=(
+            "The demo CNN's recipe trained on the same images with the planted failure modes removed: "
+            "compare it with the demo to see where the planted model got worse."
+        ),
+        model=ModelSpec(kind="demo", weights=str(CONTROL_WEIGHTS)),
+        dataset=DatasetSpec(kind="demo", split="test"),
+        batch_size=256,
+    )
+
+
+def builtin_workspaces() -> dict[str, Workspace]:
+    """The workspaces that are always present, in the order they are listed: the demo, then its control."""
+    return {DEMO_NAME: demo_workspace(), CONTROL_NAME: control_workspace()}
 
 
 def default_workspaces_file() -> Path:
@@ -191,7 +217,7 @@ def build_workspace(name: str, table: WorkspaceTable, base: Path, hosted: bool) 
 
 
 def load_workspaces(path: Path | None = None) -> WorkspaceList:
-    """Read and validate the workspace file; the demo is always first. Never raises.
+    """Read and validate the workspace file; the demo is always first, its control second. Never raises.
 
     Hosted mode fails closed: a bad ``BIASLENS_HOSTED``, a bad ``[settings]`` table or a
     file that cannot be read turns it on, with the problem reported. Workshop mode fails
@@ -204,7 +230,7 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
     workshop = workshop_from_env()
     passphrase, passphrase_problem = passphrase_from_env()
     result = WorkspaceList(
-        workspaces={DEMO_NAME: demo_workspace()}, hosted=env.on, workshop=workshop.on, passphrase=passphrase,
+        workspaces=builtin_workspaces(), hosted=env.on, workshop=workshop.on, passphrase=passphrase,
     )
     for problem in (env.problem, workshop.problem, passphrase_problem):
         if problem:
@@ -217,7 +243,7 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         result.hosted = result.workshop = True
         result.problems.append(
-            f"{path} is not valid TOML ({exc}); only the demo is available, and hosted and "
+            f"{path} is not valid TOML ({exc}); only the built-in demo workspaces are available, and hosted and "
             "workshop modes are on until the file is fixed."
         )
         return result
@@ -249,8 +275,8 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
         return result
     for name, table in entries.items():
         where = f"{path}: [workspace.{name}]"
-        if name == DEMO_NAME:
-            result.problems.append(f"{where}: the name 'demo' is reserved for the built-in demo.")
+        if name in (DEMO_NAME, CONTROL_NAME):
+            result.problems.append(f"{where}: the name '{name}' is reserved for a built-in workspace: pick another name.")
             continue
         checked, problems = check_workspace(table)
         if checked is None:

@@ -45,9 +45,10 @@ def findings_for(ctx: PageContext, with_attributes: bool) -> FindingsReport:
                              unit=None)
 
 
-def _page_of(source: str) -> str | None:
+def _page_of(source: str) -> tuple[str, str] | None:
+    """(page path, title) of the method page that shows a source's groups, if there is one."""
     name = SOURCE_PAGES.get(source)
-    return next((r.page for r in method_records() if r.name == name), None)
+    return next(((r.page, r.title) for r in method_records() if r.name == name), None)
 
 
 def finding_card(ctx: PageContext, finding: Finding) -> None:
@@ -75,9 +76,9 @@ def finding_card(ctx: PageContext, finding: Finding) -> None:
         if left.button("Open as cohort", icon=":material/filter_alt:", key=state_key(PAGE, "open", ctx.key, finding.rank)):
             cohort_link.open_group(ctx, f"finding {finding.rank}", finding.rows)
         for source in finding.methods:
-            page = _page_of(source)
-            if page:
-                middle.page_link(page, label=f"Open {source}", icon=":material/arrow_forward:")
+            shown = _page_of(source)
+            if shown:
+                middle.page_link(shown[0], label=f"Open {shown[1]}", icon=":material/arrow_forward:")
         with right:
             save_subset_form(ctx, finding.rows, f"finding {finding.rank}: {finding.description}"[:100], ORIGIN,
                              f"finding #{finding.rank} ({', '.join(finding.methods)}): {finding.description}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from core.methods.records import method_records
 
 # Pages that are not a method's (a method's page is its record's name, core.methods.records).
-FIXED_PAGES = ("app", "run", "overview", "findings", "cohorts", "store", "workshop", "detail")
+FIXED_PAGES = ("app", "run", "overview", "findings", "compare", "cohorts", "store", "workshop", "detail")
 
 
 def pages() -> tuple[str, ...]:

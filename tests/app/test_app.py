@@ -86,7 +86,8 @@ def test_invalid_workspace_file_keeps_the_demo(tmp_path, monkeypatch):
     at.session_state["app.workspace"] = "nonexistent"
     at.run()
     assert any("not valid TOML" in w.value for w in at.sidebar.warning)
-    assert at.sidebar.selectbox(key="app.workspace_widget").options == ["Planted-bias demo (Fashion-MNIST)"]
+    assert at.sidebar.selectbox(key="app.workspace_widget").options == [  # the built-in workspaces only
+        "Planted-bias demo (Fashion-MNIST)", "Control model (no plants), planted-bias demo data"]
 
 
 def test_unfit_weights_give_a_clear_error(tmp_path, tiny_files, monkeypatch):

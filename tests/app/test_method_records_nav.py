@@ -12,7 +12,7 @@ from core.methods.records import register_method, unregister_method
 from core.ui.keys import state_key
 from tests.unit.test_method_records import FAKE
 
-METHOD_PAGES = ["Overview", "Findings", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional", "ActiVis"]
+METHOD_PAGES = ["Overview", "Findings", "Compare models", "Cohorts & subsets", "Spotlight", "Subgroups", "Filter saliency", "Intersectional", "ActiVis"]
 
 
 def sidebar_links(at: AppTest) -> list[str]:

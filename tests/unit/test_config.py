@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from core.__main__ import main
 from core.services.config import check_settings, check_workspace
 from core.services.workspace import (
+    CONTROL_NAME,
     DEMO_NAME,
     build_workspace,
     hosted_from_env,
@@ -168,7 +169,7 @@ def test_hosted_environment_variable_fails_closed(monkeypatch, tmp_path, value, 
 
 def test_unreadable_file_fails_closed(tmp_path):
     listing = load_workspaces(write(tmp_path, "[settings\nhosted = false"))
-    assert listing.hosted and list(listing.workspaces) == [DEMO_NAME]
+    assert listing.hosted and list(listing.workspaces) == [DEMO_NAME, CONTROL_NAME]  # the built-in ones only
     assert listing.workshop  # the ground truth stays hidden too
 
 

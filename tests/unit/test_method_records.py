@@ -75,7 +75,7 @@ def test_every_method_page_has_a_record_in_navigation_order():
     assert [r.name for r in method_records()] == ["spotlight", "subgroups", "saliency", "intersectional", "activis"]
     for record in method_records():
         assert (REPO / record.page).exists(), record.page
-    assert subsets.origins() == ("cohort", "finding", "spotlight", "subgroup", "saliency", "activis", "class", "manual")
+    assert subsets.origins() == ("cohort", "finding", "comparison", "spotlight", "subgroup", "saliency", "activis", "class", "manual")
     assert score.method_names() == ("spotlight", "udis")
     assert [s.key for s in workshop.steps()] == ["overview", "spotlight-run", "spotlight-lift", "cohort", "grad-cam", "check"]
 

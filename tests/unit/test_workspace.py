@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from core.services.workspace import DEMO_NAME, load_workspaces
+from core.services.workspace import CONTROL_NAME, CONTROL_WEIGHTS, DEMO_NAME, load_workspaces
+
+BUILTIN = [DEMO_NAME, CONTROL_NAME]  # always present, in this order
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -13,7 +15,16 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_missing_file_gives_demo_only(tmp_path):
     listing = load_workspaces(tmp_path / "none.toml")
-    assert list(listing.workspaces) == [DEMO_NAME] and not listing.problems
+    assert list(listing.workspaces) == BUILTIN and not listing.problems
+
+
+def test_the_control_workspace_is_the_demo_data_with_the_control_weights(tmp_path):
+    listing = load_workspaces(tmp_path / "none.toml")
+    demo, control = listing.workspaces[DEMO_NAME], listing.workspaces[CONTROL_NAME]
+    assert control.dataset == demo.dataset and control.is_demo
+    assert control.model.kind == "demo" and control.model.weights == str(CONTROL_WEIGHTS)
+    assert CONTROL_WEIGHTS.is_file() and CONTROL_WEIGHTS.with_suffix(".json").is_file()  # committed beside the demo's
+    assert control.key() != demo.key()
 
 
 def test_valid_entry_and_relative_paths(tmp_path):
@@ -39,7 +50,7 @@ dataset = { kind = "imagefolder", root = "images" }
 
 def test_invalid_toml_keeps_demo(tmp_path):
     listing = load_workspaces(write(tmp_path, "[workspace.x\nkind = 1"))
-    assert list(listing.workspaces) == [DEMO_NAME]
+    assert list(listing.workspaces) == BUILTIN
     assert "not valid TOML" in listing.problems[0]
 
 
@@ -63,6 +74,10 @@ dataset = { kind = "demo" }
 model = { kind = "demo" }
 dataset = { kind = "demo" }
 
+[workspace.demo-control]
+model = { kind = "demo" }
+dataset = { kind = "demo" }
+
 [workspace.ok]
 model = { kind = "demo" }
 dataset = { kind = "demo", split = "train" }
@@ -73,8 +88,8 @@ dataset = { kind = "demo", split = "train" }
     assert "arh" in text and "[workspace.typo]" in text
     assert "[workspace.nodata] dataset: this key is required" in text
     assert "batch_size" in text
-    assert "reserved" in text
-    assert set(listing.workspaces) == {DEMO_NAME, "ok"}
+    assert "'demo' is reserved" in text and "'demo-control' is reserved" in text
+    assert set(listing.workspaces) == {DEMO_NAME, CONTROL_NAME, "ok"}
 
 
 def test_hosted_mode_refuses_entry_points(tmp_path, monkeypatch):
