@@ -25,9 +25,11 @@ if ground_truth_hidden():  # workshop mode: a planted model against its control 
     hidden_notice("The Compare page")
     st.stop()
 listing = workspace_list()
-others = [w for name, w in listing.workspaces.items() if name != ctx.workspace.name]
+# only the workspaces on the same images can be compared: those whose dataset is this one's
+others = [w for name, w in listing.workspaces.items() if name != ctx.workspace.name and w.dataset == ctx.workspace.dataset]
 if not others:
-    st.info("There is no other workspace to compare with: register the other model's workspace on the same images.")
+    st.info("No other workspace uses this workspace's images. To compare two models, register the other model in the "
+            "workspace file with the same `dataset` table (see \"Bring your own model and data\"), then pick it here.")
     st.stop()
 c1, c2 = st.columns([3, 1])
 titles = [w.title for w in others]

@@ -5,12 +5,14 @@ without a store says how to build it; students in workshop mode do not see it.""
 from __future__ import annotations
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from core.data.sources import build_dataset
 from core.models.loading import load_model
 from core.services.workspace import control_workspace
 from core.store.build import build_store
 from core.store.read import find_store
+from tests.app.conftest import write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_workshop_page import assert_hidden, workshop_app  # noqa: F401  (a fixture)
 
@@ -53,10 +55,27 @@ def test_the_planted_demo_against_its_control(demo_app, control_store):
     assert any(o.startswith("regressed in B: ") for o in next(s for s in at.selectbox if s.label == "Open subset").options)
 
 
-def test_a_model_a_without_a_store_says_how_to_build_it(app):
-    at = build_tiny(app)
+def test_model_a_must_be_on_the_same_images_and_built(app, tmp_path, tiny_files, monkeypatch):
+    at = build_tiny(app)  # the tiny CSV workspace; the other one reads the same images from a folder
     at.switch_page(PAGE).run()
     no_exception(at)
+    assert any("No other workspace uses this workspace's images" in i.value for i in at.info)
+    # a second model registered on the same dataset, its store not built yet
+    model = ('{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", input_size = 16, '
+             'mean = [0.4, 0.4, 0.4], std = [0.5, 0.5, 0.5] }')
+    extra = f'''
+[workspace.tiny-b]
+title = "Tiny digits, model B"
+model = {model}
+dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
+'''
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    at = AppTest.from_file(app._script_path, default_timeout=240)
+    at.session_state["app.workspace"] = "tiny"
+    at.run()
+    at.switch_page(PAGE).run()
+    no_exception(at)
+    assert next(s for s in at.selectbox if s.label == "Model A (compare with)").value == "Tiny digits, model B"
     assert any("has no complete activation store yet" in i.value for i in at.info)
 
 
