@@ -13,7 +13,7 @@ from core.ui.workshop import ground_truth_hidden, hidden_notice
 
 PAGE = view.PAGE
 ctx = page_context()  # B: the workspace chosen in the sidebar
-st.title("Compare two models")
+st.title("Compare models")
 st.caption(
     f"Model B is this workspace's ({ctx.workspace.title}); pick model A, an older checkpoint or another model on the same "
     "images. Both accuracies are compared image by image (McNemar's exact test); per class, attribute value and saved "
