@@ -86,3 +86,11 @@ def slice_accuracy(meta: pd.DataFrame, slice_columns: list[str]) -> pd.DataFrame
             }
         )
     return pd.DataFrame(rows, columns=["slice", "n", "accuracy", "low", "high", "gap"])
+
+
+def wilson(k: int, n: int) -> tuple[float, float, float]:
+    """Accuracy k / n with its 95% Wilson score interval (NaN for n = 0)."""
+    if n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(0.95, method="wilson")
+    return k / n, float(ci.low), float(ci.high)

@@ -47,6 +47,7 @@ from core.methods.spotlight.search import Spotlight, SpotlightError
 from core.methods.subgroups.udis import MIN_IMAGES as UDIS_MIN
 from core.methods.subgroups.udis import UDIS, SubgroupError
 from core.scoring.significance import ALPHA, benjamini_hochberg
+from core.scoring.stats import wilson
 from core.services.subsets import SubsetRegistry
 from core.store.read import Store
 
@@ -94,14 +95,6 @@ def paired_difference(b: int, c: int, n: int) -> tuple[float, float, float]:
     centre = pc - pb
     half = Z95 * math.sqrt(max(pb + pc - centre**2, 0.0) / (n + 2))
     return diff, max(-1.0, centre - half), min(1.0, centre + half)
-
-
-def wilson(k: int, n: int) -> tuple[float, float, float]:
-    """Accuracy k / n with its 95% Wilson score interval (NaN for n = 0)."""
-    if n <= 0:
-        return float("nan"), float("nan"), float("nan")
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(0.95, method="wilson")
-    return k / n, float(ci.low), float(ci.high)
 
 
 def paired_table(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, int]:

@@ -39,7 +39,7 @@ from core.methods.spotlight.record import page_spotlight
 from core.methods.subgroups.udis import UDIS, VISCUIT_THRESHOLD
 from core.scoring.scorecard import baseline_groups, top_loss_rows
 from core.scoring.significance import ALPHA, group_tests
-from core.scoring.stats import binary_bootstrap_ci
+from core.scoring.stats import wilson
 from core.services.runs import fit_on_store
 
 SOURCES = ("spotlight", "udis", "saliency", "confusion", "sliceline")
@@ -512,7 +512,8 @@ def _ranked(pooled: list[_Candidate], correct: np.ndarray, losses: np.ndarray, h
     accuracy = right / np.maximum(size, 1)
     rest = np.where(rest_n > 0, rest_k / np.maximum(rest_n, 1), np.nan)
     excess = size * (rest - accuracy)
-    low, high = binary_bootstrap_ci(right, size)
+    # Wilson's interval: a group with no (or only) errors still gets an interval worth reading
+    low, high = (np.array(bounds) for bounds in zip(*[wilson(k, m)[1:] for k, m in zip(right, size, strict=True)], strict=True))
     worse = tests["gap"].to_numpy() < 0
     significant = (tests["q"].to_numpy() < ALPHA) & worse
     impact = sure_gap(tests)

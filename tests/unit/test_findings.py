@@ -209,3 +209,15 @@ def test_halves_match_split_half_and_describe():
     values = pd.DataFrame({"label": ["x", "x", "y", "y"], "marker": ["s", "n", "s", "s"]})
     text, p, r, rule = F.describe(np.array([True, False, False, False]), values, ["label", "marker"])
     assert rule == {"label": "x", "marker": "s"} and p == 1.0 and r == 1.0
+
+
+def test_a_group_with_every_image_wrong_still_has_an_interval_worth_reading():
+    """Wilson's interval, not a bootstrap's: 40 of 40 wrong reads 0% with 95% 0.0 – 8.8%, not 0.0 – 0.0%."""
+    n = 1000
+    correct = np.ones(n, dtype=bool)
+    correct[:40] = False
+    (group,) = _masks(n, (0, 40))
+    (found,) = _ranked(_candidates([group], ["udis"]), correct, np.zeros(n), None,
+                       pd.DataFrame({"label": ["a"] * n, "pred": ["a"] * n}), ["label", "pred"], False)
+    assert found.accuracy == 0 and found.accuracy_low == 0
+    assert found.accuracy_high == pytest.approx(0.0876, abs=1e-3)  # 1.96² / (40 + 1.96²)
