@@ -17,7 +17,7 @@ ENTRY = {"origin": "manual", "created": "2026-01-01T00:00:00Z"}
 DAMAGED = [
     {"name": "hand edited", "origin": "manual", "rows": [1]},  # no creation time
     {**ENTRY, "name": "past the end", "rows": [1, 2, 999]},  # rows beyond the store's 30
-    {**ENTRY, "name": "from a newer version", "origin": "finding", "rows": [4], "confidence": 0.9},
+    {**ENTRY, "name": "from a newer version", "origin": "a-later-page", "rows": [4], "confidence": 0.9},
     {**ENTRY, "name": "ok", "rows": [7, 8], "note": "the second 'ok'"},  # a duplicate name
     {**ENTRY, "name": "All images", "rows": [5]},  # a reserved name
     "not even an entry",
