@@ -17,22 +17,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def demo_parts():
-    """(model, dataset, store) of the demo workspace; the store is built first if missing."""
+def workspace_parts(workspace):
+    """(model, dataset, store) of a workspace; the store is built first if missing."""
     from core.data.sources import build_dataset
     from core.models.loading import load_model
-    from core.services.workspace import demo_workspace
     from core.store.build import build_store
     from core.store.read import find_store
 
-    workspace = demo_workspace()
     model = load_model(workspace.model, None)
     dataset = build_dataset(workspace.dataset)
     store = find_store(workspace.name, model, dataset)
     if store is None:
-        print("Building the demo store...")
+        print(f"Building the {workspace.name} store...")
         store = build_store(workspace.name, model, dataset, batch_size=workspace.batch_size)
     return model, dataset, store
+
+
+def demo_parts():
+    """(model, dataset, store) of the demo workspace; the store is built first if missing."""
+    from core.services.workspace import demo_workspace
+
+    return workspace_parts(demo_workspace())
 
 
 def machine_figures(device: str) -> dict:

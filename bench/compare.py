@@ -35,16 +35,12 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.common import demo_parts, machine_figures  # noqa: E402
-from core.data.sources import build_dataset  # noqa: E402
+from bench.common import demo_parts, machine_figures, workspace_parts  # noqa: E402
 from core.methods import Spotlight  # noqa: E402
 from core.methods.spotlight.record import default_size  # noqa: E402
-from core.models.loading import load_model  # noqa: E402
 from core.scoring.scorecard import baseline_groups, budget_scorecard, confusion_cell_groups  # noqa: E402
 from core.services.compare import PairedData, compare, compare_stores, paired_from_stores  # noqa: E402
 from core.services.workspace import control_workspace  # noqa: E402
-from core.store.build import build_store  # noqa: E402
-from core.store.read import find_store  # noqa: E402
 
 NULL_RUNS, NULL_N, NULL_STEPS = 100, 2000, 200
 TARGETS = {"null_false_alarm_rate": 0.07, "regressions_first5_identified": 3}
@@ -52,14 +48,7 @@ TARGETS = {"null_false_alarm_rate": 0.07, "regressions_first5_identified": 3}
 
 def control_store():
     """The control workspace's store, built first if missing."""
-    workspace = control_workspace()
-    model = load_model(workspace.model, None)
-    dataset = build_dataset(workspace.dataset)
-    store = find_store(workspace.name, model, dataset)
-    if store is None:
-        print("Building the control store...")
-        store = build_store(workspace.name, model, dataset, batch_size=workspace.batch_size)
-    return store
+    return workspace_parts(control_workspace())[2]
 
 
 def identified(truth: np.ndarray, rankings: list[np.ndarray], names: list[str]) -> tuple[int, int, dict[str, float]]:
