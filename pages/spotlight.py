@@ -119,6 +119,9 @@ if result.size_ < MIN_SPOTLIGHT_TOP:
            f"With {result.n_images_:,} images a larger S would cover more than a quarter of them: read the intervals as rough."),
         icon=":material/warning:",
     )
+order = view.evidence_for(store, result, run, scope_rows)
+listed = [result.spotlights_[int(p)] for p in order["position"]]  # the page's order: by evidence
+names = [f"Spotlight {fit.index + 1}" for fit in listed]
 detail = (f"{view.representation_label(store, representation)}, S = {result.size_:,}, "
           f"{params['kernel']} kernel, {params['precision']} precision"
           + (f", scope: subset '{scope_name}' ({len(scope_rows):,} images)" if scope_name else ""))
@@ -131,8 +134,12 @@ st.caption(
     + (f"; PCA keeps {percent(result.explained_variance_)} of the variance" if result.explained_variance_ is not None else "")
     + ". " + " ".join(result.notes_)
 )
+found = summary(result, meta["correct"].to_numpy()).set_index("spotlight").loc[[fit.index + 1 for fit in listed]].reset_index()
+found["q"] = order["q"].to_numpy()
+found["excess errors"] = order["excess errors"].to_numpy()
+found["same as"] = [name.capitalize() for name in order["same as"]]
 table(
-    summary(result, meta["correct"].to_numpy()),
+    found,
     {
         "mean loss": Shown("number", 3, label="weighted mean loss"),
         "loss ratio": Shown("number", 2, label="× dataset mean loss", missing="the dataset's mean loss is 0."),
@@ -140,11 +147,19 @@ table(
         "top-S accuracy": Shown("percent", label=f"accuracy of top {result.size_:,}"),
         "low": Shown("percent", label="95% low", help="Bootstrap interval of the top-S accuracy."),
         "high": Shown("percent", label="95% high", help="Bootstrap interval of the top-S accuracy."),
+        "q": Shown("general", 2, help="Fisher's exact test of the top S against the rest, Benjamini-Hochberg over the spotlights."),
+        "excess errors": Shown("number", 0, help="Top-S size × (the rest's accuracy − the top S's): the errors it holds "
+                                                 "beyond what the rest's error rate predicts."),
     },
     hide_index=True,
+    column_config={"same as": st.column_config.TextColumn(
+        help="A spotlight sharing half its top S with one listed above it (Jaccard ≥ 0.5): the same failure.")},
 )
 how_to_read(
-    f"each row is a spotlight in the order found. The dataset's mean loss is {result.mean_loss_:.3f} and its "
+    "each row is a spotlight (numbered in the order the search found them), listed by evidence: those whose top S is "
+    "significantly less accurate than the rest (q < 0.05) first, by excess errors, and a spotlight repeating one above "
+    "it last (same as). "
+    f" The dataset's mean loss is {result.mean_loss_:.3f} and its "
     f"accuracy {percent(meta['correct'].mean())}: a good spotlight has a loss ratio well above 1 and a low top-S accuracy."
 )
 c1, c2 = st.columns([3, 1])
@@ -161,22 +176,20 @@ with c2:
 
 if compare_name:
     subset_view.compare_panel(meta, compare_name, compare_rows,
-                              {f"Spotlight {fit.index + 1}": fit.top_rows(result.size_) for fit in result.spotlights_},
+                              {f"Spotlight {fit.index + 1}": fit.top_rows(result.size_) for fit in listed},
                               f"spotlight (its top S = {result.size_:,} images by weight)")
 
 # --------------------------------------------------------------------------- significance and planted slices
-significance_section(store, [fit.top_rows(result.size_) for fit in result.spotlights_],
-                     [f"Spotlight {fit.index + 1}" for fit in result.spotlights_], "spotlights (each its top S images)",
+significance_section(store, [fit.top_rows(result.size_) for fit in listed], names, "spotlights (each its top S images)",
                      held_out=view.held_out_for(store, representation, Spotlight(**params), scope_rows))
 scorecard_section(
-    store, [fit.weights for fit in result.spotlights_], [f"Spotlight {fit.index + 1}" for fit in result.spotlights_],
+    store, [fit.weights for fit in listed], names,
     "for each planted slice, the spotlight whose 10 highest-weighted images contain the most slice "
     f"members; P@10 is that share. A slice counts as identified at P@10 ≥ 0.8. Recall counts the spotlight's top S = {result.size_:,}.",
-    members=[fit.top_rows(result.size_) for fit in result.spotlights_],
+    members=[fit.top_rows(result.size_) for fit in listed],
 )
 
 # --------------------------------------------------------------------------- each spotlight, and the paper's baselines
-names = [f"Spotlight {fit.index + 1}" for fit in result.spotlights_]
 panels = [*names, "Highest loss", "Random sample"]
 PANEL = state_key(PAGE, "panel")
 if st.session_state.get(PANEL) not in panels:  # a run with fewer spotlights
@@ -185,7 +198,7 @@ if st.session_state.get(PANEL) not in panels:  # a run with fewer spotlights
 # them on each rerun made the page slow for the server and the browser alike.
 shown_panel = st.segmented_control("Show", panels, key=PANEL, help="Each spotlight, or the paper's two baselines.") or names[0]
 if shown_panel in names:
-    view.spotlight_panel(ctx, meta, result, result.spotlights_[names.index(shown_panel)], store.attribute_columns, detail)
+    view.spotlight_panel(ctx, meta, result, listed[names.index(shown_panel)], store.attribute_columns, detail)
 elif shown_panel == "Highest loss":
     by_loss = np.argsort(-meta["loss"].to_numpy(), kind="stable")[: view.GALLERY]
     gallery(ctx, meta, by_loss, extra=[f"loss {v:.2f}" for v in meta["loss"].to_numpy()[by_loss]], origin="spotlight-loss")
@@ -209,7 +222,7 @@ try:
 except BiasLensError as exc:
     st.warning(f"The map cannot be drawn now: {exc}")
     st.stop()
-fit = result.spotlights_[names.index(shown)]
+fit = listed[names.index(shown)]
 part = meta.iloc[rows]
 frame = pd.DataFrame(
     {

@@ -114,14 +114,17 @@ if compare_name:
 
 # --------------------------------------------------------------------------- subgroup panel
 st.subheader("Under-performing subgroups")
-ids = [int(g) for g in under["subgroup"]]
+order = view.evidence_for(store, result, params, scope_rows, threshold)
+ids = [int(g) for g in order["subgroup"]]
+marks = {int(r["subgroup"]): view.evidence_mark(r) for _, r in order.iterrows()}
 correct = meta["correct"].to_numpy()
 if st.session_state.get(SELECTED) not in ids:
     st.session_state[SELECTED] = ids[0]
 with st.container(height=420):
     for g in ids:
         head, button = st.columns([5, 1])
-        head.markdown(("**▶ " if g == st.session_state[SELECTED] else "**") + view.subgroup_label(table, g) + "**")
+        head.markdown(("**▶ " if g == st.session_state[SELECTED] else "**") + view.subgroup_label(table, g) + "**"
+                      + f" · {marks[g]}")
         # on_click sets the choice before the run: one rerun, not a run stopped by st.rerun() and another
         button.button("Select", key=f"select:{g}", width="stretch", type="primary" if g == st.session_state[SELECTED] else "secondary",
                       on_click=st.session_state.__setitem__, args=(SELECTED, g))
@@ -130,7 +133,11 @@ with st.container(height=420):
         strip = cache.strip_png(ctx.dataset, ctx.key, tuple(int(r) for r in rows), 64,
                                 tuple(bool(not correct[r]) for r in rows), SHOWN_IMAGES)
         st.image(strip, width="stretch", output_format="PNG")
-how_to_read("subgroups sorted by accuracy, worst first; images framed and crossed in red are misclassified.")
+how_to_read("subgroups listed by evidence: first those whose accuracy is significantly below the rest's (Fisher's "
+            "exact test, q < 0.05 with Benjamini-Hochberg over every cluster of the run), by excess errors (the "
+            "subgroup's size × how far its accuracy falls below the rest's: the errors it holds beyond what the rest's "
+            "rate predicts), then the others; a subgroup sharing half its images with one above it (Jaccard ≥ 0.5) is "
+            "the same failure and comes last. Images framed and crossed in red are misclassified.")
 
 selected = st.session_state[SELECTED]
 similar = int(table.loc[selected, "similar"])

@@ -179,6 +179,72 @@ def group_tests(
     return frame[_COLUMNS]
 
 
+EVIDENCE_COLUMNS = ["group", "position", "n", "accuracy", "rest accuracy", "gap", "q", "significant", "excess errors",
+                    "same as"]
+DUPLICATE_JACCARD = 0.5  # two groups sharing this much of their members (Jaccard) are one failure, listed once
+
+
+def excess_errors(tests: pd.DataFrame) -> np.ndarray:
+    """n_g x (acc(rest) - acc(g)) per row of ``group_tests``: the errors a group holds beyond what
+    the rest's error rate predicts for its size; the impact measure a list is ranked by (a small
+    group at 0% and a large one at 60% are weighed by the errors they explain). 0 when undefined."""
+    excess = tests["n"].to_numpy(dtype=np.float64) * (tests["rest accuracy"].to_numpy(dtype=np.float64)
+                                                      - tests["accuracy"].to_numpy(dtype=np.float64))
+    return np.nan_to_num(excess, nan=0.0)
+
+
+def evidence_order(
+    correct: np.ndarray, members: Sequence[np.ndarray], names: Sequence[str],
+    family: Sequence[np.ndarray] = (),
+) -> pd.DataFrame:
+    """The order a method's list shows its flagged groups in, by evidence (issue 24).
+
+    Each group is tested against the rest (``group_tests``: Fisher's exact test, with
+    Benjamini-Hochberg q-values over the groups *and* ``family``, the run's other candidates,
+    so the q-values count everything the method looked at). Then, in this order:
+    1. groups that fail significantly (q < 0.05 and accuracy below the rest's), by excess
+       errors (``excess_errors``), largest first;
+    2. the other groups, by excess errors;
+    3. near-duplicates: a group whose members overlap a group listed before it by Jaccard
+       >= ``DUPLICATE_JACCARD`` is listed after every distinct group, marked ``same as`` that
+       group (one failure found twice is not two findings).
+    Ties keep the method's own order. Returns one row per group in list order with its
+    ``position`` in ``members`` and the columns of ``EVIDENCE_COLUMNS``."""
+    correct = np.asarray(correct, dtype=bool)
+    names = list(names)
+    if len(names) != len(members):
+        raise InputError(f"Give one name per group: {len(names)} name(s) for {len(members)} group(s).")
+    if not len(members):
+        return pd.DataFrame(columns=EVIDENCE_COLUMNS)
+    rows = [_rows(m, correct.size) for m in members]
+    tests = group_tests(correct, [*rows, *family], [*names, *[f"candidate {i}" for i in range(len(family))]])
+    tests = tests.iloc[: len(rows)].reset_index(drop=True)
+    excess = excess_errors(tests)
+    failing = (tests["significant"] & (tests["gap"] < 0)).to_numpy(dtype=bool)
+    ranked = sorted(range(len(rows)), key=lambda g: (not failing[g], -excess[g], g))
+    sets = [set(r.tolist()) for r in rows]
+    distinct: list[int] = []
+    duplicates: list[tuple[int, int]] = []
+    for g in ranked:
+        twin = next((d for d in distinct if _jaccard(sets[g], sets[d]) >= DUPLICATE_JACCARD), None)
+        if twin is None:
+            distinct.append(g)
+        else:
+            duplicates.append((g, twin))
+    order = distinct + [g for g, _ in duplicates]
+    same_as = {g: names[d] for g, d in duplicates}
+    frame = tests.loc[order, ["group", "n", "accuracy", "rest accuracy", "gap", "q", "significant"]].copy()
+    frame.insert(1, "position", order)
+    frame["excess errors"] = excess[order]
+    frame["same as"] = [same_as.get(g, "") for g in order]
+    return frame.reset_index(drop=True)[EVIDENCE_COLUMNS]
+
+
+def _jaccard(a: set[int], b: set[int]) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
 def split_half(
     correct: np.ndarray,
     discover: Callable[[np.ndarray], Sequence[Group] | Mapping[str, Group]],

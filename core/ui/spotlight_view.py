@@ -16,6 +16,7 @@ import streamlit as st
 from sklearn.base import clone
 
 from core.methods import Spotlight, SpotlightFit
+from core.methods.spotlight.record import spotlight_order
 from core.scoring.stats import bootstrap_ci
 from core.scoring.summary import (
     attribute_enrichment,
@@ -350,3 +351,14 @@ def spotlight_panel(
             else:
                 st.caption("Select a row to open its attribute value as a cohort.")
     _save_subset(ctx, meta, fit, result, detail)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
+def _evidence(store: Store, run: dict[str, Any], scope: np.ndarray | None, _result: Spotlight) -> pd.DataFrame:
+    return spotlight_order(_result, cache.meta_for(store))
+
+
+def evidence_for(store: Store, result: Spotlight, run: dict[str, Any], scope: np.ndarray | None) -> pd.DataFrame:
+    """The spotlights in the page's order (``spotlight_order``: tested, ranked by evidence,
+    near-duplicates last), once per run (the store, the run's settings and the scope)."""
+    return _evidence(store, run, scope, result)

@@ -25,6 +25,7 @@ from core.methods import (
     panel_neurons,
     subgroup_confusion,
 )
+from core.methods.subgroups.record import udis_order
 from core.services.estimates import udis_held_out_seconds, udis_seconds
 from core.services.server import SERVER
 from core.store.read import Store
@@ -102,6 +103,27 @@ def concept_patches_for(ctx: PageContext, neurons: tuple[Neuron, ...]) -> dict[N
                 )
                 patches.update(finder.patches_)
         return {n: patches[n] for n in neurons}
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=cache.STORE_HASH)
+def _evidence(store: Store, params: dict[str, Any], scope: np.ndarray | None, threshold: float, _result: UDIS) -> pd.DataFrame:
+    return udis_order(_result, cache.meta_for(store), threshold)
+
+
+def evidence_for(store: Store, result: UDIS, params: dict[str, Any], scope: np.ndarray | None, threshold: float) -> pd.DataFrame:
+    """The under-performing subgroups in the page's order (``udis_order``: a Fisher test per
+    cluster, 0.4 s on the demo), once per run (the store, UDIS's parameters and the scope) and
+    threshold, so selecting a subgroup does not test them again."""
+    return _evidence(store, params, scope, threshold, result)
+
+
+def evidence_mark(row: pd.Series) -> str:
+    """'q = 2e-28 · 42 excess errors' for a row of ``udis_order``/``spotlight_order``; a
+    near-duplicate says which group it repeats, a group that is not significant says so."""
+    text = f"q = {row['q']:.1g} · {row['excess errors']:.0f} excess errors"
+    if row["same as"]:
+        return f"{text} · same failure as {row['same as']}"
+    return text if row["significant"] else f"{text} · not significant"
 
 
 # --------------------------------------------------------------------------- rendering

@@ -121,8 +121,13 @@ def test_spotlight_page_on_the_demo(demo_app):
     assert len(cards) == 2 and cards[1]["best group"].str.contains("→").all()
     assert any("beats the baseline" in c.value for c in at.caption)
     # every spotlight's accuracy gap with its interval, p and BH q
-    tests = next(d.value for d in at.dataframe if "q" in d.value.columns)
-    assert list(tests["group"]) == ["Spotlight 1", "Spotlight 2"] and tests["q"].between(0, 1).all()
+    tests = next(d.value for d in at.dataframe if {"q", "group"} <= set(d.value.columns))
+    assert sorted(tests["group"]) == ["Spotlight 1", "Spotlight 2"] and tests["q"].between(0, 1).all()
+    # the spotlights are listed by evidence: significant failures first, by excess errors
+    found = next(d.value for d in at.dataframe if "excess errors" in d.value.columns)
+    assert [f"Spotlight {k}" for k in found["spotlight"]] == list(tests["group"])
+    excess = found["excess errors"].str.replace(",", "").astype(float) if found["excess errors"].dtype == object else found["excess errors"]
+    assert list(excess) == sorted(excess, reverse=True)
     # on the demo the spotlights are real failures: their gap holds on the held-out half
     [b for b in at.button if b.label == "Confirm on a held-out half"][0].click().run()
     no_exception(at)

@@ -181,9 +181,18 @@ def test_select_a_subgroup(tiny):
     ids = [int(b.key.split(":")[1]) for b in buttons(at, "Select")]
     assert len(ids) >= 2 and under_count(at)[0] == len(ids)
     key = selected_key()
-    assert at.session_state[key] == ids[0]  # the worst one is selected first
+    assert at.session_state[key] == ids[0]  # the first listed is selected first
     heads = [m.value for m in at.markdown if m.value.startswith("**▶ ")]
     assert len(heads) == 1 and heads[0].startswith(f"**▶ #{ids[0]} ·")
+    # listed by evidence: significant failures by excess errors, largest first, then the others
+    lines = [m.value for m in at.markdown if re.match(r"\*\*(▶ )?#\d+ ·", m.value)]
+    assert len(lines) == len(ids) and all("excess errors" in line for line in lines)
+    excess = [float(re.search(r"([-\d.]+) excess errors", line).group(1)) for line in lines]
+    significant = ["not significant" not in line for line in lines]
+    assert significant == sorted(significant, reverse=True)
+    for flag in (True, False):
+        tier = [e for e, s in zip(excess, significant, strict=True) if s is flag]
+        assert tier == sorted(tier, reverse=True)
     click(at, at.button(key=f"select:{ids[1]}"))
     assert at.session_state[key] == ids[1]
     heads = [m.value for m in at.markdown if m.value.startswith("**▶ ")]

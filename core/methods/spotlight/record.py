@@ -13,7 +13,7 @@ from sklearn.base import clone
 from core.errors import DataError
 from core.methods.records import Groups, MethodRecord, WorkshopStep
 from core.methods.spotlight.search import MIN_IMAGES, Spotlight
-from core.scoring.significance import check_halves, split_half
+from core.scoring.significance import check_halves, evidence_order, split_half
 from core.store.read import expand
 
 PAPER_SIZE = 0.02  # the paper's S: 2% of the images
@@ -43,11 +43,21 @@ def spotlight_on_rows(fitted: Spotlight, scope: np.ndarray, n: int) -> Spotlight
     return fitted
 
 
+def spotlight_order(fitted: Spotlight, meta: pd.DataFrame) -> pd.DataFrame:
+    """The spotlights in the order the page lists them, by evidence (``evidence_order``: each
+    spotlight's top S images tested against the rest; significant failures first by excess
+    errors, near-duplicates last); ``position`` indexes ``fitted.spotlights_``."""
+    spotlights = fitted.spotlights_
+    return evidence_order(meta["correct"].to_numpy(dtype=bool), [s.top_rows(fitted.size_) for s in spotlights],
+                          [f"spotlight {s.index + 1}" for s in spotlights])
+
+
 def spotlight_groups(fitted: Spotlight, meta: pd.DataFrame) -> Groups:
-    """The groups a Spotlight run flags, in the page's order: each spotlight ranks the images by
-    weight, and its members are its top S images."""
-    names = [f"spotlight {s.index + 1}" for s in fitted.spotlights_]
-    return names, [s.weights for s in fitted.spotlights_], [s.top_rows(fitted.size_) for s in fitted.spotlights_]
+    """The groups a Spotlight run flags, in the page's order (``spotlight_order``): each
+    spotlight ranks the images by weight, and its members are its top S images."""
+    order = spotlight_order(fitted, meta)
+    picked = [fitted.spotlights_[int(p)] for p in order["position"]]
+    return list(order["group"]), [s.weights for s in picked], [s.top_rows(fitted.size_) for s in picked]
 
 
 def _check_half_size(n: int, size: float) -> None:

@@ -11,7 +11,7 @@ from sklearn.base import clone
 from core.methods.records import Groups, MethodRecord, WorkshopStep
 from core.methods.subgroups.udis import MIN_IMAGES, UDIS, VISCUIT_THRESHOLD
 from core.scoring.scorecard import loss_rankings
-from core.scoring.significance import check_halves, split_half
+from core.scoring.significance import check_halves, evidence_order, split_half
 from core.store.read import expand
 
 
@@ -22,13 +22,25 @@ def udis_on_rows(fitted: UDIS, scope: np.ndarray, n: int) -> UDIS:
     return fitted
 
 
+def udis_order(fitted: UDIS, meta: pd.DataFrame, threshold: float = VISCUIT_THRESHOLD) -> pd.DataFrame:
+    """The under-performing subgroups in the order the Subgroups page lists them, by evidence
+    (``evidence_order``, with Benjamini-Hochberg over every cluster of the run, since UDIS looked
+    at all of them): significant failures first by excess errors, near-duplicates last.
+    ``subgroup`` is each one's id."""
+    ids = [int(g) for g in fitted.under_performing(threshold)["subgroup"]]
+    others = [fitted.rows(int(g)) for g in fitted.subgroups_["subgroup"] if int(g) not in set(ids)]
+    order = evidence_order(meta["correct"].to_numpy(dtype=bool), [fitted.rows(g) for g in ids],
+                           [f"subgroup {g}" for g in ids], family=others)
+    order.insert(0, "subgroup", [ids[int(p)] for p in order["position"]])
+    return order
+
+
 def udis_groups(fitted: UDIS, meta: pd.DataFrame) -> Groups:
-    """The groups a UDIS run flags, as the Subgroups page lists them: its under-performing
-    subgroups at VisCUIT's threshold, worst first, each with its members ranked by loss."""
-    losses = meta["loss"].to_numpy()
-    ids = [int(g) for g in fitted.under_performing(VISCUIT_THRESHOLD)["subgroup"]]
+    """The groups a UDIS run flags, as the Subgroups page lists them (``udis_order``): its
+    under-performing subgroups at VisCUIT's threshold, each with its members ranked by loss."""
+    ids = [int(g) for g in udis_order(fitted, meta)["subgroup"]]
     members = [fitted.rows(g) for g in ids]
-    return [f"subgroup {g}" for g in ids], loss_rankings(members, losses), members
+    return [f"subgroup {g}" for g in ids], loss_rankings(members, meta["loss"].to_numpy()), members
 
 
 def udis_held_out(x: np.ndarray, correct: np.ndarray, udis: UDIS, threshold: float, seed: int = 0) -> pd.DataFrame:
