@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.ui import saliency_image
+from core.ui import saliency_image, why_view
 from core.ui import saliency_view as view
 from core.ui.context import page_context
 
@@ -30,6 +30,9 @@ view.profile_figures(store, profiles, meta["correct"].to_numpy(), stats)
 # 4. pick an image; 5. its top filters, map, turning off, masking, fine-tuning check, neighbours
 row = view.pick_image(ctx, wrong_rows, names)
 tune = saliency_image.image_section(ctx, profiles, stats, index, row, wrong_rows)
+
+# 5b. why: occlusion and the counterfactual check, for the image and for a group of errors
+why_view.why_section(ctx, row, stats, index, wrong_rows, names)
 
 # 6. turning filters off and the fine-tuning check over many errors; 7. failure modes
 view.aggregate_section(ctx, profiles, stats[2], stats, wrong_rows, names, min(saliency_image.MAX_K, index.n_filters), tune)

@@ -12,7 +12,8 @@ The explainer contract (``core.methods.explainer.Explainer``): a method that exp
 image or a batch under a model learns nothing, so it has no ``fit``: keyword-only
 parameters in ``__init__``, ``get_params()``, and one call ``explain(model, images,
 targets, **context)`` that returns a frozen result dataclass (``GradCAM``,
-``FilterSaliency``, ``FilterTurnOff``, ``FineTuneCheck``, ``MaskingExperiment``). To add
+``FilterSaliency``, ``FilterTurnOff``, ``FineTuneCheck``, ``MaskingExperiment``,
+``OcclusionMap``, ``CounterfactualCheck``). To add
 one: its names below and a case in tests/unit/test_explainers.py.
 
     from core.methods import UDIS, GradCAM, Spotlight
@@ -42,6 +43,11 @@ from core.methods.intersectional.naps import (
     topomap,
 )
 from core.methods.intersectional.probes import LinearProbes
+from core.methods.saliency.counterfactual import (
+    CounterfactualCheck,
+    CounterfactualResult,
+    loss_gradient_maps,
+)
 from core.methods.saliency.explain import (
     FilterSaliency,
     FilterSaliencyResult,
@@ -60,6 +66,7 @@ from core.methods.saliency.failure_modes import (
     confusion_cell_groups,
     failure_mode_scorecard,
 )
+from core.methods.saliency.occlusion import OcclusionMap, OcclusionResult, occlusion_geometry
 from core.methods.spotlight.search import (
     KERNELS,
     PRECISIONS,
@@ -105,6 +112,8 @@ __all__ = [
     "VISCUIT_THRESHOLD",
     "ConceptPatchFinder",
     "ConceptPatches",
+    "CounterfactualCheck",
+    "CounterfactualResult",
     "Explainer",
     "FilterSaliency",
     "FilterSaliencyResult",
@@ -124,6 +133,8 @@ __all__ = [
     "NeuronClusters",
     "NeuronSelector",
     "NothingToFind",
+    "OcclusionMap",
+    "OcclusionResult",
     "Progress",
     "Spotlight",
     "SpotlightError",
@@ -136,8 +147,10 @@ __all__ = [
     "confusion_cell_groups",
     "failure_mode_scorecard",
     "map_scale",
+    "loss_gradient_maps",
     "marker_mass_ratio",
     "nap_similarity",
+    "occlusion_geometry",
     "overlay",
     "postprocess",
     "relaxation_step",

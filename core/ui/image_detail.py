@@ -1,5 +1,6 @@
 """One image-detail dialog for every gallery and map: the image as the model sees it, its id,
-label, prediction, top scores, loss, attributes, and Grad-CAM at a chosen layer. An image whose
+label, prediction, top scores, loss, attributes, Grad-CAM at a chosen layer and, on its
+button, occlusion for the predicted and the true class (core/ui/why_view.py). An image whose
 file is missing or unreadable shows a placeholder and says so; its store figures still show.
 
 A gallery (or a map click) asks for it with ``request(origin, row)``; the gallery whose
@@ -22,7 +23,7 @@ from core.data.images import placeholder, thumbnail
 from core.errors import BiasLensError
 from core.methods import GradCAM, GradCAMResult, overlay
 from core.models.loading import model_view
-from core.ui import cache, workshop
+from core.ui import cache, why_view, workshop
 from core.ui.context import PageContext
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
 from core.ui.widgets import how_to_read, percent
@@ -59,7 +60,7 @@ def details_picker(ctx: PageContext, meta: pd.DataFrame, rows: Sequence[int] | n
     st.selectbox(
         "Image details", rows, index=None, key=key, on_change=picked, placeholder="Open an image's details...",
         format_func=lambda r: f"{ids[r]} · {labels[r]}" + ("" if labels[r] == preds[r] else f" → {preds[r]} ✗"),
-        help="Id, label, prediction, scores, loss, attributes and Grad-CAM of one image of this gallery.",
+        help="Id, label, prediction, scores, loss, attributes, Grad-CAM and occlusion of one image of this gallery.",
         label_visibility="collapsed",
     )
     show_requested(ctx, meta, origin)
@@ -143,6 +144,8 @@ def image_detail(ctx: PageContext, meta: pd.DataFrame, row: int) -> None:
         )
         return
     _grad_cam(ctx, rec, row, image)
+    why_view.detail_occlusion(ctx, row, (int(rec["pred_idx"]), int(rec["label_idx"])), (str(rec["pred"]), str(rec["label"])),
+                              image)
 
 
 def _grad_cam(ctx: PageContext, rec: Any, row: int, image: np.ndarray) -> None:

@@ -25,12 +25,14 @@ from sklearn.base import BaseEstimator
 
 import core.methods
 from core.methods import (
+    CounterfactualCheck,
     Explainer,
     FilterSaliency,
     FilterTurnOff,
     FineTuneCheck,
     GradCAM,
     MaskingExperiment,
+    OcclusionMap,
 )
 from core.methods.saliency.filters import ProfileStats, conv_filters, filter_profiles, standardise
 from core.models.loading import make_transform, model_view
@@ -221,6 +223,22 @@ def _check_masking(result, s: dict, images, targets, context) -> None:
     assert result.saliency_drop == pytest.approx(result.top_saliency_before - result.top_saliency_after)
 
 
+def _check_occlusion(result, s: dict, images, targets, context) -> None:
+    assert result.attributions.shape == (2, 1, 16, 16) and (result.window, result.stride) == (2, 2)
+    np.testing.assert_allclose(result.probabilities, _softmax(s["model"], images), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(result.targets[:, 0], targets.numpy())
+
+
+RAMP = np.tile(np.linspace(0, 1, 256).reshape(16, 16), (8, 1, 1))  # a map ranking the bottom rows first
+
+
+def _check_counterfactual(result, s: dict, images, targets, context) -> None:
+    assert list(result.table["region"]) == ["ramp", "random"]
+    wrong = np.flatnonzero(_softmax(s["model"], images).argmax(axis=1) != targets.numpy())
+    np.testing.assert_array_equal(result.errors, wrong)  # only the misclassified images are checked
+    assert result.table.loc[0, "errors"] == len(wrong)
+
+
 # explainer -> (constructor parameters, its inputs, the checks of its result)
 CASES: dict[type, tuple[dict[str, Any], Callable[[dict], tuple], Callable[..., None]]] = {
     GradCAM: ({"layer": "block2"}, _gradcam_inputs, _check_gradcam),
@@ -228,11 +246,14 @@ CASES: dict[type, tuple[dict[str, Any], Callable[[dict], tuple], Callable[..., N
     FilterTurnOff: ({"max_k": 2, "n_random": 1}, _turn_off_inputs, _check_turn_off),
     FineTuneCheck: ({"n_random": 1}, _fine_tune_inputs, _check_fine_tune),
     MaskingExperiment: ({"threshold": 0.9}, _masking_inputs, _check_masking),
+    OcclusionMap: ({"max_evaluations": 100}, lambda s: (s["x"][:2], s["y"][:2], {}), _check_occlusion),
+    CounterfactualCheck: ({"n_random": 2}, lambda s: (s["x"], s["y"], {"maps": {"ramp": RAMP}}), _check_counterfactual),
 }
 
 
 def test_every_explainer_has_a_case_and_none_poses_as_an_estimator():
-    assert set(EXPLAINERS) == {GradCAM, FilterSaliency, FilterTurnOff, FineTuneCheck, MaskingExperiment}
+    assert set(EXPLAINERS) == {GradCAM, FilterSaliency, FilterTurnOff, FineTuneCheck, MaskingExperiment, OcclusionMap,
+                               CounterfactualCheck}
     assert set(CASES) == set(EXPLAINERS), "every explainer in core.methods needs a case in CASES"
     for cls in EXPLAINERS:
         assert not issubclass(cls, BaseEstimator) and not hasattr(cls, "fit"), cls
