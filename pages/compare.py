@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from core.errors import BiasLensError
+from core.errors import BiasLensError, redact_paths
 from core.services.compare import check_comparable
 from core.ui import compare_view as view
-from core.ui.context import page_context
+from core.ui.context import page_context, workspace_context
 from core.ui.keys import state_key
 from core.ui.listing import workspace_list
 from core.ui.widgets import how_to_read, kept
@@ -37,7 +37,8 @@ chosen = c1.selectbox("Model A (compare with)", titles, **kept(state_key(PAGE, "
 embedding_of = c2.radio("Search in the embedding of", ["B", "A"], horizontal=True, key=state_key(PAGE, "embedding"))
 other = others[titles.index(chosen)]
 try:
-    store_a = view.other_store(other, listing.hosted)
+    ctx_a = workspace_context(other, listing.hosted)  # A: its store, and its own model for Grad-CAM
+    store_a = ctx_a.store
     if store_a is None:
         st.info(f"Workspace '{other.title}' has no complete activation store yet: open it from the sidebar and build it "
                 "on its Overview (or run `python -m core build` for it), then come back.")
@@ -45,7 +46,7 @@ try:
     check_comparable(store_a, ctx.store)
     result = view.comparison_for(store_a, ctx.store, other.name, ctx.workspace.name, embedding_of)
 except BiasLensError as exc:
-    st.error(f"These two cannot be compared: {exc}")
+    st.error(f"These two cannot be compared: {redact_paths(str(exc)) if listing.hosted else exc}")
     st.stop()
 
 view.overall_panel(result)
@@ -53,6 +54,7 @@ for note in result.notes:
     st.caption(note)
 if result.identical:
     st.success("The two models make the same prediction on every image: there is nothing to find.")
+    view.report_downloads(ctx, result)
     st.stop()
 st.subheader(f"Where B got worse: {len(result.significant_regressions)} confirmed slice(s)")
 how_to_read("each card is a slice found without attribute labels on one half of the images; its accuracy under A and B, "
@@ -62,14 +64,16 @@ shown = [r for r in result.regressions if not r["duplicate of"]][: view.SHOWN_SL
 if not shown:
     st.success("No slice where B got worse holds up on the held-out half.")
 for rank, found in enumerate(shown, 1):
-    view.slice_card(ctx, rank, found, "regression")
+    view.slice_card(ctx, ctx_a, result, rank, found, "regression")
 improved = [r for r in result.improvements if not r["duplicate of"]][: view.SHOWN_SLICES]
 with st.expander(f"Where B got better ({len(result.significant_improvements)} confirmed)", icon=":material/trending_up:"):
     for rank, found in enumerate(improved, 1):
-        view.slice_card(ctx, rank, found, "improvement")
+        view.slice_card(ctx, ctx_a, result, rank, found, "improvement")
     if not improved:
         st.caption("No slice where B got better was found.")
 st.subheader("Per class, attribute value and saved subset")
 view.groups_table(result)
 st.subheader("Images that flipped")
-view.flips_panel(ctx, result)
+view.flips_panel(ctx, ctx_a, result)
+st.subheader("Report")
+view.report_downloads(ctx, result)

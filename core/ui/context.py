@@ -123,3 +123,13 @@ def page_context(require_store: bool = True) -> PageContext:
         st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
         st.stop()
     return PageContext(workspace, listing.hosted, model, dataset, store)
+
+
+def workspace_context(workspace: Workspace, hosted: bool) -> PageContext:
+    """Another workspace's context beside the page's own (model A on the Compare page): its
+    model, dataset and store (None while not built), without drawing anything, so its
+    ``run_model()`` lends a private copy of that workspace's model (keyed by that workspace,
+    as ``page_context``'s is by its own). Raises the loaders' BiasLensError."""
+    key = workspace.key()
+    model = cache.model_for(workspace, key, hosted)
+    return PageContext(workspace, hosted, model, cache.dataset_for(workspace, key), cache.store_for(workspace, key, hosted))

@@ -24,6 +24,7 @@ from core.services.compare import (
     group_table,
     mcnemar_exact,
     paired_difference,
+    paired_from_stores,
     paired_table,
 )
 from core.store.build import build_store
@@ -268,3 +269,30 @@ def test_cli_compare(tmp_path, capsys):
     assert out["A"] == "old" and out["B"] == "new" and out["identical"] and out["images"] == 50
     assert main([*base, "compare", "old", "new", "--cache", cache, "--markdown"]) == 0
     assert capsys.readouterr().out.startswith("# new compared with old")
+
+
+def test_stores_built_on_another_device_compare_alike(stores, tmp_path):
+    """One model run on the GPU, the other on the CPU: the comparison reads only the stores'
+    stored predictions, losses and embeddings (numpy), so a store whose manifest says it was
+    built on cuda:0 compares exactly as its CPU twin does, with no tensor or device in sight."""
+    import json
+    import shutil
+
+    from core.store.read import open_store
+
+    base = stores["base"]
+    copy = tmp_path / "on-gpu"
+    shutil.copytree(base.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["device"] == "cpu"
+    manifest["device"] = "cuda:0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    on_gpu = open_store(copy)
+    assert on_gpu.manifest["device"] == "cuda:0"
+    check_comparable(base, on_gpu)
+    data = paired_from_stores(base, on_gpu)
+    for name in ("correct_a", "correct_b", "loss_a", "loss_b", "embedding"):
+        assert isinstance(getattr(data, name), np.ndarray), name
+    mixed, same = compare_stores(base, on_gpu), compare_stores(base, base)
+    assert mixed.identical and mixed.overall == same.overall
+    pd.testing.assert_frame_equal(mixed.groups, same.groups)
