@@ -9,7 +9,8 @@ everything (every source runs, the cheap ones and Spotlight/UDIS alike), the sha
 that report any finding.
 
 Keys (JSON line last): findings_first5_identified, findings_first_hit (slice -> rank),
-findings_first5_identified_without_attributes, baseline_first5_identified,
+findings_first5_identified_without_attributes, findings_first_hit_without_attributes,
+baseline_first5_identified,
 first5_identified.<method>, null_false_alarm_rate, findings_cold_s_demo.
 
     .venv/bin/python bench/findings.py
@@ -100,6 +101,8 @@ def main() -> int:
         "findings_first5_identified": first5(card),
         "findings_first_hit": {s: (None if np.isnan(r) else int(r)) for s, r in zip(card["slice"], card["first hit"], strict=True)},
         "findings_first5_identified_without_attributes": first5(plain_card),
+        "findings_first_hit_without_attributes": {s: (None if np.isnan(r) else int(r))
+                                                  for s, r in zip(plain_card["slice"], plain_card["first hit"], strict=True)},
         "baseline_first5_identified": first5(base_card),
         "first5_identified": per_method,
         "null_false_alarm_rate": alarms / NULL_RUNS,

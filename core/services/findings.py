@@ -2,7 +2,8 @@
 
 ``find_failures`` pools the candidate groups of every discovery source (Spotlight and UDIS
 with their pages' defaults, Filter saliency's failure modes when the dataset's profiles are
-given, the confusion matrix's off-diagonal cells, and SliceLine's attribute slices), merges
+given, error clusters: the misclassified images of each class clustered in the embedding,
+the confusion matrix's off-diagonal cells, and SliceLine's attribute slices), merges
 near-duplicates (Jaccard >= 0.5, or 80% of the smaller inside the larger: agreement between
 sources is evidence), tests every pooled candidate and ranks what fails: significant findings
 (q < 0.05 and worse on the held-out half) first, by ``sure_gap``, the near end of the 95%
@@ -10,7 +11,8 @@ interval of the held-out accuracy gap (how much worse the group surely is).
 
 Honesty: with 40 images or more, the images are split in two halves (``seed``); every source
 looks at half A only, and each candidate's rule (spotlight kernel, nearest UDIS centroid,
-nearest failure-mode centroid, confusion cell, attribute slice) is applied to every image.
+nearest failure-mode centroid, error cluster's region, confusion cell, attribute slice) is
+applied to every image.
 Its p-value (Fisher's exact test, group vs rest) and its held-out gap are measured on half B,
 which played no part in finding it, and the q-values are Benjamini-Hochberg over every pooled
 candidate. Size, accuracy and excess errors are read on all the images.
@@ -19,7 +21,8 @@ Groups defined by their errors (a confusion cell, a failure mode) fail by constr
 tested rule does not read correctness: a confusion cell true -> predicted holds the images of
 the true class whose two highest-scored classes include the predicted one (the errors of the
 cell and the correct images that nearly made it); a failure mode holds the images whose
-saliency profile is nearest its centroid. SliceLine slices that pair a label with another
+saliency profile is nearest its centroid; an error cluster holds the images of its class
+near its errors' centroid, correct or not. SliceLine slices that pair a label with another
 predicted class are read the same way.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
 from sliceline.slicefinder import Slicefinder
 
 from core.errors import BiasLensError
@@ -42,12 +46,15 @@ from core.scoring.significance import ALPHA, group_tests
 from core.scoring.stats import wilson
 from core.services.runs import fit_on_store
 
-SOURCES = ("spotlight", "udis", "saliency", "confusion", "sliceline")
+SOURCES = ("spotlight", "udis", "saliency", "error clusters", "confusion", "sliceline")
 MIN_HELD_OUT = 40  # fewer images: no held-out half (the methods need 20 per half)
 MERGE_JACCARD = 0.5  # one finding when the members overlap this much (Jaccard) ...
 MERGE_CONTAINED = 0.8  # ... or when most of the smaller lies inside the larger (one failure, found wide and narrow)
 MAX_CELLS = 10  # confusion cells pooled: the largest ones on the discovery half ...
 MIN_CELL = 5  # ... of at least this many errors
+MIN_CLUSTER_ERRORS = 5  # an error cluster holds at least this many misclassified images ...
+CLUSTER_ERROR_SHARE = 0.005  # ... and about this share of the discovery half: a 1.5% slice failing at 1/3
+REGION_QUANTILE = 0.9  # an error cluster's region reaches this quantile of its errors' distances to their centroid
 SLICELINE_K, SLICELINE_MAX_L = 10, 3
 SLICELINE_ALPHA = 0.95  # the default 0.6 scores every slice under 2-5% of the images below 0: none is found
 MAX_TERMS = 3  # a description's conjunction holds at most this many values
@@ -293,6 +300,77 @@ def saliency_candidates(store: Any, meta: pd.DataFrame, discovery: np.ndarray, p
     return out
 
 
+def error_cluster_candidates(store: Any, meta: pd.DataFrame, discovery: np.ndarray) -> list[_Candidate]:
+    """The misclassified images of the discovery half, per true class, clustered in the embedding
+    by Ward's method (deterministic): every cluster of every cut of the tree into 1 to K
+    clusters (K = the class's errors / ``errors_per_cluster``; 2K - 1 nested clusters), so a
+    failure is found whole as well as in parts, and the merging keeps the best-evidenced one.
+    Each cluster is tested as its region (``_region``: the class's images around the cluster's
+    errors, correct ones included). A failure the model makes on one kind of image sits close
+    together in its embedding; errors scattered along a class boundary make wide regions that
+    are not much worse than the rest, and their held-out test says so."""
+    correct = meta["correct"].to_numpy(dtype=bool)
+    label = meta["label_idx"].to_numpy()
+    x = np.asarray(store.representation("embedding"), dtype=np.float32)
+    per_cluster = errors_per_cluster(len(discovery))
+    wrong = discovery[~correct[discovery]]
+    names = dict(zip(meta["label_idx"], meta["label"], strict=True))
+    out: list[_Candidate] = []
+    for true in np.unique(label[wrong]):
+        errors = wrong[label[wrong] == true]
+        if len(errors) < MIN_CLUSTER_ERRORS:
+            continue
+        of_class = np.flatnonzero(label == true)
+        clusters = [c for c in nested_clusters(x[errors], round(len(errors) / per_cluster)) if c.sum() >= MIN_CLUSTER_ERRORS]
+        for number, cluster in enumerate(clusters):
+            members = _region(x, of_class, errors[cluster])
+            out.append(_Candidate("error clusters", f"{names[true]} errors, cluster {number + 1}", members,
+                                  failures_first(members, x, correct), len(out)))
+    return out
+
+
+def nested_clusters(points: np.ndarray, most: int) -> list[np.ndarray]:
+    """The distinct clusters (boolean masks over ``points``) of Ward's tree cut into 1, 2, ...,
+    ``most`` clusters: the whole, then each split in turn (2 x most - 1 masks, largest first)."""
+    if most <= 1 or len(points) < 2:
+        return [np.ones(len(points), dtype=bool)]
+    tree = linkage(points.astype(np.float64), method="ward")
+    seen: dict[bytes, np.ndarray] = {}
+    for k in range(1, min(most, len(points)) + 1):
+        cut = fcluster(tree, t=k, criterion="maxclust")
+        for c in np.unique(cut):
+            mask = cut == c
+            seen.setdefault(np.packbits(mask).tobytes(), mask)
+    return sorted(seen.values(), key=lambda m: -int(m.sum()))
+
+
+def _region(x: np.ndarray, of_class: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """(n,) bool: the images of ``of_class`` within the REGION_QUANTILE distance of the
+    cluster's rows to their centroid; it reads the embedding and the label, never correctness."""
+    centroid = x[cluster].mean(0)
+    radius = np.quantile(((x[cluster] - centroid) ** 2).sum(1), REGION_QUANTILE)
+    members = np.zeros(len(x), dtype=bool)
+    members[of_class[((x[of_class] - centroid) ** 2).sum(1) <= radius]] = True
+    return members
+
+
+def errors_per_cluster(discovered: int) -> int:
+    """About how many misclassified images one error cluster holds: CLUSTER_ERROR_SHARE of the
+    discovery half (a slice of 1.5% of the images failing at one in three), at least MIN_CLUSTER_ERRORS."""
+    return max(MIN_CLUSTER_ERRORS, int(np.ceil(CLUSTER_ERROR_SHARE * discovered)))
+
+
+def failures_first(members: np.ndarray, x: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """A group's rows as a user should first see them: its misclassified images, then its
+    correct ones, each nearest the centroid of its misclassified images first (the most typical
+    failures; the highest-loss ones are more often outliers or label noise)."""
+    rows = np.flatnonzero(members)
+    wrong = rows[~correct[rows]]
+    centroid = x[wrong if len(wrong) else rows].mean(0)
+    distance = ((x[rows] - centroid) ** 2).sum(1)
+    return rows[np.lexsort((distance, correct[rows]))]
+
+
 def confusion_candidates(meta: pd.DataFrame, discovery: np.ndarray, top2: np.ndarray | None) -> list[_Candidate]:
     """The largest off-diagonal confusion cells of the discovery half (at most MAX_CELLS, of
     MIN_CELL errors or more), each tested as its at-risk images (``at_risk``)."""
@@ -459,6 +537,7 @@ def find_failures(store: Any, *, with_attributes: bool = True, profiles: Any = N
     ]
     if profiles is not None:
         steps.append(("saliency", lambda: saliency_candidates(store, meta, discovery, profiles)))
+    steps.append(("error clusters", lambda: error_cluster_candidates(store, meta, discovery)))
     steps.append(("confusion", lambda: confusion_candidates(meta, discovery, top2)))
     if attrs:
         steps.append(("sliceline", lambda: sliceline_candidates(meta, discovery, [*attrs, "label", "pred"], top2, values)))

@@ -71,7 +71,7 @@ def test_a_planted_failure_comes_first_with_its_description(report):
     assert "label = Sandal" in first.description and "marker = square" in first.description
     assert first.description_precision > 0.8 and first.description_recall > 0.8
     assert "slice_marked" not in " ".join(f.description for f in report.findings)  # ground truth is never an attribute
-    assert {"spotlight", "udis", "confusion", "sliceline"} >= set(m for f in report.findings for m in f.methods)
+    assert set(F.SOURCES) - {"saliency"} >= set(m for f in report.findings for m in f.methods)
     assert report.candidates >= len(report.findings) and not report.errors
     assert [f.rank for f in report.findings] == list(range(1, len(report.findings) + 1))
     assert any("held-out" in note or "half" in note for note in report.notes)
@@ -176,8 +176,8 @@ def test_a_failing_source_is_recorded_while_the_others_pool(monkeypatch):
     seen = []
     out = find_failures(planted(), progress=lambda done, total, message: seen.append((done, total, message)))
     assert out.errors == {"spotlight": "Spotlight cannot run here.", "udis": "RuntimeError: boom"}
-    assert out.findings and {"confusion", "sliceline"} >= set(out.findings[0].methods)
-    assert seen[0][:2] == (0, 5) and seen[-1][:2] == (5, 5)
+    assert out.findings and {"error clusters", "confusion", "sliceline"} >= set(out.findings[0].methods)
+    assert seen[0][:2] == (0, 6) and seen[-1][:2] == (6, 6)
 
 
 def test_without_attributes_no_sliceline(monkeypatch):
