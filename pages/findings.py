@@ -14,7 +14,8 @@ ctx = page_context()
 st.title("Findings")
 st.caption(
     "Where does the model fail? The groups of every method (Spotlight, UDIS's under-performing subgroups, Filter "
-    "saliency's failure modes when its profiles exist), the confusion matrix's cells and, when the data has attributes, "
+    "saliency's failure modes when its profiles exist), error clusters (each class's misclassified images clustered in "
+    "the model's embedding), the confusion matrix's cells and, when the data has attributes, "
     "attribute slices (SliceLine) are pooled; the same failure found twice is one finding naming every method that "
     "found it; each is tested against the rest (Fisher's exact test, Benjamini-Hochberg over all candidates) and "
     "confirmed on a held-out half. Significant findings come first, by how much worse than the rest they surely are."
