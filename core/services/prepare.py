@@ -4,7 +4,9 @@
 disk and complete, each resumable or restarted cleanly when interrupted:
 
 - ``store``: the activation store (core/store/build.py, as ``build``);
-- ``saliency``: the dataset's filter saliency profiles over every conv layer (as ``saliency``);
+- ``saliency``: the dataset's filter saliency profiles over every conv layer (as ``saliency``),
+  and for the built-in demo workspaces those of their independent image set with the same
+  model (``core.demo.independent``; the page's neighbours and fine-tuning check use them);
 - ``probes``: the Intersectional page's default probes: its default groups (the first two
   attribute columns), sample, layers, reduction, seeds and epochs, with their features;
 - ``layouts``: the NAP topographic layout of the page's default layer for those groups.
@@ -60,7 +62,13 @@ from core.methods.intersectional.groups import (
 from core.methods.intersectional.naps import MIN_LAYOUT_CHANNELS
 from core.methods.intersectional.probes import LinearProbes
 from core.methods.saliency.filters import conv_filters
-from core.methods.saliency.profiles import build_profiles, find_profiles, size_message
+from core.methods.saliency.profiles import (
+    build_independent,
+    build_profiles,
+    find_independent,
+    find_profiles,
+    size_message,
+)
 from core.models.loading import LoadedModel
 from core.services.estimates import (
     HOSTED_MAX_PROBE_LAYERS,
@@ -75,6 +83,13 @@ from core.services.estimates import (
     profile_seconds,
 )
 from core.services.subsets import scope_digest
+from core.services.workspace import (
+    INDEPENDENT_DEMO_NAME,
+    WorkspaceList,
+    builtin_workspaces,
+    independent_demo_images,
+    independent_sets,
+)
 from core.store.build import _atomic_write_text, _read_json, build_store
 from core.store.read import Store, find_store
 
@@ -442,7 +457,7 @@ class Preparer:
         what = size_message(store.n, index).removesuffix(".")
         if find_profiles(store, None, model=self.model) is not None:
             self._say(head, "the filter saliency profiles")
-            return what, True
+            return what, not self._independent(store)
         self._say(head, what, profile_seconds(self.cost, store.n))
         bar = tqdm(total=store.n, unit="img", desc="saliency", leave=False)
 
@@ -455,7 +470,26 @@ class Preparer:
                            notice=lambda message: bar.write(f"note: {message}", file=sys.stderr))
         finally:
             bar.close()
+        self._independent(store)
         return what, False
+
+    def _independent(self, store: Store) -> bool:
+        """For the built-in demo workspaces, the profiles of their independent image set with this
+        model (the Filter saliency page's neighbours and fine-tuning check can draw from it): a
+        second pass over 10k images, about as long as the dataset's own profiles. Whether it
+        computed them (False: not a demo workspace, or already there)."""
+        workspace = builtin_workspaces().get(self.name)
+        if workspace is None or INDEPENDENT_DEMO_NAME not in independent_sets(WorkspaceList({}), workspace):
+            return False
+        images = independent_demo_images(workspace)
+        if find_independent(store, self.model, images, INDEPENDENT_DEMO_NAME) is not None:
+            return False
+        print(f"      then the profiles of the independent demo images ({len(images):,} images) with this model; "
+              f"expected: {on_this_server(forward_seconds(self.cost, len(images)) + profile_seconds(self.cost, len(images)))}",
+              flush=True)
+        build_independent(store, self.model, images, INDEPENDENT_DEMO_NAME, self.dataset, None,
+                          batch_size=min(self.batch_size, 32))
+        return True
 
     def _groups(self) -> Groups | None:
         store = self._need_store()

@@ -36,7 +36,9 @@ from typing import NamedTuple
 # The one place generic code imports the demo: the always-present demo workspace needs
 # the 'demo' model and dataset kinds, which importing core.demo registers.
 import core.demo  # noqa: F401
+from core.data.datasets import ImageDataset
 from core.data.sources import DatasetSpec
+from core.demo.independent import independent_images
 from core.demo.model import DEFAULT_WEIGHTS
 from core.errors import WorkspaceError
 from core.models.loading import ModelSpec
@@ -287,3 +289,33 @@ def load_workspaces(path: Path | None = None) -> WorkspaceList:
         except WorkspaceError as exc:
             result.problems.append(f"{path}: {exc}")
     return result
+
+
+# --------------------------------------------------------------------------- independent image sets
+
+
+INDEPENDENT_DEMO_NAME = "demo-independent"  # the built-in independent image set of the demo workspaces
+
+
+def independent_sets(listing: WorkspaceList, current: Workspace) -> dict[str, str]:
+    """name -> title of the image sets the Filter saliency page can take neighbours from besides
+    ``current``'s own dataset: the built-in independent demo images for a workspace on the demo's
+    test split, then every other workspace on another dataset (a workspace on the same dataset,
+    such as the demo's control, is no independent set; one named like the built-in set is left
+    out). Whether a set's classes and image size match is checked when it is picked
+    (``core.methods.saliency.profiles.check_same_task``)."""
+    sets = {}
+    if current.dataset.kind == "demo" and current.dataset.split == "test":
+        sets[INDEPENDENT_DEMO_NAME] = "Independent demo images (the test garments, attributes redrawn)"
+    for name, workspace in listing.workspaces.items():
+        if name not in (current.name, INDEPENDENT_DEMO_NAME) and workspace.dataset != current.dataset:
+            sets[name] = workspace.title
+    return sets
+
+
+def independent_demo_images(current: Workspace) -> ImageDataset:
+    """The built-in independent image set of a demo workspace: its test garments rendered with
+    another seed, with its slices file's attributes (``core.demo.independent``)."""
+    if current.dataset.kind != "demo":
+        raise WorkspaceError(f"The independent demo images go with the demo workspaces, not with '{current.name}'.")
+    return independent_images(Path(current.dataset.slices) if current.dataset.slices else None)

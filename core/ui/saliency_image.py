@@ -1,6 +1,7 @@
 """Filter saliency's per-image panels (Levin et al.): for the picked image, its top filters and
-input-space map, turning them off, masking the salient pixels, the one-step fine-tuning check
-and its saliency-space neighbours. The runs themselves are in core/ui/saliency_view.py."""
+input-space map, turning them off (ranked by |z| or z), masking the salient pixels, the one-step
+fine-tuning check and its saliency-space neighbours (from this dataset or an independent image
+set). The runs themselves are in core/ui/saliency_view.py."""
 
 from __future__ import annotations
 
@@ -22,13 +23,18 @@ from core.ui.page import PageContext
 from core.ui.saliency_view import (
     ORIGIN,
     PAGE,
+    RANKING_HELP,
+    RANKING_LABELS,
     curves_frame,
     fine_tune_for,
+    image_set_section,
     layer_columns,
     masked_view,
     masking_for,
     neighbours_for,
     saliency_for,
+    set_gallery,
+    set_neighbours,
     top_filters_table,
     turn_off_chart,
     turn_off_for,
@@ -71,7 +77,6 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     rec = meta.iloc[row]
     label = int(rec["label_idx"])
     mu, sigma, ref = stats
-    labels_idx = meta["label_idx"].to_numpy()
     max_k = min(MAX_K, index.n_filters)
     if rec["correct"]:
         st.info("This image is classified correctly. The paper studies errors: the salient filters of a correct image "
@@ -99,8 +104,11 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
 
     z = profiles.z([row], mu, sigma)[0]
     st.markdown("**Turning the salient filters off**")
-    turned = turn_off_for(ctx, profiles, row, label, z, ref, FilterTurnOff(max_k=max_k))
+    ranking = st.radio("Rank the filters by", list(RANKING_LABELS), format_func=RANKING_LABELS.get, horizontal=True,
+                       **kept(state_key(PAGE, "ranking"), "magnitude"), help=RANKING_HELP)
+    turned = turn_off_for(ctx, profiles, row, label, z, ref, FilterTurnOff(max_k=max_k, ranking=ranking))
     show(turn_off_chart, curves_frame(turned.curves), False)
+    st.caption(" ".join(turned.notes))
     how_to_read("zeroing the most salient filters (red) should lower the wrong class's confidence (dashed) and raise the "
                 "true class's (solid) faster than random (grey) or least salient (green) filters.")
 
@@ -127,8 +135,15 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     how_to_read("masking the most salient pixels should lower the top filters' saliency (and change the output) more "
                 "than masking the same number of least salient pixels (the control).")
 
-    # saliency-space neighbours (used by the fine-tuning check and shown below it)
-    all_neighbours, _ = neighbours_for(store, profiles, row, stats, NEIGHBOURS, np.arange(index.n_filters), None)
+    # the neighbours' image set, then the saliency-space neighbours (used by the fine-tuning check and shown below it)
+    st.markdown("**Neighbours' image set**")
+    image_set = image_set_section(ctx, profiles)
+    every_filter = np.arange(index.n_filters)
+    if image_set.independent:
+        all_neighbours, _ = set_neighbours(image_set, profiles, row, str(rec["id"]), stats, NEIGHBOURS, every_filter, False)
+    else:
+        all_neighbours, _ = neighbours_for(store, profiles, row, stats, NEIGHBOURS, every_filter, None)
+    set_labels = image_set.meta()["label_idx"].to_numpy()
 
     st.markdown("**Fine-tuning check**")
     f1, f2 = st.columns(2)
@@ -141,8 +156,8 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
                                  **kept(state_key(PAGE, "tune_step"), 0.1),
                                  help="A normalised gradient step whose length is this share of the chosen filters' weight norm."))
     try:
-        check = fine_tune_for(ctx, profiles, row, label, z, ref, all_neighbours, labels_idx[all_neighbours],
-                                   FineTuneCheck(k=tuned, step=step))
+        check = fine_tune_for(ctx, profiles, row, label, z, ref, image_set, all_neighbours, set_labels[all_neighbours],
+                              FineTuneCheck(k=tuned, step=step))
     except BiasLensError as exc:
         st.error(f"The fine-tuning check cannot run: {exc}")
     else:
@@ -154,7 +169,8 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
         })
         st.caption(f"One normalised gradient step on this image through {check.k} filter(s) only, chosen as the most "
                    f"salient, random or least salient; measured on the image and its {len(all_neighbours)} saliency-space "
-                   "neighbours. The step is applied to copies of the weights: the model in the app is never modified. "
+                   f"neighbours from {image_set.title}. The step is applied to copies of the weights: the model in the app "
+                   "is never modified. "
                    + " ".join(check.notes))
         how_to_read("if the salient filters cause the error, updating them corrects the image and helps its neighbours more "
                     "than random or least salient filters do.")
@@ -172,6 +188,14 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     else:
         span = (names_l[0], names_l[0])
     columns = layer_columns(index, tuple(span))
+    if image_set.independent:
+        near, similarity = set_neighbours(image_set, profiles, row, str(rec["id"]), stats, NEIGHBOURS, columns,
+                                          scope == "Misclassified only")
+        set_gallery(ctx, image_set, near, [f"cos {s:.2f}" for s in similarity])
+        how_to_read(f"the images of {image_set.title} whose standardised profiles (over the chosen layers, against this "
+                    "dataset's reference) point the same way as this one's (cosine); the paper finds they are often "
+                    "misclassified for the same reason. They belong to another set, so they cannot be saved as a subset here.")
+        return FineTuneCheck(k=tuned, step=step)
     candidates = wrong_rows if scope == "Misclassified only" else None
     near, similarity = neighbours_for(store, profiles, row, stats, NEIGHBOURS, columns, candidates)
     gallery(ctx, meta, near, extra=[f"cos {s:.2f}" for s in similarity], origin="saliency-neighbours")

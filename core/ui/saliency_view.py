@@ -7,12 +7,14 @@ set and the explainer's or estimator's ``get_params()``, so a rerun never calls 
 again. Cached objects are explainers' frozen results and fitted clones of estimators, never
 the caller's estimator. Runs over many images show their
 expected time beside their button, and on a hosted server a visitor's run must pass the
-hosted caps (core/services/estimates.py).
+hosted caps (core/services/estimates.py). The neighbours and the fine-tuning check can draw
+from an independent image set (``image_set_section``), profiled with this workspace's model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import altair as alt
@@ -22,7 +24,8 @@ import streamlit as st
 import torch
 from sklearn.base import clone
 
-from core.errors import BiasLensError, DataError
+from core.data.datasets import ImageDataset
+from core.errors import BiasLensError, DataError, redact_paths
 from core.methods import (
     FailureModes,
     FilterSaliency,
@@ -38,9 +41,13 @@ from core.methods.saliency.explain import TOUR_MARGIN, curves_summary, tour_erro
 from core.methods.saliency.filters import FilterIndex, conv_filters, resolve_method
 from core.methods.saliency.profiles import (
     SaliencyProfiles,
+    build_independent,
     build_profiles,
+    check_same_task,
+    find_independent,
     find_profiles,
     nearest,
+    nearest_in,
     profile_problem,
     row_norms,
     size_message,
@@ -55,6 +62,7 @@ from core.services.estimates import (
     duration,
     failure_modes_seconds,
     fine_tune_seconds,
+    forward_seconds,
     image_fine_tune_seconds,
     image_saliency_seconds,
     masking_seconds,
@@ -68,13 +76,26 @@ from core.services.estimates import (
     turn_off_seconds,
 )
 from core.services.subsets import scope_digest
+from core.services.workspace import (
+    INDEPENDENT_DEMO_NAME,
+    Workspace,
+    independent_demo_images,
+    independent_sets,
+)
 from core.store.read import Store
 from core.ui import cache
 from core.ui.charts import evenly, show
 from core.ui.context import PageContext
 from core.ui.keys import state_key
-from core.ui.method_page import gallery, run_with_progress, save_subset_form, scorecard_section
-from core.ui.widgets import group_select, how_to_read, kept
+from core.ui.listing import workspace_list
+from core.ui.method_page import (
+    GALLERY_THUMB,
+    gallery,
+    run_with_progress,
+    save_subset_form,
+    scorecard_section,
+)
+from core.ui.widgets import group_select, how_to_read, image_grid, kept
 
 T = TypeVar("T")
 PAGE = "saliency"  # the page's state keys
@@ -85,6 +106,17 @@ MAX_POINTS_PER_LAYER = 400  # the profile figures thin wider layers to this many
 PROFILE_POINTS = 2000  # and each group's curve to this many over all layers (two curves < charts.MAX_ROWS)
 LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a time (slower)."
 OTHER_PAGES = "The Spotlight, Subgroups, Intersectional and ActiVis pages work without them."
+
+RANKING_LABELS = {"magnitude": "|z| (the authors' code)", "signed": "z (the paper's text)"}
+RANKING_HELP = ("Which filters are 'most salient' when turning them off. The authors' pruning code ranks by |z| (the code "
+                "behind the paper's Fig. 3), so least salient means z near 0; the paper's text calls the filters of highest z "
+                "the most salient (as the input map and the fine-tuning check pick them), so least salient means the most negative z.")
+
+
+def turn_off_ranking() -> str:
+    """The ranking the turning-off runs use: the per-image panel's choice, kept (``magnitude`` at first)."""
+    return str(st.session_state.get(f"{state_key(PAGE, 'ranking')}:kept", "magnitude"))
+
 
 # --------------------------------------------------------------------------- the profiles
 
@@ -302,18 +334,19 @@ def masking_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: i
 
 
 def fine_tune_for(ctx: PageContext, profiles: SaliencyProfiles, row: int, label: int, z: np.ndarray, ref: str,
-                  neighbours: np.ndarray, labels: np.ndarray, explainer: FineTuneCheck) -> FineTuneResult:
-    """The one-step fine-tuning check on one image and its neighbours, computed once."""
+                  image_set: ImageSet, neighbours: np.ndarray, labels: np.ndarray, explainer: FineTuneCheck) -> FineTuneResult:
+    """The one-step fine-tuning check on one image and its neighbours (rows of ``image_set``), computed once."""
     if ctx.hosted:
         check_saliency_request(k=int(explainer.k or 0))
-    present = readable(ctx, neighbours)
+    present = set_readable(image_set, neighbours)
     neighbours, labels = np.asarray(neighbours)[present], np.asarray(labels)[present]
-    key = _image_key(profiles, ref, row, explainer.get_params(), [int(r) for r in neighbours])
+    key = _image_key(profiles, ref, row, explainer.get_params(), image_set.name, profile_id(image_set.profiles),
+                     [int(r) for r in neighbours])
     return cache.computed_once(
         "saliency-finetune", ctx.store.fingerprint, key, "The fine-tuning check",
         lambda: on_copy(ctx, lambda model: explainer.explain(
             model, image_tensor(ctx, [row]), label, z=z, index=profiles.index,
-            neighbours=image_tensor(ctx, neighbours) if len(neighbours) else None,
+            neighbours=set_tensor(ctx, image_set, neighbours) if len(neighbours) else None,
             neighbour_targets=np.asarray(labels, dtype=np.int64) if len(neighbours) else None)),
         expected_s=image_fine_tune_seconds(model_cost(ctx.model), len(neighbours), int(explainer.n_random)),
     )
@@ -346,6 +379,179 @@ def neighbours_for(store: Store, profiles: SaliencyProfiles, row: int, stats: tu
         expected_s=neighbours_seconds(profiles.n if candidates is None else len(candidates), profiles.n_filters,
                                       len(columns)),
     )
+
+
+# --------------------------------------------------------------------------- the neighbours' image set
+
+
+THIS_DATASET = "this dataset"  # the neighbours' default image set
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Where the saliency-space neighbours and the fine-tuning check's images come from: this
+    dataset, or another image set profiled with this workspace's model (``independent``)."""
+
+    name: str
+    title: str
+    store: Store
+    profiles: SaliencyProfiles
+    dataset: ImageDataset
+    independent: bool
+
+    def meta(self) -> pd.DataFrame:
+        return cache.meta_for(self.store)
+
+
+@st.cache_resource(show_spinner="Rendering the independent demo images...", max_entries=2)
+def _independent_demo(_workspace: Workspace, workspace_key: str) -> ImageDataset:
+    return independent_demo_images(_workspace)
+
+
+def other_dataset(ctx: PageContext, name: str) -> ImageDataset:
+    """The image set ``name`` (``independent_sets``): the built-in independent demo images or
+    another workspace's dataset, loaded once."""
+    if name == INDEPENDENT_DEMO_NAME:
+        return _independent_demo(ctx.workspace, ctx.key)
+    workspace = workspace_list().workspaces[name]
+    return cache.dataset_for(workspace, workspace.key())
+
+
+def build_other(ctx: PageContext, profiles: SaliencyProfiles, name: str, dataset: ImageDataset,
+                progress: Callable[[int, int, str], None]) -> tuple[Store, SaliencyProfiles]:
+    """The image set's store and profiles with this workspace's model, computed (or resumed)."""
+    with ctx.run_model() as model:
+        return build_independent(ctx.store, model, dataset, name, ctx.dataset, profiles.manifest.get("requested"),
+                                 batch_size=32, progress=lambda done, total: progress(done, total, "Per-sample gradients"))
+
+
+def _other_set(ctx: PageContext, profiles: SaliencyProfiles, name: str, title: str) -> tuple[ImageDataset, ImageSet | None]:
+    """The image set ``name``'s dataset and, once profiled with this model, the set itself (None
+    before). Raises BiasLensError when it cannot be loaded or does not match this dataset."""
+    dataset = other_dataset(ctx, name)
+    slot = (ctx.store.fingerprint, name, dataset.fingerprint(), profile_id(profiles))
+    opened = _opened_sets()
+    if slot not in opened:
+        check_same_task(ctx.store, dataset, ctx.dataset, title)
+        found = find_independent(ctx.store, ctx.model, dataset, name, profiles.manifest.get("requested"))
+        if found is None:
+            return dataset, None
+        opened[slot] = ImageSet(name, title, found[0], found[1], dataset, True)
+    return dataset, opened[slot]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _opened_sets() -> dict[tuple, ImageSet]:
+    """Independent image sets opened once per (store, set, its content, profiles); only profiled ones are kept."""
+    return {}
+
+
+def current_image_set(ctx: PageContext, profiles: SaliencyProfiles) -> ImageSet:
+    """The image set picked in ``image_set_section`` (kept), without drawing anything: this
+    dataset while the picked one is not usable (the picker says why)."""
+    own = ImageSet(THIS_DATASET, "this dataset", ctx.store, profiles, ctx.dataset, False)
+    name = st.session_state.get(f"{state_key(PAGE, 'image_set', ctx.key)}:kept", THIS_DATASET)
+    sets = independent_sets(workspace_list(), ctx.workspace)
+    if name not in sets:
+        return own
+    try:
+        return _other_set(ctx, profiles, name, sets[name])[1] or own
+    except BiasLensError:
+        return own
+
+
+def image_set_section(ctx: PageContext, profiles: SaliencyProfiles) -> ImageSet:
+    """The picker of the image set the neighbours and the fine-tuning check draw from: this
+    dataset (default) or an independent one on the same classes, as the paper takes them from
+    a separate set (Sec. 3.3). Another set needs its profiles with this model: computed on a
+    button here, or prepared on a hosted server; until then, and when the set does not match
+    (other classes, image size), the page says why and uses this dataset."""
+    own = ImageSet(THIS_DATASET, "this dataset", ctx.store, profiles, ctx.dataset, False)
+    sets = independent_sets(workspace_list(), ctx.workspace)
+    key = state_key(PAGE, "image_set", ctx.key)
+    if st.session_state.get(f"{key}:kept", THIS_DATASET) not in [THIS_DATASET, *sets]:
+        st.session_state[f"{key}:kept"] = THIS_DATASET
+    name = st.selectbox(
+        "Neighbours from", [THIS_DATASET, *sets], format_func=lambda n: sets.get(n, "This dataset"),
+        **kept(key, THIS_DATASET),
+        help="The paper standardises profiles against the validation set but takes the neighbours of its fine-tuning "
+        "check from an independent set (ImageNet-v2), so their labels play no part in picking the filters. Another "
+        "set's images are profiled with this workspace's model and standardised against this dataset's reference.")
+    if name == THIS_DATASET:
+        return own
+    title = sets[name]
+    try:
+        dataset, found = _other_set(ctx, profiles, name, title)
+    except BiasLensError as exc:
+        st.error(f"{redact_paths(str(exc)) if ctx.hosted else exc} The neighbours below come from this dataset.")
+        return own
+    if found is None:
+        if ctx.hosted:
+            st.info(f"This server has not prepared the profiles of '{title}' with this model: the neighbours below "
+                    "come from this dataset.")
+            return own
+        seconds = forward_seconds(model_cost(ctx.model), len(dataset)) + profile_seconds(model_cost(ctx.model), len(dataset))
+        st.info(f"'{title}' needs its saliency profiles with this model: {size_message(len(dataset), profiles.index)} "
+                f"Expected: {on_this_server(seconds)}. Until then the neighbours below come from this dataset.")
+        if not st.button(f"Profile '{title}' with this model", key=state_key(PAGE, "build_set", ctx.key, name),
+                         icon=":material/tune:"):
+            return own
+        try:
+            with cache.queued("The independent set's profiles", expected_s=seconds):
+                store, other = run_with_progress(
+                    f"Profiling '{title}'...", lambda progress: build_other(ctx, profiles, name, dataset, progress),
+                    lambda built: f"Saliency profiles of {built[1].n:,} images of '{title}'", unit="image")
+        except BiasLensError as exc:
+            st.error(f"The profiles of '{title}' cannot be computed: {exc} The neighbours below come from this dataset.")
+            return own
+        found = ImageSet(name, title, store, other, dataset, True)
+    st.caption(f"Neighbours from '{title}' ({found.profiles.n:,} images, profiled with this model, standardised against "
+               "this dataset's reference); an image's own file, if the set holds it too (same id), is left out.")
+    return found
+
+
+def twin_rows(image_set: ImageSet, image_id: str) -> np.ndarray:
+    """The rows of ``image_set`` with this id (the same image held by both sets), left out of its neighbours."""
+    if not image_set.independent:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(image_set.meta()["id"].astype(str).to_numpy() == str(image_id))
+
+
+def set_tensor(ctx: PageContext, image_set: ImageSet, rows: Sequence[int]) -> torch.Tensor:
+    """(B, 3, S, S) normalised images of these rows of ``image_set``, as the model takes them."""
+    transform = make_transform(ctx.model.input_size, ctx.model.mean, ctx.model.std)
+    return torch.stack([transform(image_set.dataset.load_image(int(r))) for r in rows])
+
+
+def set_readable(image_set: ImageSet, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Which of these rows of ``image_set`` still have a readable image."""
+    return np.array([image_set.dataset.try_load_image(int(r))[0] is not None for r in rows], dtype=bool)
+
+
+def set_neighbours(image_set: ImageSet, profiles: SaliencyProfiles, row: int, image_id: str,
+                   stats: tuple[np.ndarray, np.ndarray, str], k: int, columns: np.ndarray,
+                   errors_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest images of an independent ``image_set`` to row ``row`` of this dataset
+    (z against this dataset's reference, over ``columns``; ``errors_only``: among the images
+    the model gets wrong), computed once."""
+    mu, sigma, ref = stats
+    candidates = np.flatnonzero(~image_set.meta()["correct"].to_numpy()) if errors_only else None
+    key = cache.run_key(profile_id(profiles), profile_id(image_set.profiles), ref, scope_digest(columns), errors_only,
+                        int(row), int(k))
+    return cache.computed_once(
+        "saliency-set-neighbours", image_set.store.fingerprint, key, "The neighbours in the independent set",
+        lambda: nearest_in(image_set.profiles, profiles.z([row], mu, sigma)[0], mu, sigma, k, columns=columns,
+                           rows=candidates, leave_out=twin_rows(image_set, image_id)),
+        expected_s=neighbours_seconds(image_set.profiles.n, image_set.profiles.n_filters, len(columns)),
+    )
+
+
+def set_gallery(ctx: PageContext, image_set: ImageSet, rows: np.ndarray, extra: Sequence[str]) -> None:
+    """Thumbnails of these rows of an independent image set (its own labels and this model's predictions)."""
+    part = image_set.meta().iloc[np.asarray(rows, dtype=np.int64)]
+    pngs = cache.thumbnail_pngs(image_set.dataset, f"{ctx.key}:{image_set.name}", tuple(int(r) for r in part["row"]),
+                                GALLERY_THUMB, tuple(not c for c in part["correct"]))
+    image_grid(pngs, part, extra=extra)
 
 
 # --------------------------------------------------------------------------- sets of images
@@ -403,48 +609,55 @@ def fine_tune_estimate(ctx: PageContext, profiles: SaliencyProfiles, images: int
 
 
 def cached_aggregate(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, ref: str,
-                     explainer: FilterTurnOff | FineTuneCheck) -> pd.DataFrame | None:
+                     explainer: FilterTurnOff | FineTuneCheck, image_set: ImageSet | None = None) -> pd.DataFrame | None:
     """The aggregate already computed for these inputs, or None (nothing is computed)."""
     kind = "saliency-aggregate" if isinstance(explainer, FilterTurnOff) else "saliency-finetune-aggregate"
-    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows))
+    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows), *_set_key(image_set))
     return cache.cached_result(kind, store.fingerprint, key)
 
 
 def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.ndarray, labels: np.ndarray,
                         stats: tuple[np.ndarray, np.ndarray, str], explainer: FineTuneCheck,
-                        progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+                        progress: Callable[[int, int, str], None] | None = None,
+                        image_set: ImageSet | None = None) -> pd.DataFrame:
     """``FineTuneCheck.aggregate`` over these misclassified images (Fig. 6 on the dataset level):
     each image's check against its nearest misclassified neighbours in saliency space (all
-    layers), as the paper restricts the neighbours to errors; computed once. On a hosted
-    server the run must pass the hosted caps (HostedLimit otherwise)."""
+    layers) among ``image_set`` (None: this dataset), as the paper restricts the neighbours to
+    errors; computed once. On a hosted server the run must pass the hosted caps (HostedLimit
+    otherwise)."""
     mu, sigma, ref = stats
-    seconds = fine_tune_estimate(ctx, profiles, len(rows), explainer)
+    image_set = image_set or ImageSet(THIS_DATASET, "this dataset", ctx.store, profiles, ctx.dataset, False)
+    seconds = fine_tune_estimate(ctx, image_set.profiles, len(rows), explainer)
     if ctx.hosted:
         check_image_run(len(rows), seconds, "The fine-tuning check")
     columns = np.arange(profiles.index.n_filters)
     store = ctx.store
-    errors = np.flatnonzero(~cache.meta_for(store)["correct"].to_numpy())
+    errors = np.flatnonzero(~image_set.meta()["correct"].to_numpy())
+    set_labels = image_set.meta()["label_idx"].to_numpy()
+    ids = ctx.meta()["id"].to_numpy()
 
     def compute() -> pd.DataFrame:
         with ctx.run_model() as model:
             return checks(model)
 
     def checks(model: LoadedModel) -> pd.DataFrame:  # runs inside one queued run: no nested computed_once
-        affine = profiles.z_affine(mu, sigma)
-        norms = row_norms(profiles.profiles, columns, affine)
+        affine = image_set.profiles.z_affine(mu, sigma)
+        norms = row_norms(image_set.profiles.profiles, columns, affine)
         frames = []
         for i, row in enumerate(rows):
             if progress:
                 progress(i, len(rows), "Fine-tuning check")
             if not readable(ctx, [row])[0]:  # an image lost since the store was built is left out
                 continue
-            near, _ = nearest(profiles.profiles, profiles.z([int(row)], mu, sigma)[0], k=explainer.n_neighbours,
-                              columns=columns, rows=errors, query_row=int(row), affine=affine, norms=norms)
-            near = near[readable(ctx, near)]
+            query = profiles.z([int(row)], mu, sigma)[0]
+            candidates = np.setdiff1d(errors, twin_rows(image_set, ids[int(row)]))
+            near, _ = nearest(image_set.profiles.profiles, query, k=explainer.n_neighbours, columns=columns, rows=candidates,
+                              query_row=None if image_set.independent else int(row), affine=affine, norms=norms)
+            near = near[set_readable(image_set, near)]
             checked = explainer.explain(
-                model, image_tensor(ctx, [int(row)]), int(labels[i]), z=profiles.z([int(row)], mu, sigma)[0],
-                index=profiles.index, neighbours=image_tensor(ctx, near) if len(near) else None,
-                neighbour_targets=cache.meta_for(store)["label_idx"].to_numpy()[near] if len(near) else None)
+                model, image_tensor(ctx, [int(row)]), int(labels[i]), z=query, index=profiles.index,
+                neighbours=set_tensor(ctx, image_set, near) if len(near) else None,
+                neighbour_targets=set_labels[near] if len(near) else None)
             frames.append(checked.results)
         if progress:
             progress(len(rows), len(rows), "Fine-tuning check")
@@ -452,9 +665,14 @@ def aggregate_fine_tune(ctx: PageContext, profiles: SaliencyProfiles, rows: np.n
             raise DataError("None of these images can be read any more (deleted or damaged since the store was built).")
         return FineTuneCheck.aggregate(frames, seed=explainer.seed)
 
-    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows))
+    key = cache.run_key(profile_id(profiles), ref, explainer.get_params(), scope_digest(rows), *_set_key(image_set))
     return cache.computed_once("saliency-finetune-aggregate", store.fingerprint, key, "The fine-tuning check over many images",
                                compute, expected_s=seconds)
+
+
+def _set_key(image_set: ImageSet | None) -> tuple[str, ...]:
+    """The extra cache-key parts of a run drawing from another image set (none for this dataset)."""
+    return () if image_set is None or not image_set.independent else (image_set.name, profile_id(image_set.profiles))
 
 
 def failure_modes_for(store: Store, profiles: SaliencyProfiles, rows: np.ndarray, stats: tuple[np.ndarray, np.ndarray, str],
@@ -614,7 +832,11 @@ def aggregate_section(ctx: PageContext, profiles: SaliencyProfiles, ref: str, st
                    f"{duration(HOSTED_MAX_RUN_SECONDS)} by its estimate.")
     pool = wrong_rows if subset_rows is None else wrong_rows[np.isin(wrong_rows, subset_rows)]
     rows = pool[:cap]
-    turn_off = FilterTurnOff(max_k=max_k)
+    ranking = turn_off_ranking()
+    turn_off = FilterTurnOff(max_k=max_k, ranking=ranking)
+    st.caption(f"Filters are ranked by {RANKING_LABELS[ranking]} (the choice above, beside this image's curves); a filter "
+               "turned off has its weights and its channel of the conv bias and of the BatchNorm after it zeroed, so its "
+               "feature map is 0, as Levin et al. do.")
     if not len(rows):
         st.info("No misclassified images in this set.")
     off_seconds = turn_off_estimate(ctx, len(rows), turn_off)
@@ -630,14 +852,15 @@ def aggregate_section(ctx: PageContext, profiles: SaliencyProfiles, ref: str, st
         how_to_read(f"mean confidence over {int(summary['n'].max()):,} misclassified images with its 95% bootstrap interval "
                     "(bands); the salient order should separate from random and least salient.")
 
-    tune_seconds = fine_tune_estimate(ctx, profiles, len(rows), tune)
+    image_set = current_image_set(ctx, profiles)
+    tune_seconds = fine_tune_estimate(ctx, image_set.profiles, len(rows), tune)
     tuned = run_on_demand(
-        cached_aggregate(store, profiles, rows, ref, tune) if len(rows) else None, len(rows) > 0,
+        cached_aggregate(store, profiles, rows, ref, tune, image_set) if len(rows) else None, len(rows) > 0,
         f"Fine-tuning check on {len(rows):,} images", state_key(PAGE, "aggregate_tune"), "Fine-tuning check...",
-        lambda progress: aggregate_fine_tune(ctx, profiles, rows, labels_idx[rows], stats, tune, progress),
+        lambda progress: aggregate_fine_tune(ctx, profiles, rows, labels_idx[rows], stats, tune, progress, image_set),
         lambda t: f"Checked {int(t['n'].max()):,} images", "The fine-tuning check",
         help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
-        "neighbours in saliency space.", seconds=tune_seconds,
+        f"neighbours in saliency space, from {image_set.title} (the 'Neighbours from' choice above).", seconds=tune_seconds,
         check=(lambda: check_image_run(len(rows), tune_seconds, "The fine-tuning check")) if ctx.hosted else None,
     )
     if tuned is not None:

@@ -220,3 +220,79 @@ def test_deleted_reference_subset_falls_back(built):
     assert any("no longer exists: the whole dataset is used" in w.value for w in at.warning)
     assert at.selectbox(key=f"saliency.reference:{ws_key()}").value == "Whole dataset"
     assert not at.error
+
+
+def test_neighbours_and_fine_tuning_from_an_independent_set(tmp_path, tiny_files, monkeypatch):
+    """The 'Neighbours from' picker: a workspace on other classes is refused with what to do, and
+    another set on the same classes is profiled with this model on a button, then used by the
+    neighbours, the fine-tuning check and its aggregate."""
+    extra = f"""
+[workspace.tints]
+title = "Digits by tint"
+model = {{ kind = "entrypoint", entrypoint = "tests.support:make_tiny_cnn", input_size = 16, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}
+dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}", label_column = "tint" }}
+"""
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    at = open_saliency(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240)))
+    at.button(key=BUILD).click().run()
+    at.run()
+    no_exception(at)
+    picker = at.selectbox(key=f"saliency.image_set:{ws_key()}")
+    assert picker.value == "this dataset" and set(picker.options) >= {"This dataset", "Tiny digits folder", "Digits by tint"}
+    assert "neighbours from this dataset" in texts(at)
+
+    picker.set_value("tints").run()
+    no_exception(at)
+    assert any("pick an image set on the same classes" in e.value and "come from this dataset" in e.value for e in at.error)
+    assert "neighbours from this dataset" in texts(at)  # the check still runs, on this dataset
+
+    at.selectbox(key=f"saliency.image_set:{ws_key()}").set_value("folder").run()
+    no_exception(at)
+    assert not at.error
+    assert any("'Tiny digits folder' needs its saliency profiles with this model" in i.value for i in at.info)
+    at.button(key=f"saliency.build_set:{ws_key()}:folder").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    at.run()
+    text = texts(at)
+    assert "Neighbours from 'Tiny digits folder' (200 images, profiled with this model" in text
+    assert "neighbours from Tiny digits folder" in text  # the fine-tuning check's caption
+    assert "cannot be saved as a subset here" in text
+    assert not [b for b in at.button if (b.key or "").startswith("saliency.build_set")]  # profiled: no button
+
+    at.number_input(key="saliency.agg_cap").set_value(4).run()
+    next(b for b in at.button if b.key == "saliency.aggregate_tune").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "neighbours corrected" in d.value.columns and "images" in d.value.columns)
+    assert (table["images"] == 4).all()
+
+
+def test_hosted_independent_set_not_prepared_falls_back_to_this_dataset(tmp_path, tiny_files, monkeypatch):
+    """On a hosted server, an image set whose profiles were not prepared is said so, with no
+    button and no command, and the neighbours and the fine-tuning check use this dataset."""
+    from core.__main__ import main
+
+    extra = f"""
+[workspace.manifest]
+title = "Scripted tiny (manifest)"
+model = {{ kind = "torchscript", weights = "{tmp_path / 'tiny.ts.pt'}", input_size = 16, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}
+dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
+"""
+    workspaces = _scripted_workspace(tmp_path, tiny_files, extra=extra)
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    assert main(["--file", str(workspaces), "build", "scripted"]) == 0
+    assert main(["--file", str(workspaces), "saliency", "scripted"]) == 0
+    at = _app(monkeypatch, tmp_path, workspaces, "1")
+    at.session_state["app.workspace"] = "scripted"
+    at.run()
+    open_saliency(at)
+    at.selectbox(key=f"saliency.image_set:{ws_key('scripted')}").set_value("manifest").run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    text = texts(at)
+    assert "This server has not prepared the profiles of 'Scripted tiny (manifest)' with this model" in text
+    assert "neighbours from this dataset" in text and "python -m" not in text and str(tmp_path) not in text
+    assert not [b for b in at.button if (b.key or "").startswith("saliency.build_set")]

@@ -9,15 +9,17 @@ each a per-image explainer (``core.methods.explainer``): parameters in ``__init_
 - ``FilterSaliency``: an image's profile, its top-k filters by z, and the input-space
   saliency map M_F = |d/dx D_C(z(x), s'_F)| (eq. 3-4), post-processed as in the authors'
   code (``postprocess``).
-- ``FilterTurnOff``: zeroing the k most salient filters (by |z|), k random ones or the k
-  least salient ones, k = 0..max_k cumulatively (paper Fig. 3).
+- ``FilterTurnOff``: turning off the k most salient filters (by |z| as the authors' code,
+  or by z as the paper's text), k random ones or the k least salient ones, k = 0..max_k
+  cumulatively (paper Fig. 3); a filter turned off has its weights and its channel of
+  the conv bias and of the following BatchNorm zeroed, so its feature map is 0 (Sec. 3.1).
 - ``FineTuneCheck``: one normalised gradient step on a single misclassified image that
   updates only k filters, and its effect on the image and its saliency-space neighbours
   (paper Fig. 6).
 - ``MaskingExperiment``: masking the most salient pixels (or, as a control, the least
   salient ones) and the change in the output and in the top filters' saliency (Fig. 7).
 
-None of them changes the model: modified weights are new tensors passed through
+None of them changes the model: modified weights (and BatchNorm parameters) are new tensors passed through
 ``torch.func.functional_call`` (TorchScript modules, which it cannot run, get a throwaway
 ``copy.deepcopy``), and the input map's double backward only reads the parameters.
 """
@@ -25,8 +27,10 @@ None of them changes the model: modified weights are new tensors passed through
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -35,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from torch import nn
+from torch import fx, nn
 
 from core.errors import DataError, InputError, ModelError, ParameterError
 from core.methods.explainer import Explainer
@@ -53,6 +57,7 @@ from core.models.torchscript import ScriptedModel
 from core.scoring.stats import bootstrap_ci
 
 ORDERS = ("salient", "random", "least")
+RANKINGS = ("magnitude", "signed")  # FilterTurnOff's orders: by |z| (the authors' code) or by z (the paper's text)
 VARIANTS = ("salient", "random", "least")
 TOUR_MARGIN = 0.25  # the confidence margin of the error the Filter saliency page opens on
 MASK_BYTES = 256 << 20  # masked weight sets evaluated at once by FilterTurnOff (256 MiB)
@@ -160,55 +165,182 @@ def _script_of(module: nn.Module) -> torch.jit.ScriptModule | None:
     return None
 
 
+# --------------------------------------------------------------------------- what turning a filter off zeroes
+
+
+BATCHNORM_NAMES = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"})  # TorchScript's original_name
+_PAIRINGS: dict[tuple, tuple[dict[str, str], str]] = {}  # module structure -> (conv -> BN, how found)
+_PAIRING_LOCK = threading.Lock()
+
+
+def _is_batchnorm(module: nn.Module | None) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(module, "original_name", "") in BATCHNORM_NAMES
+
+
+def _channels(module: nn.Module) -> int | None:
+    """A BatchNorm's channels, from its tensors (a TorchScript mirror has no ``num_features``)."""
+    for name in ("running_mean", "weight"):
+        tensor = getattr(module, name, None)
+        if isinstance(tensor, torch.Tensor) and tensor.dim() == 1:
+            return int(tensor.shape[0])
+    return getattr(module, "num_features", None)
+
+
+class _ConvTracer(fx.Tracer):
+    """An fx tracer that keeps the profiled convs and every BatchNorm as single calls."""
+
+    def __init__(self, convs: frozenset[str]) -> None:
+        super().__init__()
+        self.convs = convs
+
+    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+        return name in self.convs or _is_batchnorm(module) or super().is_leaf_module(module, name)
+
+
+def _traced_pairs(module: nn.Module, convs: frozenset[str]) -> dict[str, str]:
+    """conv -> the BatchNorm module called on the conv's output, from an fx trace of ``module``."""
+    modules = dict(module.named_modules())
+    pairs = {}
+    for node in _ConvTracer(convs).trace(module).nodes:
+        if node.op != "call_module" or node.target not in convs:
+            continue
+        for user in node.users:
+            if user.op == "call_module" and _is_batchnorm(modules.get(user.target)) and user.args and user.args[0] is node:
+                pairs[str(node.target)] = str(user.target)
+    return pairs
+
+
+def _try_trace(module: nn.Module, convs: frozenset[str]) -> dict[str, str] | None:
+    """``_traced_pairs``, or None when fx cannot trace the model (data-dependent control flow...)."""
+    try:
+        return _traced_pairs(module, convs)
+    except Exception:  # noqa: BLE001 - fx raises TraceError, TypeError, AttributeError...: all mean "use the fallback"
+        return None
+
+
+def _registered_pairs(module: nn.Module, convs: frozenset[str]) -> dict[str, str]:
+    """conv -> the next leaf module in registration order when it is a BatchNorm (the fallback)."""
+    leaves = [(name, sub) for name, sub in module.named_modules() if next(sub.children(), None) is None]
+    return {name: after for (name, _), (after, sub) in pairwise(leaves) if name in convs and _is_batchnorm(sub)}
+
+
+@dataclass(frozen=True)
+class FeatureMapZeroing:
+    """What turning a filter off zeroes besides its weights, so its feature map is 0.
+
+    ``zeroed`` maps each conv layer to the per-channel tensors (parameter or buffer names)
+    zeroed with its filters: the conv's own bias, and the gamma and beta of the BatchNorm
+    that reads its output (its running mean for a BatchNorm without them). ``batchnorms``
+    maps each conv to that BatchNorm; ``found_by`` says how the pairs were found: ``fx
+    trace`` or ``registration order`` (the model cannot be traced); ``total`` the conv layers.
+    """
+
+    zeroed: dict[str, tuple[str, ...]]
+    batchnorms: dict[str, str]
+    found_by: str
+    total: int
+
+    @property
+    def note(self) -> str:
+        """One line for the result's notes: what is zeroed and how the BatchNorms were found."""
+        bias = " and conv bias" if any(n == f"{c}.bias" for c, names in self.zeroed.items() for n in names) else ""
+        if not self.batchnorms:
+            return (f"Turning a filter off zeroes its weights{bias}: no BatchNorm reads a conv's output directly "
+                    f"(searched by {self.found_by}), so that is enough for its feature map to be 0.")
+        return (f"Turning a filter off zeroes its weights{bias} and its channel of the BatchNorm that reads the conv's "
+                f"output, so its feature map is 0 as Levin et al. do ({len(self.batchnorms)} of the {self.total} conv "
+                f"layers paired with a BatchNorm, by {self.found_by}).")
+
+
+def feature_map_zeroing(module: nn.Module, index: FilterIndex) -> FeatureMapZeroing:
+    """The tensors to zero with each conv filter so that its feature map is exactly 0.
+
+    The BatchNorm paired with a conv is the one whose module call takes the conv's output
+    directly, read from a ``torch.fx`` trace of the model (convs and BatchNorms kept as
+    calls); when the model cannot be traced (TorchScript, data-dependent control flow) it is
+    the next leaf module in registration order, if that is a BatchNorm. A pair counts only
+    when the BatchNorm has one channel per filter. The trace depends on the module tree
+    alone, so it is kept per structure: fx patches ``nn.Module.__call__`` for everyone while
+    it traces, and tracing once per architecture keeps that window to one moment per process.
+    """
+    convs = frozenset(index.layers)
+    modules = dict(module.named_modules())
+    structure = (tuple((n, type(m).__module__, type(m).__qualname__) for n, m in modules.items()), convs)
+    with _PAIRING_LOCK:
+        if structure not in _PAIRINGS:
+            traced = None if _script_of(module) is not None else _try_trace(module, convs)  # fx cannot run TorchScript
+            _PAIRINGS[structure] = ((traced, "fx trace") if traced is not None
+                                    else (_registered_pairs(module, convs), "registration order"))
+        pairs, found_by = _PAIRINGS[structure]
+    zeroed, batchnorms = {}, {}
+    for layer, count in zip(index.layers, index.counts, strict=True):
+        names = []
+        bias = getattr(modules[layer], "bias", None)
+        if isinstance(bias, torch.Tensor) and tuple(bias.shape) == (count,):
+            names.append(f"{layer}.bias")
+        bn = pairs.get(layer)
+        if bn is not None and _channels(modules[bn]) == count:
+            batchnorms[layer] = bn
+            affine = [f"{bn}.{t}" for t in ("weight", "bias") if isinstance(getattr(modules[bn], t, None), torch.Tensor)]
+            running = getattr(modules[bn], "running_mean", None)
+            names += affine or ([f"{bn}.running_mean"] if isinstance(running, torch.Tensor) else [])
+        zeroed[layer] = tuple(names)
+    return FeatureMapZeroing(zeroed=zeroed, batchnorms=batchnorms, found_by=found_by, total=len(index.layers))
+
+
 class _Weights:
     """Runs a module with some conv weights replaced by new tensors, never touching it.
 
     Plain modules go through ``torch.func.functional_call``; a TorchScript module is
-    deep-copied once and the copy's weights are overwritten (the copy is discarded).
-    ``originals`` are detached views of the model's conv weights (``name -> tensor``).
+    deep-copied once and the copy's tensors are overwritten (the copy is discarded).
+    ``originals`` are detached views of the model's conv weights (``name -> tensor``) and,
+    with ``zeroing`` (``feature_map_zeroing``), of the per-channel tensors zeroed with them.
     """
 
-    def __init__(self, module: nn.Module, index: FilterIndex) -> None:
+    def __init__(self, module: nn.Module, index: FilterIndex, zeroing: FeatureMapZeroing | None = None) -> None:
         self.module = module
         self.names = [f"{layer}.weight" for layer in index.layers]
-        modules = dict(module.named_modules())
-        self.originals = {f"{layer}.weight": modules[layer].weight.detach() for layer in index.layers}
+        self.zeroed = [list(zeroing.zeroed[layer]) if zeroing else [] for layer in index.layers]
+        tracked = self.names + [name for names in self.zeroed for name in names]
+        self.originals = {name: _tensor(module, name).detach() for name in tracked}
         script = _script_of(module)
         self.copy: nn.Module | None = None
         if script is not None:
             self.copy = copy.deepcopy(script).eval()
-            params = dict(self.copy.named_parameters())
-            missing = [n for n in self.names if n not in params]
+            tensors = {**dict(self.copy.named_parameters()), **dict(self.copy.named_buffers())}
+            missing = [n for n in tracked if n not in tensors]
             if missing:
                 raise ModelError(
-                    f"Cannot find the weights {', '.join(missing[:3])} in the TorchScript file: "
-                    "this check needs the conv weights as named parameters."
+                    f"Cannot find the tensors {', '.join(missing[:3])} in the TorchScript file: "
+                    "this check needs the conv weights (and BatchNorm parameters) as named tensors."
                 )
-            self.params = {n: params[n] for n in self.names}
+            self.params = {n: tensors[n] for n in tracked}
+
+    def _load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The TorchScript copy's tracked tensors set to ``tensors``, the others to the originals."""
+        with torch.no_grad():
+            for name, target in self.params.items():
+                target.copy_(tensors.get(name, self.originals[name]))
 
     def logits(self, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of ``x`` with the conv weights ``weights`` (the others unchanged)."""
+        """Logits of ``x`` with the tensors ``weights`` (the others unchanged)."""
         if self.copy is None:
             from torch.func import functional_call
 
             return functional_call(self.module, weights, (x,)).float()
-        with torch.no_grad():
-            for name in self.names:
-                self.params[name].copy_(weights.get(name, self.originals[name]))
+        self._load(weights)
         return self.copy(x).float()
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """dL/dW of the mean cross-entropy of ``(x, y)`` for every conv weight, at the originals."""
         with torch.inference_mode(False), torch.enable_grad():
             if self.copy is None:
-                leaves = {n: w.clone().requires_grad_(True) for n, w in self.originals.items()}
+                leaves = {n: self.originals[n].clone().requires_grad_(True) for n in self.names}
                 loss = F.cross_entropy(self.logits(x, leaves), y)
                 grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
             else:
-                with torch.no_grad():
-                    for name in self.names:
-                        self.params[name].copy_(self.originals[name])
-                leaves = self.params
+                self._load({})
+                leaves = {n: self.params[n] for n in self.names}
                 for w in leaves.values():
                     w.requires_grad_(True)
                 loss = F.cross_entropy(self.copy(x).float(), y)
@@ -218,38 +350,61 @@ class _Weights:
             for n, g in zip(self.names, grads, strict=True)
         }
 
+    def turned_off(self, keep: torch.Tensor, index: FilterIndex) -> dict[str, torch.Tensor]:
+        """New tensors for one mask ``keep`` (F,), 1 for a filter kept and 0 for one turned off:
+        W[f] = 0 and, for each tensor zeroed with the filter's layer, its channel f = 0."""
+        bounds = np.concatenate([[0], np.cumsum(index.counts)]).astype(int)
+        tensors = {}
+        for name, extra, a, b in zip(self.names, self.zeroed, bounds[:-1], bounds[1:], strict=True):
+            part = keep[a:b]
+            for tensor_name in [name, *extra]:
+                original = self.originals[tensor_name]
+                shape = (-1,) + (1,) * (original.dim() - 1)
+                tensors[tensor_name] = original * part.to(device=original.device, dtype=original.dtype).view(shape)
+        return tensors
+
     def masked_logits(self, x: torch.Tensor, keep: torch.Tensor, index: FilterIndex) -> torch.Tensor:
         """(M, K) logits of the single image ``x`` (1, 3, S, S) under M filter masks.
 
-        ``keep`` (M, F) is 1 for a filter kept and 0 for one turned off (W[f] = 0). Plain
-        modules evaluate the masks in vmapped chunks; TorchScript copies one at a time.
+        ``keep`` (M, F) is 1 for a filter kept and 0 for one turned off (``turned_off``).
+        Plain modules evaluate the masks in vmapped chunks; TorchScript copies one at a time.
         """
-        bounds = np.concatenate([[0], np.cumsum(index.counts)])
-        sizes = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-        def weights_for(mask: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {
-                name: self.originals[name] * mask[part].to(self.originals[name].dtype).view(-1, 1, 1, 1)
-                for name, part in zip(self.names, sizes, strict=True)
-            }
-
         if self.copy is not None:
-            return torch.cat([self.logits(x, weights_for(m)) for m in keep])
+            return torch.cat([self.logits(x, self.turned_off(m, index)) for m in keep])
         from torch.func import vmap
 
         chunk = max(1, MASK_BYTES // max(4 * index.n_weights, 1))
         try:
             with math_attention():  # a fused attention kernel has no vmap rule (a slow fallback)
-                return torch.cat(
-                    [vmap(lambda m: self.logits(x, weights_for(m))[0])(keep[i : i + chunk]) for i in range(0, len(keep), chunk)]
-                )
+                return torch.cat([
+                    vmap(lambda m: self.logits(x, self.turned_off(m, index))[0])(keep[i : i + chunk])
+                    for i in range(0, len(keep), chunk)
+                ])
         except RuntimeError:  # an op vmap cannot batch: one mask at a time
-            return torch.cat([self.logits(x, weights_for(m)) for m in keep])
+            return torch.cat([self.logits(x, self.turned_off(m, index)) for m in keep])
 
 
-def _with_weights(model: LoadedModel, index: FilterIndex) -> _Weights:
+def turn_off(module: nn.Module, index: FilterIndex, columns: Sequence[int] | np.ndarray, *,
+             zero_map: bool = True) -> dict[str, torch.Tensor]:
+    """New tensors that turn the filters at these profile ``columns`` off, as ``FilterTurnOff``
+    does (``zero_map``: with their conv bias and BatchNorm channels), for
+    ``torch.func.functional_call(module, tensors, (x,))``; ``module`` is left as it is."""
+    _check_index(module, index)
+    keep = torch.ones(index.n_filters)
+    keep[torch.as_tensor(np.asarray(columns, dtype=np.int64))] = 0.0
+    zeroing = feature_map_zeroing(module, index) if zero_map else None
+    return _Weights(module, index, zeroing).turned_off(keep, index)
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer ``name`` of ``module`` (a dotted path)."""
+    owner, _, attribute = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attribute)
+
+
+def _with_weights(model: LoadedModel, index: FilterIndex, zeroing: FeatureMapZeroing | None = None) -> _Weights:
     _check_index(model.module, index)
-    return _Weights(model.module, index)
+    return _Weights(model.module, index, zeroing)
 
 
 def _softmax(logits: torch.Tensor) -> np.ndarray:
@@ -479,19 +634,35 @@ class FilterTurnOff(Explainer):
     """Turning the most salient filters off, against random and least salient ones (Fig. 3).
 
     For each image, filters are zeroed cumulatively, k = 0..``max_k``, in three orders:
-    ``salient`` (descending |z|, as the authors' pruning), ``random`` (``n_random`` seeded
-    random orders, averaged per image) and ``least`` (ascending |z|). A filter is turned
-    off by W[f] = 0 in new weight tensors (any conv bias or BN after it is kept).
+    ``salient``, ``random`` (``n_random`` seeded random orders, averaged per image) and
+    ``least``. ``ranking`` orders the filters: ``magnitude`` (default) by |z|, descending for
+    salient and ascending for least, as the authors' pruning code does (the code behind
+    their Fig. 3); ``signed`` by z itself, the paper's text ("the most salient filters" are
+    those of highest z, as the input-space map and the fine-tuning check pick them), least
+    salient then being the most negative z.
+
+    A filter is turned off as the paper does (Sec. 3.1): its weights are zeroed and, with
+    ``zero_map`` (default), so are its channel of the conv bias and of the BatchNorm that
+    reads the conv's output (gamma and beta; ``feature_map_zeroing``), so its feature map is
+    exactly 0, which the paper says its procedure guarantees (it names the BatchNorm biases;
+    beta alone would leave -gamma * mean / sqrt(var + eps) where the running mean is not 0).
+    ``zero_map=False`` zeroes the weights only, which leaves the map at the BatchNorm's
+    constant beta - gamma * mean / sqrt(var + eps) (kept for comparison).
+    All in new tensors: the model is never modified.
 
     ``explain(model, x, labels, z=, index=)`` returns a ``FilterTurnOffResult``.
     """
 
     result_type = FilterTurnOffResult
 
-    def __init__(self, *, max_k: int = 30, n_random: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self, *, max_k: int = 30, n_random: int = 5, seed: int = 0, ranking: str = "magnitude", zero_map: bool = True
+    ) -> None:
         self.max_k = max_k
         self.n_random = n_random
         self.seed = seed
+        self.ranking = ranking
+        self.zero_map = zero_map
 
     def explain(
         self, model: LoadedModel, images: torch.Tensor, targets: Any, *, z: np.ndarray, index: FilterIndex
@@ -501,6 +672,10 @@ class FilterTurnOff(Explainer):
         over the filters of ``index``."""
         max_k = _check_count(self.max_k, "max_k", 0)
         n_random = _check_count(self.n_random, "n_random", 1)
+        if self.ranking not in RANKINGS:
+            raise ParameterError(f"ranking must be one of {', '.join(RANKINGS)}, not {self.ranking!r}.")
+        if not isinstance(self.zero_map, bool):
+            raise ParameterError(f"zero_map must be True or False, not {self.zero_map!r}.")
         x = _check_images(images, model.input_size, "images")
         y = _check_labels(targets, len(x), model.num_classes, "targets")
         z = np.asarray(z, dtype=np.float64)
@@ -513,7 +688,11 @@ class FilterTurnOff(Explainer):
         if max_k > n:
             notes.append(f"max_k = {max_k} is more than the model's {n} filters: stopped at {n}.")
             max_k = n
-        runner = _with_weights(model, index)
+        _check_index(model.module, index)
+        zeroing = feature_map_zeroing(model.module, index) if self.zero_map else None
+        if zeroing is not None:
+            notes.append(zeroing.note)
+        runner = _with_weights(model, index, zeroing)
         rng = np.random.default_rng(self.seed)
         x = x.to(model.device)
         rows = []
@@ -523,10 +702,10 @@ class FilterTurnOff(Explainer):
                 runner.copy.eval()
             ks = np.arange(max_k + 1)
             for i in range(len(x)):
-                magnitude = np.abs(z[i])
-                orders = [np.argsort(-magnitude, kind="stable")]
+                rank = np.abs(z[i]) if self.ranking == "magnitude" else z[i]
+                orders = [np.argsort(-rank, kind="stable")]
                 orders += [rng.permutation(n) for _ in range(n_random)]
-                orders.append(np.argsort(magnitude, kind="stable"))
+                orders.append(np.argsort(rank, kind="stable"))
                 keep = np.ones((len(orders), max_k + 1, n), dtype=np.float32)
                 for o, order in enumerate(orders):
                     for k in ks[1:]:

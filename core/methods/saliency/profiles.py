@@ -23,6 +23,16 @@ statistics are computed from the float32 profiles before the cast, with ``Profil
 
 ``nearest`` finds an image's neighbours in saliency space by cosine similarity of z
 (the paper's nearest-neighbour view), in chunks over the memmap.
+
+The paper takes the fine-tuning check's neighbours from an independent set, profiled with
+the model under audit and standardised against the audited dataset (Sec. 3.3):
+``build_independent`` runs another image set through this store's model into a store of its
+own (predictions and losses, no layers) with its profiles, beside this one::
+
+    <store dir>/saliency/independent/stores/<store dir name>-<set>-<fingerprint>/   its store
+        saliency/<key>/   its profiles, as above
+
+and ``nearest_in`` searches them with this dataset's mu and sigma.
 """
 
 from __future__ import annotations
@@ -51,9 +61,9 @@ from core.methods.saliency.filters import (
     standardise,
 )
 from core.models.loading import LoadedModel
-from core.store.build import _atomic_write_text, _locked, _read_json
+from core.store.build import _atomic_write_text, _locked, _read_json, build_store
 from core.store.pipeline import image_batches
-from core.store.read import Store, store_fingerprint
+from core.store.read import Store, find_store, store_fingerprint
 
 PROFILE_VERSION = 1  # bump when the profile definition or the file layout changes
 SALIENCY_DIR = "saliency"
@@ -622,3 +632,95 @@ def nearest(
     best_rows, best_sims = best_rows[order], best_sims[order]
     keep = np.isfinite(best_sims)
     return best_rows[keep], best_sims[keep]
+
+
+# --------------------------------------------------------------------------- an independent image set
+
+
+INDEPENDENT_DIR = "independent"  # <store dir>/saliency/independent/: stores of other image sets, with this model
+
+
+def check_same_task(store: Store, dataset: ImageDataset, reference: ImageDataset, name: str) -> None:
+    """Raise InputError unless ``dataset`` (another image set, called ``name``) can stand beside
+    the store's: the same classes in the same order, and images of the same size as the
+    store's dataset ``reference`` (so the model's transform treats both alike)."""
+    if list(dataset.classes) != list(store.classes):
+        raise InputError(
+            f"'{name}' has the classes {', '.join(dataset.classes[:6])}{' ...' if len(dataset.classes) > 6 else ''}, "
+            f"not this dataset's {', '.join(store.classes[:6])}{' ...' if len(store.classes) > 6 else ''}: pick an "
+            "image set on the same classes, in the same order."
+        )
+    sizes = []
+    for images in (dataset, reference):
+        first = next((im for im in (images.try_load_image(i)[0] for i in range(min(len(images), 20))) if im is not None), None)
+        sizes.append(None if first is None else first.size)
+    if sizes[0] is None:
+        raise InputError(f"None of the first images of '{name}' can be read: check its files.")
+    if sizes[1] is not None and sizes[0] != sizes[1]:
+        raise InputError(
+            f"'{name}' has images of {sizes[0][0]}x{sizes[0][1]} pixels, this dataset {sizes[1][0]}x{sizes[1][1]}: "
+            "pick an image set of the same input size."
+        )
+
+
+def independent_root(store: Store) -> Path:
+    """Where the stores and profiles of other image sets, run through this store's model, live."""
+    return store.path / SALIENCY_DIR / INDEPENDENT_DIR
+
+
+def find_independent(
+    store: Store, model: LoadedModel, dataset: ImageDataset, name: str, layers: Sequence[str] | None = None
+) -> tuple[Store, SaliencyProfiles] | None:
+    """The store and complete profiles of the image set ``dataset`` computed with ``model`` (the
+    model under audit) beside ``store``, or None while they are not built."""
+    other = find_store(f"{store.path.name}-{name}", model, dataset, root=independent_root(store))
+    if other is None:
+        return None
+    found = find_profiles(other, layers, model=model)
+    return None if found is None else (other, found)
+
+
+def build_independent(
+    store: Store,
+    model: LoadedModel,
+    dataset: ImageDataset,
+    name: str,
+    reference: ImageDataset,
+    layers: Sequence[str] | None = None,
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    notice: Notice | None = None,
+) -> tuple[Store, SaliencyProfiles]:
+    """Run the image set ``dataset`` (called ``name``) through the model under audit and compute
+    its saliency profiles, beside ``store``: the paper takes the neighbours of the fine-tuning
+    check from an independent set, profiled with the model it audits (Sec. 3.3).
+
+    Its store (predictions and losses, no layer activations) lives under
+    ``independent_root(store)``, named by its fingerprint (this model and those images); its
+    profiles are raw s, standardised later against this dataset's reference (``z_affine``).
+    ``reference`` is the store's own dataset (``check_same_task``). Resumes like
+    ``build_profiles``.
+    """
+    check_same_task(store, dataset, reference, name)
+    other = build_store(f"{store.path.name}-{name}", model, dataset, [], batch_size=batch_size,
+                        root=independent_root(store))
+    found = build_profiles(other, model, dataset, layers, batch_size=batch_size, progress=progress, notice=notice)
+    return other, found
+
+
+def nearest_in(
+    profiles: SaliencyProfiles, query_z: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: int,
+    columns: Sequence[int] | np.ndarray | None = None, rows: Sequence[int] | np.ndarray | None = None,
+    leave_out: Sequence[int] | np.ndarray = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` images of another set's ``profiles`` nearest to ``query_z`` in saliency space,
+    both standardised with this dataset's ``mu`` and ``sigma`` (the paper standardises against
+    the validation set and searches the independent one). ``rows`` restricts the candidates
+    (e.g. its misclassified images), ``leave_out`` drops some (e.g. the query's own image,
+    when the set holds it too). Returns (rows, cosine similarities), most similar first."""
+    candidates = np.arange(profiles.n) if rows is None else np.asarray(rows, dtype=np.int64)
+    candidates = np.setdiff1d(candidates, np.asarray(leave_out, dtype=np.int64))
+    affine = profiles.z_affine(mu, sigma)
+    return nearest(profiles.profiles, query_z, k=k, columns=columns, rows=candidates, affine=affine,
+                   norms=row_norms(profiles.profiles, columns, affine))
