@@ -38,6 +38,7 @@ STATUS_COLOURS = {STORED: "#e6a700", STORABLE: "#ffffff", OTHER: "#c8c8c8"}
 DETAIL = {"Blocks": 1, "Sub-blocks": 2, "Every operator": None}
 WIDE = 200  # neurons: wider layers show the top-n (ActiVis' matrix stays readable)
 PALETTE = "tableau10"
+ACTIVIS_PAGE = "pages/activis.py"
 CLASS_ROWS = 20  # the default rows: one per true class, of at most this many classes (those in the most errors)
 
 
@@ -59,6 +60,14 @@ def rows(ctx: PageContext, store: Store) -> list[dict[str, Any]]:
     if _key("rows", ctx) not in st.session_state:
         st.session_state[_key("rows", ctx)] = class_rows(store, ctx.meta())
     return st.session_state[_key("rows", ctx)]
+
+
+def open_group(ctx: PageContext, name: str, members: Any) -> None:
+    """Add a group of images that no condition describes (a finding) as a matrix row and switch
+    to the ActiVis page; DataError past the matrix's row limit."""
+    row = {"kind": "group", "value": [int(r) for r in members], "name": name}
+    set_rows(ctx, matrix_rows.with_row(rows(ctx, ctx.store), row))
+    st.switch_page(ACTIVIS_PAGE)
 
 
 def class_rows(store: Store, meta: pd.DataFrame) -> list[dict[str, Any]]:

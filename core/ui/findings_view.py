@@ -10,7 +10,7 @@ from core.errors import BiasLensError
 from core.methods.records import method_records
 from core.methods.saliency.profiles import find_profiles
 from core.services.findings import Finding, FindingsReport, find_failures
-from core.ui import cache, cohort_link
+from core.ui import activis_view, cache, cohort_link
 from core.ui.context import PageContext
 from core.ui.keys import state_key
 from core.ui.method_page import gallery, run_with_progress, save_subset_form
@@ -75,6 +75,12 @@ def finding_card(ctx: PageContext, finding: Finding) -> None:
         left, middle, right = st.columns([1, 1, 2])
         if left.button("Open as cohort", icon=":material/filter_alt:", key=state_key(PAGE, "open", ctx.key, finding.rank)):
             cohort_link.open_group(ctx, f"finding {finding.rank}", finding.rows)
+        if left.button("Open in ActiVis as a row", icon=":material/grid_on:", key=state_key(PAGE, "activis", ctx.key, finding.rank),
+                       help="Add this finding as a row of ActiVis' neuron activation matrix, beside one row per class."):
+            try:
+                activis_view.open_group(ctx, f"finding {finding.rank}", finding.rows)
+            except BiasLensError as exc:
+                left.error(str(exc))
         for source in finding.methods:
             shown = _page_of(source)
             if shown:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.services.workspace import load_workspaces
+from core.ui.keys import state_key
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_workshop_page import assert_hidden, workshop_app  # noqa: F401  (a fixture)
 
@@ -41,6 +43,13 @@ def test_findings_rank_the_demo_failures_and_link_them(demo_app):
     next(b for b in at.button if b.label == "Open as cohort").click().run()
     no_exception(at)
     assert any(s.label == "Within" for s in at.selectbox)
+    # ... and as a row of ActiVis' matrix, beside one row per class
+    at = open_findings(at)
+    next(b for b in at.button if b.label == "Open in ActiVis as a row").click().run()
+    no_exception(at)
+    assert at.main.title[0].value.startswith("ActiVis")
+    rows = at.session_state[state_key("activis", "rows", load_workspaces().workspaces["demo"].key())]
+    assert rows[-1]["kind"] == "group" and rows[-1]["name"] == "finding 1" and len(rows) == 11  # 10 classes + the finding
 
 
 def test_a_model_where_nothing_fails_significantly_says_so(app):

@@ -4,6 +4,7 @@ checked by hand on tiny cases."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.neighbors import KNeighborsClassifier
@@ -221,3 +222,16 @@ def test_instance_grid_sampling_keeps_errors_and_pages():
     assert (~grid.correct).sum() == 8
     with pytest.raises(DataError, match="page 10"):
         instance_grid(labels, preds, scores, 2, per_class=10, page=10)
+
+
+def test_a_group_row_resolves_to_its_images_and_refuses_other_stores():
+    from core.methods.activis import rows as matrix_rows
+
+    meta = pd.DataFrame({"label_idx": [0, 1, 0, 1], "pred_idx": [0, 0, 0, 1], "correct": [True, False, True, True]})
+    group = {"kind": "group", "value": [3, 1, 1], "name": "finding 2"}
+    assert matrix_rows.label(group, ["a", "b"]) == "group: finding 2"
+    np.testing.assert_array_equal(matrix_rows.resolve(group, meta, None, None, ["a", "b"]), [1, 3])
+    rows = matrix_rows.with_row(matrix_rows.class_rows(["a", "b"]), group)
+    assert matrix_rows.with_row(rows, dict(group)) == rows  # the same group is not added twice
+    with pytest.raises(DataError, match="another workspace"):
+        matrix_rows.resolve({"kind": "group", "value": [9], "name": "x"}, meta, None, None, ["a", "b"])

@@ -3,8 +3,8 @@
 A row is a plain dict (so it lives in session state and in a saved link) naming a subset of
 images the way ActiVis defines them (Sec. 4.2, "flexible subset definition"): by true class
 (the default, one row per class), predicted class, correct vs wrong, a confidence range, a
-cohort query (a DuckDB WHERE over the metadata, as on the Cohorts page), a saved subset, or a
-single instance. ``resolve`` turns one into its store rows; the matrix itself is
+cohort query (a DuckDB WHERE over the metadata, as on the Cohorts page), a saved subset, a
+group of images another page sent (a finding: no condition describes it), or a single instance. ``resolve`` turns one into its store rows; the matrix itself is
 ``core.methods.ActivationMatrix`` (S^T A).
 """
 
@@ -21,7 +21,7 @@ from core.services.cohorts import CohortView
 from core.services.subsets import SubsetRegistry
 
 MAX_ROWS = 50  # more rows than this are unreadable as a matrix (and refused by ActivationMatrix)
-KINDS = ("class", "pred", "correct", "confidence", "query", "subset", "instance")
+KINDS = ("class", "pred", "correct", "confidence", "query", "subset", "group", "instance")
 
 Row = dict[str, Any]
 
@@ -47,6 +47,8 @@ def label(row: Row, classes: Sequence[str]) -> str:
         return f"cohort: {row.get('name') or value}"
     if kind == "subset":
         return f"subset: {value}"
+    if kind == "group":
+        return f"group: {row.get('name') or f'{len(value)} images'}"
     if kind == "instance":
         return f"image #{int(value)}"
     raise DataError(f"Unknown kind of matrix row '{kind}'; use one of {', '.join(KINDS)}.")
@@ -85,6 +87,13 @@ def resolve(
             raise DataError(
                 f"The subset '{value}' holds image rows up to {int(rows.max())}, but this store has {n:,} images: "
                 "it was saved for another workspace or an older store. Remove its row."
+            )
+    elif kind == "group":
+        rows = np.unique(np.asarray(value, dtype=np.int64))
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise DataError(
+                f"The group '{label(row, classes)}' holds image rows up to {int(rows.max())}, but this store has {n:,} "
+                "images: it came from another workspace. Remove its row."
             )
     elif kind == "instance":
         if not 0 <= int(value) < n:
