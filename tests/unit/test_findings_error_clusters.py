@@ -16,27 +16,9 @@ from core.services.findings import (
     find_failures,
     nested_clusters,
 )
+from tests.unit.test_findings import FakeStore
 
 CLASSES = ["Sandal", "Sneaker", "Coat", "Shirt"]
-
-
-class FakeStore:
-    """What find_failures reads of a store: meta, the embedding and logits (no attributes)."""
-
-    def __init__(self, meta: pd.DataFrame, x: np.ndarray, logits: np.ndarray) -> None:
-        self._meta, self._x, self._logits = meta, x, logits
-        self.attribute_columns: list[str] = []
-        self.slice_columns = [c for c in meta.columns if c.startswith("slice_")]
-        self.n = len(meta)
-
-    def meta(self) -> pd.DataFrame:
-        return self._meta.copy()
-
-    def representation(self, name: str) -> np.ndarray:
-        return self._x
-
-    def logits(self) -> np.ndarray:
-        return self._logits
 
 
 def store(n: int = 2000, seed: int = 0, plant: bool = True) -> FakeStore:
@@ -57,7 +39,7 @@ def store(n: int = 2000, seed: int = 0, plant: bool = True) -> FakeStore:
     meta = pd.DataFrame({"row": np.arange(n), "label": np.array(CLASSES)[label], "label_idx": label,
                          "pred": np.array(CLASSES)[pred], "pred_idx": pred, "correct": correct, "loss": loss,
                          "slice_planted": group})
-    return FakeStore(meta, x, logits)
+    return FakeStore(meta, x, logits, [])  # no attribute columns
 
 
 def test_a_planted_error_cluster_is_found_with_its_failures_first():
