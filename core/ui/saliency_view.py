@@ -258,7 +258,7 @@ def profile_chart(points: pd.DataFrame, bounds: pd.DataFrame, y_title: str, log:
         points = points[points["value"] > 0]
     lines = alt.Chart(points).mark_line(strokeWidth=1.2).encode(
         x=alt.X("position:Q", title="Filters (sorted within each layer; layers left to right)", axis=alt.Axis(labels=False, ticks=False)),
-        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log else alt.Undefined),
+        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log else alt.Undefined, axis=alt.Axis(format="~g")),
         color=alt.Color("group:N", scale=alt.Scale(domain=["correct", "misclassified"], range=["#1f77b4", "#d62728"]), title="images"),
         detail="layer:N",
         tooltip=["layer:N", alt.Tooltip("rank:Q", title="rank in layer"), "group:N", alt.Tooltip("value:Q", format=".3g")],
@@ -941,6 +941,12 @@ def profile_figures(store: Store, profiles: SaliencyProfiles, correct: np.ndarra
     misclassified images, filters sorted within each layer, layers left to right."""
     mu, sigma, _ = stats
     means = mean_profiles(store, profiles, correct)
+    if not any(np.nan_to_num(np.asarray(m, dtype=np.float64)).any() for m in means.values()):
+        st.info(
+            "Every filter's saliency is 0 on every image: the loss does not change with these filters' weights "
+            "(e.g. a model that gives every image the same output, as an untrained one can). There is no profile to "
+            "draw and no filter stands out; the sections below have nothing to rank either.", icon=":material/info:")
+        return
     left, right = st.columns(2)
     with left:
         st.markdown("**Raw saliency profile** (mean over images)")

@@ -296,3 +296,34 @@ dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
     assert "This server has not prepared the profiles of 'Scripted tiny (manifest)' with this model" in text
     assert "neighbours from this dataset" in text and "python -m" not in text and str(tmp_path) not in text
     assert not [b for b in at.button if (b.key or "").startswith("saliency.build_set")]
+
+
+def make_zero_head_cnn():
+    """The tiny CNN with its head's weights at 0, as torchvision's ViT starts: every image gets
+    the same logits, so no conv weight changes the loss and every filter's saliency is 0."""
+    import torch
+
+    from tests.support import make_tiny_cnn
+
+    model = make_tiny_cnn()
+    with torch.no_grad():
+        model.head.weight.zero_()
+    return model
+
+
+def test_a_model_whose_saliency_is_all_zero_says_so(tmp_path, tiny_files, monkeypatch):
+    model = ('{ kind = "entrypoint", entrypoint = "tests.app.test_saliency_page:make_zero_head_cnn", input_size = 16, '
+             'mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }')
+    extra = f"""
+[workspace.flat]
+model = {model}
+dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
+"""
+    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
+    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    at = open_saliency(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240), "flat"))
+    at.button(key=BUILD).click().run()
+    no_exception(at)
+    assert any("Every filter's saliency is 0 on every image" in i.value for i in at.info)
+    assert not at.get("vega_lite_chart") or all("log" not in str(c.proto) for c in at.get("vega_lite_chart"))
