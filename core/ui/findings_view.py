@@ -62,7 +62,9 @@ def finding_card(ctx: PageContext, finding: Finding) -> None:
         c2.metric("Accuracy", percent(finding.accuracy),
                   delta=f"{100 * (finding.accuracy - finding.rest_accuracy):+.1f} pts vs the rest", delta_color="normal")
         c3.metric("q (BH)", f"{finding.q:.2g}")
-        c4.metric("Held-out gap", "n/a" if finding.held_out_gap is None else f"{100 * finding.held_out_gap:.1f} pts")
+        c4.metric("Worse on the held-out half", "n/a" if finding.held_out_gap is None else f"{100 * finding.held_out_gap:+.1f} pts",
+                  help="The rest's accuracy minus the group's, in points, on the half of the images that played no part "
+                       "in finding it: positive = the group is worse there too (a real failure keeps its gap).")
         described = ("" if finding.description_precision is None else
                      f" The description holds {percent(finding.description_precision)} of its images' share "
                      f"(precision) and covers {percent(finding.description_recall)} of the group (recall).")

@@ -33,7 +33,7 @@ def test_findings_rank_the_demo_failures_and_link_them(demo_app):
     assert heading and "candidate groups" in heading[0]
     shown = cards(at)
     assert len(shown) == 10 and shown[0].split("**#")[1].startswith("1 · ")  # ranked from 1, the first 10 shown
-    assert any(m.label == "Held-out gap" for m in at.metric)
+    assert any(m.label == "Worse on the held-out half" and m.value.startswith("+") for m in at.metric)
     assert any(" AND " in c or "label = " in c for c in shown)  # described by attribute values
     # the representation alone: no attribute in any description
     next(t for t in at.toggle if "metadata out" in t.label).set_value(True).run()
