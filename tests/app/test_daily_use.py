@@ -88,8 +88,11 @@ def test_fewer_spotlights_reuse_a_cached_larger_run(app):
     run_spotlights(at, 2, size=10.0)
     assert not at.status  # no search ran: served from the run of 3
     two = at.dataframe[0].value
-    assert list(two["spotlight"]) == [1, 2]
-    assert two.reset_index(drop=True).equals(three.head(2).reset_index(drop=True))
+    assert sorted(two["spotlight"]) == [1, 2]  # the first two the search found (the table lists them by evidence)
+    # the same spotlights as in the run of 3; only their q-values differ (Benjamini-Hochberg over 2 tests, not 3)
+    found = [c for c in two.columns if c != "q"]
+    same = three[three["spotlight"].isin([1, 2])].set_index("spotlight")[found[1:]]
+    assert two.set_index("spotlight")[found[1:]].loc[same.index].equals(same)
 
 
 def test_saving_a_spotlight_by_threshold_names_the_threshold(app):
