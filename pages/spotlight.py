@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, summary, weights_table
+from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, weights_table
 from core.methods.spotlight.record import MIN_SPOTLIGHT_TOP, default_size
 from core.ui import cohort_link, image_detail, subset_view
 from core.ui import spotlight_view as view
@@ -20,7 +20,7 @@ from core.ui.method_page import (
     scorecard_section,
     significance_section,
 )
-from core.ui.widgets import Shown, how_to_read, percent, table
+from core.ui.widgets import how_to_read, percent
 
 MAP_POINTS = 4000
 PAGE = "spotlight"
@@ -134,34 +134,7 @@ st.caption(
     + (f"; PCA keeps {percent(result.explained_variance_)} of the variance" if result.explained_variance_ is not None else "")
     + ". " + " ".join(result.notes_)
 )
-found = summary(result, meta["correct"].to_numpy()).set_index("spotlight").loc[[fit.index + 1 for fit in listed]].reset_index()
-found["q"] = order["q"].to_numpy()
-found["excess errors"] = order["excess errors"].to_numpy()
-found["same as"] = [name.capitalize() for name in order["same as"]]
-table(
-    found,
-    {
-        "mean loss": Shown("number", 3, label="weighted mean loss"),
-        "loss ratio": Shown("number", 2, label="× dataset mean loss", missing="the dataset's mean loss is 0."),
-        "effective size": Shown("number", 0),
-        "top-S accuracy": Shown("percent", label=f"accuracy of top {result.size_:,}"),
-        "low": Shown("percent", label="95% low", help="Bootstrap interval of the top-S accuracy."),
-        "high": Shown("percent", label="95% high", help="Bootstrap interval of the top-S accuracy."),
-        "q": Shown("general", 2, help="Fisher's exact test of the top S against the rest, Benjamini-Hochberg over the spotlights."),
-        "excess errors": Shown("number", 0, help="Top-S size × (the rest's accuracy − the top S's): the errors it holds "
-                                                 "beyond what the rest's error rate predicts."),
-    },
-    hide_index=True,
-    column_config={"same as": st.column_config.TextColumn(
-        help="A spotlight sharing half its top S with one listed above it (Jaccard ≥ 0.5): the same failure.")},
-)
-how_to_read(
-    "each row is a spotlight (numbered in the order the search found them), listed by evidence: those whose top S is "
-    "significantly less accurate than the rest (q < 0.05) first, by excess errors, and a spotlight repeating one above "
-    "it last (same as). "
-    f" The dataset's mean loss is {result.mean_loss_:.3f} and its "
-    f"accuracy {percent(meta['correct'].mean())}: a good spotlight has a loss ratio well above 1 and a low top-S accuracy."
-)
+view.spotlights_table(result, order, listed, meta)
 c1, c2 = st.columns([3, 1])
 with c1:
     show(view.trace_chart, view.trace_frame(result))

@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 from sklearn.base import clone
 
-from core.methods import Spotlight, SpotlightFit
+from core.methods import Spotlight, SpotlightFit, summary
 from core.methods.spotlight.record import spotlight_order
 from core.scoring.stats import bootstrap_ci
 from core.scoring.summary import (
@@ -362,3 +362,36 @@ def evidence_for(store: Store, result: Spotlight, run: dict[str, Any], scope: np
     """The spotlights in the page's order (``spotlight_order``: tested, ranked by evidence,
     near-duplicates last), once per run (the store, the run's settings and the scope)."""
     return _evidence(store, run, scope, result)
+
+
+def spotlights_table(result: Spotlight, order: pd.DataFrame, listed: list[SpotlightFit], meta: pd.DataFrame) -> None:
+    """The "Spotlights found" table in the page's order (``evidence_for``): each spotlight's loss,
+    size and top-S accuracy (``summary``) beside its q, excess errors and the spotlight it repeats."""
+    found = summary(result, meta["correct"].to_numpy()).set_index("spotlight").loc[[fit.index + 1 for fit in listed]].reset_index()
+    found["q"] = order["q"].to_numpy()
+    found["excess errors"] = order["excess errors"].to_numpy()
+    found["same as"] = [name.capitalize() for name in order["same as"]]
+    table(
+        found,
+        {
+            "mean loss": Shown("number", 3, label="weighted mean loss"),
+            "loss ratio": Shown("number", 2, label="× dataset mean loss", missing="the dataset's mean loss is 0."),
+            "effective size": Shown("number", 0),
+            "top-S accuracy": Shown("percent", label=f"accuracy of top {result.size_:,}"),
+            "low": Shown("percent", label="95% low", help="Bootstrap interval of the top-S accuracy."),
+            "high": Shown("percent", label="95% high", help="Bootstrap interval of the top-S accuracy."),
+            "q": Shown("general", 2, help="Fisher's exact test of the top S against the rest, Benjamini-Hochberg over the spotlights."),
+            "excess errors": Shown("number", 0, help="Top-S size × (the rest's accuracy − the top S's): the errors it holds "
+                                                     "beyond what the rest's error rate predicts."),
+        },
+        hide_index=True,
+        column_config={"same as": st.column_config.TextColumn(
+            help="A spotlight sharing half its top S with one listed above it (Jaccard ≥ 0.5): the same failure.")},
+    )
+    how_to_read(
+        "each row is a spotlight (numbered in the order the search found them), listed by evidence: those whose top S is "
+        "significantly less accurate than the rest (q < 0.05) first, by excess errors, and a spotlight repeating one above "
+        "it last (same as). "
+        f" The dataset's mean loss is {result.mean_loss_:.3f} and its "
+        f"accuracy {percent(meta['correct'].mean())}: a good spotlight has a loss ratio well above 1 and a low top-S accuracy."
+    )

@@ -180,16 +180,22 @@ def test_hosted_without_profiles_names_other_pages_not_commands(tmp_path, tiny_f
     assert "python -m" not in text and "`" not in text and str(tmp_path) not in text
 
 
-def test_model_without_conv_layers(tmp_path, tiny_files, monkeypatch):
+def saliency_of(name: str, model: str, tmp_path, tiny_files, monkeypatch) -> AppTest:
+    """The Filter saliency page of a workspace ``name`` with ``model`` (a TOML inline table) over
+    the tiny CSV, its store built."""
     extra = f"""
-[workspace.mlp]
-model = {MLP_MODEL}
+[workspace.{name}]
+model = {model}
 dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
 """
     monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
     monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(REPO)
-    at = open_saliency(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240), "mlp"))
+    return open_saliency(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240), name))
+
+
+def test_model_without_conv_layers(tmp_path, tiny_files, monkeypatch):
+    at = saliency_of("mlp", MLP_MODEL, tmp_path, tiny_files, monkeypatch)
     assert not at.error
     assert any("Filter saliency needs convolutional layers" in i.value for i in at.info)
     assert not [b for b in at.button if b.key == BUILD]
@@ -314,15 +320,7 @@ def make_zero_head_cnn():
 def test_a_model_whose_saliency_is_all_zero_says_so(tmp_path, tiny_files, monkeypatch):
     model = ('{ kind = "entrypoint", entrypoint = "tests.app.test_saliency_page:make_zero_head_cnn", input_size = 16, '
              'mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }')
-    extra = f"""
-[workspace.flat]
-model = {model}
-dataset = {{ kind = "csv", csv = "{tiny_files / 'manifest.csv'}" }}
-"""
-    monkeypatch.setenv("BIASLENS_WORKSPACES", str(write_workspaces(tmp_path, tiny_files, extra)))
-    monkeypatch.setenv("BIASLENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(REPO)
-    at = open_saliency(build_tiny(AppTest.from_file(str(REPO / "app.py"), default_timeout=240), "flat"))
+    at = saliency_of("flat", model, tmp_path, tiny_files, monkeypatch)
     at.button(key=BUILD).click().run()
     no_exception(at)
     assert any("Every filter's saliency is 0 on every image" in i.value for i in at.info)
