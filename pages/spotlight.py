@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
-from core.methods import KERNELS, PRECISIONS, NothingToFind, Spotlight, weights_table
-from core.methods.spotlight.record import MIN_SPOTLIGHT_TOP, default_size
+from core.methods import NothingToFind, Spotlight, weights_table
+from core.methods.spotlight.record import MIN_SPOTLIGHT_TOP, RECORD, default_size
 from core.ui import cohort_link, image_detail, subset_view
 from core.ui import spotlight_view as view
 from core.ui.charts import show, show_selectable
@@ -15,9 +15,9 @@ from core.ui.keys import state_key
 from core.ui.method_page import (
     gallery,
     kept_run,
-    remember_settings,
     save_subset_form,
     scorecard_section,
+    settings_form,
     significance_section,
 )
 from core.ui.widgets import how_to_read, percent
@@ -40,52 +40,25 @@ st.caption(
 
 scope_name, scope_rows = subset_view.scope_select(ctx, PAGE)  # all images, or a saved subset's
 compare_name, compare_rows = subset_view.compare_select(ctx, PAGE)  # a subset to compare with the rest
-representations = list(store.representations())  # the embedding first, then layer:pool
 # The form's widgets keep their values in session state, seeded from the last run, so that
 # coming back to the page shows the settings of the results below.
 last = st.session_state.get(RUN_KEY)
 default_pct = 100 * default_size(n)
-defaults = {"representation": view.EMBEDDING, "size": default_pct, "n_spotlights": 5, "steps": 1000, "kernel": KERNELS[0],
-            "precision": PRECISIONS[0], "pca": 0, "lr": 1e-2, "seed": 0}
-remember_settings(PAGE, defaults, last and {**last["params"], "representation": last["representation"],
-                                            "size": 100 * last["params"]["size"], "pca": last["params"]["pca"] or 0})
-if st.session_state[state_key(PAGE, "representation")] not in representations:  # another workspace, or a rebuilt store
-    st.session_state[state_key(PAGE, "representation")] = view.EMBEDDING
-with st.form("spotlight_controls"):
-    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])  # room for the representation's full name
-    representation = c1.selectbox("Representation", representations, key=state_key(PAGE, "representation"),
-                                  format_func=lambda name: view.representation_label(store, name),
-                                  help="The paper uses the last hidden layer.")
-    size_pct = c2.number_input(
-        "Size S (% of images)", 0.0, 99.9, step=0.5, format="%.2f", key=state_key(PAGE, "size"),
-        help=f"The minimum total weight, as a share of the images: 2% in the paper, but at least {MIN_SPOTLIGHT_TOP} "
-             "images by default (at most 25%). A spotlight averages the losses of at least S images, so a failing group much "
-             "smaller than S is diluted by its neighbours: to look for small groups, lower S (or ask for more spotlights).",
-    )
-    count = int(c3.number_input("Spotlights", 1, 10, key=state_key(PAGE, "n_spotlights"), help="Found in sequence; each next one ignores losses already covered."))
-    steps = int(c4.number_input("Steps", 50, 5000, step=50, key=state_key(PAGE, "steps"), help="Adam steps per spotlight (the paper: 1000-5000)."))
-    c5, c6, c7, c8, c9 = st.columns(5)
-    kernel = c5.selectbox("Kernel", KERNELS, key=state_key(PAGE, "kernel"), help="Gaussian exp(-d²/2) as in the paper, or compact max(1 - d², 0).")
-    precision = c6.selectbox("Precision", PRECISIONS, key=state_key(PAGE, "precision"), help="Spherical c·I as in the paper, or one precision per dimension (slow on wide layers: add PCA).")
-    pca = int(c7.number_input("PCA components (0 = off)", 0, 4096, key=state_key(PAGE, "pca"), help="Project the representation on its top components first."))
-    lr = float(c8.number_input("Learning rate", 1e-4, 1.0, format="%.4f", key=state_key(PAGE, "lr"), help="Adam; halved each time the objective plateaus."))
-    seed = int(c9.number_input("Seed", 0, 10_000, key=state_key(PAGE, "seed"),
-                               help="Seeds the high-loss starts and the principal directions; the same store and settings "
-                                    "give the same spotlights on this server. On another machine the gradient search "
-                                    "may round differently and move a later spotlight."))
-    submitted = st.form_submit_button("Run", type="primary")
+submitted = settings_form(
+    PAGE, "spotlight_controls", RECORD.settings, {**RECORD.defaults(n).get_params(), "representation": view.EMBEDDING},
+    last=last and {**last["params"], "representation": last["representation"]},
+    columns=([2, 1, 1, 1], 5),  # room for the representation's full name
+    submit="Run", primary=True,
+    options={"representation": list(store.representations())},  # the embedding first, then layer:pool
+    format_funcs={"representation": lambda name: view.representation_label(store, name)},
+)
 st.caption(
     f"Default S here: {default_pct:g}% = {round(default_pct * n / 100):,} of {n:,} images. It is the paper's 2%, raised to "
     f"at least {MIN_SPOTLIGHT_TOP} images (at most 25%): each spotlight's accuracy is measured on its top S images, "
     "and on fewer its 95% interval says little (4 images, 2% of 200, read 0.0% – 0.0%)."
 )
-if submitted:
-    st.session_state[RUN_KEY] = {
-        "representation": representation,
-        # S as a fraction of the images: the estimator turns it into a count
-        "params": {"size": size_pct / 100, "n_spotlights": count, "kernel": kernel, "precision": precision,
-                   "steps": steps, "lr": lr, "pca": pca or None, "seed": seed},
-    }
+if submitted:  # S as a fraction of the images: the estimator turns it into a count
+    st.session_state[RUN_KEY] = {"representation": submitted.pop("representation"), "params": submitted}
 run = st.session_state.get(RUN_KEY)
 if run is None:
     st.info(f"Choose the settings and press **Run** to find spotlights among the {n:,} images.")

@@ -9,6 +9,7 @@ from core.methods import (
     VISCUIT_THRESHOLD,
     subgroups_csv,
 )
+from core.methods.subgroups.record import RECORD
 from core.scoring.scorecard import loss_rankings
 from core.ui import cache, cohort_link, subset_view
 from core.ui import subgroups_view as view
@@ -16,9 +17,9 @@ from core.ui.context import page_context
 from core.ui.keys import state_key
 from core.ui.method_page import (
     kept_run,
-    remember_settings,
     save_subset_form,
     scorecard_section,
+    settings_form,
     significance_section,
 )
 from core.ui.widgets import how_to_read, kept, percent
@@ -42,26 +43,12 @@ st.caption(
 scope_name, scope_rows = subset_view.scope_select(ctx, PAGE)  # all images, or a saved subset's
 compare_name, compare_rows = subset_view.compare_select(ctx, PAGE)  # a subset to compare with the rest
 
-SETTINGS = ("min_size", "max_size", "silhouette_sample", "max_cuts", "exact_limit", "micro_clusters", "stop_at_perfect", "seed")
-defaults = {name: value for name, value in UDIS().get_params().items() if name in SETTINGS}
-remember_settings(PAGE, defaults, st.session_state.get(RUN_KEY))
-with st.expander("Clustering settings (UDIS)"), st.form("udis_settings"):
-    c1, c2, c3, c4 = st.columns(4)
-    key = {name: state_key(PAGE, name) for name in SETTINGS}
-    min_size = int(c1.number_input("Min subgroup size", 2, 1000, key=key["min_size"], help="No split leaves a subgroup with fewer images."))
-    max_size = int(c2.number_input("Max subgroup size", 3, 100_000, key=key["max_size"], help="Cuts are scored only once no splittable subgroup is bigger."))
-    sample = int(c3.number_input("Silhouette sample", 100, 20_000, step=500, key=key["silhouette_sample"], help="Images on which each cut's silhouette score is measured."))
-    max_cuts = int(c4.number_input("Cuts scored", 1, 200, key=key["max_cuts"], help="At most this many cuts, geometrically spaced, compete."))
-    c5, c6, c7, c8 = st.columns(4)
-    exact_limit = int(c5.number_input("Exact Ward up to N images", 100, 50_000, step=500, key=key["exact_limit"], help="Above it: k-means micro-clusters, then Ward on them (memory O(N))."))
-    micro = int(c6.number_input("Micro-clusters", 100, 20_000, step=256, key=key["micro_clusters"], help="Number of k-means micro-clusters in the two-stage tree."))
-    perfect = c7.checkbox("Keep perfect regions whole", key=key["stop_at_perfect"], help="UDIS's code stops splitting at clusters with 100% accuracy.")
-    seed = int(c8.number_input("Seed", 0, 10_000, key=key["seed"]))
-    if st.form_submit_button("Re-cluster"):
-        st.session_state[RUN_KEY] = {
-            "min_size": min_size, "max_size": max(max_size, min_size + 1), "silhouette_sample": sample, "max_cuts": max_cuts,
-            "exact_limit": exact_limit, "micro_clusters": micro, "stop_at_perfect": perfect, "seed": seed,
-        }
+defaults = RECORD.defaults(len(meta)).get_params()
+with st.expander("Clustering settings (UDIS)"):
+    submitted = settings_form(PAGE, "udis_settings", RECORD.settings, defaults, last=st.session_state.get(RUN_KEY),
+                              columns=(4, 4), submit="Re-cluster")
+if submitted:
+    st.session_state[RUN_KEY] = {**submitted, "max_size": max(submitted["max_size"], submitted["min_size"] + 1)}
 udis = UDIS(**st.session_state.get(RUN_KEY, defaults))
 
 choice = st.segmented_control(

@@ -3,18 +3,19 @@
 A record names the method (its state-key page and score name), its page, its subset origin,
 its estimator with the page's defaults and the per-image target it fits, how a run on a
 subset maps back to store rows, its split-half check, the groups a run flags for scoring (in
-the page's order) and its workshop steps. Navigation (app.py), state keys (core/ui/keys.py),
-subset origins (core/services/subsets.py), the score command (core/services/score.py), the
-workshop's steps (core/ui/workshop.py) and the UI bench (bench/ui.py) are built from the
-records. Each method package defines its record in its ``record.py``; ``core.methods``
-registers them in navigation order.
+the page's order), its workshop steps and its page's settings form (``Setting``). Navigation
+(app.py), state keys (core/ui/keys.py), subset origins (core/services/subsets.py), the score
+command (core/services/score.py), the workshop's steps (core/ui/workshop.py), the UI bench
+(bench/ui.py) and the Spotlight and Subgroups settings forms are built from the records.
+Each method package defines its record in its ``record.py``; ``core.methods`` registers them
+in navigation order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,58 @@ class WorkshopStep:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One field of a method page's settings form, without Streamlit (core/ui/method_page.py's
+    ``settings_form`` draws it), so that a test can hold it against the estimator.
+
+    ``name`` is a parameter of the record's estimator (its default is the estimator's, from
+    ``record.defaults(n).get_params()``: no second copy here), unless ``page_only``: a choice
+    the page makes around the estimator (Spotlight's representation), whose default and,
+    when ``options`` is empty, options the page gives. ``kind`` picks the widget: "int" and
+    "float" a number box over [low, high] (``hosted_high`` caps it on a hosted server), with
+    ``step`` and printf ``format`` when given; "choice" a select box over ``options``; "bool" a
+    checkbox. The box may show the parameter in other units: times ``scale`` (100: a share
+    as a percentage), and ``none_as`` standing for None (0: "off").
+    """
+
+    name: str
+    label: str
+    kind: Literal["int", "float", "choice", "bool"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    help: str | None = None
+    format: str | None = None
+    options: tuple[Any, ...] = ()
+    hosted_high: float | None = None
+    scale: float = 1
+    none_as: float | None = None
+    page_only: bool = False
+
+    def high_for(self, hosted: bool) -> float | None:
+        """The box's maximum: the hosted cap on a hosted server when there is one."""
+        return self.hosted_high if hosted and self.hosted_high is not None else self.high
+
+    def shown(self, value: Any) -> Any:
+        """A parameter value as the widget shows it (scaled; None as ``none_as``)."""
+        if value is None and self.none_as is not None:
+            return self.none_as
+        return value * self.scale if self.scale != 1 else value
+
+    def chosen(self, shown: Any) -> Any:
+        """The parameter value of what the widget shows (the inverse of ``shown``)."""
+        if self.kind == "int":
+            value = int(shown)
+        elif self.kind == "float":
+            value = float(shown)
+        else:
+            return shown
+        if self.none_as is not None and value == self.none_as:
+            return None
+        return value / self.scale if self.scale != 1 else value
+
+
+@dataclass(frozen=True)
 class MethodRecord:
     """Everything outside a method's package needs to know about it (see the module docstring).
 
@@ -46,6 +99,7 @@ class MethodRecord:
     on_rows(fitted, rows, n): a run on a subset's rows mapped back to all n store rows.
     held_out(estimator, x, losses, correct, seed, **options): its split-half confirmation.
     groups(fitted, meta): the groups a run flags, in the order its page lists them.
+    settings: its page's settings form, in the form's order (``Setting``).
     """
 
     name: str
@@ -61,6 +115,7 @@ class MethodRecord:
     held_out: Callable[..., pd.DataFrame] | None = None
     groups: Callable[[Any, pd.DataFrame], Groups] | None = None
     steps: tuple[WorkshopStep, ...] = ()
+    settings: tuple[Setting, ...] = ()
 
 
 _RECORDS: list[MethodRecord] = []

@@ -1,5 +1,6 @@
-"""Furniture every method page shares: a run with progress, a settings form that remembers
-the last run, an image gallery with error marks, the save-as-subset form, the scorecard.
+"""Furniture every method page shares: a run with progress, a settings form drawn from the
+method's ``Setting``s that remembers the last run, an image gallery with error marks, the
+save-as-subset form, the scorecard.
 
 A method page is one core estimator (core/methods/), one view module (core/ui/<name>_view.py)
 holding its cached runs and charts, and one thin page that strings these pieces together.
@@ -8,7 +9,7 @@ holding its cached runs and charts, and one thin page that strings these pieces 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import BiasLensError
+from core.methods.records import Setting
 from core.scoring.scorecard import baseline_groups, compare_with_baseline, flagged_scorecard
 from core.scoring.significance import HELD_OUT_SHOWN, group_tests
 from core.store.read import Store
@@ -89,6 +91,61 @@ def remember_settings(page: str, defaults: dict[str, Any], last: dict[str, Any] 
     """
     for name, value in defaults.items():
         st.session_state.setdefault(state_key(page, name), (last or {}).get(name, value))
+
+
+def settings_form(
+    page: str,
+    form: str,
+    settings: Sequence[Setting],
+    defaults: Mapping[str, Any],
+    *,
+    last: Mapping[str, Any] | None,
+    columns: Sequence[int | Sequence[float]],
+    submit: str,
+    primary: bool = False,
+    options: Mapping[str, Sequence[Any]] | None = None,
+    format_funcs: Mapping[str, Callable[[Any], str]] | None = None,
+    hosted: bool = False,
+) -> dict[str, Any] | None:
+    """A method's settings form drawn from its ``Setting``s (core.methods.records), so the
+    widgets follow the estimator's parameters instead of being written out on every page.
+
+    Each widget's key is ``state_key(page, setting.name)``, seeded once by ``remember_settings``
+    from ``last`` (the last run's values) or ``defaults`` (the estimator's ``get_params()`` plus
+    the page-only settings'), both in parameter units; a remembered choice no longer offered
+    (another workspace's representation) falls back to its default. ``columns`` lays the
+    settings out in order, one ``st.columns`` spec per row. ``options`` and ``format_funcs``
+    give a choice's options and labels where only the page knows them; on a hosted server a
+    number's maximum is its ``hosted_high``. Returns the chosen values in parameter units
+    when ``submit`` is pressed, else None.
+    """
+    slots = sum(row if isinstance(row, int) else len(row) for row in columns)
+    if slots != len(settings):
+        raise ValueError(f"{len(settings)} settings need as many columns; the layout has {slots}.")  # programming error: layout and settings disagree
+    choices = {s.name: tuple((options or {}).get(s.name, s.options)) for s in settings if s.kind == "choice"}
+    remember_settings(page, {s.name: s.shown(defaults[s.name]) for s in settings},
+                      last and {s.name: s.shown(last[s.name]) for s in settings if s.name in last})
+    for name, offered in choices.items():
+        if st.session_state[state_key(page, name)] not in offered:
+            st.session_state[state_key(page, name)] = defaults[name]
+    with st.form(form):
+        cells = [cell for row in columns for cell in st.columns(row)]
+        shown = {s.name: _setting_widget(cell, s, state_key(page, s.name), choices.get(s.name, ()),
+                                         (format_funcs or {}).get(s.name), hosted)
+                 for cell, s in zip(cells, settings, strict=True)}
+        submitted = st.form_submit_button(submit, type="primary" if primary else "secondary")
+    return {s.name: s.chosen(shown[s.name]) for s in settings} if submitted else None
+
+
+def _setting_widget(cell: Any, setting: Setting, key: str, offered: tuple[Any, ...],
+                    format_func: Callable[[Any], str] | None, hosted: bool) -> Any:
+    """One setting's widget in ``cell`` (a column), as its kind asks; returns what it shows."""
+    if setting.kind == "choice":
+        return cell.selectbox(setting.label, offered, key=key, help=setting.help, format_func=format_func or str)
+    if setting.kind == "bool":
+        return cell.checkbox(setting.label, key=key, help=setting.help)
+    extra = {name: value for name, value in (("step", setting.step), ("format", setting.format)) if value is not None}
+    return cell.number_input(setting.label, setting.low, setting.high_for(hosted), key=key, help=setting.help, **extra)
 
 
 def gallery(

@@ -1,4 +1,4 @@
-"""The Spotlight page's record: its defaults, its split-half check, the groups it flags."""
+"""The Spotlight page's record: its defaults, its settings form, its split-half check, the groups it flags."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 from sklearn.base import clone
 
 from core.errors import DataError
-from core.methods.records import Groups, MethodRecord, WorkshopStep
-from core.methods.spotlight.search import MIN_IMAGES, Spotlight
+from core.methods.records import Groups, MethodRecord, Setting, WorkshopStep
+from core.methods.spotlight.search import KERNELS, MIN_IMAGES, PRECISIONS, Spotlight
 from core.scoring.significance import check_halves, evidence_order, split_half
 from core.store.read import expand
 
@@ -102,11 +102,32 @@ def spotlight_held_out(
     return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
 
 
+# The Spotlight page's settings form: a representation of the store (the page's choice, the
+# embedding by default), then the estimator's parameters; S is shown as a percentage, PCA 0 = off.
+SETTINGS = (
+    Setting("representation", "Representation", "choice", help="The paper uses the last hidden layer.", page_only=True),
+    Setting("size", "Size S (% of images)", "float", 0.0, 99.9, step=0.5, format="%.2f", scale=100,
+            help=f"The minimum total weight, as a share of the images: 2% in the paper, but at least {MIN_SPOTLIGHT_TOP} "
+                 "images by default (at most 25%). A spotlight averages the losses of at least S images, so a failing group much "
+                 "smaller than S is diluted by its neighbours: to look for small groups, lower S (or ask for more spotlights)."),
+    Setting("n_spotlights", "Spotlights", "int", 1, 10, help="Found in sequence; each next one ignores losses already covered."),
+    Setting("steps", "Steps", "int", 50, 5000, step=50, help="Adam steps per spotlight (the paper: 1000-5000)."),
+    Setting("kernel", "Kernel", "choice", options=KERNELS, help="Gaussian exp(-d²/2) as in the paper, or compact max(1 - d², 0)."),
+    Setting("precision", "Precision", "choice", options=PRECISIONS,
+            help="Spherical c·I as in the paper, or one precision per dimension (slow on wide layers: add PCA)."),
+    Setting("pca", "PCA components (0 = off)", "int", 0, 4096, none_as=0, help="Project the representation on its top components first."),
+    Setting("lr", "Learning rate", "float", 1e-4, 1.0, format="%.4f", help="Adam; halved each time the objective plateaus."),
+    Setting("seed", "Seed", "int", 0, 10_000,
+            help="Seeds the high-loss starts and the principal directions; the same store and settings "
+                 "give the same spotlights on this server. On another machine the gradient search "
+                 "may round differently and move a later spotlight."),
+)
+
 RECORD = MethodRecord(
     name="spotlight", title="Spotlight", page="pages/spotlight.py", icon=":material/highlight:", origin="spotlight",
     estimator=Spotlight, defaults=page_spotlight, target="loss", on_rows=spotlight_on_rows,
     held_out=lambda spotlight, x, losses, correct, seed=0, **_: spotlight_held_out(x, losses, correct, spotlight, seed),
-    groups=spotlight_groups,
+    groups=spotlight_groups, settings=SETTINGS,
     steps=(
         WorkshopStep("spotlight-run", "Spotlight", "Run Spotlight with its defaults: each spotlight is a high-loss region of "
                      "the model's last hidden layer.", "pages/spotlight.py", 1),

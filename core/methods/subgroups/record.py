@@ -1,4 +1,4 @@
-"""The Subgroups (VisCUIT) page's record: UDIS's split-half check and the groups it flags."""
+"""The Subgroups (VisCUIT) page's record: UDIS's settings form, its split-half check and the groups it flags."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from core.methods.records import Groups, MethodRecord, WorkshopStep
+from core.methods.records import Groups, MethodRecord, Setting, WorkshopStep
 from core.methods.subgroups.udis import MIN_IMAGES, UDIS, VISCUIT_THRESHOLD
 from core.scoring.scorecard import loss_rankings
 from core.scoring.significance import check_halves, evidence_order, split_half
@@ -66,11 +66,26 @@ def udis_held_out(x: np.ndarray, correct: np.ndarray, udis: UDIS, threshold: flo
     return split_half(np.asarray(correct, dtype=bool), discover, seed=seed)
 
 
+# The Subgroups page's "Clustering settings (UDIS)" form: UDIS's parameters, its defaults.
+SETTINGS = (
+    Setting("min_size", "Min subgroup size", "int", 2, 1000, help="No split leaves a subgroup with fewer images."),
+    Setting("max_size", "Max subgroup size", "int", 3, 100_000, help="Cuts are scored only once no splittable subgroup is bigger."),
+    Setting("silhouette_sample", "Silhouette sample", "int", 100, 20_000, step=500,
+            help="Images on which each cut's silhouette score is measured."),
+    Setting("max_cuts", "Cuts scored", "int", 1, 200, help="At most this many cuts, geometrically spaced, compete."),
+    Setting("exact_limit", "Exact Ward up to N images", "int", 100, 50_000, step=500,
+            help="Above it: k-means micro-clusters, then Ward on them (memory O(N))."),
+    Setting("micro_clusters", "Micro-clusters", "int", 100, 20_000, step=256,
+            help="Number of k-means micro-clusters in the two-stage tree."),
+    Setting("stop_at_perfect", "Keep perfect regions whole", "bool", help="UDIS's code stops splitting at clusters with 100% accuracy."),
+    Setting("seed", "Seed", "int", 0, 10_000),
+)
+
 RECORD = MethodRecord(
     name="subgroups", title="Subgroups", page="pages/subgroups.py", icon=":material/groups:", origin="subgroup", score_name="udis",
     estimator=UDIS, defaults=lambda n: UDIS(), target="correct", on_rows=udis_on_rows,
     held_out=lambda udis, x, losses, correct, seed=0, threshold=VISCUIT_THRESHOLD, **_: udis_held_out(x, correct, udis, threshold, seed),
-    groups=udis_groups,
+    groups=udis_groups, settings=SETTINGS,
     steps=(
         WorkshopStep("grad-cam", "Grad-CAM and neurons", "On Subgroups, run the clustering, select the subgroup that matches "
                      "your cohort, press CAM under an image and read the neuron panel: what does the model look at?",
