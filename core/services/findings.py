@@ -6,8 +6,11 @@ given, error clusters: the misclassified images of each class clustered in the e
 the confusion matrix's off-diagonal cells, and SliceLine's attribute slices), merges
 near-duplicates (Jaccard >= 0.5, or 80% of the smaller inside the larger: agreement between
 sources is evidence), tests every pooled candidate and ranks what fails: significant findings
-(q < 0.05 and worse on the held-out half) first, by ``sure_gap``, the near end of the 95%
-interval of the held-out accuracy gap (how much worse the group surely is).
+(q < 0.05 and worse on the held-out half) first, as a greedy cover: each next finding is the one
+that adds the most beyond those above it, measured by the sure gap (the near end of the 95%
+interval of the held-out accuracy gap: how much worse a group surely is) of its images not yet
+listed (``marginal_sure_gap``), so a second part of a failure already listed waits behind the
+next distinct failure.
 
 Honesty: with 40 images or more, the images are split in two halves (``seed``); every source
 looks at half A only, and each candidate's rule (spotlight kernel, nearest UDIS centroid,
@@ -22,8 +25,8 @@ tested rule does not read correctness: a confusion cell true -> predicted holds 
 the true class whose two highest-scored classes include the predicted one (the errors of the
 cell and the correct images that nearly made it); a failure mode holds the images whose
 saliency profile is nearest its centroid; an error cluster holds the images of its class
-near its errors' centroid, correct or not. SliceLine slices that pair a label with another
-predicted class are read the same way.
+near its errors' centroid, correct or not, within a radius fitted on the discovery half.
+SliceLine slices that pair a label with another predicted class are read the same way.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from core.methods.saliency.failure_modes import FailureModes
 from core.methods.spotlight.record import page_spotlight
 from core.methods.subgroups.udis import UDIS, VISCUIT_THRESHOLD
 from core.scoring.scorecard import baseline_groups, top_loss_rows
-from core.scoring.significance import ALPHA, group_tests
+from core.scoring.significance import ALPHA, group_tests, newcombe_interval
 from core.scoring.stats import wilson
 from core.services.runs import fit_on_store
 
@@ -54,7 +57,6 @@ MAX_CELLS = 10  # confusion cells pooled: the largest ones on the discovery half
 MIN_CELL = 5  # ... of at least this many errors
 MIN_CLUSTER_ERRORS = 5  # an error cluster holds at least this many misclassified images ...
 CLUSTER_ERROR_SHARE = 0.005  # ... and about this share of the discovery half: a 1.5% slice failing at 1/3
-REGION_QUANTILE = 0.9  # an error cluster's region reaches this quantile of its errors' distances to their centroid
 SLICELINE_K, SLICELINE_MAX_L = 10, 3
 SLICELINE_ALPHA = 0.95  # the default 0.6 scores every slice under 2-5% of the images below 0: none is found
 MAX_TERMS = 3  # a description's conjunction holds at most this many values
@@ -305,10 +307,12 @@ def error_cluster_candidates(store: Any, meta: pd.DataFrame, discovery: np.ndarr
     by Ward's method (deterministic): every cluster of every cut of the tree into 1 to K
     clusters (K = the class's errors / ``errors_per_cluster``; 2K - 1 nested clusters), so a
     failure is found whole as well as in parts, and the merging keeps the best-evidenced one.
-    Each cluster is tested as its region (``_region``: the class's images around the cluster's
-    errors, correct ones included). A failure the model makes on one kind of image sits close
-    together in its embedding; errors scattered along a class boundary make wide regions that
-    are not much worse than the rest, and their held-out test says so."""
+    Each cluster is tested as its region (``_region``: the class's images, correct ones included,
+    within the radius around the cluster's errors that fails most surely on the discovery half,
+    so the region hugs a dense core of failures rather than every image near it). A failure the
+    model makes on one kind of image sits close together in its embedding; errors scattered
+    along a class boundary make wide regions that are not much worse than the rest, and their
+    held-out test says so."""
     correct = meta["correct"].to_numpy(dtype=bool)
     label = meta["label_idx"].to_numpy()
     x = np.asarray(store.representation("embedding"), dtype=np.float32)
@@ -323,7 +327,7 @@ def error_cluster_candidates(store: Any, meta: pd.DataFrame, discovery: np.ndarr
         of_class = np.flatnonzero(label == true)
         clusters = [c for c in nested_clusters(x[errors], round(len(errors) / per_cluster)) if c.sum() >= MIN_CLUSTER_ERRORS]
         for number, cluster in enumerate(clusters):
-            members = _region(x, of_class, errors[cluster])
+            members = _region(x, of_class, errors[cluster], discovery, correct)
             out.append(_Candidate("error clusters", f"{names[true]} errors, cluster {number + 1}", members,
                                   failures_first(members, x, correct), len(out)))
     return out
@@ -344,14 +348,40 @@ def nested_clusters(points: np.ndarray, most: int) -> list[np.ndarray]:
     return sorted(seen.values(), key=lambda m: -int(m.sum()))
 
 
-def _region(x: np.ndarray, of_class: np.ndarray, cluster: np.ndarray) -> np.ndarray:
-    """(n,) bool: the images of ``of_class`` within the REGION_QUANTILE distance of the
-    cluster's rows to their centroid; it reads the embedding and the label, never correctness."""
+def _region(x: np.ndarray, of_class: np.ndarray, cluster: np.ndarray, discovery: np.ndarray,
+            correct: np.ndarray) -> np.ndarray:
+    """(n,) bool: the images of ``of_class`` within a radius of the centroid of the cluster's
+    errors. The radius is fitted on the discovery half: of the balls around the centroid that
+    hold at least as many discovery images of the class as the cluster has errors, the one that
+    surely fails most there (``scanned_radius``). Only discovery images' correctness is read,
+    so the held-out test stays honest."""
     centroid = x[cluster].mean(0)
-    radius = np.quantile(((x[cluster] - centroid) ** 2).sum(1), REGION_QUANTILE)
+    distance = ((x[of_class] - centroid) ** 2).sum(1)
+    seen = np.zeros(len(x), dtype=bool)
+    seen[discovery] = True
+    found = seen[of_class]
+    correct_rest = int(correct[discovery].sum()) - int(correct[of_class[found]].sum())
+    radius = scanned_radius(distance[found], correct[of_class[found]], len(cluster),
+                            len(discovery) - int(found.sum()), correct_rest)
     members = np.zeros(len(x), dtype=bool)
-    members[of_class[((x[of_class] - centroid) ** 2).sum(1) <= radius]] = True
+    members[of_class[distance <= radius]] = True
     return members
+
+
+def scanned_radius(distance: np.ndarray, correct: np.ndarray, smallest: int, others: int, others_correct: int) -> float:
+    """The radius whose ball (the images at ``distance`` or nearer, each ``correct`` or not,
+    at least ``smallest`` of them) is surely the worst against every other image: the ball
+    that maximises the near end of the 95% Newcombe interval of its accuracy gap (the same
+    sure gap the findings are ranked by, here on the discovery half). Outside the class there
+    are ``others`` images, ``others_correct`` of them correct. A tight core of errors gives a
+    ball just around it; errors spread evenly give a wide ball no worse than the rest."""
+    order = np.argsort(distance, kind="stable")
+    n = np.arange(1, len(order) + 1)
+    k = np.cumsum(correct[order])
+    total_n, total_k = len(order) + others, int(correct.sum()) + others_correct
+    _, high = newcombe_interval(k, n, total_k - k, total_n - n)
+    score = np.where((n >= min(max(smallest, 1), len(order))) & (total_n - n > 0), -high, -np.inf)
+    return float(distance[order][int(np.argmax(score))])
 
 
 def errors_per_cluster(discovered: int) -> int:
@@ -568,18 +598,28 @@ def find_failures(store: Any, *, with_attributes: bool = True, profiles: Any = N
     return FindingsReport(tuple(findings), errors, tuple(notes), len(pooled))
 
 
-def sure_gap(tests: pd.DataFrame) -> np.ndarray:
-    """The impact a finding is ranked by: how much worse than the rest it surely is, the near
-    end of the 95% Newcombe interval of its accuracy gap on the held-out half (``-high`` of
-    ``group_tests``). It weighs the size of a failure and the evidence for it: a group of
-    1,000 images 11 points worse and a slice of 163 images 72 points worse add about as many
-    errors, but the slice is the sharper answer to "where does it fail" and ranks first."""
-    return -tests["high"].to_numpy()
+def marginal_sure_gap(members: np.ndarray, correct: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """(candidates,) the sure gap of each candidate's images not yet ``shown`` (those of the
+    findings listed above it), against every other image: what it adds to the list. The sure
+    gap is how much worse than the rest a group surely is, the near end of the 95% Newcombe
+    interval of its accuracy gap: it weighs the size of a failure and the evidence for it (a
+    group of 1,000 images 11 points worse and a slice of 163 images 72 points worse add about
+    as many errors, but the slice is the sharper answer to "where does it fail"). A part of
+    a failure already listed adds little (its new images are few, or fail no worse than the
+    rest); a distinct failure adds its whole sure gap. ``members`` is (candidates, n) bool over
+    the tested images; -inf where a candidate adds no image (or leaves none outside it)."""
+    new = members & ~shown[None, :]
+    n = new.sum(1)
+    k = (new & correct[None, :]).sum(1)
+    rest_n, rest_k = len(correct) - n, int(correct.sum()) - k
+    _, high = newcombe_interval(k, n, rest_k, rest_n)
+    return np.where((n > 0) & (rest_n > 0), -high, -np.inf)
 
 
 def _ranked(pooled: list[_Candidate], correct: np.ndarray, losses: np.ndarray, held_out: np.ndarray | None,
             values: pd.DataFrame, described: list[str], with_attributes: bool) -> list[Finding]:
-    """Test every candidate, order them (significant first, by excess errors), merge near-duplicates, describe."""
+    """Test every candidate, list them greedily (significant first, each next by the sure gap it
+    adds beyond the findings above it: ``marginal_sure_gap``), merge near-duplicates, describe."""
     if not pooled:
         return []
     n = len(correct)
@@ -595,19 +635,7 @@ def _ranked(pooled: list[_Candidate], correct: np.ndarray, losses: np.ndarray, h
     low, high = (np.array(bounds) for bounds in zip(*[wilson(k, m)[1:] for k, m in zip(right, size, strict=True)], strict=True))
     worse = tests["gap"].to_numpy() < 0
     significant = (tests["q"].to_numpy() < ALPHA) & worse
-    impact = sure_gap(tests)
-    order = sorted(range(len(pooled)), key=lambda i: (not significant[i], -np.nan_to_num(impact[i], nan=-np.inf),
-                                                       SOURCES.index(pooled[i].source), pooled[i].order))
-    groups: list[list[int]] = []
-    for i in order:
-        for group in groups:
-            a, b = pooled[group[0]].members, pooled[i].members
-            shared = (a & b).sum()
-            if shared >= MERGE_JACCARD * (a | b).sum() or shared >= MERGE_CONTAINED * min(a.sum(), b.sum()):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
+    groups = _greedy_groups(pooled, np.stack([c.members[tested] for c in pooled]), correct[tested], significant)
     findings = []
     for group in groups:
         i = group[0]
@@ -627,3 +655,36 @@ def _ranked(pooled: list[_Candidate], correct: np.ndarray, losses: np.ndarray, h
             description=text, description_precision=p, description_recall=r,
         ))
     return findings
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Near-duplicates: Jaccard >= MERGE_JACCARD, or MERGE_CONTAINED of the smaller inside the larger."""
+    shared = (a & b).sum()
+    return bool(shared >= MERGE_JACCARD * (a | b).sum() or shared >= MERGE_CONTAINED * min(a.sum(), b.sum()))
+
+
+def _greedy_groups(pooled: list[_Candidate], tested_members: np.ndarray, tested_correct: np.ndarray,
+                   significant: np.ndarray) -> list[list[int]]:
+    """The candidates in the order a user reads them, as groups of near-duplicates (each led by
+    the one listed first). Significant candidates come first; each next one is the candidate
+    that adds the most beyond the leaders already listed (``marginal_sure_gap`` on the tested
+    images: a greedy cover, so a second part of a failure already listed waits behind the next
+    distinct failure), ties broken by source and the source's own order. A candidate that is a
+    near-duplicate (``_same``) of a listed leader joins its group instead of being listed."""
+    remaining = list(range(len(pooled)))
+    shown = np.zeros(tested_members.shape[1], dtype=bool)
+    groups: list[list[int]] = []
+    while remaining:
+        adds = marginal_sure_gap(tested_members[remaining], tested_correct, shown)
+        pick = min(range(len(remaining)), key=lambda j: (not significant[remaining[j]], -adds[j],
+                                                          SOURCES.index(pooled[remaining[j]].source),
+                                                          pooled[remaining[j]].order))
+        i = remaining.pop(pick)
+        for group in groups:
+            if _same(pooled[group[0]].members, pooled[i].members):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+            shown |= tested_members[i]
+    return groups

@@ -4,6 +4,8 @@ plainly when nothing fails, and stays hidden for students in workshop mode."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.services.workspace import load_workspaces
@@ -39,6 +41,8 @@ def test_findings_rank_the_demo_failures_and_link_them(demo_app):
     next(t for t in at.toggle if "metadata out" in t.label).set_value(True).run()
     no_exception(at)
     assert cards(at) and not any(a in c for c in cards(at) for a in ("marker", "tint", "pattern", "brightness"))
+    first, second = (re.search(r"mostly (.+?) \(", c).group(1) for c in cards(at)[:2])
+    assert first != second  # a second part of the first failure waits behind the next distinct failure
     # a finding opens as a cohort
     next(b for b in at.button if b.label == "Open as cohort").click().run()
     no_exception(at)
