@@ -18,7 +18,15 @@ st.caption(
     "the model's embedding), the confusion matrix's cells and, when the data has attributes, "
     "attribute slices (SliceLine) are pooled; the same failure found twice is one finding naming every method that "
     "found it; each is tested against the rest (Fisher's exact test, Benjamini-Hochberg over all candidates) and "
-    "confirmed on a held-out half. Significant findings come first, by how much worse than the rest they surely are."
+    "confirmed on a held-out half. Significant findings come first: each next one is the group that adds the most "
+    "beyond those above it (how much worse than the rest its images not yet listed surely are), so a second part of "
+    "a failure already listed waits behind the next distinct failure."
+)
+st.caption(
+    "Reproducibility: the same store gives the same list on this server. Error clusters and exact Ward trees, the "
+    "confusion cells and SliceLine are deterministic; Spotlight's gradient search (and UDIS's k-means micro-clusters "
+    "above its exact-Ward limit) may round differently on another machine's floating-point kernels and move a later "
+    "group, so a finding that only Spotlight found can differ between machines."
 )
 if ground_truth_hidden():  # workshop mode: the ranked list would hand the students the answer
     hidden_notice("The Findings page")

@@ -61,6 +61,7 @@ def test_a_model_where_nothing_fails_significantly_says_so(app):
     assert not at.error
     assert any("No significant failure found" in s.value for s in at.success)
     assert not cards(at)
+    assert any("Spotlight's gradient search" in c.value and "another machine" in c.value for c in at.caption)  # issue 24 item 4
 
 
 def test_findings_are_hidden_from_students_until_the_reveal(workshop_app):  # noqa: F811
