@@ -12,7 +12,7 @@ from core.ui.keys import state_key
 from core.ui.method_page import gallery
 from core.ui.store_panel import store_panel
 from core.ui.widgets import how_to_read, percent
-from core.ui.workshop import ground_truth_hidden, hidden_notice, mark_visited
+from core.ui.workshop import ground_truth_hidden, hidden_notice, live_section, mark_visited
 
 mark_visited()  # the workshop's first step: done on opening the Overview
 ctx = page_context(require_store=False)
@@ -56,11 +56,14 @@ m2.metric("Misclassified", f"{int((~meta['correct']).sum()):,}")
 m3.metric("Mean loss", f"{meta['loss'].mean():.3f}", help="Mean per-image cross-entropy.")
 m4.metric("Images", f"{len(meta):,}")
 
-if store.slice_columns and truth_hidden:
+
+def planted_slices(hidden: bool) -> None:
+    """The planted slices, or the workshop's notice while they are hidden (a live section: a
+    reveal shows here without rerunning the page)."""
     st.subheader("Planted slices")
-    hidden_notice("Where the planted failures are")
-elif store.slice_columns:
-    st.subheader("Planted slices")
+    if hidden:
+        hidden_notice("Where the planted failures are")
+        return
     slices = tables["slices"]
     charts.show(charts.accuracy_intervals, slices, "slice", "Planted slice", accuracy)
     how_to_read(
@@ -78,6 +81,10 @@ elif store.slice_columns:
     for note in notes.itertuples():  # in full: a table cell cuts long text
         st.markdown(f"- **{note.slice}** ({note.kind}): {note.description}")
     st.caption("Scorecards of each method's recovery of these slices appear on the method pages.")
+
+
+if store.slice_columns:
+    live_section(planted_slices)
 
 classes_tab, attributes_tab, crossed_tab, gallery_tab = st.tabs(["Classes", "Attributes", "Intersections", "Gallery"])
 with classes_tab:

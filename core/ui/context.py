@@ -6,6 +6,9 @@ to do and stops the page, so no page renders a traceback for a bad workspace.
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import streamlit as st
 
 from core.errors import BiasLensError, redact_paths
@@ -98,8 +101,67 @@ def ignore_clear_cache_when_hosted() -> None:
     AppSession._handle_clear_cache_request = handle  # type: ignore[method-assign]
 
 
+def deliver_finished_runs() -> None:
+    """Make a session deliver the end of a run that finished just before the next rerun request.
+
+    Why (a page's polling fragment lost clicks and form submits under load): a ScriptRunner
+    hands its output to the session's event loop as events (AppSession._on_scriptrunner_event,
+    call_soon_threadsafe), and once its run is done and nothing is queued it stops for good
+    (ScriptRequests.on_scriptrunner_ready sets STOP). A rerun request arriving before the loop
+    has worked through those events finds the runner stopped (ScriptRunner.request_rerun
+    returns False), so AppSession.request_rerun starts a new runner, and from then on
+    _handle_scriptrunner_event_on_event_loop drops every event of the old one ("Ignoring event
+    from non-current ScriptRunner"): the end of the finished run (a CAM click's dialog, a saved
+    cohort's page) never reaches the browser, and nothing draws it again. A run_every fragment
+    sends such a request every POLL_S seconds from every open page, and a loaded server's loop
+    lags by hundreds of milliseconds, so about one click in ten was lost.
+
+    The fix: a runner that stopped on its own (not one stopped for a new run, which fastReruns
+    does) is remembered when it is replaced, and its remaining events are delivered as if it
+    were still current. They all reached the loop before the new runner existed, so they are
+    handled before any of the new runner's, in order. Its SHUTDOWN stays ignored (it would
+    clear the new runner). Patched once per process; a Streamlit without these internals is
+    left as it is (tests/e2e/test_clicks_e2e.py checks this version is patched).
+    """
+    from streamlit.runtime.app_session import AppSession
+    from streamlit.runtime.scriptrunner import ScriptRunnerEvent
+    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
+
+    request_rerun = getattr(AppSession, "request_rerun", None)
+    handle_event = getattr(AppSession, "_handle_scriptrunner_event_on_event_loop", None)
+    if request_rerun is None or handle_event is None or getattr(request_rerun, "biaslens_guard", False):
+        return
+
+    def stopped_on_its_own(runner: Any) -> bool:
+        return getattr(getattr(runner, "_requests", None), "_state", None) is ScriptRequestType.STOP
+
+    def request(session: AppSession, client_state: Any) -> None:
+        previous = getattr(session, "_scriptrunner", None)
+        finished = previous is not None and stopped_on_its_own(previous)
+        request_rerun(session, client_state)
+        if finished and session._scriptrunner is not previous:
+            session.__dict__.setdefault("_biaslens_finished_runners", weakref.WeakSet()).add(previous)
+
+    def handle(session: AppSession, sender: Any, event: Any, *args: Any, **kwargs: Any) -> None:
+        current = session._scriptrunner
+        finished = session.__dict__.get("_biaslens_finished_runners", ())
+        if sender is None or sender is current or event is ScriptRunnerEvent.SHUTDOWN or sender not in finished:
+            handle_event(session, sender, event, *args, **kwargs)
+            return
+        session._scriptrunner = sender  # deliver it as the runner it was when it emitted the event
+        try:
+            handle_event(session, sender, event, *args, **kwargs)
+        finally:
+            session._scriptrunner = current
+
+    request.biaslens_guard = True  # type: ignore[attr-defined]
+    AppSession.request_rerun = request  # type: ignore[method-assign]
+    AppSession._handle_scriptrunner_event_on_event_loop = handle  # type: ignore[method-assign]
+
+
 def page_context(require_store: bool = True) -> PageContext:
     """Load the current workspace; on a user error show it and stop the page."""
+    deliver_finished_runs()
     through_app()
     listing = workspace_list()
     name = st.session_state.get(WORKSPACE_KEY, DEMO_NAME)

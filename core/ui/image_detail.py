@@ -7,6 +7,14 @@ A gallery (or a map click) asks for it with ``request(origin, row)``; the galler
 ``origin`` matches draws it with ``show_requested(ctx, meta, origin)``, so a page with
 several galleries opens one dialog only. The request lives in session state until the dialog
 is dismissed (a dialog opened by a button loses its widgets' clicks under AppTest).
+
+Each request carries a serial number and a dismissal closes only the request its dialog drew.
+Streamlit folds the reruns a browser sends while a run is in progress into one (their widget
+triggers merged: ``_coalesce_widget_states`` in streamlit/runtime/scriptrunner_utils/
+script_requests.py) and then calls the changed widgets' callbacks in widget order, not click
+order (``SessionState._call_callbacks``). So "close the last dialog, press CAM on the next
+image" can arrive as one run whose CAM callback runs before the old dialog's dismissal: a
+dismissal that cleared whatever was asked would swallow the new click.
 """
 
 from __future__ import annotations
@@ -28,19 +36,26 @@ from core.ui.context import PageContext
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
 from core.ui.widgets import how_to_read, percent
 
-REQUEST, DRAWN = DETAIL_REQUEST, DETAIL_DRAWN  # (origin, store row) asked for; the request last drawn
+REQUEST, DRAWN = DETAIL_REQUEST, DETAIL_DRAWN  # (origin, store row, serial) asked for; the request last drawn
+SERIAL = state_key("detail", "serial")  # the last request's serial number in this session
 VIEW = 192
 TOP_SCORES = 5
 
 
 def request(origin: str, row: int) -> None:
-    """Open the detail dialog of store row ``row`` for the gallery or map ``origin`` (callback-safe)."""
-    st.session_state[REQUEST] = (origin, int(row))
+    """Open the detail dialog of store row ``row`` for the gallery or map ``origin`` (callback-safe).
+    A new serial number tells this request from an earlier one for the same image."""
+    serial = st.session_state.get(SERIAL, 0) + 1
+    st.session_state[SERIAL] = serial
+    st.session_state[REQUEST] = (origin, int(row), serial)
 
 
 def _dismissed() -> None:
-    st.session_state.pop(REQUEST, None)
-    st.session_state.pop(DRAWN, None)
+    """The dialog was closed: forget the request it drew, but never a newer one (a click folded
+    into the same run as this dismissal, see the module docstring)."""
+    drawn = st.session_state.pop(DRAWN, None)
+    if drawn is not None and st.session_state.get(REQUEST) == drawn:
+        del st.session_state[REQUEST]
 
 
 def details_picker(ctx: PageContext, meta: pd.DataFrame, rows: Sequence[int] | np.ndarray, origin: str) -> None:

@@ -4,8 +4,11 @@ instructor's sidebar panel, the guided steps and "Check my finding".
 **Reveal is per server.** The state is core/services/server.py's ``SERVER.workshop``, a plain object of
 the server process shared by every session (never a Streamlit cache, which any client can
 clear): when the instructor presses "Reveal" every open page follows within about
-``POLL_S`` seconds (a sidebar fragment polls the state's version and reruns its page), and
-"Hide" or "Reset" hides it for everyone again. Restarting the server hides it: the state
+``POLL_S`` seconds, and "Hide" or "Reset" hides it for everyone again. A sidebar fragment
+polls the state's version: a change reruns the page, except a reveal on a page whose
+ground-truth sections are all ``live_section``s (the Overview), which redraw themselves on
+their own poll, so a reveal redraws those sections only, not whole pages in every browser.
+The polls never lose a click: see core/ui/context.py ``deliver_finished_runs``. Restarting the server hides it: the state
 fails closed. Reset also pins workshop mode to what it is, so it never reveals by turning the
 mode off.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +36,7 @@ import streamlit as st
 
 from core.errors import BiasLensError
 from core.methods.records import WorkshopStep, method_records
-from core.services.server import SERVER
+from core.services.server import SERVER, WorkshopSnapshot
 from core.services.workshop import random_baseline, score_finding, student_view
 from core.services.workspace import Workspace, WorkspaceList
 from core.ui import cache, visitor
@@ -52,7 +56,8 @@ EPOCH = state_key("workshop", "epoch")
 VISITED = state_key("workshop", "visited")
 PASSPHRASE_BOX = state_key("workshop", "passphrase")
 REFUSED = state_key("workshop", "refused")
-SEEN = state_key("workshop", "seen")  # the workshop state version this page shows
+SEEN = state_key("workshop", "seen")  # the workshop state this page shows
+LIVE_PAGE = state_key("workshop", "live_page")  # this page's ground truth is all in live sections
 NUDGED = state_key("workshop", "nudged")  # the last details request a poll reran the page for
 
 
@@ -252,43 +257,65 @@ def mark_visited() -> None:
     st.session_state[VISITED] = True
 
 
+def page_rerun_needed(seen: WorkshopSnapshot, now: WorkshopSnapshot, live_page: bool) -> bool:
+    """Whether a page drawn with the workshop state ``seen`` must rerun to show ``now``: on any
+    change, except a reveal alone on a ``live_page`` (its live sections show it themselves)."""
+    if now.version == seen.version:
+        return False
+    only_revealed = now.revealed and not seen.revealed and (now.override, now.epoch) == (seen.override, seen.epoch)
+    return not (live_page and only_revealed)
+
+
 @st.fragment(run_every=POLL_S)
 def _live(listing: WorkspaceList, workspace_key: str) -> None:
-    """Polls the server's workshop state: when the instructor changed it since this page was
-    drawn, the whole page reruns (so a reveal, hide or mode switch reaches every open page
-    without a reload); otherwise only the steps are redrawn (a step ticked in a dialog shows).
-    A details dialog whose click this poll's run handled (its gallery fragment did not run)
-    is drawn by one page rerun."""
-    version = workshop_state().version
-    seen = st.session_state.setdefault(SEEN, version)
-    if version != seen:
-        st.session_state[SEEN] = version
+    """Polls the server's workshop state. When the instructor changed it since this page was
+    drawn, the whole page reruns (a reveal, hide, mode switch or reset reaches every open page
+    without a reload), unless it is a reveal and the page's ground truth lives in
+    ``live_section``s, which show it on their own poll. A details request no run drew is drawn
+    by one page rerun. Otherwise only the steps (a step ticked in a dialog shows) and the
+    workshop caption are redrawn."""
+    now = workshop_state()
+    seen = st.session_state.setdefault(SEEN, now)
+    st.session_state[SEEN] = now
+    if page_rerun_needed(seen, now, bool(st.session_state.get(LIVE_PAGE))):
         st.rerun(scope="app")
     asked = st.session_state.get(DETAIL_REQUEST)
-    if not asked or asked == st.session_state.get(DETAIL_DRAWN):
-        st.session_state.pop(NUDGED, None)  # drawn or closed: a later click may need a nudge again
-    elif asked != st.session_state.get(NUDGED):
-        # a CAM click this poll's run took over: its gallery fragment did not run to draw the dialog
+    if asked and asked != st.session_state.get(DETAIL_DRAWN) and asked != st.session_state.get(NUDGED):
+        # a safety net: a CAM click whose callback ran but whose dialog no run drew (a path of
+        # lost clicks still seen in the classroom bench, not explained yet) is drawn by one page rerun
         st.session_state[NUDGED] = asked
         st.rerun(scope="app")
     if workshop_on(listing):
         steps_panel(workspace_key)
+        st.caption(":material/school: Workshop mode: the ground truth is "
+                   + ("**revealed**." if now.revealed else "hidden until the instructor reveals it."))
+
+
+def live_section(draw: Callable[[bool], None]) -> None:
+    """Draw a section of the page that shows or hides the ground truth: ``draw(hidden)``.
+    In workshop mode it redraws itself every ``POLL_S`` seconds, so a reveal shows in it
+    without rerunning the page. A page whose every ground-truth part is a live section (and
+    nothing else differs once revealed) lets the sidebar's poll skip its rerun on a reveal;
+    a hide, a mode switch or a reset still reruns the whole page."""
+    st.session_state[LIVE_PAGE] = True
+    poll = POLL_S if workshop_on() else None
+    st.fragment(run_every=poll)(_draw_live)(draw)
+
+
+def _draw_live(draw: Callable[[bool], None]) -> None:
+    draw(ground_truth_hidden())
 
 
 def sidebar(listing: WorkspaceList, workspace: Workspace) -> None:
     """Everything workshop mode adds to the sidebar (nothing when it is off and no passphrase
     is set). Drawn by each page (``page_context``), after the page's own progress is known."""
     _apply_reset()
-    st.session_state[SEEN] = workshop_state().version  # this run draws the state as it is now
+    st.session_state[SEEN] = workshop_state()  # this run draws the state as it is now
+    st.session_state[LIVE_PAGE] = False  # until the page draws a live section
     if workshop_on(listing) or listing.passphrase:
         with st.sidebar:
             _live(listing, workspace.key())
     instructor_panel(listing, lambda: _clear_subsets(workspace, listing))
-    if workshop_on(listing):
-        st.sidebar.caption(
-            ":material/school: Workshop mode: the ground truth is "
-            + ("**revealed**." if workshop_state().revealed else "hidden until the instructor reveals it.")
-        )
 
 
 # --------------------------------------------------------------------------- check my finding

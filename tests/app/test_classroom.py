@@ -215,3 +215,57 @@ def test_grad_cam_draws_while_every_heavy_place_is_taken(tiny_class):
     assert not [i for i in at.info if "ahead of yours" in i.value]
     assert waited < 20, waited  # the held places are released after 30 s
     assert sum(SERVER.copies.made(key) for key in list(SERVER.copies._free)) == 1
+
+
+def _click_then_old_dismissal() -> None:
+    """What one folded run does when "close the dialog, press CAM" reach the server together:
+    the CAM callback first (widget order), then the old dialog's dismissal (see image_detail)."""
+    import streamlit as st
+
+    from core.ui import image_detail
+
+    image_detail.request("gallery", 1)  # the first CAM click; its dialog is drawn
+    st.session_state[image_detail.DRAWN] = st.session_state[image_detail.REQUEST]
+    image_detail.request("gallery", int(st.session_state.get("next_row", 2)))  # the next CAM click
+    image_detail._dismissed()  # the first dialog's dismissal, in the same run
+    st.write(f"asked: {st.session_state.get(image_detail.REQUEST)}")
+    st.session_state[image_detail.DRAWN] = st.session_state[image_detail.REQUEST]  # the gallery draws it
+    image_detail._dismissed()  # its own dismissal, later: the request goes
+    st.write(f"after closing: {st.session_state.get(image_detail.REQUEST)}")
+
+
+@pytest.mark.parametrize("next_row", [2, 1])  # another image, then the same image again
+def test_a_dialogs_dismissal_never_swallows_a_newer_click(next_row, monkeypatch):
+    at = AppTest.from_function(_click_then_old_dismissal)
+    at.session_state["next_row"] = next_row
+    at.run()
+    no_exception(at)
+    texts = [m.value for m in at.markdown]
+    assert texts[0].startswith(f"asked: ('gallery', {next_row}, 2)"), texts  # before: None, the click lost
+    assert texts[1] == "after closing: None"
+
+
+def test_a_reveal_reruns_only_pages_whose_truth_is_not_all_live(class_off_in_file):
+    """The sidebar's poll reruns the whole page on any change, except a reveal on a page whose
+    ground truth is all in live sections (the Overview: its planted slices redraw themselves);
+    a hide, a mode switch or a reset always reruns the page."""
+    from core.services.server import WorkshopSnapshot
+    from core.ui import workshop
+
+    workshop_switched_on(class_off_in_file)
+    at = class_off_in_file().run()
+    no_exception(at)
+    assert at.session_state[workshop.LIVE_PAGE] is True  # the demo's Overview
+    at.switch_page("pages/cohorts.py").run()
+    assert at.session_state[workshop.LIVE_PAGE] is False
+
+    hidden = WorkshopSnapshot(override=None, revealed=False, epoch=0, clear_subsets=False, version=3)
+    revealed = WorkshopSnapshot(override=None, revealed=True, epoch=0, clear_subsets=False, version=4)
+    switched = WorkshopSnapshot(override=True, revealed=True, epoch=0, clear_subsets=False, version=4)
+    reset = WorkshopSnapshot(override=None, revealed=False, epoch=1, clear_subsets=False, version=5)
+    assert not workshop.page_rerun_needed(hidden, hidden, live_page=False)  # nothing changed
+    assert not workshop.page_rerun_needed(hidden, revealed, live_page=True)
+    assert workshop.page_rerun_needed(hidden, revealed, live_page=False)
+    assert workshop.page_rerun_needed(revealed, hidden, live_page=True)  # a hide
+    assert workshop.page_rerun_needed(hidden, switched, live_page=True)
+    assert workshop.page_rerun_needed(revealed, reset, live_page=True)
