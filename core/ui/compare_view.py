@@ -34,7 +34,8 @@ SHOWN_SLICES = 5
 FLIPS_SHOWN = 16
 VIEW = 192
 CAM_VIEW = 320  # each model's Grad-CAM, side by side: both fit the dialog without scrolling
-DETAIL = state_key(PAGE, "detail")  # (gallery origin, store row) of the open two-model image dialog
+DETAIL = state_key(PAGE, "detail")  # (gallery origin, store row, serial) of the open two-model image dialog
+DETAIL_DRAWN = state_key(PAGE, "detail_drawn")  # the request the open dialog drew
 
 
 def comparison_for(store_a: Store, store_b: Store, name_a: str, name_b: str, embedding_of: str) -> Comparison:
@@ -149,7 +150,8 @@ def detail_picker(ctx: PageContext, ctx_a: PageContext, rows: Sequence[int] | np
     def picked() -> None:
         row = st.session_state.get(key)
         if row is not None:
-            st.session_state[DETAIL] = (origin, int(row))
+            serial = (st.session_state.get(DETAIL) or (None, None, 0))[2] + 1  # tells this request from an earlier one
+            st.session_state[DETAIL] = (origin, int(row), serial)
             st.session_state[key] = None  # the select is a trigger, not a setting
 
     st.selectbox(
@@ -160,11 +162,17 @@ def detail_picker(ctx: PageContext, ctx_a: PageContext, rows: Sequence[int] | np
     )
     wanted = st.session_state.get(DETAIL)
     if wanted and wanted[0] == origin and 0 <= wanted[1] < len(meta_b):
+        st.session_state[DETAIL_DRAWN] = wanted
         both_models_detail(ctx, ctx_a, wanted[1])
 
 
 def _dismissed() -> None:
-    st.session_state.pop(DETAIL, None)
+    """The dialog was closed: forget the request it drew, never a newer one (Streamlit folds a
+    close and the next pick into one run and calls callbacks in widget order; see
+    core/ui/image_detail.py)."""
+    drawn = st.session_state.pop(DETAIL_DRAWN, None)
+    if drawn is not None and st.session_state.get(DETAIL) == drawn:
+        del st.session_state[DETAIL]
 
 
 def class_choices(rec_a: Any, rec_b: Any, n_classes: int) -> tuple[list[int], dict[int, str]]:
