@@ -66,7 +66,7 @@ def _stopped_within_limits(view: CohortView, where: str, seconds: float) -> None
     began = time.monotonic()
     with pytest.raises(CohortError, match="memory|stopped after"):
         view.rows(where)
-    assert time.monotonic() - began < seconds + 5
+    assert time.monotonic() - began < seconds + 15  # stopped at its limit (unbounded, these run 35 s or more), with room for a loaded machine
     assert _mb("self", "VmHWM") - app_before < CAP_MB  # the app's process did not run it
     for pid, rss in before.items():
         if Path(f"/proc/{pid}").exists():  # a process killed at its time limit is gone
@@ -89,7 +89,7 @@ def test_aggregates_and_joins_are_refused_before_running(view, where):
     began = time.monotonic()
     with pytest.raises(CohortError):
         view.rows(where)
-    assert time.monotonic() - began < 2
+    assert time.monotonic() - began < 10  # refused before running (run, they take far longer), with room for a loaded machine
 
 
 def test_a_stalled_filter_does_not_hold_other_visitors(view, monkeypatch):
