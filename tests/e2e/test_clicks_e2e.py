@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BROWSER_ARGS, CHROMIUM, REPO
+from tests.e2e.conftest import CHROMIUM, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LAG_S = 1.0
@@ -80,16 +80,6 @@ def dialog_after_another_click(browser, tmp_path: Path, unpatched: bool) -> bool
             return False
         finally:
             context.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        yield instance
-        instance.close()
 
 
 def test_a_click_followed_by_another_rerun_still_opens_its_dialog(browser, tmp_path):
