@@ -31,10 +31,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(folder: Path, **settings: str) -> Iterator[str]:
+def running_app(folder: Path, *, launcher: tuple[str, ...] = ("-m", "streamlit"), script: str = "app.py",
+                **settings: str) -> Iterator[str]:
     """A fresh Streamlit server of the app (the demo only; its store is built on first open),
     logging to ``folder``, with ``settings`` as extra environment variables (e.g.
-    BIASLENS_WORKSHOP="1"); yields its URL and stops it afterwards."""
+    BIASLENS_WORKSHOP="1"); yields its URL and stops it afterwards. ``launcher`` and ``script``
+    serve another script through another Streamlit entry point (tests/e2e/test_clicks_e2e.py)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make test installs it)")
     port = _free_port()
@@ -42,7 +44,7 @@ def running_app(folder: Path, **settings: str) -> Iterator[str]:
     env = {**os.environ, "BIASLENS_WORKSPACES": str(folder / "none.toml"), **settings}
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+            [sys.executable, *launcher, "run", script, "--server.headless=true",
              "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
              "--server.fileWatcherType=none"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -11,53 +11,20 @@ page's polling fragment sends every few seconds). Without the fix the dialog nev
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, REPO
+from tests.e2e.conftest import REPO, running_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LAG_S = 1.0
 
 
-@contextlib.contextmanager
-def lagging_server(folder: Path, **settings: str) -> Iterator[str]:
+def lagging_server(folder: Path, **settings: str) -> contextlib.AbstractContextManager[str]:
     """tests/e2e/clicks_app.py served through tests/e2e/lagging_streamlit.py; yields its URL."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make test installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = folder / "streamlit.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "tests/e2e/lagging_streamlit.py", "run", "tests/e2e/clicks_app.py", "--server.headless=true",
-             "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
-             "--server.fileWatcherType=none"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO), **settings},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    return running_app(folder, launcher=("tests/e2e/lagging_streamlit.py",), script="tests/e2e/clicks_app.py",
+                       PYTHONPATH=str(REPO), **settings)
 
 
 def dialog_after_another_click(browser, tmp_path: Path, unpatched: bool) -> bool:
