@@ -7,6 +7,8 @@ from core.errors import BiasLensError
 from core.methods import LinearProbes, map_scale, nap_similarity
 from core.methods.intersectional.features import MODES, default_probe_layers, probe_layer_options
 from core.methods.intersectional.groups import capped_rows, counts_table
+from core.methods.intersectional.record import RECORD
+from core.methods.records import setting_defaults
 from core.services import prepare
 from core.services.estimates import (
     HOSTED_MAX_EPOCHS,
@@ -23,7 +25,13 @@ from core.ui import intersectional_view as view
 from core.ui.charts import show, show_selectable
 from core.ui.context import page_context
 from core.ui.keys import state_key
-from core.ui.method_page import gallery, run_with_progress
+from core.ui.method_page import (
+    gallery,
+    last_good_result,
+    note_good_run,
+    run_with_progress,
+    settings_widgets,
+)
 from core.ui.subgroups_view import concept_patches_for, show_concept_patches
 from core.ui.widgets import how_to_read, kept
 
@@ -33,6 +41,7 @@ ATTRIBUTES, SUBSETS = "Attribute columns", "Saved subsets"
 ctx = page_context()
 store, meta = ctx.store, ctx.meta()
 hosted = ctx.hosted
+probe_defaults = setting_defaults(RECORD, len(meta))  # LinearProbes' own
 
 st.title("Intersectional")
 st.caption(
@@ -93,9 +102,8 @@ st.caption(
 )
 c1, c2, c3 = st.columns(3)
 nap_cap = int(c1.number_input("Cap per group (NAPs)", 2, 100_000, **kept(state_key(PAGE, "nap_cap"), prepare.NAP_CAP)))
-probe_cap = int(c2.number_input("Cap per group (probes)", 4, HOSTED_MAX_PER_GROUP if hosted else 100_000,
-                                **kept(state_key(PAGE, "probe_cap"), prepare.PROBE_CAP)))
-seed = int(c3.number_input("Sampling seed", 0, 10_000, **kept(state_key(PAGE, "seed"), prepare.SAMPLING_SEED)))
+sample = settings_widgets(PAGE, RECORD.settings_named("per_group", "seed"), probe_defaults, (c2, c3), hosted=hosted)  # the probes' too: it seeds the NAPs' sample
+probe_cap, seed = sample["per_group"], sample["seed"]
 nap_rows = capped_rows(groups, nap_cap, seed)
 probe_rows = capped_rows(groups, probe_cap, seed)
 whole, nap_tab, probe_tab = st.tabs(["All images", f"Capped at {nap_cap} (NAPs)", f"Capped at {probe_cap} (probes)"])
@@ -111,17 +119,18 @@ c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 chosen = c1.multiselect("Layers", layer_options, default=prepare.default_probe_choice(default_probe_layers(store, ctx.model), hosted),
                         key=state_key(PAGE, "probe_layers", ctx.key), max_selections=HOSTED_MAX_PROBE_LAYERS if hosted else None)
 mode = c2.radio("Reduce to ≤ 8×8 by", list(MODES), key=state_key(PAGE, "probe_mode"))
-seeds = int(c3.number_input("Seeds", 1, HOSTED_MAX_SEEDS if hosted else 20, prepare.PROBE_SEEDS, key=state_key(PAGE, "probe_seeds"),
-                            help="Each seed draws a new 90/10 split and initialisation: the interval is over seeds."))
-epochs = int(c4.number_input("Epochs", 1, HOSTED_MAX_EPOCHS if hosted else 500, prepare.PROBE_EPOCHS,
-                             key=state_key(PAGE, "probe_epochs")))
+training = settings_widgets(PAGE, RECORD.settings_named("n_seeds", "epochs"), probe_defaults, (c3, c4), hosted=hosted)
+seeds, epochs = training["n_seeds"], training["epochs"]
 if hosted:
     st.caption(f"On this server, a probe run takes at most {HOSTED_MAX_PROBE_LAYERS} layers, {HOSTED_MAX_SEEDS} seeds, "
                f"{HOSTED_MAX_EPOCHS} epochs and {HOSTED_MAX_PER_GROUP} images per group, and about "
                f"{duration(HOSTED_MAX_RUN_SECONDS)} by its estimate.")
 layers = tuple(layer for layer in layer_options if layer in chosen)
-probes = LinearProbes(epochs=epochs, n_seeds=seeds, per_group=probe_cap, seed=seed)
-fitted = view.cached_probes(store, groups, probe_rows, layers, mode, probes) if layers else None
+probes = LinearProbes(**sample, **training)
+run = (groups, probe_rows, layers, mode, probes)  # what view.cached_probes finds a result by
+fitted = view.cached_probes(store, *run) if layers else None
+if fitted is not None:
+    note_good_run(PAGE, ctx.key, run)
 if fitted is None and not layers:
     st.info("Pick at least one layer to probe.")
 elif fitted is None:
@@ -146,8 +155,10 @@ elif fitted is None:
                 lambda progress: view.probes_for(ctx, groups, probe_rows, layers, mode, probes, progress),
                 lambda p: f"Probes trained on {len(layers)} layer(s) × {seeds} seed(s)", unit=None,
             )
+            note_good_run(PAGE, ctx.key, run)
         except BiasLensError as exc:
             st.error(f"The probes cannot be trained: {exc}")
+            fitted = last_good_result(PAGE, ctx.key, lambda good: view.cached_probes(store, *good))
 if fitted is not None:
     summary = fitted.summary()
     show(view.accuracy_chart, summary)

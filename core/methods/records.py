@@ -3,10 +3,10 @@
 A record names the method (its state-key page and score name), its page, its subset origin,
 its estimator with the page's defaults and the per-image target it fits, how a run on a
 subset maps back to store rows, its split-half check, the groups a run flags for scoring (in
-the page's order), its workshop steps and its page's settings form (``Setting``). Navigation
+the page's order), its workshop steps and its page's settings widgets (``Setting``). Navigation
 (app.py), state keys (core/ui/keys.py), subset origins (core/services/subsets.py), the score
 command (core/services/score.py), the workshop's steps (core/ui/workshop.py), the UI bench
-(bench/ui.py) and the Spotlight and Subgroups settings forms are built from the records.
+(bench/ui.py) and the method pages' settings widgets are built from the records.
 Each method package defines its record in its ``record.py``; ``core.methods`` registers them
 in navigation order.
 """
@@ -37,17 +37,21 @@ class WorkshopStep:
 
 @dataclass(frozen=True)
 class Setting:
-    """One field of a method page's settings form, without Streamlit (core/ui/method_page.py's
-    ``settings_form`` draws it), so that a test can hold it against the estimator.
+    """One settings widget of a method page, without Streamlit (core/ui/method_page.py's
+    ``settings_form`` draws it in a form, ``settings_widgets`` live), so that a test can hold it
+    against the estimator.
 
-    ``name`` is a parameter of the record's estimator (its default is the estimator's, from
-    ``record.defaults(n).get_params()``: no second copy here), unless ``page_only``: a choice
-    the page makes around the estimator (Spotlight's representation), whose default and,
-    when ``options`` is empty, options the page gives. ``kind`` picks the widget: "int" and
-    "float" a number box over [low, high] (``hosted_high`` caps it on a hosted server), with
-    ``step`` and printf ``format`` when given; "choice" a select box over ``options``; "bool" a
-    checkbox. The box may show the parameter in other units: times ``scale`` (100: a share
-    as a percentage), and ``none_as`` standing for None (0: "off").
+    ``name`` is a parameter of ``owner``, the estimator or explainer class it sets (None: the
+    record's ``estimator``); its default is the owner's (``record.defaults(n).get_params()``,
+    or ``owner().get_params()``: no second copy here), unless ``page_only``: a choice the page
+    makes around the estimator (Spotlight's representation), whose default and, when
+    ``options`` is empty, options the page gives. ``kind`` picks the widget: "int" and
+    "float" a number box over [low, high] (``hosted_high`` caps it on a hosted server, and
+    ``hosted_note`` adds the cap to the help there), with ``step`` and printf ``format`` when
+    given; "choice" a select box over ``options``; "bool" a checkbox. ``widget`` draws it
+    another way: "slider" (a number), "radio" (a horizontal radio, a choice), "toggle" (a
+    bool). The box may show the parameter in other units: times ``scale`` (100: a share as a
+    percentage), and ``none_as`` standing for None (0: "off").
     """
 
     name: str
@@ -63,6 +67,9 @@ class Setting:
     scale: float = 1
     none_as: float | None = None
     page_only: bool = False
+    owner: type | None = None
+    widget: Literal["", "slider", "radio", "toggle"] = ""
+    hosted_note: bool = False
 
     def high_for(self, hosted: bool) -> float | None:
         """The box's maximum: the hosted cap on a hosted server when there is one."""
@@ -99,7 +106,7 @@ class MethodRecord:
     on_rows(fitted, rows, n): a run on a subset's rows mapped back to all n store rows.
     held_out(estimator, x, losses, correct, seed, **options): its split-half confirmation.
     groups(fitted, meta): the groups a run flags, in the order its page lists them.
-    settings: its page's settings form, in the form's order (``Setting``).
+    settings: its page's settings widgets, in the page's order (``Setting``).
     """
 
     name: str
@@ -116,6 +123,19 @@ class MethodRecord:
     groups: Callable[[Any, pd.DataFrame], Groups] | None = None
     steps: tuple[WorkshopStep, ...] = ()
     settings: tuple[Setting, ...] = ()
+
+    def settings_named(self, *names: str) -> tuple[Setting, ...]:
+        """The settings of these names, in this order (for a page that draws them in several places)."""
+        by_name = {s.name: s for s in self.settings}
+        return tuple(by_name[name] for name in names)
+
+
+def setting_defaults(record: MethodRecord, n: int) -> dict[str, Any]:
+    """The defaults of ``record``'s settings for ``n`` images (page-only ones left out), each
+    from its owner's ``get_params()``, or the record's ``defaults(n)`` where it has no owner."""
+    main = record.defaults(n).get_params() if record.defaults is not None else {}
+    return {s.name: s.owner().get_params()[s.name] if s.owner is not None else main[s.name]
+            for s in record.settings if not s.page_only}
 
 
 _RECORDS: list[MethodRecord] = []

@@ -79,6 +79,15 @@ import torch
 from torch import nn
 
 from core.errors import BiasLensError
+from core.limits import (  # the caps a visitor's run keeps (the method records' settings import them too)
+    HOSTED_MAX_EPOCHS,
+    HOSTED_MAX_FILTERS_K,
+    HOSTED_MAX_IMAGES,
+    HOSTED_MAX_PER_GROUP,
+    HOSTED_MAX_PROBE_LAYERS,
+    HOSTED_MAX_RUN_SECONDS,
+    HOSTED_MAX_SEEDS,
+)
 from core.methods.activis.matrix import PCA_DIMS
 from core.methods.spotlight.search import FULL_SEARCH_ENTRIES, MIN_SEARCH_DIMS, SEARCH_ENTRIES
 from core.models.loading import LoadedModel
@@ -86,13 +95,6 @@ from core.models.torchscript import ScriptedModel
 
 # --------------------------------------------------------------------------- hosted caps
 
-HOSTED_MAX_RUN_SECONDS = 600.0  # a visitor's run may take this long by its estimate
-HOSTED_MAX_SEEDS = 5  # probe seeds (splits) per run
-HOSTED_MAX_EPOCHS = 100  # probe epochs
-HOSTED_MAX_PROBE_LAYERS = 8  # layers probed in one run
-HOSTED_MAX_PER_GROUP = 256  # images per group the probes train on
-HOSTED_MAX_FILTERS_K = 100  # Filter saliency: top filters (k) of one image, filters fine-tuned
-HOSTED_MAX_IMAGES = 200  # Filter saliency: images of one turn-off or fine-tuning run over many
 HOSTED_REQUEST_DISK_BYTES = 64 * 10**6  # new probe features one visitor's run may write
 HOSTED_VISITOR_DISK_BYTES = 1024 * 10**6  # all probe features visitors wrote beside one store
 

@@ -97,15 +97,12 @@ PREPARED_DIR = "prepared"
 PREPARED_VERSION = 1  # bump when a prepared result's files or meaning change
 STEPS = ("store", "saliency", "probes", "layouts")
 
-# The Intersectional page's defaults (pages/intersectional.py reads them from here).
+# The Intersectional page's defaults (pages/intersectional.py reads them from here); those of
+# the probes (seeds, epochs, cap per group and the sampling seed) are LinearProbes' own.
 GROUP_COLUMNS = 2  # the first attribute columns grouped by
 MIN_GROUP_SIZE = 10
 NAP_CAP = 640  # images per group for the NAPs
-PROBE_CAP = 128  # images per group for the probes
-SAMPLING_SEED = 0
 PROBE_MODE = "subsample"
-PROBE_SEEDS = 5
-PROBE_EPOCHS = 50
 
 Progress = Callable[[int, int, str], None]
 
@@ -132,8 +129,9 @@ def default_probe_choice(options: Sequence[str], hosted: bool) -> list[str]:
 
 
 def default_probes() -> LinearProbes:
-    """The probes the page trains at first."""
-    return LinearProbes(epochs=PROBE_EPOCHS, n_seeds=PROBE_SEEDS, per_group=PROBE_CAP, seed=SAMPLING_SEED)
+    """The probes the page trains at first: LinearProbes' defaults (its ``per_group`` caps the
+    probes' sample, and its ``seed`` draws both samples and seeds the layout, as on the page)."""
+    return LinearProbes()
 
 
 def map_layers(store: Store) -> list[str]:
@@ -507,12 +505,12 @@ class Preparer:
         if groups is None:
             self._say(head, "the Intersectional page's default probes")
             return "not applicable: the dataset has no attribute columns to group by", True
-        rows = capped_rows(groups, PROBE_CAP, SAMPLING_SEED)
-        layers = default_probe_choice(default_probe_layers(store, self.model), hosted=True)
         probes = default_probes()
+        rows = capped_rows(groups, probes.per_group, probes.seed)
+        layers = default_probe_choice(default_probe_layers(store, self.model), hosted=True)
         key = probes_key(store.fingerprint, groups, rows, layers, PROBE_MODE, probes.get_params())
         what = (f"probes of {groups.n_groups} groups ({', '.join(groups.columns)}) on {len(rows):,} images, "
-                f"layers {', '.join(layers)}, {PROBE_SEEDS} seeds x {PROBE_EPOCHS} epochs")
+                f"layers {', '.join(layers)}, {probes.n_seeds} seeds x {probes.epochs} epochs")
         if load_probes(store, key) is not None:
             self._say(head, "the Intersectional page's default probes")
             return what, True
@@ -543,8 +541,9 @@ class Preparer:
             reason = "the dataset has no attribute columns" if groups is None else "no stored layer has more than 15 channels"
             return f"not applicable: {reason}", True
         layer = layers[-1]
-        rows = capped_rows(groups, NAP_CAP, SAMPLING_SEED)
-        layout = TopographicLayout(seed=SAMPLING_SEED)
+        seed = default_probes().seed  # the page's one sampling seed
+        rows = capped_rows(groups, NAP_CAP, seed)
+        layout = TopographicLayout(seed=seed)
         key = layout_key(store.fingerprint, groups, rows, layer, layout.get_params())
         what = f"topographic layout of {layer} over {groups.n_groups} groups ({len(rows):,} images)"
         if load_layout(store, key) is not None:

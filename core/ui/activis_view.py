@@ -36,7 +36,7 @@ GRAPH_PICK, ROW_PICK, SQUARE_PICK, POINT_PICK, POINT_BOX = "node", "row_pick", "
 STORED, STORABLE, OTHER = "stored", "can be stored", "not storable"
 STATUS_COLOURS = {STORED: "#e6a700", STORABLE: "#ffffff", OTHER: "#c8c8c8"}
 DETAIL = {"Blocks": 1, "Sub-blocks": 2, "Every operator": None}
-WIDE = 200  # neurons: wider layers show the top-n (ActiVis' matrix stays readable)
+WIDE = ActivationMatrix().top_n  # neurons: wider layers show the matrix's default top-n (ActiVis' matrix stays readable)
 PALETTE = "tableau10"
 ACTIVIS_PAGE = "pages/activis.py"
 CLASS_ROWS = 20  # the default rows: one per true class, of at most this many classes (those in the most errors)
@@ -514,11 +514,13 @@ def _matrix(ctx: PageContext, store: Store, layer: str, pool: str, names: list[s
     width = int(activations(store, layer, pool).shape[1])
     c1, c2, c3 = st.columns([2, 1, 1])
     sort = c1.selectbox("Sort neurons by", ["(network order)", *names], key=_key("sort", ctx, layer))
-    rank, top_n = "row", width
+    matrix = ActivationMatrix()  # its defaults: rank by the sorting row, the top WIDE neurons
+    rank, top_n = matrix.rank, width
     if width > WIDE:
-        rank = c2.radio("Top neurons by", ["row", "variance"], key=_key("rank", ctx, layer),
+        ranks = ["row", "variance"]
+        rank = c2.radio("Top neurons by", ranks, index=ranks.index(matrix.rank), key=_key("rank", ctx, layer),
                         format_func=lambda r: "the sorting row" if r == "row" else "variance across rows")
-        top_n = int(c3.number_input("Show", 10, width, WIDE, step=10, key=_key("top_n", ctx, layer)))
+        top_n = int(c3.number_input("Show", 10, width, matrix.top_n, step=10, key=_key("top_n", ctx, layer)))
     fits = max(1, MAX_ROWS // max(1, len(names)))  # rows x neurons cells stay under Altair's row limit
     top_n = min(top_n, fits)
     params = {"sort_by": names.index(sort) if sort in names else None, "top_n": top_n, "rank": rank}
@@ -547,8 +549,9 @@ def _matrix(ctx: PageContext, store: Store, layer: str, pool: str, names: list[s
 def _projection(ctx: PageContext, store: Store, meta: pd.DataFrame, layer: str, pool: str, names: list[str],
                 members: list[np.ndarray]) -> None:
     methods = {"t-SNE": "tsne", "UMAP": "umap", "PCA": "pca"}
+    default = next(shown for shown, name in methods.items() if name == Projection().method)  # the projection's own
     chart, controls = st.columns([3, 2])
-    method = controls.segmented_control("Projection", list(methods), default="t-SNE", key=_key("method", ctx, layer)) or "t-SNE"
+    method = controls.segmented_control("Projection", list(methods), default=default, key=_key("method", ctx, layer)) or default
     points = int(controls.number_input("Sample", 100, 5000, 1000, step=100, key=_key("points", ctx, layer),
                                        help="Images projected: a seeded random sample of at most this many."))
     params = {"method": methods[method], "max_points": points, "seed": 0}

@@ -1,6 +1,6 @@
-"""Furniture every method page shares: a run with progress, a settings form drawn from the
-method's ``Setting``s that remembers the last run, an image gallery with error marks, the
-save-as-subset form, the scorecard.
+"""Furniture every method page shares: a run with progress, the last good run kept on failure,
+settings widgets drawn from the method's ``Setting``s (in a form that remembers the last run,
+or live), an image gallery with error marks, the save-as-subset form, the scorecard.
 
 A method page is one core estimator (core/methods/), one view module (core/ui/<name>_view.py)
 holding its cached runs and charts, and one thin page that strings these pieces together.
@@ -24,12 +24,13 @@ from core.store.read import Store
 from core.ui import cache, image_detail
 from core.ui.context import PageContext
 from core.ui.keys import state_key
-from core.ui.widgets import Shown, how_to_read, image_grid, table
+from core.ui.widgets import Shown, how_to_read, image_grid, kept, table
 from core.ui.workshop import COHORT_STEP, ground_truth_hidden, hidden_notice, note_step, workshop_on
 
 T = TypeVar("T")
 Progress = Callable[[int, int, str], None]
 GALLERY_THUMB = 96
+KEPT_CAPTION = "Below: the last run that succeeded, with its own settings."
 
 
 def run_with_progress(
@@ -68,19 +69,37 @@ def kept_run(page: str, workspace_key: str, run: Any, scope: tuple[str | None, n
     (its results are cached), so a rejected setting never wipes the results. Without an
     earlier good run (or when the failing run is that run) the page stops after the message.
     Returns (result, the run shown, its scope)."""
-    good_key = state_key(page, "last_good_run", workspace_key)
     try:
         result = fit(run, scope[1])
-        st.session_state[good_key] = (run, scope)
+        note_good_run(page, workspace_key, (run, scope))
         return result, run, scope
     except BiasLensError as exc:
         failed(exc)
-        good = st.session_state.get(good_key)
+        good = st.session_state.get(state_key(page, "last_good_run", workspace_key))
         if good is None or (good[0] == run and good[1][0] == scope[0]):
             st.stop()
-        st.caption("Below: the last run that succeeded, with its own settings.")
+        st.caption(KEPT_CAPTION)
         run, scope = good
         return fit(run, scope[1]), run, scope
+
+
+def note_good_run(page: str, workspace_key: str, run: Any, slot: str = "") -> None:
+    """Remember ``run`` (what the page needs to find its result again in the caches) as the
+    last run of this page that succeeded, for ``last_good_result`` (and ``kept_run``); ``slot``
+    names the run where a page has several."""
+    st.session_state[state_key(page, "last_good_run", workspace_key, *([slot] if slot else []))] = run
+
+
+def last_good_result(page: str, workspace_key: str, fit: Callable[[Any], T | None], slot: str = "") -> T | None:
+    """After a run that failed (the page has shown why): the result of the page's last good run
+    (``note_good_run``), ``fit(run)`` from the caches, under a caption saying so; None when
+    there is none or it is no longer cached. ``kept_run``'s behaviour for a run that starts on
+    a button and may fail without stopping the rest of the page."""
+    good = st.session_state.get(state_key(page, "last_good_run", workspace_key, *([slot] if slot else [])))
+    result = None if good is None else fit(good)
+    if result is not None:
+        st.caption(KEPT_CAPTION)
+    return result
 
 
 def remember_settings(page: str, defaults: dict[str, Any], last: dict[str, Any] | None) -> None:
@@ -137,15 +156,54 @@ def settings_form(
     return {s.name: s.chosen(shown[s.name]) for s in settings} if submitted else None
 
 
+def settings_widgets(
+    page: str,
+    settings: Sequence[Setting],
+    defaults: Mapping[str, Any],
+    cells: Sequence[Any],
+    *,
+    options: Mapping[str, Sequence[Any]] | None = None,
+    format_funcs: Mapping[str, Callable[[Any], str]] | None = None,
+    hosted: bool = False,
+) -> dict[str, Any]:
+    """The live variant of ``settings_form``: each setting's widget drawn in its cell of
+    ``cells`` (a column, a container or ``st``), outside any form, so the page reruns on a
+    change. Each widget's key is ``state_key(page, setting.name)``, its value kept across
+    pages (``core.ui.widgets.kept``) and first set from ``defaults`` (the owners' ``get_params()``),
+    in parameter units; a kept choice no longer offered falls back to its default. ``options``,
+    ``format_funcs`` and ``hosted`` as in ``settings_form``. Returns the values in parameter units.
+    """
+    chosen = {}
+    for cell, setting in zip(cells, settings, strict=True):
+        key = state_key(page, setting.name)
+        offered = tuple((options or {}).get(setting.name, setting.options)) if setting.kind == "choice" else ()
+        default = setting.shown(defaults[setting.name])
+        if offered and st.session_state.get(f"{key}:kept", default) not in offered:
+            st.session_state[f"{key}:kept"] = default
+        keep = kept(key, default)
+        shown = _setting_widget(cell, setting, key, offered, (format_funcs or {}).get(setting.name), hosted,
+                                on_change=keep["on_change"], args=keep["args"])
+        chosen[setting.name] = setting.chosen(shown)
+    return chosen
+
+
 def _setting_widget(cell: Any, setting: Setting, key: str, offered: tuple[Any, ...],
-                    format_func: Callable[[Any], str] | None, hosted: bool) -> Any:
-    """One setting's widget in ``cell`` (a column), as its kind asks; returns what it shows."""
+                    format_func: Callable[[Any], str] | None, hosted: bool, **callback: Any) -> Any:
+    """One setting's widget in ``cell`` (a column), as its kind and ``widget`` ask; returns what it
+    shows. ``callback``: a live widget's on_change and args."""
+    text = setting.help
+    if hosted and setting.hosted_note and setting.hosted_high is not None:
+        text = (f"{text} " if text else "") + f"This server allows at most {setting.hosted_high:g}."
     if setting.kind == "choice":
-        return cell.selectbox(setting.label, offered, key=key, help=setting.help, format_func=format_func or str)
+        if setting.widget == "radio":
+            return cell.radio(setting.label, offered, key=key, help=text, format_func=format_func or str, horizontal=True,
+                              **callback)
+        return cell.selectbox(setting.label, offered, key=key, help=text, format_func=format_func or str, **callback)
     if setting.kind == "bool":
-        return cell.checkbox(setting.label, key=key, help=setting.help)
+        return (cell.toggle if setting.widget == "toggle" else cell.checkbox)(setting.label, key=key, help=text, **callback)
     extra = {name: value for name, value in (("step", setting.step), ("format", setting.format)) if value is not None}
-    return cell.number_input(setting.label, setting.low, setting.high_for(hosted), key=key, help=setting.help, **extra)
+    draw = cell.slider if setting.widget == "slider" else cell.number_input
+    return draw(setting.label, setting.low, setting.high_for(hosted), key=key, help=text, **extra, **callback)
 
 
 def gallery(

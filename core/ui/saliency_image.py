@@ -12,18 +12,19 @@ import streamlit as st
 from core.data.images import placeholder
 from core.errors import BiasLensError
 from core.methods import FilterSaliency, FilterTurnOff, FineTuneCheck, MaskingExperiment, overlay
+from core.methods.records import setting_defaults
 from core.methods.saliency.filters import FilterIndex
 from core.methods.saliency.profiles import SaliencyProfiles
+from core.methods.saliency.record import RECORD
 from core.services.estimates import HOSTED_MAX_FILTERS_K
 from core.ui.charts import show
 from core.ui.image_detail import enlarged
 from core.ui.keys import state_key
-from core.ui.method_page import gallery, save_subset_form
+from core.ui.method_page import gallery, save_subset_form, settings_widgets
 from core.ui.page import PageContext
 from core.ui.saliency_view import (
     ORIGIN,
     PAGE,
-    RANKING_HELP,
     RANKING_LABELS,
     curves_frame,
     fine_tune_for,
@@ -65,7 +66,7 @@ def image_section(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
         st.image(enlarged(placeholder(VIEW, str(rec["id"])), VIEW), caption=f"Image {rec['id']}: missing")
         st.warning(f"This image cannot be read ({unreadable}), so its saliency cannot be computed: pick another image. "
                    "The sections below use the dataset's profiles and still work.")
-        return FineTuneCheck(k=most_filters_tuned(ctx, index), step=0.1)
+        return FineTuneCheck(k=most_filters_tuned(ctx, index))
     return explain_image(ctx, profiles, stats, index, row, wrong_rows)
 
 
@@ -81,10 +82,8 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     if rec["correct"]:
         st.info("This image is classified correctly. The paper studies errors: the salient filters of a correct image "
                 "show what it relies on, and turning them off lowers the true class's confidence.")
-    k = int(st.number_input("Top filters (k)", 1, HOSTED_MAX_FILTERS_K if ctx.hosted else 100_000, **kept(state_key(PAGE, "k"), 10),
-                            help="The paper's F: the k filters of highest z, boosted for the input-space map (eq. 3)."
-                            + (f" This server allows at most {HOSTED_MAX_FILTERS_K}." if ctx.hosted else "")))
-    saliency = FilterSaliency(k=k)
+    defaults = setting_defaults(RECORD, store.n)  # each explainer's own
+    saliency = FilterSaliency(**settings_widgets(PAGE, RECORD.settings_named("k"), defaults, (st,), hosted=ctx.hosted))
     try:
         with st.spinner("Computing the image's saliency (cached afterwards)..."):
             explained = saliency_for(ctx, profiles, row, label, stats, saliency)
@@ -104,9 +103,8 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
 
     z = profiles.z([row], mu, sigma)[0]
     st.markdown("**Turning the salient filters off**")
-    ranking = st.radio("Rank the filters by", list(RANKING_LABELS), format_func=RANKING_LABELS.get, horizontal=True,
-                       **kept(state_key(PAGE, "ranking"), "magnitude"), help=RANKING_HELP)
-    turned = turn_off_for(ctx, profiles, row, label, z, ref, FilterTurnOff(max_k=max_k, ranking=ranking))
+    ranking = settings_widgets(PAGE, RECORD.settings_named("ranking"), defaults, (st,), format_funcs={"ranking": RANKING_LABELS.get})
+    turned = turn_off_for(ctx, profiles, row, label, z, ref, FilterTurnOff(max_k=max_k, **ranking))
     show(turn_off_chart, curves_frame(turned.curves), False)
     st.caption(" ".join(turned.notes))
     how_to_read("zeroing the most salient filters (red) should lower the wrong class's confidence (dashed) and raise the "
@@ -114,11 +112,8 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
 
     st.markdown("**Masking the salient pixels**")
     c1, c2 = st.columns([2, 1])
-    threshold = c1.slider("Mask pixels with map ≥", 0.05, 0.95, step=0.05, **kept(state_key(PAGE, "threshold"), 0.5))
-    least = c2.toggle("least salient (control)", **kept(state_key(PAGE, "least"), False),
-                      help="Mask as many pixels, but those of lowest saliency instead.")
-    masking = masking_for(ctx, profiles, row, label, saliency, explained, stats,
-                          MaskingExperiment(threshold=threshold, least=least))
+    masked = settings_widgets(PAGE, RECORD.settings_named("threshold", "least"), defaults, (c1, c2))
+    masking = masking_for(ctx, profiles, row, label, saliency, explained, stats, MaskingExperiment(**masked))
     left, right = st.columns([1, 2])
     left.image(enlarged(masked_view(explained.view, masking.mask, ctx.model.mean), VIEW),
                caption=f"Masked: {percent(masking.masked_share)} of the pixels", width="stretch")
@@ -152,12 +147,10 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
                                 **kept(state_key(PAGE, "tune_k", ctx.key, index.n_filters), most_tuned),
                                 help="The paper restricts the update to at most 1% of the filters."
                                 + (f" This server allows at most {HOSTED_MAX_FILTERS_K}." if ctx.hosted else "")))
-    step = float(f2.number_input("Step (share of their weight norm)", 0.01, 2.0, step=0.05, format="%.2f",
-                                 **kept(state_key(PAGE, "tune_step"), 0.1),
-                                 help="A normalised gradient step whose length is this share of the chosen filters' weight norm."))
+    tuning = settings_widgets(PAGE, RECORD.settings_named("step"), defaults, (f2,))
     try:
         check = fine_tune_for(ctx, profiles, row, label, z, ref, image_set, all_neighbours, set_labels[all_neighbours],
-                              FineTuneCheck(k=tuned, step=step))
+                              FineTuneCheck(k=tuned, **tuning))
     except BiasLensError as exc:
         st.error(f"The fine-tuning check cannot run: {exc}")
     else:
@@ -195,7 +188,7 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
         how_to_read(f"the images of {image_set.title} whose standardised profiles (over the chosen layers, against this "
                     "dataset's reference) point the same way as this one's (cosine); the paper finds they are often "
                     "misclassified for the same reason. They belong to another set, so they cannot be saved as a subset here.")
-        return FineTuneCheck(k=tuned, step=step)
+        return FineTuneCheck(k=tuned, **tuning)
     candidates = wrong_rows if scope == "Misclassified only" else None
     near, similarity = neighbours_for(store, profiles, row, stats, NEIGHBOURS, columns, candidates)
     gallery(ctx, meta, near, extra=[f"cos {s:.2f}" for s in similarity], origin="saliency-neighbours")
@@ -204,5 +197,5 @@ def explain_image(ctx: PageContext, profiles: SaliencyProfiles, stats: tuple[np.
     save_subset_form(ctx, np.concatenate([[row], near]), f"saliency neighbours of {rec['id']}", ORIGIN,
                      f"row {row} and its {len(near)} saliency-space neighbours ({scope.lower()}, layers {span[0]}..{span[1]})",
                      key=state_key(PAGE, "save_neighbours", ctx.key, row), params={"row": row, "layers": list(span), "scope": scope})
-    return FineTuneCheck(k=tuned, step=step)
+    return FineTuneCheck(k=tuned, **tuning)
 

@@ -37,6 +37,7 @@ from core.methods import (
     MaskingExperiment,
     MaskingResult,
 )
+from core.methods.records import setting_defaults
 from core.methods.saliency.explain import TOUR_MARGIN, curves_summary, tour_error
 from core.methods.saliency.filters import FilterIndex, conv_filters, resolve_method
 from core.methods.saliency.profiles import (
@@ -52,6 +53,7 @@ from core.methods.saliency.profiles import (
     row_norms,
     size_message,
 )
+from core.methods.saliency.record import RECORD
 from core.models.loading import LoadedModel, make_transform
 from core.services.estimates import (
     HOSTED_MAX_IMAGES,
@@ -91,9 +93,12 @@ from core.ui.listing import workspace_list
 from core.ui.method_page import (
     GALLERY_THUMB,
     gallery,
+    last_good_result,
+    note_good_run,
     run_with_progress,
     save_subset_form,
     scorecard_section,
+    settings_widgets,
 )
 from core.ui.widgets import group_select, how_to_read, image_grid, kept
 
@@ -108,14 +113,11 @@ LOOP_NOTE = "TorchScript model: per-sample gradients are computed one image at a
 OTHER_PAGES = "The Spotlight, Subgroups, Intersectional and ActiVis pages work without them."
 
 RANKING_LABELS = {"magnitude": "|z| (the authors' code)", "signed": "z (the paper's text)"}
-RANKING_HELP = ("Which filters are 'most salient' when turning them off. The authors' pruning code ranks by |z| (the code "
-                "behind the paper's Fig. 3), so least salient means z near 0; the paper's text calls the filters of highest z "
-                "the most salient (as the input map and the fine-tuning check pick them), so least salient means the most negative z.")
 
 
 def turn_off_ranking() -> str:
     """The ranking the turning-off runs use: the per-image panel's choice, kept (``magnitude`` at first)."""
-    return str(st.session_state.get(f"{state_key(PAGE, 'ranking')}:kept", "magnitude"))
+    return str(st.session_state.get(f"{state_key(PAGE, 'ranking')}:kept", FilterTurnOff().ranking))
 
 
 # --------------------------------------------------------------------------- the profiles
@@ -768,11 +770,16 @@ def fine_tune_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def run_on_demand(cached: T | None, possible: bool, button: str, key: str, label: str, work: Callable[[Any], T],
                   done: Callable[[T], str], what: str, help: str | None = None, seconds: float | None = None,
-                  check: Callable[[], None] | None = None) -> T | None:
+                  check: Callable[[], None] | None = None,
+                  good: tuple[Callable[[], None], Callable[[], T | None]] | None = None) -> T | None:
     """A slow run that starts only on its button: the cached result if there is one, else,
     when the button is pressed, the run with progress (a failure shown as an error). Beside
     the button, its expected ``seconds``; ``check`` raising HostedLimit disables the button
-    and says why."""
+    and says why. ``good`` (note, last): ``note()`` remembers this run as the last good one
+    when it has a result; after a failure, ``last()`` gives that run's result to show
+    instead (``method_page.note_good_run`` and ``last_good_result``)."""
+    if cached is not None and good is not None:
+        good[0]()
     if cached is not None or not possible:
         return cached
     refusal = None
@@ -790,10 +797,21 @@ def run_on_demand(cached: T | None, possible: bool, button: str, key: str, label
     if not clicked or refusal is not None:
         return None
     try:
-        return run_with_progress(label, work, done, unit="image")
+        result = run_with_progress(label, work, done, unit="image")
     except BiasLensError as exc:
         st.error(f"{what} cannot be computed: {exc}")
-        return None
+        return None if good is None else good[1]()
+    if good is not None:
+        good[0]()
+    return result
+
+
+def kept_aggregate(ctx: PageContext, slot: str, run: tuple[Any, ...]) -> tuple[Callable[[], None], Callable[[], Any]]:
+    """``run_on_demand``'s ``good`` for an aggregate run: ``run`` (the profiles, rows, reference,
+    explainer and image set ``cached_aggregate`` finds it by) noted as the last good one, and the
+    last good one's cached result."""
+    return (lambda: note_good_run(PAGE, ctx.key, run, slot),
+            lambda: last_good_result(PAGE, ctx.key, lambda good: cached_aggregate(ctx.store, *good), slot))
 
 
 def mode_boxes(ctx: PageContext, meta: pd.DataFrame, modes: FailureModes, shown: int) -> None:
@@ -846,6 +864,7 @@ def aggregate_section(ctx: PageContext, profiles: SaliencyProfiles, ref: str, st
         lambda progress: aggregate_turn_off(ctx, profiles, rows, labels_idx[rows], stats, turn_off, progress),
         lambda s: f"Turned filters off on {int(s['n'].max()):,} images", "The aggregate", seconds=off_seconds,
         check=(lambda: check_image_run(len(rows), off_seconds, "Turning filters off")) if ctx.hosted else None,
+        good=kept_aggregate(ctx, "turn_off", (profiles, rows, ref, turn_off, None)),
     )
     if summary is not None:
         show(turn_off_chart, summary_frame(summary), True)
@@ -862,6 +881,7 @@ def aggregate_section(ctx: PageContext, profiles: SaliencyProfiles, ref: str, st
         help="Each image's one-step update (k filters, the step above), measured on it and its 10 nearest misclassified "
         f"neighbours in saliency space, from {image_set.title} (the 'Neighbours from' choice above).", seconds=tune_seconds,
         check=(lambda: check_image_run(len(rows), tune_seconds, "The fine-tuning check")) if ctx.hosted else None,
+        good=kept_aggregate(ctx, "fine_tune", (profiles, rows, ref, tune, image_set)),
     )
     if tuned is not None:
         st.dataframe(fine_tune_table(tuned), hide_index=True)
@@ -880,7 +900,7 @@ def failure_modes_section(ctx: PageContext, profiles: SaliencyProfiles, stats: t
         return
     store, meta, layers = ctx.store, ctx.meta(), list(index.layers)
     c1, c2 = st.columns([1, 2])
-    n_groups = int(c1.number_input("Groups", 2, 50, **kept(state_key(PAGE, "fm_groups"), 8)))
+    n_groups = settings_widgets(PAGE, RECORD.settings_named("n_groups"), setting_defaults(RECORD, store.n), (c1,))["n_groups"]
     span_key = state_key(PAGE, "fm_layers", ctx.key)
     if st.session_state.get(f"{span_key}:kept") is None or any(x not in layers for x in st.session_state[f"{span_key}:kept"]):
         st.session_state[f"{span_key}:kept"] = (layers[0], layers[-1])

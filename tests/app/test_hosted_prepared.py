@@ -110,7 +110,7 @@ def test_a_probe_run_past_the_disk_budget_is_refused_before_it_starts(visitor, s
     _, cache = server
     monkeypatch.setattr(estimates, "HOSTED_REQUEST_DISK_BYTES", 1000)
     at = open_page(visitor, "pages/intersectional.py")
-    at.number_input(key="intersectional.probe_cap").set_value(20).run()  # another sample: new activations
+    at.number_input(key="intersectional.per_group").set_value(20).run()  # another sample: new activations
     no_exception(at)
     warning = " ".join(w.value for w in at.warning)
     assert "would write" in warning and "Use fewer layers or a smaller cap per group" in warning
@@ -122,7 +122,7 @@ def test_a_probe_run_past_the_disk_budget_is_refused_before_it_starts(visitor, s
 def test_a_probe_run_past_the_time_cap_is_refused_saying_what_to_lower(visitor, monkeypatch):
     monkeypatch.setattr(estimates, "HOSTED_MAX_RUN_SECONDS", 1e-4)
     at = open_page(visitor, "pages/intersectional.py")
-    at.number_input(key="intersectional.probe_epochs").set_value(40).run()
+    at.number_input(key="intersectional.epochs").set_value(40).run()
     no_exception(at)
     warning = " ".join(w.value for w in at.warning)
     assert "Training these probes would take about" in warning and "visitors may start runs of up to" in warning

@@ -7,7 +7,10 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.errors import DataError
 from core.services.workspace import load_workspaces
+from core.ui import intersectional_view as view
+from core.ui.method_page import KEPT_CAPTION
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.support import digits_arrays
@@ -49,8 +52,8 @@ def test_groups_probes_maps_and_a_channel(app2):
     assert at.multiselect(key=f"intersectional.columns:{key('inter')}").value == ["tint", "parity"]
     assert any("4 groups over 200 images" in c.value for c in at.caption)
     # probes: two seeds, a few epochs
-    at.number_input(key="intersectional.probe_seeds").set_value(2)
-    at.number_input(key="intersectional.probe_epochs").set_value(5)
+    at.number_input(key="intersectional.n_seeds").set_value(2)
+    at.number_input(key="intersectional.epochs").set_value(5)
     [b for b in at.button if b.label == "Train the probes"][0].click().run()
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
@@ -73,6 +76,52 @@ def test_groups_probes_maps_and_a_channel(app2):
     assert any(m.value.startswith(f"**Channel 3 of `{layer}`**") for m in at.markdown)
     assert any(m.value.startswith("**Concept patches**") for m in at.markdown)  # as on the Subgroups page
     assert not at.error and not at.warning
+
+
+def test_a_failed_probe_run_keeps_the_last_good_probes_on_screen(app2, monkeypatch):
+    """A run that fails (a BiasLensError) shows why; the last probes that trained stay below it
+    under a caption saying so. Before any good run there is only the error, and the NAP maps below
+    still work."""
+    real, failing = view.probes_for, {"on": True}
+
+    def probes_for(*args, **kwargs):
+        if failing["on"]:
+            raise DataError("The disk is full: free some space.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(view, "probes_for", probes_for)
+    at = open_page(build_tiny(app2, "inter"))
+    at.number_input(key="intersectional.n_seeds").set_value(2)
+    at.number_input(key="intersectional.epochs").set_value(5)
+    train(at)
+    assert [e.value for e in at.error] == ["The probes cannot be trained: The disk is full: free some space."]
+    assert KEPT_CAPTION not in [c.value for c in at.caption] and not errors_table(at)  # nothing earlier to keep
+    assert sum(c.startswith("n=") for im in at.image for c in im.captions) == 4  # the NAP maps below still drawn
+
+    failing["on"] = False
+    train(at)
+    assert not at.error and KEPT_CAPTION not in [c.value for c in at.caption]
+    good = errors_table(at)
+    assert good is not None and len(good) >= 1
+
+    failing["on"] = True
+    at.number_input(key="intersectional.epochs").set_value(6)
+    train(at)
+    assert [e.value for e in at.error] == ["The probes cannot be trained: The disk is full: free some space."]
+    assert KEPT_CAPTION in [c.value for c in at.caption]  # labelled as the last good run ...
+    kept = errors_table(at)
+    assert kept is not None and kept.equals(good)  # ... and it is: the 5-epoch probes
+    assert at.number_input(key="intersectional.epochs").value == 6  # the settings stay as typed
+
+
+def train(at: AppTest) -> None:
+    [b for b in at.button if b.label == "Train the probes"][0].click().run()
+    no_exception(at)
+
+
+def errors_table(at: AppTest):
+    """The probes' "most frequent errors" table, or None when no probes are shown."""
+    return next((d.value for d in at.dataframe if "differs" in d.value.columns), None)
 
 
 def test_no_attribute_columns_says_which_datasets_have_them(app):

@@ -9,10 +9,15 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from core.errors import DataError
+from core.methods.saliency.record import RECORD as SALIENCY
 from core.services.workspace import load_workspaces
+from core.ui import saliency_view as view
+from core.ui.method_page import KEPT_CAPTION
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_hosted import _app, _scripted_workspace
+from tests.app.test_settings_form import check_live_widgets
 from tests.app.test_subgroups_page import MLP_MODEL
 
 PAGE = "pages/saliency.py"
@@ -121,6 +126,31 @@ def test_build_and_every_panel(built):
     assert name in at.selectbox(key=f"cohorts.open:{ws_key()}").options
 
 
+def test_live_settings_are_the_ones_written_before(built):
+    """The settings drawn from the record's Settings (each explainer's parameter, its default
+    from the explainer) keep the labels, ranges, defaults and widgets the page wrote by hand."""
+    at = built
+    check_live_widgets(at, SALIENCY, SALIENCY.settings, 200)
+    numbers = {name: at.number_input(key=f"saliency.{name}") for name in ("k", "step", "n_groups")}
+    assert {name: (w.label, w.min, w.max, w.value) for name, w in numbers.items()} == {
+        "k": ("Top filters (k)", 1, 100_000, 10), "step": ("Step (share of their weight norm)", 0.01, 2.0, 0.1),
+        "n_groups": ("Groups", 2, 50, 8)}
+    assert numbers["step"].proto.format == "%.2f" and numbers["step"].step == 0.05
+    ranking = at.radio(key="saliency.ranking")
+    assert (ranking.label, ranking.options, ranking.value) == (
+        "Rank the filters by", ["|z| (the authors' code)", "z (the paper's text)"], "magnitude")
+    threshold = at.slider(key="saliency.threshold")
+    assert (threshold.label, threshold.min, threshold.max, threshold.step, threshold.value) == ("Mask pixels with map ≥", 0.05, 0.95, 0.05, 0.5)
+    assert (at.toggle(key="saliency.least").label, at.toggle(key="saliency.least").value) == ("least salient (control)", False)
+    # the ranking chosen beside the image's curves is the one the aggregate uses
+    at.radio(key="saliency.ranking").set_value("signed").run()
+    no_exception(at)
+    assert "Filters are ranked by z (the paper's text)" in texts(at)
+    at.number_input(key="saliency.n_groups").set_value(2).run()
+    no_exception(at)
+    assert any(c.value.startswith(("1 failure mode(s)", "2 failure mode(s)")) for c in at.caption)
+
+
 def test_pick_by_row_and_a_correct_image(built):
     at = built
     at.segmented_control(key="saliency.pick_mode").set_value("By row").run()
@@ -157,6 +187,33 @@ def test_aggregate_and_reference_subset(built):
     assert all("(" in v for v in table["image corrected"])  # mean (low–high)
     at.run()
     assert not [b for b in at.button if b.key == "saliency.aggregate_tune"]
+
+
+def test_a_failed_aggregate_keeps_the_last_good_one_on_screen(built, monkeypatch):
+    """Turning filters off over many errors on its button: when a run fails (a BiasLensError) the
+    page says why and keeps the last aggregate that succeeded below, labelled as such."""
+    at = built
+    real, failing = view.aggregate_turn_off, {"on": False}
+
+    def aggregate_turn_off(*args, **kwargs):
+        if failing["on"]:
+            raise DataError("An image cannot be read: pick another subset.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(view, "aggregate_turn_off", aggregate_turn_off)
+    at.number_input(key="saliency.agg_cap").set_value(6).run()
+    next(b for b in at.button if b.key == "saliency.aggregate").click().run()
+    no_exception(at)
+    assert not at.error and "mean confidence over 6 misclassified images" in texts(at)
+    assert KEPT_CAPTION not in [c.value for c in at.caption]
+    failing["on"] = True
+    at.number_input(key="saliency.agg_cap").set_value(4).run()
+    assert "mean confidence over" not in texts(at)  # a new run waits for its button, as before
+    next(b for b in at.button if b.key == "saliency.aggregate").click().run()
+    no_exception(at)
+    assert [e.value for e in at.error] == ["The aggregate cannot be computed: An image cannot be read: pick another subset."]
+    assert KEPT_CAPTION in [c.value for c in at.caption]
+    assert "mean confidence over 6 misclassified images" in texts(at)  # the last good run's, not 4
 
 
 def test_hosted_without_profiles_names_other_pages_not_commands(tmp_path, tiny_files, monkeypatch):

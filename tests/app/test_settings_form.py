@@ -1,8 +1,9 @@
-"""AppTest of the settings form drawn from a method's ``Setting``s (core/ui/method_page.py's
-``settings_form``): on the Spotlight and Subgroups pages the widgets, their keys, labels,
-ranges, help texts, defaults and columns are those the pages wrote out by hand before, and
-the chosen values come back in the estimator's units; a hosted server caps a number, and a
-remembered choice no longer offered falls back to its default."""
+"""AppTest of the settings widgets drawn from a method's ``Setting``s (core/ui/method_page.py's
+``settings_form``, and ``settings_widgets`` live): on the Spotlight, Subgroups and
+Intersectional pages the widgets, their keys, labels, ranges, help texts, defaults and columns
+are those the pages wrote out by hand before, and the chosen values come back in the
+estimator's units; a hosted server caps a number, and a remembered choice no longer offered
+falls back to its default. (Filter saliency's live widgets: tests/app/test_saliency_page.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Block
 
-from core.methods.records import MethodRecord
+from core.methods.intersectional.record import RECORD as INTERSECTIONAL
+from core.methods.records import MethodRecord, Setting, setting_defaults
 from core.methods.spotlight.record import RECORD as SPOTLIGHT
 from core.methods.spotlight.record import default_size
 from core.methods.subgroups.record import RECORD as SUBGROUPS
@@ -48,6 +50,37 @@ def check_widgets(at: AppTest, record: MethodRecord, form: str, n: int, page_def
             assert NUMBER_TYPES[widget.proto.data_type] == setting.kind, key
             assert setting.step is None or widget.step == setting.step, key
             assert widget.proto.format == (setting.format or ("%d" if setting.kind == "int" else "%0.2f")), key
+
+
+def check_live_widgets(at: AppTest, record: MethodRecord, settings: tuple[Setting, ...], n: int, hosted: bool = False) -> None:
+    """Each of ``settings`` is a live widget (in no form) keyed ``<page>.<name>``, of its kind, with its label,
+    help, range, step and format, showing its owner's default for ``n`` images."""
+    defaults = setting_defaults(record, n)
+    for setting in settings:
+        key = f"{record.name}.{setting.name}"
+        kind = setting.widget or {"int": "number_input", "float": "number_input", "choice": "selectbox", "bool": "checkbox"}[setting.kind]
+        widget = getattr(at, kind)(key=key)
+        assert (widget.label, widget.form_id) == (setting.label, ""), key
+        assert widget.help == (setting.help or "") or (hosted and setting.hosted_note), key
+        assert widget.value == pytest.approx(setting.shown(defaults[setting.name])), key
+        if setting.kind in ("int", "float"):
+            assert (widget.min, widget.max) == (setting.low, setting.high_for(hosted)), key
+            assert setting.step is None or widget.step == setting.step, key
+        if kind == "number_input":
+            assert NUMBER_TYPES[widget.proto.data_type] == setting.kind, key
+            assert widget.proto.format == (setting.format or ("%d" if setting.kind == "int" else "%0.2f")), key
+
+
+def row_of(at: AppTest, key: str) -> list[str]:
+    """The labels of the widgets in the row of columns that holds the widget keyed ``key``."""
+    def find(node: Any, row: Block | None) -> Block | None:
+        if getattr(node, "key", None) == key:
+            return row
+        here = node if getattr(node, "type", None) == "flex_container" and getattr(node, "children", None) else row
+        return next((hit for child in getattr(node, "children", {}).values() if (hit := find(child, here))), None)
+
+    row = find(at.main, None)
+    return [next(iter(column.children.values())).label for column in row.children.values() if column.children]
 
 
 @pytest.fixture
@@ -161,3 +194,62 @@ def test_a_generic_form_seeds_from_the_last_run_and_drops_a_choice_no_longer_off
     assert at.number_input(key="spotlight.share").value == 20.0
     assert at.number_input(key="spotlight.cap").value == 7 and at.number_input(key="spotlight.pca").value == 4
     assert at.selectbox(key="spotlight.mode").value == "a"  # "gone" is not offered: the default
+
+
+def test_intersectional_probe_widgets_are_the_ones_written_before(tiny):
+    at = tiny
+    at.switch_page("pages/intersectional.py").run()
+    no_exception(at)
+    check_live_widgets(at, INTERSECTIONAL, INTERSECTIONAL.settings, 200)
+    # known values, as the page wrote them by hand (LinearProbes' defaults)
+    shown = {name: at.number_input(key=f"intersectional.{name}") for name in ("per_group", "seed", "n_seeds", "epochs")}
+    assert {name: (w.label, w.min, w.max, w.value) for name, w in shown.items()} == {
+        "per_group": ("Cap per group (probes)", 4, 100_000, 128), "seed": ("Sampling seed", 0, 10_000, 0),
+        "n_seeds": ("Seeds", 1, 20, 5), "epochs": ("Epochs", 1, 500, 50)}
+    assert shown["n_seeds"].help == "Each seed draws a new 90/10 split and initialisation: the interval is over seeds."
+    # the same places: the probes' sample beside the NAPs' cap, seeds and epochs beside the layers
+    assert row_of(at, "intersectional.per_group") == ["Cap per group (NAPs)", "Cap per group (probes)", "Sampling seed"]
+    assert row_of(at, "intersectional.epochs") == ["Layers", "Reduce to ≤ 8×8 by", "Seeds", "Epochs"]
+    # a change reruns the page at once (no form) and is kept after another page
+    at.number_input(key="intersectional.per_group").set_value(20).run()
+    no_exception(at)
+    assert any(t.label == "Capped at 20 (probes)" for t in at.tabs)
+    at.switch_page("pages/spotlight.py").run()
+    at.switch_page("pages/intersectional.py").run()
+    no_exception(at)
+    assert at.number_input(key="intersectional.per_group").value == 20
+
+
+def live_widgets(hosted: bool) -> None:
+    """Live settings widgets of every kind and style (run by AppTest.from_function)."""
+    import streamlit as st
+
+    from core.methods.records import Setting
+    from core.ui.method_page import settings_widgets
+
+    settings = (
+        Setting("k", "Top (k)", "int", 1, 1000, hosted_high=10, hosted_note=True, help="The top ones."),
+        Setting("share", "Share (%)", "float", 0.0, 50.0, step=0.5, scale=100, widget="slider"),
+        Setting("order", "Order", "choice", options=("up", "down"), widget="radio"),
+        Setting("least", "Least", "bool", widget="toggle"),
+    )
+    c1, c2 = st.columns(2)
+    st.session_state["chosen"] = settings_widgets(
+        "saliency", settings, {"k": 5, "share": 0.1, "order": "up", "least": False}, (c1, c2, st, st),
+        format_funcs={"order": str.upper}, hosted=hosted)
+
+
+@pytest.mark.parametrize("hosted", [False, True])
+def test_live_widgets_of_every_style_return_parameter_units_and_note_the_hosted_cap(hosted):
+    at = AppTest.from_function(live_widgets, kwargs={"hosted": hosted}, default_timeout=120).run()
+    no_exception(at)
+    k = at.number_input(key="saliency.k")
+    assert (k.max, k.help) == ((10, "The top ones. This server allows at most 10.") if hosted else (1000, "The top ones."))
+    assert at.slider(key="saliency.share").value == 10.0 and at.radio(key="saliency.order").options == ["UP", "DOWN"]
+    assert at.toggle(key="saliency.least").value is False
+    assert at.session_state["chosen"] == {"k": 5, "share": 0.1, "order": "up", "least": False}
+    at.slider(key="saliency.share").set_value(12.5).run()  # live: no button
+    at.radio(key="saliency.order").set_value("down").run()
+    at.toggle(key="saliency.least").set_value(True).run()
+    assert at.session_state["chosen"] == {"k": 5, "share": 0.125, "order": "down", "least": True}
+    assert at.session_state["saliency.order:kept"] == "down"  # kept across pages (core.ui.widgets.kept)

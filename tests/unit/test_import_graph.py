@@ -239,7 +239,7 @@ def test_core_is_packages_by_job():
 
 # The packages from the bottom up (README, Architecture: "Package layering"): a module imports
 # only modules of its own package or of packages before it, but for the exceptions below.
-LAYERS = ("core.errors", "core.specs", "core.registry", "core.data", "core.models", "core.store", "core.scoring",
+LAYERS = ("core.errors", "core.limits", "core.specs", "core.registry", "core.data", "core.models", "core.store", "core.scoring",
           "core.methods", "core.demo", "core.services", "core.ui", "core.__main__", "pages")
 EXCEPTIONS = {
     ("core.registry", "core.data.datasets"),  # the ImageDataset type a dataset kind builds

@@ -17,6 +17,7 @@ from core.data.sources import build_dataset
 from core.methods import LinearProbes, TopographicLayout
 from core.methods.intersectional.features import PROBES_DIR, default_probe_layers
 from core.methods.intersectional.groups import build_groups, capped_rows
+from core.methods.records import method_record, setting_defaults
 from core.models.loading import load_model
 from core.services import prepare
 from core.services.workspace import load_workspaces
@@ -55,9 +56,10 @@ def opened(ws_file: Path, cache: Path) -> tuple[Store, object, object]:
 def page_defaults(store: Store, model: object) -> tuple:
     """The Intersectional page's first groups, probe sample, layers and probes."""
     groups = build_groups(store.meta(), prepare.default_columns(store), min_size=prepare.MIN_GROUP_SIZE)
-    rows = capped_rows(groups, prepare.PROBE_CAP, prepare.SAMPLING_SEED)
+    probes = prepare.default_probes()
+    rows = capped_rows(groups, probes.per_group, probes.seed)
     layers = prepare.default_probe_choice(default_probe_layers(store, model), hosted=True)
-    return groups, rows, layers, prepare.default_probes()
+    return groups, rows, layers, probes
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,17 @@ def prepared(tmp_path_factory) -> tuple[Path, Path, str]:
     with capture.open("w") as out, contextlib.redirect_stdout(out):
         assert main(["--file", str(ws_file), "prepare", "tiny", "--cache", str(cache)]) == 0
     return ws_file, cache, capture.read_text()
+
+
+def test_the_default_probes_are_linear_probes_own_and_the_pages():
+    """One copy of the probes' defaults: prepare fits LinearProbes() as it is (epochs 50, 5 seeds,
+    128 images per group, seed 0), the Intersectional page's widgets start from the same values,
+    and prepare keeps no constants of its own for them."""
+    assert prepare.default_probes().get_params() == LinearProbes().get_params()
+    probes = prepare.default_probes()
+    assert (probes.epochs, probes.n_seeds, probes.per_group, probes.seed) == (50, 5, 128, 0)
+    assert setting_defaults(method_record("intersectional"), 200) == {"per_group": 128, "seed": 0, "n_seeds": 5, "epochs": 50}
+    assert not {"PROBE_SEEDS", "PROBE_EPOCHS", "PROBE_CAP", "SAMPLING_SEED"} & set(vars(prepare))
 
 
 def test_every_step_says_what_it_does_and_its_time(prepared):
@@ -104,11 +117,11 @@ def test_prepared_probes_and_layout_are_what_the_page_would_fit(prepared):
     assert loaded.errors("block3").equals(fresh.errors("block3"))
     assert [tuple(v) for v in loaded.group_values_] == [tuple(v) for v in fresh.group_values_]
     # a sample or a parameter the page did not default to is not prepared
-    other = LinearProbes(epochs=3, n_seeds=prepare.PROBE_SEEDS, per_group=prepare.PROBE_CAP)
+    other = LinearProbes(epochs=3)
     assert prepare.load_probes(store, prepare.probes_key(store.fingerprint, groups, rows, layers, "subsample", other.get_params())) is None
     layer = prepare.map_layers(store)[-1]
-    nap_rows = capped_rows(groups, prepare.NAP_CAP, prepare.SAMPLING_SEED)
-    params = TopographicLayout(seed=prepare.SAMPLING_SEED).get_params()
+    nap_rows = capped_rows(groups, prepare.NAP_CAP, probes.seed)
+    params = TopographicLayout(seed=probes.seed).get_params()
     layout = prepare.load_layout(store, prepare.layout_key(store.fingerprint, groups, nap_rows, layer, params))
     assert layout is not None and layout.positions_.shape == (16, 2)
     assert layout.positions_.min() >= 0.0 and layout.positions_.max() <= 1.0

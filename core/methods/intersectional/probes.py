@@ -215,7 +215,9 @@ class LinearProbes(BaseEstimator):
         bound = 1.0 / np.sqrt(d)
         w = (torch.rand((m, d, g), generator=generator) * 2 - 1) * bound
         b = (torch.rand((m, 1, g), generator=generator) * 2 - 1) * bound
-        optimiser = torch.optim.Adam([w, b], lr=float(self.lr))  # default betas (0.9, 0.999)
+        # Default betas (0.9, 0.999); fused: one kernel per step instead of a dozen passes
+        # over W (the step took a fifth of the training time).
+        optimiser = torch.optim.Adam([w, b], lr=float(self.lr), fused=True)
         keep = 1.0 - float(self.dropout)
         # Dropout masks from numpy's PCG64 (16 random bits per entry): torch's CPU
         # generator draws one float at a time and would dominate the training time.
@@ -239,7 +241,7 @@ class LinearProbes(BaseEstimator):
                 rows = order[:, start : start + bs]  # (M, B)
                 target = labels_order[:, start : start + bs, None]  # (M, B, 1)
                 if z_all is not None:
-                    z = z_all[rows]  # (M, B, d), standardised
+                    z = z_all.index_select(0, rows.reshape(-1)).view(*rows.shape, d)  # (M, B, d), standardised
                 else:
                     z = x[rows].sub_(mu_m[:, None, :]).mul_(inv_m[:, None, :])
                 if keep < 1.0:  # dropout 0.25: zero a random quarter, scale the rest by 1/0.75
@@ -251,12 +253,12 @@ class LinearProbes(BaseEstimator):
                 grad.masked_fill_(grad < 1e-30, 0.0)  # no subnormals: they make CPU matmuls crawl
                 grad.scatter_add_(2, target, torch.full(target.shape, -1.0))
                 grad.div_(rows.shape[1])  # d mean CE / d logits = (p - onehot) / B
-                grad_w = torch.bmm(grad.transpose(1, 2), z).transpose(1, 2).mul_(1.0 / keep)
+                grad_w = torch.bmm(z.transpose(1, 2), grad).mul_(1.0 / keep)  # (M, d, G)
                 if l1:
                     grad_w.add_(torch.sign(w), alpha=l1)  # d L1 |W|_1
                 if l2:
                     grad_w.add_(w, alpha=2.0 * l2)  # d L2 |W|^2
-                w.grad, b.grad = grad_w.contiguous(), grad.sum(1, keepdim=True)
+                w.grad, b.grad = grad_w, grad.sum(1, keepdim=True)
                 optimiser.step()
                 steps += 1
             losses[:, epoch] = (epoch_loss / steps).numpy()
