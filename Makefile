@@ -12,7 +12,7 @@ SERVE_FLAGS := --server.headless=true --server.address=$(ADDRESS) --server.port=
 	--client.showErrorDetails=none --client.toolbarMode=viewer
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run serve test setup venv demo-data browser lint bench clean
+.PHONY: run prepare serve test setup venv demo-data browser lint bench clean
 
 setup: $(STAMP) demo-data
 
@@ -39,13 +39,15 @@ browser:
 run: setup
 	$(PY) -m streamlit run app.py --server.port=$(PORT)
 
-# The hosted demo: the CLI prepares what visitors cannot start (the demo's store, saliency
-# profiles, default probes and layout, and the control model's store for Compare; each step a
-# no-op once done), then the app runs in hosted mode. `make serve ADDRESS=0.0.0.0 PORT=80` to
-# listen publicly.
-serve: setup
+# The hosted demo: `make prepare` has the CLI prepare what visitors cannot start (the demo's
+# store, saliency profiles, default probes and layout, and the control model's store for
+# Compare; each step a no-op once done), then `make serve` runs the app in hosted mode.
+# `make serve ADDRESS=0.0.0.0 PORT=80` to listen publicly.
+prepare: setup
 	BIASLENS_HOSTED=1 $(PY) -m core prepare demo
 	BIASLENS_HOSTED=1 $(PY) -m core prepare demo-control --only store
+
+serve: prepare
 	BIASLENS_HOSTED=1 $(PY) -m streamlit run app.py $(SERVE_FLAGS)
 
 test: setup browser

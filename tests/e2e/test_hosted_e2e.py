@@ -1,4 +1,7 @@
-"""The hosted demo as `make serve` runs it: no build button, no server path, no traceback."""
+"""The hosted demo as `make serve` runs it: no build button, no server path, no traceback.
+
+The session ran `make prepare` in the background (tests/background.py); this test checks it
+succeeded, and `make serve` then finds every step prepared."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.background import wait_hosted_prepare
 from tests.e2e.conftest import CHROMIUM, REPO, _free_port, screenshot, wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -22,6 +26,10 @@ def hosted_url(tmp_path_factory) -> Iterator[str]:
     """`make serve` on a free port: the CLI builds the demo store, then the hosted app starts."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make test installs it)")
+    status, prepared = wait_hosted_prepare(timeout=900)  # `make prepare`, started with the session (tests/background.py)
+    if status is not None:
+        assert status == 0, f"make prepare failed: {prepared[-3000:]}"
+        assert "prepared 'demo'" in prepared and "prepared 'demo-control'" in prepared, prepared[-3000:]
     port = _free_port()
     log = tmp_path_factory.mktemp("hosted") / "serve.log"
     env = {**os.environ, "BIASLENS_WORKSPACES": str(tmp_path_factory.mktemp("ws") / "none.toml")}
@@ -33,7 +41,7 @@ def hosted_url(tmp_path_factory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 900  # the CLI may prepare the demo first (store, profiles, probes: minutes on a busy 2-core machine)
+        deadline = time.monotonic() + 900  # the CLI prepares the demo first when the session has not (minutes on a busy 2-core machine)
         while time.monotonic() < deadline:
             try:
                 if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
