@@ -5,8 +5,9 @@ The hosted e2e (tests/e2e/test_hosted_e2e.py) serves the demo as `make serve` do
 training. Run in the test's own time, that was the suite's largest item (215 s of 20 min).
 The session starts the same `make prepare` when it collects that test, at the lowest CPU
 priority, so it takes what the other tests leave idle (most of them keep one of two cores
-busy), and the test runs last; its `make serve` then finds everything prepared. The store
-step runs first at normal priority: every demo test waits on that store's lock anyway.
+busy), on one torch thread, and the test runs last; its `make serve` then finds everything
+prepared. The store step runs first at normal priority: every demo test waits on that store's
+lock anyway.
 The test fails with the log's tail if this prepare failed.
 """
 
@@ -28,8 +29,8 @@ def start_hosted_prepare(cache: str) -> None:
     log = Path(cache) / "hosted-prepare.log"
     env = {**os.environ, "BIASLENS_CACHE": cache, "BIASLENS_HOSTED": "1",
            "BIASLENS_WORKSPACES": str(Path(cache) / "no-workspaces.toml")}  # the built-in demo only, as the e2e serves it
-    script = (f"{sys.executable} -m core prepare demo --only store && "
-              "exec nice -n 19 make --no-print-directory prepare")
+    script = (f"{sys.executable} -m core prepare demo --only store && "  # one torch thread: the tests keep theirs
+              "exec env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 make --no-print-directory prepare")
     with log.open("w") as out:
         process = subprocess.Popen(["bash", "-c", script], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)

@@ -22,6 +22,7 @@ from core.data.sources import ArrayDataset
 from core.errors import DataError, StoreError
 from core.models.loading import make_transform
 from core.store.build import build_store
+from core.store.pipeline import QUEUE_BATCHES
 from core.store.read import (
     RESERVED_COLUMNS,
     find_store,
@@ -174,9 +175,10 @@ def test_interrupted_build_resumes(tmp_path, model, dataset):
     assert not (directory / "manifest.json").exists()  # never looks complete
     with pytest.raises(StoreError):
         open_store(directory)
-    # the writer thread finishes the batches already handed to it: 96 rows or one batch more
+    # the writer thread finishes the batches already handed to it (at most its queue's and the
+    # one it writes: how many depends on how far it lagged, more on a loaded machine)
     done = json.loads((directory / "progress.json").read_text())["rows_done"]
-    assert done in (96, 128)
+    assert done % 32 == 0 and 96 <= done <= 96 + (QUEUE_BATCHES + 1) * 32, done
     starts = []
     store = build_store(
         "t", model, dataset, ["block1"], batch_size=32, root=tmp_path, progress=lambda d, t, m: starts.append(d)
