@@ -118,7 +118,8 @@ def deliver_finished_runs() -> None:
 
     The fix: a runner that stopped on its own (not one stopped for a new run, which fastReruns
     does) is remembered when it is replaced, and its remaining events are delivered as if it
-    were still current. They all reached the loop before the new runner existed, so they are
+    were still current. The same patch runs a visitor's click in a fragment the session no
+    longer holds as a full run (``as_full_run_if_fragment_gone``). They all reached the loop before the new runner existed, so they are
     handled before any of the new runner's, in order. Its SHUTDOWN stays ignored (it would
     clear the new runner). Patched once per process; a Streamlit without these internals is
     left as it is (tests/e2e/test_clicks_e2e.py checks this version is patched).
@@ -138,7 +139,7 @@ def deliver_finished_runs() -> None:
     def request(session: AppSession, client_state: Any) -> None:
         previous = getattr(session, "_scriptrunner", None)
         finished = previous is not None and stopped_on_its_own(previous)
-        request_rerun(session, client_state)
+        request_rerun(session, as_full_run_if_fragment_gone(session, client_state))
         if finished and session._scriptrunner is not previous:
             session.__dict__.setdefault("_biaslens_finished_runners", weakref.WeakSet()).add(previous)
 
@@ -157,6 +158,29 @@ def deliver_finished_runs() -> None:
     request.biaslens_guard = True  # type: ignore[attr-defined]
     AppSession.request_rerun = request  # type: ignore[method-assign]
     AppSession._handle_scriptrunner_event_on_event_loop = handle  # type: ignore[method-assign]
+
+
+def as_full_run_if_fragment_gone(session: Any, client_state: Any) -> Any:
+    """A click in a fragment the session no longer holds, as a full run instead of dropped.
+
+    Why (lost CAM clicks in a class): a fragment's id hashes the path of the container it is
+    called in, so when something above it comes or goes between two full runs (a queue notice, a
+    caption, a status), the next full run registers it under a new id and forgets the old one.
+    A click on a button the browser still shows from before (a loaded server, a starved
+    browser) names the old id, and Streamlit's ``AppSession.request_rerun`` ignores a rerun of
+    a fragment it no longer holds: the click's callback never runs. Here such a rerun, when the
+    visitor caused it (not a run_every poll, ``is_auto_rerun``), runs the whole page instead,
+    with the click's widget states: slower than the fragment, never lost. Keyed widgets keep
+    their ids across positions, so the click reaches its button. Anything else passes as it is.
+    """
+    fragment_id = getattr(client_state, "fragment_id", "")
+    has_fragment = getattr(session, "has_fragment", None)
+    if not fragment_id or client_state.is_auto_rerun or has_fragment is None or has_fragment(fragment_id):
+        return client_state
+    full = type(client_state)()
+    full.CopyFrom(client_state)
+    full.ClearField("fragment_id")
+    return full
 
 
 def page_context(require_store: bool = True) -> PageContext:
