@@ -1082,6 +1082,7 @@ def classroom(args: argparse.Namespace) -> None:
     os.environ.update({
         "BIASLENS_HOSTED": "1", "BIASLENS_WORKSHOP": "1", "BIASLENS_INSTRUCTOR_PASSPHRASE": PASSPHRASE,
         "BIASLENS_WORKSPACES": str(out / "no-workspaces.toml"), "BIASLENS_CACHE": str(cache), STATS_ENV: str(app_stats),
+        "BIASLENS_CLICK_LOG": str(out / "clicks.jsonl"),
     })
     server: subprocess.Popen | None = None
     finished = False

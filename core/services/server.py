@@ -364,3 +364,12 @@ def start_stats_writer(every_s: float = 0.5) -> None:
 
     _stats_writer = threading.Thread(target=write, name="biaslens-stats", daemon=True)
     _stats_writer.start()
+
+
+def trace_click(event: str, **fields: Any) -> None:
+    """Append one line of JSON to ``$BIASLENS_CLICK_LOG`` when it is set (bench/load.py's class
+    sets it: which visitor reruns reached the server, which callbacks ran); else nothing."""
+    path = os.environ.get("BIASLENS_CLICK_LOG", "").strip()
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"t": round(time.time(), 3), "event": event, **fields}, default=str) + "\n")

@@ -12,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import BiasLensError, redact_paths
+from core.services.server import trace_click
 from core.services.workspace import (
     DEMO_NAME,
     Workspace,
@@ -139,7 +140,13 @@ def deliver_finished_runs() -> None:
     def request(session: AppSession, client_state: Any) -> None:
         previous = getattr(session, "_scriptrunner", None)
         finished = previous is not None and stopped_on_its_own(previous)
-        request_rerun(session, as_full_run_if_fragment_gone(session, client_state))
+        sent = as_full_run_if_fragment_gone(session, client_state)
+        if client_state is not None and not client_state.is_auto_rerun:
+            trace_click("rerun", session=getattr(session, "id", "?"), fragment=client_state.fragment_id,
+                        full_run=sent is not client_state, runner="finished" if finished else "none" if previous is None else "running",
+                        triggers=[w.id.rsplit("-", 1)[-1] for w in client_state.widget_states.widgets
+                                  if w.WhichOneof("value") == "trigger_value" and w.trigger_value])
+        request_rerun(session, sent)
         if finished and session._scriptrunner is not previous:
             session.__dict__.setdefault("_biaslens_finished_runners", weakref.WeakSet()).add(previous)
 

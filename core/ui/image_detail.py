@@ -31,6 +31,7 @@ from core.data.images import placeholder, thumbnail
 from core.errors import BiasLensError
 from core.methods import GradCAM, GradCAMResult, overlay
 from core.models.loading import model_view
+from core.services.server import trace_click
 from core.ui import cache, why_view, workshop
 from core.ui.context import PageContext
 from core.ui.keys import DETAIL_DRAWN, DETAIL_REQUEST, state_key
@@ -48,6 +49,7 @@ def request(origin: str, row: int) -> None:
     serial = st.session_state.get(SERIAL, 0) + 1
     st.session_state[SERIAL] = serial
     st.session_state[REQUEST] = (origin, int(row), serial)
+    trace_click("detail-request", origin=origin, row=int(row), serial=serial)
 
 
 def _dismissed() -> None:
