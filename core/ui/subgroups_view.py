@@ -144,7 +144,11 @@ def clickable_images(ctx: PageContext, meta: pd.DataFrame, rows: np.ndarray, key
     A fragment: pressing CAM reruns only these thumbnails (and opens the dialog), not the page.
     """
 
-    origin = f"subgroups.{key}"  # a Subgroups origin ticks the workshop's Grad-CAM step
+    # The dialog's origin is the gallery's role ("under", "well"), not its subgroup: a CAM click
+    # on the thumbnails a browser still shows from the last selection, arriving with or after
+    # another Select, still opens that image (issue 21's class lost such clicks). A Subgroups
+    # origin also ticks the workshop's Grad-CAM step.
+    origin = f"subgroups.{key.split(':')[0]}"
 
     def cam_button(col: Any, rec: dict[str, Any]) -> None:
         col.button("CAM", key=f"{key}:{rec['row']}", help="Open this image's details and Grad-CAM", width="stretch",

@@ -214,6 +214,23 @@ def test_select_a_subgroup(tiny):
     assert at.session_state[key] == ids[1]
 
 
+def test_cam_on_the_last_selections_images_still_opens_after_another_select(tiny):
+    """A CAM click on the gallery the browser still shows, arriving in or after the run of a
+    Select (issue 21's class: a starved page clicks before the new gallery is drawn), opens
+    that image's dialog; before, the request named the old gallery and nothing drew it."""
+    at = recluster(tiny, 30)  # several subgroups to select from
+    old_cam = buttons(at, "CAM", prefix="under:")[0]
+    _, group, row = old_cam.key.split(":")
+    other = next(b for b in buttons(at, "Select") if b.key != f"select:{group}")
+    other.click()  # both clicks in one run, as Streamlit folds a click sent while a run is busy
+    old_cam.click().run()
+    no_exception(at)
+    assert not buttons(at, "CAM", prefix=f"under:{group}:")  # the page now shows the other subgroup
+    header = [m.value for m in at.markdown if " · label **" in m.value]
+    assert len(header) == 1  # ... and the clicked image's dialog
+    assert at.selectbox(key=f"detail.gradcam_layer:{row}")
+
+
 def test_grad_cam_window(tiny):
     at = tiny
     at.segmented_control(key=CHOICE).set_value("0.66 (UDIS code)").run()
