@@ -55,6 +55,10 @@ answer times for a new visitor, memory and CPU. Targets: light_wait_p95_s <= 3, 
 reveal_reach_s <= 5, queue_bypassed == 0. The class phase is bounded by --students-budget and
 --budget; the last stdout line is the JSON.
 
+The server traces clicks to <logs>/clicks.jsonl ($BIASLENS_CLICK_LOG: one JSON line per visitor
+rerun that reaches it and per details request, core.services.server.trace_click), so a CAM click
+never drawn can be told apart: never sent, never run, or run and not drawn.
+
 --browser-nice N starts Chromium at CPU nice N through a small wrapper script (0, the default:
 as the server). The idea: in a class every student's browser runs on their own laptop, so the
 server, what an operator provisions, should get the cores first. Measured on 2026-12-07 it does
