@@ -104,3 +104,17 @@ def slots_held(queue: RunQueue, count: int = 1, release_after_s: float | None = 
             timer.cancel()
         for worker in workers:
             worker.join()
+
+
+def failing_switch(monkeypatch, owner: object, name: str, error: BaseException, on: bool) -> dict[str, bool]:
+    """Replace ``owner.name`` by a wrapper that raises ``error`` while the returned switch's
+    ``"on"`` is True and calls the real one otherwise (a run that fails after a good one)."""
+    real, switch = getattr(owner, name), {"on": on}
+
+    def maybe_failing(*args, **kwargs):
+        if switch["on"]:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, maybe_failing)
+    return switch

@@ -366,10 +366,15 @@ def start_stats_writer(every_s: float = 0.5) -> None:
     _stats_writer.start()
 
 
+def clicks_traced() -> bool:
+    """Whether ``$BIASLENS_CLICK_LOG`` names a file (bench/load.py's class sets it)."""
+    return bool(os.environ.get("BIASLENS_CLICK_LOG", "").strip())
+
+
 def trace_click(event: str, **fields: Any) -> None:
     """Append one line of JSON to ``$BIASLENS_CLICK_LOG`` when it is set (bench/load.py's class
     sets it: which visitor reruns reached the server, which callbacks ran); else nothing."""
-    path = os.environ.get("BIASLENS_CLICK_LOG", "").strip()
-    if path:
+    if clicks_traced():
+        path = os.environ["BIASLENS_CLICK_LOG"].strip()
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps({"t": round(time.time(), 3), "event": event, **fields}, default=str) + "\n")

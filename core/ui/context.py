@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import BiasLensError, redact_paths
-from core.services.server import trace_click
+from core.services.server import clicks_traced, trace_click
 from core.services.workspace import (
     DEMO_NAME,
     Workspace,
@@ -141,7 +141,7 @@ def deliver_finished_runs() -> None:
         previous = getattr(session, "_scriptrunner", None)
         finished = previous is not None and stopped_on_its_own(previous)
         sent = as_full_run_if_fragment_gone(session, client_state)
-        if client_state is not None and not client_state.is_auto_rerun:
+        if clicks_traced() and client_state is not None and not client_state.is_auto_rerun:  # off: no work per click
             trace_click("rerun", session=getattr(session, "id", "?"), fragment=client_state.fragment_id,
                         full_run=sent is not client_state, runner="finished" if finished else "none" if previous is None else "running",
                         triggers=[w.id.rsplit("-", 1)[-1] for w in client_state.widget_states.widgets

@@ -13,7 +13,7 @@ from core.ui import intersectional_view as view
 from core.ui.method_page import KEPT_CAPTION
 from tests.app.conftest import REPO, write_workspaces
 from tests.app.test_app import build_tiny, no_exception
-from tests.support import digits_arrays
+from tests.support import digits_arrays, failing_switch
 
 PAGE = "pages/intersectional.py"
 
@@ -82,14 +82,7 @@ def test_a_failed_probe_run_keeps_the_last_good_probes_on_screen(app2, monkeypat
     """A run that fails (a BiasLensError) shows why; the last probes that trained stay below it
     under a caption saying so. Before any good run there is only the error, and the NAP maps below
     still work."""
-    real, failing = view.probes_for, {"on": True}
-
-    def probes_for(*args, **kwargs):
-        if failing["on"]:
-            raise DataError("The disk is full: free some space.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(view, "probes_for", probes_for)
+    failing = failing_switch(monkeypatch, view, "probes_for", DataError("The disk is full: free some space."), on=True)
     at = open_page(build_tiny(app2, "inter"))
     at.number_input(key="intersectional.n_seeds").set_value(2)
     at.number_input(key="intersectional.epochs").set_value(5)

@@ -19,6 +19,7 @@ from tests.app.test_app import build_tiny, no_exception
 from tests.app.test_hosted import _app, _scripted_workspace
 from tests.app.test_settings_form import check_live_widgets
 from tests.app.test_subgroups_page import MLP_MODEL
+from tests.support import failing_switch
 
 PAGE = "pages/saliency.py"
 BUILD = "saliency.build"
@@ -193,14 +194,8 @@ def test_a_failed_aggregate_keeps_the_last_good_one_on_screen(built, monkeypatch
     """Turning filters off over many errors on its button: when a run fails (a BiasLensError) the
     page says why and keeps the last aggregate that succeeded below, labelled as such."""
     at = built
-    real, failing = view.aggregate_turn_off, {"on": False}
-
-    def aggregate_turn_off(*args, **kwargs):
-        if failing["on"]:
-            raise DataError("An image cannot be read: pick another subset.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(view, "aggregate_turn_off", aggregate_turn_off)
+    failing = failing_switch(monkeypatch, view, "aggregate_turn_off",
+                             DataError("An image cannot be read: pick another subset."), on=False)
     at.number_input(key="saliency.agg_cap").set_value(6).run()
     next(b for b in at.button if b.key == "saliency.aggregate").click().run()
     no_exception(at)
